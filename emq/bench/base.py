@@ -1,0 +1,70 @@
+"""Benchmark contract: candidates, their ground truth, a model factory and a fixed batch."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One network to rank: an id plus either a per-layer bit assignment (MQ) or an arch (ViT)."""
+
+    id: str
+    bits: dict[str, int] | None = None
+    arch: dict[str, Any] | None = field(default=None, hash=False)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The fixed input batch a benchmark scores every candidate on (recorded with every score)."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    source: str
+    seed: int
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.source, "seed": self.seed, "size": int(self.inputs.shape[0]),
+                "shape": list(self.inputs.shape[1:])}
+
+
+class BenchmarkNotBuiltError(RuntimeError):
+    """Raised when an embedded benchmark's ground truth has not been built yet."""
+
+
+class Benchmark(ABC):
+    """A set of candidates with ground-truth accuracies (higher is better)."""
+
+    name: str = ""
+    family: str = ""  # "mq" or "vit"
+    description: str = ""
+    #: Whether candidate networks carry trained weights (else: random init, seeded).
+    trained_weights: bool = False
+
+    @abstractmethod
+    def candidates(self) -> list[Candidate]:
+        """Return all candidates in a fixed order."""
+
+    @abstractmethod
+    def ground_truth(self) -> dict[str, np.ndarray]:
+        """Return accuracy columns, each aligned with `candidates()` (NaN where missing)."""
+
+    @abstractmethod
+    def build_model(self, candidate: Candidate, init_seed: int = 0) -> nn.Module:
+        """Return the candidate's network in eval mode (fresh copy; callers may modify it)."""
+
+    @abstractmethod
+    def batch(self, seed: int = 0, size: int = 16) -> Batch:
+        """Return the deterministic input batch for `seed`."""
+
+    @property
+    def default_target(self) -> str:
+        return next(iter(self.ground_truth()))
+
+    def candidate_ids(self) -> list[str]:
+        return [c.id for c in self.candidates()]

@@ -1,0 +1,1 @@
+"""Imports every benchmark module so that their factories are registered."""

@@ -1,0 +1,56 @@
+"""Benchmarks registered by name (`emq bench list`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from emq.bench.base import Benchmark
+
+BenchmarkFactory = Callable[[Path | None], Benchmark]
+
+
+@dataclass(frozen=True)
+class BenchmarkEntry:
+    name: str
+    family: str
+    factory: BenchmarkFactory
+    doc: str
+    embedded: bool
+
+
+BENCHMARKS: dict[str, BenchmarkEntry] = {}
+
+
+def register_benchmark(name: str, family: str, doc: str, embedded: bool = False) -> Callable[[BenchmarkFactory], BenchmarkFactory]:
+    """Return a decorator registering a factory `f(data_dir) -> Benchmark` under `name`."""
+
+    def decorator(factory: BenchmarkFactory) -> BenchmarkFactory:
+        if name in BENCHMARKS:
+            raise ValueError(f"benchmark {name!r} is registered twice")
+        BENCHMARKS[name] = BenchmarkEntry(name, family, factory, doc, embedded)
+        return factory
+
+    return decorator
+
+
+class UnknownBenchmarkError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def list_benchmarks() -> list[BenchmarkEntry]:
+    _load_all()
+    return sorted(BENCHMARKS.values(), key=lambda e: e.name)
+
+
+def get_benchmark(name: str, data_dir: Path | None = None) -> Benchmark:
+    """Instantiate benchmark `name`, or fail listing the registered names."""
+    _load_all()
+    if name not in BENCHMARKS:
+        raise UnknownBenchmarkError(f"unknown benchmark {name!r}; registered: {', '.join(sorted(BENCHMARKS))}")
+    return BENCHMARKS[name].factory(data_dir)
+
+
+def _load_all() -> None:
+    import emq.bench.catalog  # noqa: F401  (imports every benchmark module)

@@ -1,0 +1,111 @@
+"""Registry of typed primitive ops: one decorator registers a pure torch function by name."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from primitives.types import Kind
+
+
+@dataclass(frozen=True)
+class Op:
+    """A registered primitive: a pure function with a type signature.
+
+    `fn` takes one tensor per input kind. Aggregations (S -> N over layers) receive
+    the stacked per-layer scalars (1-d tensor, one entry per layer) and the per-layer
+    parameter counts (1-d tensor, same length) so that weighted means are possible.
+    `commutative` lets the canonical hash sort the arguments of binary ops.
+    """
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    inputs: tuple[Kind, ...]
+    output: Kind
+    group: str
+    doc: str
+    commutative: bool = False
+
+    @property
+    def arity(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def is_aggregation(self) -> bool:
+        """True for ops that combine the layers of a network (S -> N)."""
+        return self.inputs == (Kind.S,) and self.output == Kind.N
+
+    def signature(self) -> str:
+        return f"{', '.join(k.value for k in self.inputs)} -> {self.output.value}"
+
+
+class UnknownOpError(KeyError):
+    """Raised for an op name that is not registered; the message lists valid names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0])
+
+
+OPS: dict[str, Op] = {}
+
+
+def register(
+    name: str,
+    inputs: tuple[Kind, ...],
+    output: Kind,
+    group: str,
+    commutative: bool = False,
+) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+    """Return a decorator that registers `fn` as op `name` with the given signature."""
+
+    def decorator(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        add_op(name, fn, inputs, output, group, commutative=commutative)
+        return fn
+
+    return decorator
+
+
+def add_op(
+    name: str,
+    fn: Callable[..., torch.Tensor],
+    inputs: tuple[Kind, ...],
+    output: Kind,
+    group: str,
+    commutative: bool = False,
+    doc: str | None = None,
+) -> Op:
+    """Register one op (used directly when one function serves several signatures)."""
+    if name in OPS:
+        raise ValueError(f"op {name!r} is registered twice")
+    text = doc if doc is not None else (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+    op = Op(name=name, fn=fn, inputs=tuple(inputs), output=output, group=group, doc=text, commutative=commutative)
+    OPS[name] = op
+    return op
+
+
+def get_op(name: str) -> Op:
+    """Return the op registered as `name`, or fail listing the valid names."""
+    _load_library()
+    try:
+        return OPS[name]
+    except KeyError:
+        valid = ", ".join(sorted(OPS))
+        raise UnknownOpError(f"unknown op {name!r}; valid ops: {valid}") from None
+
+
+def list_ops(output: Kind | None = None, inputs: tuple[Kind, ...] | None = None) -> list[Op]:
+    """Return registered ops, optionally only those with the given output / input kinds."""
+    _load_library()
+    ops = sorted(OPS.values(), key=lambda op: (op.group, op.name))
+    if output is not None:
+        ops = [op for op in ops if op.output == output]
+    if inputs is not None:
+        ops = [op for op in ops if op.inputs == tuple(inputs)]
+    return ops
+
+
+def _load_library() -> None:
+    # Importing the op modules runs their decorators; done lazily so the registry
+    # module itself has no import cycle with them.
+    import primitives.library  # noqa: F401
