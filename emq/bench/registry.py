@@ -39,6 +39,30 @@ class UnknownBenchmarkError(KeyError):
         return str(self.args[0])
 
 
+BenchmarkBuilder = Callable[..., Path]
+BUILDERS: dict[str, BenchmarkBuilder] = {}
+
+
+def register_builder(name: str) -> Callable[[BenchmarkBuilder], BenchmarkBuilder]:
+    """Register `build(seed=..., progress=..., **options) -> output folder` for an embedded benchmark."""
+
+    def decorator(builder: BenchmarkBuilder) -> BenchmarkBuilder:
+        BUILDERS[name] = builder
+        return builder
+
+    return decorator
+
+
+def get_builder(name: str) -> BenchmarkBuilder:
+    """Return the builder of embedded benchmark `name`, or fail naming those that can be built."""
+    _load_all()
+    if name not in BUILDERS:
+        raise UnknownBenchmarkError(
+            f"benchmark {name!r} has no builder (it is read from public files); buildable: {', '.join(sorted(BUILDERS))}"
+        )
+    return BUILDERS[name]
+
+
 def list_benchmarks() -> list[BenchmarkEntry]:
     _load_all()
     return sorted(BENCHMARKS.values(), key=lambda e: e.name)

@@ -1,0 +1,260 @@
+"""`emq` command line: parse options, call one library function, print a short summary."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+
+
+def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's expected errors (bad files, unknown names) into one-line CLI errors."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from emq.errors import USER_ERRORS
+
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as err:
+            raise click.ClickException(str(err)) from None
+
+    return wrapper
+
+
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="EMQ_DATA_DIR", default=None,
+    help="Folder of public ground-truth files (default: $EMQ_DATA_DIR, else ../shared/benchmarks beside the repo).",
+)
+
+
+def _stats_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--batch-seed", default=0, show_default=True, help="Seed of the fixed input batch (recorded with every score)."),
+        click.option("--batch-size", default=16, show_default=True, help="Images in the batch the statistics are computed on."),
+        click.option("--init-seed", default=0, show_default=True, help="Seed of random initialisation (benchmarks without trained weights)."),
+        click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+                     help="Storage dtype of cached statistics (float16 halves memory; programs evaluate in float32)."),
+        click.option("--hessian-samples", default=2, show_default=True, help="Hutchinson samples for hessian_diag."),
+        click.option("--device", default=None, help="torch device for statistics (default: cuda if present, else cpu)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _stats_config(batch_seed: int, batch_size: int, init_seed: int, dtype: str, hessian_samples: int, device: str | None):
+    from emq.stats_cache import StatsConfig
+
+    return StatsConfig(batch_seed=batch_seed, batch_size=batch_size, init_seed=init_seed, store_dtype=dtype,
+                       hessian_samples=hessian_samples, device=device or _default_device())
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """EMQ: discover and score training-free proxies for mixed-precision quantization and ViTs.
+
+    \b
+    Typical session:
+      emq bench list                         # what can be ranked
+      emq bench build mq-digits              # build the embedded MQ benchmark (minutes, once)
+      emq score mq-digits --baselines        # how well do hand-made proxies rank it?
+      emq score mq-digits --formula "sum_layers(l2(quant_error))"
+      emq ops                                # the building blocks of proxy programs
+    """
+
+
+# ----------------------------------------------------------------------------- ops
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def ops(as_json: bool) -> None:
+    """List the primitive ops proxy programs are built from, with type signatures.
+
+    Types: T = per-layer tensor, S = per-layer scalar, N = one number per network.
+    A program maps statistics (T) through ops to N, e.g. mean_layers(l2(mul(weight, grad))).
+    """
+    from primitives import list_ops
+
+    all_ops = list_ops()
+    if as_json:
+        click.echo(json.dumps([{"name": o.name, "signature": o.signature(), "group": o.group, "doc": o.doc} for o in all_ops], indent=2))
+        return
+    group = None
+    for op in all_ops:
+        if op.group != group:
+            group = op.group
+            click.echo(f"\n{group}:")
+        click.echo(f"  {op.name:<20} {op.signature():<10} {op.doc}")
+    click.echo(f"\n{len(all_ops)} ops. Statistics (leaves of type T): see `emq stats --list`.")
+
+
+# --------------------------------------------------------------------------- bench
+@main.group()
+def bench() -> None:
+    """List, build and inspect benchmarks (candidates + ground-truth accuracy)."""
+
+
+@bench.command("list")
+def bench_list() -> None:
+    """List registered benchmarks: embedded ones are built here, public ones read from --data-dir."""
+    from emq.bench.registry import list_benchmarks
+
+    for entry in list_benchmarks():
+        where = "embedded (emq bench build)" if entry.embedded else "public file (--data-dir)"
+        click.echo(f"{entry.name:<28} {entry.family:<4} {where:<28} {entry.doc}")
+
+
+@bench.command("build")
+@click.argument("name")
+@click.option("--seed", default=0, show_default=True, help="Seed of training, splits and sampled configurations.")
+@click.option("--num-configs", default=None, type=int, help="Number of candidates to measure (default: the benchmark's own).")
+@_friendly_errors
+def bench_build(name: str, seed: int, num_configs: int | None) -> None:
+    """Build embedded benchmark NAME offline (train, then measure every candidate).
+
+    Deterministic given --seed. Example: emq bench build mq-digits --seed 0
+    """
+    from emq.bench.registry import get_builder
+
+    builder = get_builder(name)
+    kwargs: dict[str, Any] = {"seed": seed}
+    if num_configs is not None:
+        kwargs["num_configs"] = num_configs
+    start = time.perf_counter()
+    out = builder(**kwargs)
+    click.echo(f"built {name} in {time.perf_counter() - start:.0f} s -> {out}")
+
+
+@bench.command("show")
+@click.argument("name")
+@data_dir_option
+@click.option("--limit", default=5, show_default=True, help="Candidates to print.")
+@_friendly_errors
+def bench_show(name: str, data_dir: Path | None, limit: int) -> None:
+    """Summarise benchmark NAME: candidates, ground-truth columns and their spread."""
+    from emq.bench.summary import summarize_benchmark
+    from emq.bench.registry import get_benchmark
+    from emq.paths import data_dir as resolve
+
+    click.echo(summarize_benchmark(get_benchmark(name, resolve(data_dir)), limit=limit))
+
+
+# --------------------------------------------------------------------------- stats
+@main.command()
+@click.argument("name", required=False)
+@data_dir_option
+@_stats_options
+@click.option("--limit", default=None, type=int, help="Only the first N candidates.")
+@click.option("--list", "list_stats", is_flag=True, help="List the statistics catalogue and exit.")
+@_friendly_errors
+def stats(name: str | None, data_dir: Path | None, batch_seed: int, batch_size: int, init_seed: int, dtype: str,
+          hessian_samples: int, device: str | None, limit: int | None, list_stats: bool) -> None:
+    """Precompute the statistics cache of benchmark NAME (a second run computes nothing).
+
+    Example: emq stats mq-digits --batch-size 16 --dtype float16
+    """
+    from emq.stats import STATS
+
+    if list_stats or not name:
+        for info in STATS.values():
+            click.echo(f"{info.name:<16} {'(MQ only) ' if info.needs_bits else ''}{info.doc}")
+        return
+    from emq.paths import data_dir as resolve
+    from emq.stats_cache import load_or_compute
+
+    bench_obj = _ensure_built(name, resolve(data_dir))
+    cands = bench_obj.candidates()[:limit] if limit else bench_obj.candidates()
+    config = _stats_config(batch_seed, batch_size, init_seed, dtype, hessian_samples, device)
+    start = time.perf_counter()
+    load_or_compute(bench_obj, cands, config, progress=True)
+    click.echo(f"statistics of {len(cands)} candidates ready in {time.perf_counter() - start:.1f} s")
+
+
+def _ensure_built(name: str, data_dir: Path | None):
+    """Return benchmark `name`, building it first when it is embedded and not built yet."""
+    from emq.bench.base import BenchmarkNotBuiltError
+    from emq.bench.registry import BENCHMARKS, get_benchmark, get_builder
+
+    try:
+        return get_benchmark(name, data_dir)
+    except BenchmarkNotBuiltError:
+        if not BENCHMARKS[name].embedded:
+            raise
+        click.echo(f"{name} is not built yet: building it now (once; see `emq bench build --help`)", err=True)
+        get_builder(name)()
+        return get_benchmark(name, data_dir)
+
+
+# --------------------------------------------------------------------------- score
+@main.command()
+@click.argument("name")
+@data_dir_option
+@click.option("--proxy", "proxy_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Proxy JSON file (emq-proxy/1) to score; repeatable.")
+@click.option("--formula", "formulas", multiple=True, help="Proxy formula to score, e.g. 'sum_layers(l2(grad))'; repeatable.")
+@click.option("--baselines", "all_baselines", is_flag=True, help="Also score every baseline that applies to this benchmark.")
+@click.option("--baseline", "baseline_names", multiple=True, help="Score this baseline (repeatable); see `emq score --list-baselines`.")
+@click.option("--split", type=click.Choice(["all", "search", "heldout"]), default="all", show_default=True,
+              help="Candidates to score: all, or the search / held-out half of the fixed split.")
+@click.option("--targets", default=None, help="Comma-separated ground-truth columns (default: all).")
+@click.option("--bootstrap", "n_boot", default=1000, show_default=True, help="Bootstrap resamples for the 95% intervals.")
+@_stats_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report here (.md table or .json), atomically.")
+@_friendly_errors
+def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formulas: tuple[str, ...], all_baselines: bool,
+          baseline_names: tuple[str, ...], split: str, targets: str | None, n_boot: int, batch_seed: int, batch_size: int,
+          init_seed: int, dtype: str, hessian_samples: int, device: str | None, as_json: bool, out_file: Path | None) -> None:
+    """Rank-correlate proxies and baselines with benchmark NAME's ground truth.
+
+    Prints Kendall tau and Spearman rho with bootstrap 95% intervals per ground-truth
+    column, and flags degenerate scorers (nonfinite, constant, input_independent).
+
+    \b
+    Examples:
+      emq score mq-digits --baselines
+      emq score mq-digits --proxy examples/proxy-hawq-like.json --split heldout
+      emq score mq-digits --formula "sum_layers(s_log(l2(quant_error)))" --json
+    """
+    from emq.atomic import write_json_atomic, write_text_atomic
+    from emq.baselines import applicable_baselines
+    from emq.paths import data_dir as resolve
+    from emq.proxy import Proxy
+    from emq.scoring import score_benchmark
+
+    bench_obj = _ensure_built(name, resolve(data_dir))
+    proxies = {p.stem: Proxy.load(p) for p in proxy_files}
+    proxies.update({f"formula{i + 1}" if len(formulas) > 1 else "formula": Proxy.from_formula(f) for i, f in enumerate(formulas)})
+    names = list(baseline_names) + ([b for b in applicable_baselines(bench_obj.family) if b not in baseline_names] if all_baselines else [])
+    if not proxies and not names:
+        raise click.UsageError("nothing to score: give --proxy FILE, --formula TEXT, --baseline NAME or --baselines")
+    config = _stats_config(batch_seed, batch_size, init_seed, dtype, hessian_samples, device)
+    report = score_benchmark(bench_obj, proxies, names, config, split=split,
+                             targets=targets.split(",") if targets else None, n_boot=n_boot)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(report.to_markdown())
+    if out_file:
+        if out_file.suffix == ".json":
+            write_json_atomic(out_file, report.to_json())
+        else:
+            write_text_atomic(out_file, report.to_markdown())
+        click.echo(f"wrote {out_file}", err=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

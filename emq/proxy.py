@@ -1,0 +1,344 @@
+"""Proxy programs: typed DAGs over network statistics that give one score per network.
+
+A program's leaves are statistic names (type T, one tensor per layer); its inner
+nodes are registered ops. Nodes of type T and S are evaluated per layer;
+aggregations turn the per-layer S values into one network number (N), and the
+program's output is N. Programs are plain data: JSON (`emq-proxy/1`) with op
+*names*, a readable formula, and a canonical hash shared by equal programs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch
+
+from emq.atomic import write_json_atomic
+from emq.stats import STATS, NetworkStats
+from primitives import Kind, UnknownOpError, get_op
+
+FORMAT = "emq-proxy/1"
+
+
+class ProxyFormatError(ValueError):
+    """A program that cannot be built: unknown op/stat, type error, malformed JSON or formula."""
+
+
+class ProxyEvaluationError(RuntimeError):
+    """A program failed on a network's statistics; `reason` is a short, countable label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class MissingStatError(ProxyEvaluationError):
+    """The statistics lack one the program needs."""
+
+
+@dataclass
+class Proxy:
+    """A typed program. `graph` nodes carry `stat` (leaf) or `op` (name) and `type`; edges carry `arg`."""
+
+    graph: nx.DiGraph
+    output: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def from_formula(cls, text: str, meta: dict[str, Any] | None = None) -> "Proxy":
+        """Parse `op(arg, ...)` / `stat` syntax, e.g. `mean_layers(l2(mul(abs(grad), weight)))`."""
+        graph = nx.DiGraph()
+        output = _FormulaParser(text, graph).parse()
+        proxy = cls(graph, output, dict(meta or {}))
+        proxy.validate()
+        return proxy
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "<json>") -> "Proxy":
+        """Build from the `emq-proxy/1` dict; errors name `source` and the offending field/node."""
+        if not isinstance(data, dict):
+            raise ProxyFormatError(f"{source}: a proxy file must hold a JSON object, got {type(data).__name__}")
+        if data.get("format") != FORMAT:
+            raise ProxyFormatError(
+                f"{source}: field 'format' is {data.get('format')!r}; expected {FORMAT!r} (is this an EMQ proxy file?)"
+            )
+        nodes = data.get("nodes")
+        if not isinstance(nodes, list) or not nodes:
+            raise ProxyFormatError(f"{source}: field 'nodes' must be a non-empty list of node objects")
+        graph = nx.DiGraph()
+        for i, node in enumerate(nodes):
+            where = f"{source}: nodes[{i}]"
+            if not isinstance(node, dict) or not isinstance(node.get("id"), int):
+                raise ProxyFormatError(f"{where} must be an object with an integer 'id'")
+            nid = node["id"]
+            if nid in graph:
+                raise ProxyFormatError(f"{where}: duplicate node id {nid}")
+            if ("stat" in node) == ("op" in node):
+                raise ProxyFormatError(f"{where} (id {nid}) needs exactly one of 'stat' or 'op'")
+            if "stat" in node:
+                graph.add_node(nid, stat=str(node["stat"]))
+            else:
+                inputs = node.get("inputs")
+                if not isinstance(inputs, list) or not all(isinstance(x, int) for x in inputs):
+                    raise ProxyFormatError(f"{where} (op {node['op']!r}): 'inputs' must be a list of node ids")
+                graph.add_node(nid, op=str(node["op"]), args=list(inputs))
+        for nid, attrs in list(graph.nodes(data=True)):
+            for src in attrs.get("args", []):
+                if src not in graph:
+                    raise ProxyFormatError(f"{source}: node {nid} ({attrs['op']}) uses unknown node id {src}")
+                graph.add_edge(src, nid)
+        output = data.get("output")
+        if output not in graph:
+            raise ProxyFormatError(f"{source}: field 'output' ({output!r}) is not a node id")
+        meta = data.get("meta", {})
+        if not isinstance(meta, dict):
+            raise ProxyFormatError(f"{source}: field 'meta' must be an object")
+        proxy = cls(graph, output, meta)
+        proxy.validate(source)
+        return proxy
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Proxy":
+        """Read a proxy JSON file (never a pickle)."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ProxyFormatError(f"{path}: no such proxy file") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ProxyFormatError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+        return cls.from_json(data, source=str(path))
+
+    # --------------------------------------------------------------- validation
+    def validate(self, source: str = "<proxy>") -> None:
+        """Check ops/stats exist, arities and types match, the graph is acyclic and ends in N."""
+        g = self.graph
+        if not nx.is_directed_acyclic_graph(g):
+            raise ProxyFormatError(f"{source}: the program has a cycle; proxies must be acyclic")
+        for nid in nx.topological_sort(g):
+            attrs = g.nodes[nid]
+            if "stat" in attrs:
+                if attrs["stat"] not in STATS:
+                    raise ProxyFormatError(
+                        f"{source}: node {nid}: unknown statistic {attrs['stat']!r}; known: {', '.join(sorted(STATS))}"
+                    )
+                attrs["type"] = Kind.T
+                continue
+            try:
+                op = get_op(attrs["op"])
+            except UnknownOpError as err:
+                raise ProxyFormatError(f"{source}: node {nid}: {err}") from None
+            args = attrs["args"]
+            if len(args) != op.arity:
+                raise ProxyFormatError(
+                    f"{source}: node {nid} ({op.name}) takes {op.arity} input(s) ({op.signature()}), got {len(args)}"
+                )
+            got = tuple(g.nodes[a]["type"] for a in args)
+            if got != op.inputs:
+                shown = ", ".join(k.value for k in got)
+                raise ProxyFormatError(
+                    f"{source}: node {nid} ({op.name}) has signature {op.signature()} but receives ({shown}); "
+                    "reduce a T to S with a reduction (mean, l2, ...) and S to N with an aggregation (mean_layers, ...)"
+                )
+            attrs["type"] = op.output
+        if self.output not in g:
+            raise ProxyFormatError(f"{source}: output node {self.output} does not exist")
+        out_type = g.nodes[self.output]["type"]
+        if out_type != Kind.N:
+            raise ProxyFormatError(
+                f"{source}: the program ends in type {out_type.value}; it must end in N (one number per network), "
+                "e.g. wrap it in mean_layers(...)"
+            )
+        unused = set(g) - nx.ancestors(g, self.output) - {self.output}
+        if unused:
+            raise ProxyFormatError(f"{source}: node(s) {sorted(unused)} do not feed the output")
+
+    # ------------------------------------------------------------ serialisation
+    def to_json(self) -> dict[str, Any]:
+        """Return the `emq-proxy/1` dict (node ids renumbered in topological order)."""
+        order = self._order()
+        ids = {nid: i for i, nid in enumerate(order)}
+        nodes = []
+        for nid in order:
+            attrs = self.graph.nodes[nid]
+            if "stat" in attrs:
+                nodes.append({"id": ids[nid], "stat": attrs["stat"]})
+            else:
+                nodes.append({"id": ids[nid], "op": attrs["op"], "inputs": [ids[a] for a in attrs["args"]]})
+        return {
+            "format": FORMAT,
+            "formula": self.formula(),
+            "hash": self.canonical_hash(),
+            "stats": sorted(self.stats_needed),
+            "nodes": nodes,
+            "output": ids[self.output],
+            "meta": self.meta,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the JSON file atomically."""
+        return write_json_atomic(path, self.to_json())
+
+    def formula(self) -> str:
+        """Return the readable formula, e.g. `mean_layers(l2(mul(abs(grad), weight)))`."""
+        return self._render(self.output, canonical=False)
+
+    def canonical_hash(self) -> str:
+        """Return a hash equal for programs that are the same up to node ids and commutative argument order."""
+        return hashlib.sha256(self._render(self.output, canonical=True).encode()).hexdigest()[:16]
+
+    @property
+    def stats_needed(self) -> set[str]:
+        return {a["stat"] for _, a in self.graph.nodes(data=True) if "stat" in a}
+
+    @property
+    def size(self) -> int:
+        """Number of nodes (the measure the search limits against bloat)."""
+        return self.graph.number_of_nodes()
+
+    def __str__(self) -> str:
+        return self.formula()
+
+    # --------------------------------------------------------------- evaluation
+    def evaluate(self, stats: NetworkStats, dtype: torch.dtype = torch.float32) -> float:
+        """Return the program's score for one network; inputs are never modified.
+
+        The program runs over the layers that carry every statistic it needs (so
+        per-block transformer statistics and per-layer weights can coexist).
+        Raises MissingStatError when no layer has them and ProxyEvaluationError
+        when an op fails; a non-finite score is returned as is (callers screen it).
+        """
+        needed = self.stats_needed
+        layers = {name: t for name, t in stats.layers.items() if needed <= t.keys()}
+        if not layers:
+            have = sorted(set().union(*(t.keys() for t in stats.layers.values()))) if stats.layers else []
+            raise MissingStatError(
+                "missing_stat",
+                f"no layer has all of {sorted(needed)} (statistics present: {have}); "
+                "compute them with a stat set that includes them",
+            )
+        order = self._order()
+        layer_nodes = [n for n in order if self.graph.nodes[n]["type"] != Kind.N]
+        net_nodes = [n for n in order if self.graph.nodes[n]["type"] == Kind.N]
+        per_layer: list[dict[int, torch.Tensor]] = []
+        for layer, tensors in layers.items():
+            values: dict[int, torch.Tensor] = {}
+            for nid in layer_nodes:
+                attrs = self.graph.nodes[nid]
+                if "stat" in attrs:
+                    values[nid] = tensors[attrs["stat"]].to(dtype)
+                else:
+                    values[nid] = self._apply(nid, [values[a] for a in attrs["args"]], layer)
+            per_layer.append(values)
+        params = torch.tensor([float(stats.params.get(name, 0)) for name in layers], dtype=dtype)
+        net: dict[int, torch.Tensor] = {}
+        for nid in net_nodes:
+            attrs = self.graph.nodes[nid]
+            op = get_op(attrs["op"])
+            if op.is_aggregation:
+                (child,) = attrs["args"]
+                stacked = torch.stack([v[child].reshape(()) for v in per_layer])
+                net[nid] = self._apply(nid, [stacked, params.to(stacked.device)], "network")
+            else:
+                net[nid] = self._apply(nid, [net[a] for a in attrs["args"]], "network")
+        return float(net[self.output])
+
+    def evaluate_many(self, stats_list: list[NetworkStats], dtype: torch.dtype = torch.float32) -> np.ndarray:
+        """Return scores for several networks (errors propagate; see `evaluate`)."""
+        return np.array([self.evaluate(s, dtype) for s in stats_list], dtype=np.float64)
+
+    # ---------------------------------------------------------------- internals
+    def _order(self) -> list[int]:
+        return list(nx.lexicographical_topological_sort(self.graph))
+
+    def _apply(self, nid: int, args: list[torch.Tensor], where: str) -> torch.Tensor:
+        op = get_op(self.graph.nodes[nid]["op"])
+        try:
+            out = op.fn(*args)
+        except Exception as err:  # an op failing on real data is a countable outcome, not a crash
+            raise ProxyEvaluationError(f"op_error:{op.name}", f"{op.name} failed at {where}: {err}") from err
+        if op.output != Kind.T and out.numel() != 1:
+            raise ProxyEvaluationError(f"shape:{op.name}", f"{op.name} returned shape {tuple(out.shape)} for type {op.output.value}")
+        return out
+
+    def _render(self, nid: int, canonical: bool) -> str:
+        attrs = self.graph.nodes[nid]
+        if "stat" in attrs:
+            return attrs["stat"]
+        op = get_op(attrs["op"])
+        parts = [self._render(a, canonical) for a in attrs["args"]]
+        if canonical and op.commutative:
+            parts.sort()
+        return f"{op.name}({', '.join(parts)})"
+
+
+class _FormulaParser:
+    """Recursive-descent parser for `name(arg, ...)` formulas; identifiers without parentheses are statistics."""
+
+    _TOKEN = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)|(\()|(\))|(,))")
+
+    def __init__(self, text: str, graph: nx.DiGraph) -> None:
+        self.text = text
+        self.graph = graph
+        self.pos = 0
+
+    def parse(self) -> int:
+        if not self.text.strip():
+            raise ProxyFormatError("empty formula")
+        nid = self._expr()
+        if self.text[self.pos:].strip():
+            self._fail("unexpected text after the end of the formula")
+        return nid
+
+    def _fail(self, message: str) -> None:
+        raise ProxyFormatError(f"formula {self.text!r}, column {self.pos + 1}: {message}")
+
+    def _next(self) -> tuple[str, str]:
+        m = self._TOKEN.match(self.text, self.pos)
+        if not m:
+            self._fail("expected a name, '(', ')' or ','")
+        self.pos = m.end()
+        if m.group(1):
+            return "name", m.group(1)
+        return "punct", m.group(2) or m.group(3) or m.group(4)
+
+    def _peek(self) -> str | None:
+        m = self._TOKEN.match(self.text, self.pos)
+        return (m.group(2) or m.group(3) or m.group(4)) if m and not m.group(1) else None
+
+    def _expr(self) -> int:
+        kind, value = self._next()
+        if kind != "name":
+            self._fail(f"expected a name, got {value!r}")
+        nid = self.graph.number_of_nodes()
+        if self._peek() != "(":
+            self.graph.add_node(nid, stat=value)
+            return nid
+        self._next()  # "("
+        self.graph.add_node(nid, op=value, args=[])
+        args: list[int] = []
+        if self._peek() == ")":
+            self._next()
+        else:
+            while True:
+                args.append(self._expr())
+                _, sep = self._next()
+                if sep == ")":
+                    break
+                if sep != ",":
+                    self._fail(f"expected ',' or ')', got {sep!r}")
+        self.graph.nodes[nid]["args"] = args
+        for a in args:
+            self.graph.add_edge(a, nid)
+        return nid
+

@@ -1,0 +1,175 @@
+"""Score proxies and baselines on a benchmark: rank correlations with intervals, plus degeneracy flags."""
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from emq.bench.base import Benchmark
+from emq.degeneracy import INPUT_INDEPENDENT, degeneracy_flags, is_input_independent
+from emq.fitness import bootstrap_interval, heldout_split, kendall, spearman
+from emq.proxy import Proxy, ProxyEvaluationError
+from emq.stats import NetworkStats
+from emq.stats_cache import StatsConfig, load_or_compute
+
+SPLITS = ("all", "search", "heldout")
+
+
+def proxy_scores(proxy: Proxy, stats_list: list[NetworkStats]) -> tuple[np.ndarray, Counter]:
+    """Return one score per network (NaN where the program failed) and the failures counted by reason."""
+    scores = np.full(len(stats_list), np.nan)
+    failures: Counter = Counter()
+    for i, stats in enumerate(stats_list):
+        try:
+            scores[i] = proxy.evaluate(stats)
+        except ProxyEvaluationError as err:
+            failures[err.reason] += 1
+    failures["nonfinite"] += int(np.sum(~np.isfinite(scores))) - sum(failures.values())
+    return scores, +failures
+
+
+@dataclass
+class ScoreRow:
+    """Agreement of one scorer with one ground-truth column on one set of candidates."""
+
+    name: str
+    kind: str  # "proxy" or "baseline"
+    target: str
+    n: int
+    kendall: float
+    kendall_ci: tuple[float, float]
+    spearman: float
+    spearman_ci: tuple[float, float]
+    flags: list[str] = field(default_factory=list)
+    formula: str = ""
+
+
+@dataclass
+class ScoreReport:
+    """All rows for one benchmark, with what was scored on (batch, split, stats config)."""
+
+    benchmark: str
+    split: str
+    n_candidates: int
+    batch: dict[str, Any]
+    stats_config: dict[str, Any]
+    rows: list[ScoreRow]
+    failures: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_markdown(self) -> str:
+        """Return a table a person can read: one line per scorer and target."""
+        lines = [
+            f"Benchmark `{self.benchmark}`, split `{self.split}` ({self.n_candidates} candidates), "
+            f"batch {self.batch.get('source')} seed {self.batch.get('seed')} size {self.batch.get('size')}.",
+            "",
+            "| scorer | kind | target | n | Kendall tau [95% CI] | Spearman rho [95% CI] | flags |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in self.rows:
+            lines.append(
+                f"| {r.name} | {r.kind} | {r.target} | {r.n} | {_fmt(r.kendall, r.kendall_ci)} | "
+                f"{_fmt(r.spearman, r.spearman_ci)} | {', '.join(r.flags) or '-'} |"
+            )
+        formulas = [(r.name, r.formula) for r in self.rows if r.formula]
+        if formulas:
+            lines += ["", "Formulas:"] + [f"- `{n}`: `{f}`" for n, f in dict(formulas).items()]
+        if self.failures:
+            lines += ["", "Evaluation failures (count by reason):"]
+            lines += [f"- {name}: {dict(c)}" for name, c in self.failures.items() if c]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float, ci: tuple[float, float]) -> str:
+    if not np.isfinite(value):
+        return "n/a"
+    return f"{value:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def select_split(bench: Benchmark, split: str, split_seed: int = 0, heldout_fraction: float = 0.5) -> np.ndarray:
+    """Return candidate indices for `split` ('all', 'search' or 'heldout')."""
+    ids = bench.candidate_ids()
+    if split == "all":
+        return np.arange(len(ids))
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    parts = heldout_split(ids, heldout_fraction, split_seed)
+    return parts.search if split == "search" else parts.heldout
+
+
+def rows_for(
+    name: str, kind: str, scores: np.ndarray, truth: dict[str, np.ndarray], flags: list[str],
+    formula: str = "", n_boot: int = 1000, seed: int = 0,
+) -> list[ScoreRow]:
+    """Return one ScoreRow per ground-truth column for these scores."""
+    rows = []
+    for target, column in truth.items():
+        n = int(np.sum(np.isfinite(column)))
+        rows.append(ScoreRow(
+            name=name, kind=kind, target=target, n=n,
+            kendall=kendall(scores, column), kendall_ci=bootstrap_interval(scores, column, kendall, n_boot, seed),
+            spearman=spearman(scores, column), spearman_ci=bootstrap_interval(scores, column, spearman, n_boot, seed),
+            flags=list(flags), formula=formula,
+        ))
+    return rows
+
+
+def score_benchmark(
+    bench: Benchmark,
+    proxies: dict[str, Proxy] | None = None,
+    baselines: list[str] | None = None,
+    config: StatsConfig | None = None,
+    split: str = "all",
+    targets: list[str] | None = None,
+    n_boot: int = 1000,
+    probe_size: int = 16,
+    progress: bool = True,
+) -> ScoreReport:
+    """Score proxy programs and named baselines on `bench` and return the report.
+
+    Input independence is checked on a probe of `probe_size` candidates whose
+    statistics are also computed on a second batch (batch seed + 1).
+    """
+    from emq.baselines import baseline_scores  # baselines build on scoring's neighbours; keep import local
+
+    proxies = proxies or {}
+    baselines = baselines or []
+    config = config or StatsConfig()
+    all_truth = bench.ground_truth()
+    targets = targets or list(all_truth)
+    unknown = [t for t in targets if t not in all_truth]
+    if unknown:
+        raise KeyError(f"unknown target(s) {unknown} for benchmark {bench.name}; available: {', '.join(all_truth)}")
+    idx = select_split(bench, split)
+    cands = [bench.candidates()[i] for i in idx]
+    truth = {t: all_truth[t][idx] for t in targets}
+    probe = np.arange(min(probe_size, len(cands)))
+    other = dataclasses.replace(config, batch_seed=config.batch_seed + 1)
+
+    rows: list[ScoreRow] = []
+    failures: dict[str, dict[str, int]] = {}
+    if proxies:
+        stats_list = load_or_compute(bench, cands, config, progress=progress)
+        probe_stats = load_or_compute(bench, [cands[i] for i in probe], other, progress=progress)
+        for name, proxy in proxies.items():
+            scores, fails = proxy_scores(proxy, stats_list)
+            other_scores, _ = proxy_scores(proxy, probe_stats)
+            flags = degeneracy_flags(scores)
+            if not flags and len(probe) > 1 and is_input_independent(scores[probe], other_scores):
+                flags.append(INPUT_INDEPENDENT)
+            failures[name] = dict(fails)
+            rows += rows_for(name, "proxy", scores, truth, flags, proxy.formula(), n_boot)
+    if baselines:
+        main = baseline_scores(bench, baselines, config, candidates=cands, progress=progress)
+        for name in baselines:
+            rows += rows_for(name, "baseline", main[name], truth, degeneracy_flags(main[name]), n_boot=n_boot)
+    return ScoreReport(
+        benchmark=bench.name, split=split, n_candidates=len(cands), batch=bench.batch(config.batch_seed, config.batch_size).describe(),
+        stats_config=config.describe() if hasattr(config, "describe") else dataclasses.asdict(config),
+        rows=rows, failures=failures,
+    )

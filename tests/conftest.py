@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny synthetic statistics so unit tests need no benchmark."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emq.stats import NetworkStats
+
+
+def make_stats(seed: int = 0, layers: tuple[tuple[str, tuple[int, ...]], ...] = (("conv", (4, 3, 3, 3)), ("fc", (10, 4)))) -> NetworkStats:
+    """Return random statistics for a two-layer network (weight, grad, act, bits...)."""
+    g = torch.Generator().manual_seed(seed)
+    data = {}
+    params = {}
+    for name, shape in layers:
+        w = torch.randn(shape, generator=g)
+        data[name] = {
+            "weight": w,
+            "grad": torch.randn(shape, generator=g),
+            "act": torch.randn((2, shape[0]), generator=g),
+            "act_grad": torch.randn((2, shape[0]), generator=g),
+            "bits": torch.full(shape, float(2 + seed % 3)),
+            "quant_error": torch.randn(shape, generator=g) * 0.01,
+            "params": torch.tensor(float(w.numel())),
+        }
+        params[name] = w.numel()
+    return NetworkStats(data, params, {k: 1 for k in params})
+
+
+@pytest.fixture
+def stats() -> NetworkStats:
+    return make_stats(0)
