@@ -1,0 +1,81 @@
+"""Binary tensor ops (T, T -> T) under one explicit shape rule, `align`."""
+from __future__ import annotations
+
+import torch
+
+from primitives.numerics import safe_div
+from primitives.registry import register
+from primitives.types import Kind
+
+T = Kind.T
+
+
+def align(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (a, b) made compatible for an elementwise op by the library's shape rule.
+
+    1. Equal shapes: returned unchanged, the op is elementwise.
+    2. Either has exactly one element: that one becomes 0-d and broadcasts over the
+       other (so the result has the other's shape).
+    3. Anything else: both are reduced to their mean (0-d) first.
+
+    Torch's own broadcasting is deliberately never used beyond rule 2: two per-layer
+    stats of shapes (3, 1) and (1, 3) are unrelated, not an outer product.
+    """
+    if a.shape == b.shape:
+        return a, b
+    if a.numel() == 1 or b.numel() == 1:
+        if a.numel() == 1:
+            a = a.reshape(())
+        if b.numel() == 1:
+            b = b.reshape(())
+        return a, b
+    return a.mean(), b.mean()
+
+
+@register("add", (T, T), T, "binary", commutative=True)
+def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Return a + b (shapes aligned by `align`)."""
+    a, b = align(a, b)
+    return a + b
+
+
+@register("sub", (T, T), T, "binary")
+def sub(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Return a - b (shapes aligned by `align`)."""
+    a, b = align(a, b)
+    return a - b
+
+
+@register("mul", (T, T), T, "binary", commutative=True)
+def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Return a * b (shapes aligned by `align`)."""
+    a, b = align(a, b)
+    return a * b
+
+
+@register("div", (T, T), T, "binary")
+def div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Return a / (b + eps * sign(b)), sign(0) = +1 (shapes aligned by `align`)."""
+    a, b = align(a, b)
+    return safe_div(a, b)
+
+
+@register("maximum", (T, T), T, "binary", commutative=True)
+def maximum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Return max(a, b) elementwise (shapes aligned by `align`)."""
+    a, b = align(a, b)
+    return torch.maximum(a, b)
+
+
+@register("minimum", (T, T), T, "binary", commutative=True)
+def minimum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Return min(a, b) elementwise (shapes aligned by `align`)."""
+    a, b = align(a, b)
+    return torch.minimum(a, b)
+
+
+@register("abs_diff", (T, T), T, "binary", commutative=True)
+def abs_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Return |a - b| (shapes aligned by `align`)."""
+    a, b = align(a, b)
+    return (a - b).abs()
