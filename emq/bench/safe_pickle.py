@@ -1,0 +1,84 @@
+"""Read pickles that hold only plain data, refusing anything that could run code.
+
+Public ground-truth files (EMQ's `PTQ-GT.pkl`) are pickles, and `pickle.load` on an
+untrusted file can call any importable function. `load_plain_pickle` uses an
+unpickler whose `find_class` refuses *every* global, so no class, function or
+reducer is ever looked up, let alone called; persistent ids and the copyreg
+extension registry are refused as well. What pickle can encode without globals —
+dict, list, tuple, str, int, float, bool, None (and bytes / sets, which are
+rejected afterwards) — loads normally.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any, BinaryIO
+
+#: The only types a plain-data pickle may contain.
+PLAIN_TYPES = (dict, list, tuple, str, int, float, bool, type(None))
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle references code (a global, a persistent id) or holds a non-plain value."""
+
+
+class PlainDataUnpickler(pickle.Unpickler):
+    """An unpickler that refuses every global: only plain containers and scalars load."""
+
+    def __init__(self, file: BinaryIO, source: str = "<pickle>") -> None:
+        super().__init__(file)
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise UnsafePickleError(
+            f"{self.source}: refusing to load the global {module}.{name}: this reader accepts only plain data "
+            f"(dict, list, tuple, str, int, float, bool, None), never classes or functions, so nothing in the "
+            f"file is executed. If the file is trusted, convert it to JSON (same content) and load that instead."
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError(f"{self.source}: refusing a persistent id; only plain data is accepted")
+
+
+def load_plain_pickle(source: str | Path | bytes | BinaryIO) -> Any:
+    """Return the plain-data content of a pickle (path, bytes or binary file), refusing any global.
+
+    Raises `UnsafePickleError` for globals / persistent ids / non-plain values, and
+    `ValueError` naming the source for a truncated or corrupt file.
+    """
+    if isinstance(source, (str, Path)):
+        name = str(source)
+        with open(source, "rb") as f:
+            return _load(f, name)
+    if isinstance(source, (bytes, bytearray)):
+        return _load(io.BytesIO(bytes(source)), "<bytes>")
+    return _load(source, getattr(source, "name", "<pickle>"))
+
+
+def _load(f: BinaryIO, name: str) -> Any:
+    try:
+        obj = PlainDataUnpickler(f, name).load()
+    except UnsafePickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
+            AttributeError, MemoryError, UnicodeDecodeError, OverflowError) as exc:
+        raise ValueError(f"{name}: not a readable pickle ({type(exc).__name__}: {exc})") from exc
+    _check_plain(obj, name, "top level")
+    return obj
+
+
+def _check_plain(obj: Any, name: str, where: str) -> None:
+    """Fail if anything inside `obj` is not one of PLAIN_TYPES (iteratively: deep nesting is fine)."""
+    stack: list[tuple[Any, str]] = [(obj, where)]
+    while stack:
+        value, at = stack.pop()
+        if type(value) not in PLAIN_TYPES:
+            raise UnsafePickleError(f"{name}: {at} holds a {type(value).__name__}; only plain data "
+                                    f"(dict, list, tuple, str, int, float, bool, None) is accepted")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                stack.append((k, f"a key in {at}"))
+                stack.append((v, f"{at}[{k!r}]"))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(value))
