@@ -1,6 +1,7 @@
 """The errors that mean "the user's input is wrong": the CLI prints them as one line, no traceback."""
 from __future__ import annotations
 
+from emq.baselines import UnknownBaselineError
 from emq.bench.base import BenchmarkNotBuiltError
 from emq.bench.registry import UnknownBenchmarkError
 from emq.proxy import ProxyEvaluationError, ProxyFormatError
@@ -21,4 +22,5 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     UnknownBenchmarkError,
     BenchmarkNotBuiltError,
     FileNotFoundError,
+    UnknownBaselineError,
 )

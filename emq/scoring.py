@@ -128,12 +128,14 @@ def score_benchmark(
     targets: list[str] | None = None,
     n_boot: int = 1000,
     probe_size: int = 16,
+    limit: int | None = None,
     progress: bool = True,
 ) -> ScoreReport:
     """Score proxy programs and named baselines on `bench` and return the report.
 
     Input independence is checked on a probe of `probe_size` candidates whose
-    statistics are also computed on a second batch (batch seed + 1).
+    statistics are also computed on a second batch (batch seed + 1). `limit` keeps
+    only the first N candidates of the split (quick looks and tests).
     """
     from emq.baselines import baseline_scores  # baselines build on scoring's neighbours; keep import local
 
@@ -145,7 +147,7 @@ def score_benchmark(
     unknown = [t for t in targets if t not in all_truth]
     if unknown:
         raise KeyError(f"unknown target(s) {unknown} for benchmark {bench.name}; available: {', '.join(all_truth)}")
-    idx = select_split(bench, split)
+    idx = select_split(bench, split)[:limit]
     cands = [bench.candidates()[i] for i in idx]
     truth = {t: all_truth[t][idx] for t in targets}
     probe = np.arange(min(probe_size, len(cands)))

@@ -1,0 +1,385 @@
+"""Hand-designed proxies from the literature, registered by name, scored like any proxy.
+
+Every baseline gives one float per candidate, and a higher score predicts a higher
+accuracy (quantities the literature calls "lower is better" are negated). Two kinds:
+
+- *program* baselines are proxy formulas over the cached statistics (`emq.stats`),
+  evaluated exactly like discovered programs;
+- *model* baselines need the network itself (`fn(net, batch, bits, ctx) -> float`):
+  they run on the same network the statistics come from (a private copy, quantized
+  when the candidate has bits, eval mode) and the same fixed batch, and their
+  per-candidate scores are cached on disk next to the statistics.
+
+On a mixed-precision benchmark every candidate shares one full-precision network, so
+weight-only baselines (`params`, `flops`) are constant there; that is their true
+value, and the fitness code reports it as a degenerate (constant) scorer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from emq.atomic import write_json_atomic
+from emq.bench.base import Batch, Benchmark, Candidate
+from emq.paths import cache_dir
+from emq.proxy import Proxy, ProxyEvaluationError
+from emq.quant.layers import quantizable_layers
+from emq.stats_cache import (
+    StatsConfig, bench_fields, calibration_inputs, config_key, load_or_compute, safe_name,
+)
+from emq.stats_compute import network_logits, prepare_network
+
+MODEL_SCORES_FORMAT = "emq-baseline-scores/1"
+
+
+@dataclass(frozen=True)
+class BaselineContext:
+    """What a model baseline may need besides the network and batch."""
+
+    device: torch.device
+    seed: int
+    act_bits: int | None
+
+
+ModelBaselineFn = Callable[[nn.Module, Batch, "dict[str, int] | None", BaselineContext], float]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A registered baseline: a proxy `formula` (program kind) or a function of the network (model kind)."""
+
+    name: str
+    families: tuple[str, ...]
+    doc: str
+    formula: str | None = None
+    fn: ModelBaselineFn | None = None
+    #: Bump when a model baseline's code changes: its cached scores are then recomputed.
+    version: int = 1
+
+    @property
+    def kind(self) -> str:
+        return "program" if self.formula is not None else "model"
+
+    def proxy(self) -> Proxy:
+        """Return the program of a program baseline."""
+        if self.formula is None:
+            raise TypeError(f"baseline {self.name!r} is a model baseline; it has no formula")
+        return Proxy.from_formula(self.formula, meta={"baseline": self.name})
+
+
+BASELINES: dict[str, Baseline] = {}
+
+
+class UnknownBaselineError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def register_baseline(
+    name: str,
+    families: Sequence[str] = ("mq", "vit"),
+    doc: str = "",
+    *,
+    formula: str | None = None,
+    version: int = 1,
+) -> Any:
+    """Register a baseline under `name`.
+
+    With `formula`, registers a program baseline at once and returns it; without,
+    returns a decorator for a model baseline `fn(net, batch, bits, ctx) -> float`.
+    """
+
+    def add(fn: ModelBaselineFn | None) -> Baseline:
+        if name in BASELINES:
+            raise ValueError(f"baseline {name!r} is registered twice")
+        text = doc
+        if not text and fn is not None and fn.__doc__:
+            text = fn.__doc__.strip().splitlines()[0]
+        entry = Baseline(name, tuple(families), text, formula, fn, version)
+        BASELINES[name] = entry
+        return entry
+
+    if formula is not None:
+        return add(None)
+
+    def decorator(fn: ModelBaselineFn) -> ModelBaselineFn:
+        add(fn)
+        return fn
+
+    return decorator
+
+
+def get_baseline(name: str) -> Baseline:
+    """Return baseline `name`, or fail listing the registered ones."""
+    if name not in BASELINES:
+        raise UnknownBaselineError(f"unknown baseline {name!r}; registered: {', '.join(sorted(BASELINES))}")
+    return BASELINES[name]
+
+
+def list_baselines(family: str | None = None) -> list[Baseline]:
+    """Return the registered baselines (those applicable to `family` when given), by name."""
+    return sorted((b for b in BASELINES.values() if family is None or family in b.families), key=lambda b: b.name)
+
+
+def applicable_baselines(family: str) -> list[str]:
+    """Return the names of the baselines that apply to benchmarks of `family` ("mq" or "vit"), sorted."""
+    return [b.name for b in list_baselines(family)]
+
+
+# -------------------------------------------------------------- program kind
+register_baseline("params", doc="number of weights", formula="sum_layers(numel(weight))")
+register_baseline("flops", doc="multiply-accumulates for one input", formula="sum_layers(mean(flops))")
+register_baseline("bit_sum", ("mq",), "sum of the layers' weight bit-widths", formula="sum_layers(mean(bits))")
+register_baseline("bparams", ("mq",), "bit-weighted parameter count (model size in bits)",
+                  formula="sum_layers(sum(bits))")
+# BOPs = MACs x weight bits x activation bits; the activation bits are one constant per
+# benchmark, so they are left out (rank correlation is scale free).
+register_baseline("bops", ("mq",), "bit operations: MACs x weight bits (x the constant activation bits)",
+                  formula="sum_layers(mean(mul(flops, bits)))")
+register_baseline("synflow", doc="SynFlow (Tanaka et al. 2020): sum |W * d(sum out)/dW| of the |W| network",
+                  formula="sum_layers(sum(abs(mul(weight, virtual_grad))))")
+register_baseline("snip", doc="SNIP (Lee et al. 2019): sum |W * dL/dW|",
+                  formula="sum_layers(sum(abs(mul(weight, grad))))")
+register_baseline("grad_norm", doc="sum over layers of the L2 norm of dL/dW", formula="sum_layers(l2(grad))")
+# HAWQ (Dong et al. 2019/2020): a layer's sensitivity is its Hessian trace (here the
+# mean of the Hutchinson diagonal) times its squared quantization perturbation; a
+# larger total perturbation predicts a lower accuracy, hence the negation.
+register_baseline("hawq", ("mq",), "HAWQ-style: -sum_layers(mean(Hessian diag) * ||Q(W) - W||^2)",
+                  formula="n_neg(sum_layers(s_mul(mean(hessian_diag), sum(square(quant_error)))))")
+
+
+# ---------------------------------------------------------------- model kind
+#: Modules whose outputs give NASWOT's binary codes (the sign pattern of each unit).
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Hardswish)
+
+
+@register_baseline("nwot", doc="NASWOT (Mellor et al. 2021): log|det K| of the Hamming kernel of binary activation codes")
+def nwot(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: BaselineContext) -> float:
+    """Return log|det K|, K[i, j] = units on which inputs i and j agree in being active (> 0).
+
+    Codes come from every call of an activation module (ReLU, GELU, ...); a network
+    without activation modules (functional activations) uses its conv/linear outputs.
+    """
+    modules = [m for m in net.modules() if isinstance(m, ACTIVATIONS)]
+    if not modules:
+        modules = list(quantizable_layers(net).values())
+    n = batch.inputs.shape[0]
+    kernel = torch.zeros(n, n, dtype=torch.float64, device=batch.inputs.device)
+
+    def hook(_module: nn.Module, _args: Any, output: torch.Tensor) -> None:
+        code = (output.detach().reshape(n, -1) > 0).to(torch.float64)
+        kernel.add_(code @ code.T + (1 - code) @ (1 - code).T)
+
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        with torch.no_grad():
+            network_logits(net, batch.inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return float(torch.linalg.slogdet(kernel)[1])
+
+
+@register_baseline("jacov", doc="Jacobian covariance (Mellor et al. 2020): -sum(log(v + k) + 1/(v + k)) over eigenvalues of the input-Jacobian correlation")
+def jacov(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: BaselineContext) -> float:
+    """Return the JacobCov score of the per-input Jacobians of the summed logits (k = 1e-5)."""
+    x = batch.inputs.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        (jac,) = torch.autograd.grad(network_logits(net, x).sum(), x)
+    rows = jac.reshape(jac.shape[0], -1).to(torch.float64)
+    corr = torch.corrcoef(rows)
+    if not bool(torch.isfinite(corr).all()):
+        return math.nan  # an input with a constant Jacobian has no correlation
+    eig = torch.linalg.eigvalsh(corr)
+    k = 1e-5
+    return float(-torch.sum(torch.log(eig + k) + 1.0 / (eig + k)))
+
+
+@register_baseline("grasp", doc="GraSP (Wang et al. 2020): sum over weights of -W * (H g)")
+def grasp(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: BaselineContext) -> float:
+    """Return sum(-W * Hg) over the conv/linear weights, g = dL/dW, H the loss Hessian (one batch)."""
+    weights = [layer.weight for layer in quantizable_layers(net).values()]
+    with torch.enable_grad():
+        loss = F.cross_entropy(network_logits(net, batch.inputs), batch.labels)
+        grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
+        pairs = [(w, g) for w, g in zip(weights, grads) if g is not None]
+        z = sum((g * g.detach()).sum() for _, g in pairs)
+        if not isinstance(z, torch.Tensor) or not z.requires_grad:
+            return 0.0  # the loss is linear in the weights: Hg = 0
+        hg = torch.autograd.grad(z, [w for w, _ in pairs], allow_unused=True)
+    return float(sum((-w.detach() * h).sum().double() for (w, _), h in zip(pairs, hg) if h is not None))
+
+
+@register_baseline("fisher", doc="Fisher (Turner et al. 2020): sum over layer outputs of 0.5 * mean_n (sum_spatial a * dL/da)^2")
+def fisher(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: BaselineContext) -> float:
+    """Return the Fisher score at every conv/linear output (per channel: sum over space/tokens, squared, batch mean)."""
+    layers = quantizable_layers(net)
+    outputs: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def fn(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
+            outputs.setdefault(name, output)
+            return output.clone()  # keeps the recorded output safe from in-place ops downstream
+        return fn
+
+    handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
+    try:
+        with torch.enable_grad():
+            loss = F.cross_entropy(network_logits(net, batch.inputs), batch.labels)
+            names = list(outputs)
+            grads = torch.autograd.grad(loss, [outputs[n] for n in names], allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    total = 0.0
+    for name, g in zip(names, grads):
+        if g is None:
+            continue
+        prod = (outputs[name].detach() * g).to(torch.float64)
+        if prod.dim() == 4:  # (n, c, h, w): sum over space
+            per_channel = prod.sum(dim=(2, 3))
+        elif prod.dim() == 3:  # (n, tokens, c): sum over tokens
+            per_channel = prod.sum(dim=1)
+        else:
+            per_channel = prod.reshape(prod.shape[0], -1)
+        total += float(0.5 * per_channel.pow(2).mean(dim=0).sum())
+    return total
+
+
+# ------------------------------------------------------------------- scoring
+def baseline_scores(
+    bench: Benchmark,
+    names: Sequence[str],
+    config: StatsConfig | None = None,
+    progress: bool = True,
+    candidates: Sequence[Candidate] | None = None,
+    cache_root: str | Path | None = None,
+) -> dict[str, np.ndarray]:
+    """Return each named baseline's scores, aligned with `candidates` (default: all of `bench`'s).
+
+    Program baselines are evaluated on the cached statistics (`load_or_compute`; a
+    config whose explicit stat set lacks what they need is extended for them); model
+    baselines are computed per candidate and cached. A failed evaluation gives NaN.
+    """
+    config = config or StatsConfig()
+    cands = list(candidates) if candidates is not None else bench.candidates()
+    entries = [get_baseline(n) for n in names]
+    wrong = [e.name for e in entries if bench.family not in e.families]
+    if wrong:
+        fitting = ", ".join(b.name for b in list_baselines(bench.family))
+        raise ValueError(f"baseline(s) {wrong} do not apply to {bench.family!r} benchmarks; applicable: {fitting}")
+    out: dict[str, np.ndarray] = {}
+    programs = {e.name: e.proxy() for e in entries if e.kind == "program"}
+    if programs:
+        needed = set().union(*(p.stats_needed for p in programs.values()))
+        stats_config = config
+        if config.stat_names is not None and not needed <= set(config.stat_names):
+            extra = tuple(sorted(needed - set(config.stat_names)))
+            stats_config = dataclasses.replace(config, stat_names=config.stat_names + extra)
+        stats_list = load_or_compute(bench, cands, stats_config, progress=progress, cache_root=cache_root)
+        for name, proxy in programs.items():
+            out[name] = np.array([_evaluate(proxy, s) for s in stats_list], dtype=np.float64)
+    for entry in entries:
+        if entry.kind == "model":
+            out[entry.name] = model_baseline_scores(bench, entry, cands, config, progress, cache_root)
+    return {n: out[n] for n in names}
+
+
+def _evaluate(proxy: Proxy, stats: Any) -> float:
+    try:
+        return proxy.evaluate(stats)
+    except ProxyEvaluationError:
+        return math.nan
+
+
+def baseline_cache_path(bench: Benchmark, baseline: Baseline, config: StatsConfig,
+                        cache_root: str | Path | None = None) -> tuple[Path, str]:
+    """Return (file, key) of a model baseline's cached scores: the stats key scheme, stat-only fields neutral."""
+    batch = bench.batch(config.batch_seed, config.batch_size)
+    neutral = StatsConfig(batch_seed=config.batch_seed, batch_size=config.batch_size, init_seed=config.init_seed)
+    key = config_key(bench.name, neutral, bench_fields(bench, batch))
+    root = Path(cache_root) if cache_root is not None else cache_dir()
+    return root / safe_name(bench.name) / key / f"baseline-{safe_name(baseline.name)}.json", key
+
+
+def model_baseline_scores(
+    bench: Benchmark,
+    baseline: Baseline,
+    candidates: Sequence[Candidate],
+    config: StatsConfig,
+    progress: bool = True,
+    cache_root: str | Path | None = None,
+    save_every_s: float = 30.0,
+) -> np.ndarray:
+    """Return a model baseline's scores for `candidates`, computing (and caching) those not on disk."""
+    if baseline.fn is None:
+        raise TypeError(f"baseline {baseline.name!r} is a program baseline")
+    path, key = baseline_cache_path(bench, baseline, config, cache_root)
+    cached = _read_model_scores(path, key, baseline)
+    batch = bench.batch(config.batch_seed, config.batch_size)
+    device = torch.device(config.resolved_device())
+    run_batch = Batch(batch.inputs.to(device), batch.labels.to(device), batch.source, batch.seed)
+    calib = calibration_inputs(bench)
+    act_bits = getattr(bench, "act_bits", 8)
+    ctx = BaselineContext(device=device, seed=config.batch_seed, act_bits=act_bits)
+    todo = [c for c in candidates if c.id not in cached]
+    last_save = time.monotonic()
+    try:
+        for cand in tqdm(todo, desc=f"{baseline.name} {bench.name}", unit="net", disable=not progress or not todo,
+                         leave=False):
+            model = bench.build_model(cand, init_seed=config.init_seed)
+            net = prepare_network(model, cand.bits, act_bits=act_bits, calib_inputs=calib,
+                                  fallback_calib=batch.inputs, device=device)
+            try:
+                cached[cand.id] = float(baseline.fn(net, run_batch, cand.bits, ctx))
+            except (torch.linalg.LinAlgError, FloatingPointError, ZeroDivisionError) as err:
+                warnings.warn(f"baseline {baseline.name} failed on candidate {cand.id}: {err}; scored NaN", stacklevel=2)
+                cached[cand.id] = math.nan
+            if time.monotonic() - last_save > save_every_s:
+                _write_model_scores(path, key, baseline, batch, cached)
+                last_save = time.monotonic()
+    finally:
+        if todo:
+            _write_model_scores(path, key, baseline, batch, cached)
+    return np.array([cached[c.id] for c in candidates], dtype=np.float64)
+
+
+def _write_model_scores(path: Path, key: str, baseline: Baseline, batch: Batch, scores: dict[str, float]) -> None:
+    # JSON has no NaN/inf: non-finite scores are written as the strings "nan", "inf", "-inf".
+    data = {
+        "format": MODEL_SCORES_FORMAT,
+        "baseline": baseline.name,
+        "version": baseline.version,
+        "key": key,
+        "batch": batch.describe(),
+        "scores": {k: (v if math.isfinite(v) else str(v)) for k, v in scores.items()},
+    }
+    write_json_atomic(path, data)
+
+
+def _read_model_scores(path: Path, key: str, baseline: Baseline) -> dict[str, float]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != MODEL_SCORES_FORMAT or data.get("key") != key:
+            raise ValueError("written for another configuration")
+        if data.get("version") != baseline.version:
+            return {}  # the baseline's code changed: recompute silently, this is expected
+        return {str(k): float(v) for k, v in data["scores"].items()}
+    except Exception as err:  # an unreadable cache is recomputed, never fatal
+        warnings.warn(f"baseline cache file {path} is unreadable ({type(err).__name__}: {err}); recomputing it",
+                      stacklevel=3)
+        return {}

@@ -1,0 +1,312 @@
+"""On-disk cache of network statistics: computed once per (benchmark, candidate, batch, config), then loaded.
+
+Layout: `<cache root>/<benchmark>/<config key>/<candidate id>.pt`, one file per
+candidate (a plain dict of tensors / ints / strings, written atomically, read with
+`weights_only=True`), plus `manifest.json` describing the configuration and the
+batch. The config key hashes everything a statistic depends on: CODE_VERSION, the
+benchmark (name, weights: its `cache_token` attribute, else for trained weights a
+digest of one built model's state dict; activation bits), the batch and
+calibration tensors' contents, and the config fields except `device`.
+
+Memory: files hold 16-bit tensors by default (see `emq.stats_compute` for the
+float16 / bfloat16 rule); on load, tensors of `SHARED_STATS` that are identical
+across candidates (the full-precision weights of a mixed-precision benchmark) are
+kept once in memory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from emq.atomic import save_tensors_atomic, write_json_atomic
+from emq.bench.base import Batch, Benchmark, Candidate
+from emq.paths import cache_dir
+from emq.stats import NetworkStats, check_stat_names
+from emq.stats_compute import applicable_stats, compute_stats
+
+#: Bump whenever a statistic's definition or the file layout changes: old cache folders are then ignored.
+CODE_VERSION = 1
+FILE_FORMAT = "emq-stats/1"
+STORE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+#: Statistics kept once in memory when equal across candidates (MQ: one full-precision network).
+SHARED_STATS: tuple[str, ...] = ("weight",)
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """How statistics are computed and stored; every field but `device` is part of the cache key.
+
+    `stat_names=None` means every applicable statistic (BASE_STATS, plus BIT_STATS for
+    candidates with bits). `store_dtype` "float16" is 16-bit storage (float16, or
+    bfloat16 for tensors float16 cannot represent); "float32" keeps full precision.
+    `device=None` picks CUDA when available.
+    """
+
+    batch_seed: int = 0
+    batch_size: int = 16
+    init_seed: int = 0
+    stat_names: tuple[str, ...] | None = None
+    hessian_samples: int = 2
+    store_dtype: str = "float16"
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.stat_names is not None:
+            names = tuple(dict.fromkeys(self.stat_names))
+            check_stat_names(names)
+            object.__setattr__(self, "stat_names", names)
+        if self.store_dtype not in STORE_DTYPES:
+            raise ValueError(f"store_dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.hessian_samples < 1:
+            raise ValueError(f"hessian_samples must be >= 1, got {self.hessian_samples}")
+
+    def stats_for(self, candidate: Candidate) -> tuple[str, ...]:
+        """Return the statistic names computed for `candidate`."""
+        return self.stat_names if self.stat_names is not None else applicable_stats(candidate.bits is not None)
+
+    def torch_dtype(self) -> torch.dtype:
+        return STORE_DTYPES[self.store_dtype]
+
+    def resolved_device(self) -> str:
+        if self.device is not None:
+            return self.device
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def describe(self) -> dict[str, Any]:
+        """Return the config as JSON-ready data."""
+        data = dataclasses.asdict(self)
+        data["stat_names"] = list(self.stat_names) if self.stat_names is not None else "all applicable"
+        return data
+
+    def key_fields(self) -> dict[str, Any]:
+        """Return the fields that change the statistics (all but `device`)."""
+        data = self.describe()
+        data.pop("device")
+        return data
+
+
+# ------------------------------------------------------------------------ keys
+def tensor_digest(t: torch.Tensor | None) -> str | None:
+    """Return a short content hash of a tensor (dtype, shape and bytes)."""
+    if t is None:
+        return None
+    t = t.detach().cpu().contiguous()
+    h = hashlib.blake2b(digest_size=12)
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def calibration_inputs(bench: Benchmark) -> torch.Tensor | None:
+    """Return the benchmark's activation-calibration inputs (attribute or method), or None."""
+    calib = getattr(bench, "calibration_inputs", None)
+    return calib() if callable(calib) else calib
+
+
+def weights_token(bench: Benchmark) -> str | None:
+    """Return what identifies the benchmark's network weights: its `cache_token` attribute if set, else,
+    for trained weights, a digest of the first candidate's state dict (a rebuilt benchmark gets a new cache)."""
+    token = getattr(bench, "cache_token", None)
+    if token is not None or not bench.trained_weights:
+        return None if token is None else str(token)
+    try:
+        cands = bench.candidates()
+        state = bench.build_model(cands[0]).state_dict() if cands else {}
+    except Exception:  # weights not readable: computing would fail anyway, reading the cache need not
+        return None
+    h = hashlib.blake2b(digest_size=12)
+    for name, t in state.items():
+        h.update(name.encode())
+        h.update((tensor_digest(t) or "").encode())
+    return h.hexdigest()
+
+
+def bench_fields(bench: Benchmark, batch: Batch) -> dict[str, Any]:
+    """Return what, besides the config, the statistics of `bench` depend on."""
+    return {
+        "benchmark": bench.name,
+        "cache_token": weights_token(bench),
+        "act_bits": getattr(bench, "act_bits", 8),
+        "batch": batch.describe(),
+        "batch_inputs": tensor_digest(batch.inputs),
+        "batch_labels": tensor_digest(batch.labels),
+        "calibration": tensor_digest(calibration_inputs(bench)),
+    }
+
+
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_key(bench_name: str, config: StatsConfig, extra: dict[str, Any] | None = None) -> str:
+    """Return the folder key of one (benchmark, config): a hash including CODE_VERSION."""
+    return _hash({"code_version": CODE_VERSION, "bench": bench_name, "config": config.key_fields(), "extra": extra or {}})
+
+
+def cache_key(bench_name: str, candidate_id: str, config: StatsConfig, extra: dict[str, Any] | None = None) -> str:
+    """Return the key of one candidate's statistics (stored in its file and checked on load)."""
+    return f"{config_key(bench_name, config, extra)}/{candidate_id}"
+
+
+def safe_name(text: str) -> str:
+    """Return `text` as a file-name part (odd characters replaced, a hash appended when anything changed)."""
+    clean = re.sub(r"[^A-Za-z0-9._-]", "_", text)[:100]
+    if clean != text or clean.startswith("."):
+        clean = f"{clean}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    return clean
+
+
+def cache_folder(bench: Benchmark, config: StatsConfig, cache_root: str | Path | None = None) -> Path:
+    """Return the folder holding `bench`'s statistics for `config`."""
+    batch = bench.batch(config.batch_seed, config.batch_size)
+    root = Path(cache_root) if cache_root is not None else cache_dir()
+    return root / safe_name(bench.name) / config_key(bench.name, config, bench_fields(bench, batch))
+
+
+# ----------------------------------------------------------------- load / save
+def load_or_compute(
+    bench: Benchmark,
+    candidates: Sequence[Candidate],
+    config: StatsConfig | None = None,
+    progress: bool = True,
+    cache_root: str | Path | None = None,
+) -> list[NetworkStats]:
+    """Return the statistics of `candidates` (in order), reading the cache and computing what is missing.
+
+    Missing or unreadable files are computed and written atomically (a corrupt file
+    is recomputed with a warning). The defaults follow `StatsConfig()` and `cache_dir()`.
+    """
+    config = config or StatsConfig()
+    batch = bench.batch(config.batch_seed, config.batch_size)
+    extra = bench_fields(bench, batch)
+    root = Path(cache_root) if cache_root is not None else cache_dir()
+    folder = root / safe_name(bench.name) / config_key(bench.name, config, extra)
+    _write_manifest(folder, bench, config, extra)
+    calib = calibration_inputs(bench)
+    act_bits = getattr(bench, "act_bits", 8)
+    device = config.resolved_device()
+    shared = _SharedTensors(SHARED_STATS)
+
+    results: list[NetworkStats] = []
+    computed = 0
+    bar = tqdm(candidates, desc=f"stats {bench.name}", unit="net", disable=not progress, leave=False)
+    for cand in bar:
+        path = folder / f"{safe_name(cand.id)}.pt"
+        key = cache_key(bench.name, cand.id, config, extra)
+        stats = read_stats(path, key) if path.exists() else None
+        if stats is None:
+            start = time.perf_counter()
+            model = bench.build_model(cand, init_seed=config.init_seed)
+            stats = compute_stats(
+                model, batch, cand.bits, config.stats_for(cand),
+                act_bits=act_bits, calib_inputs=calib, hessian_samples=config.hessian_samples,
+                seed=config.batch_seed, device=device, store_dtype=config.torch_dtype(),
+            )
+            write_stats(path, key, cand.id, stats, seconds=time.perf_counter() - start)
+            computed += 1
+            bar.set_postfix(computed=computed)
+        results.append(shared.share(stats))
+    bar.close()
+    return results
+
+
+def write_stats(path: str | Path, key: str, candidate_id: str, stats: NetworkStats, seconds: float = 0.0) -> Path:
+    """Write one candidate's statistics atomically as a plain dict (loadable with weights_only=True)."""
+    data = {
+        "format": FILE_FORMAT,
+        "key": key,
+        "candidate": candidate_id,
+        "layer_order": list(stats.layers),
+        "layers": stats.layers,
+        "params": {k: int(v) for k, v in stats.params.items()},
+        "flops": {k: int(v) for k, v in stats.flops.items()},
+        "seconds": float(seconds),
+    }
+    return save_tensors_atomic(path, data)
+
+
+def read_stats(path: str | Path, key: str | None = None) -> NetworkStats | None:
+    """Return the statistics stored at `path`, or None (with a warning) when the file is unreadable or stale."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
+            raise ValueError(f"not an {FILE_FORMAT} file")
+        if key is not None and data.get("key") != key:
+            raise ValueError(f"written for key {data.get('key')!r}, expected {key!r}")
+        layers = data["layers"]
+        order = data["layer_order"]
+        if not isinstance(layers, dict) or set(order) != set(layers):
+            raise ValueError("layer table is inconsistent")
+        if not all(isinstance(t, torch.Tensor) for stats in layers.values() for t in stats.values()):
+            raise ValueError("a statistic is not a tensor")
+        return NetworkStats({n: dict(layers[n]) for n in order}, dict(data["params"]), dict(data["flops"]))
+    except Exception as err:  # any unreadable file is recomputed; the cache must never stop a run
+        warnings.warn(f"statistics cache file {path} is unreadable ({type(err).__name__}: {err}); recomputing it",
+                      stacklevel=3)
+        return None
+
+
+def _write_manifest(folder: Path, bench: Benchmark, config: StatsConfig, extra: dict[str, Any]) -> None:
+    manifest = {
+        "format": "emq-stats-cache/1",
+        "code_version": CODE_VERSION,
+        "benchmark": bench.name,
+        "family": bench.family,
+        "config": config.key_fields(),
+        "depends_on": extra,
+        "batch": extra["batch"],
+        "stat_names": list(config.stat_names) if config.stat_names is not None else "all applicable",
+    }
+    path = folder / "manifest.json"
+    try:
+        if json.loads(path.read_text(encoding="utf-8")) == manifest:
+            return
+    except (OSError, ValueError):
+        pass
+    write_json_atomic(path, manifest)
+
+
+class _SharedTensors:
+    """Replaces equal tensors of the given statistics by one shared instance (read-only use assumed)."""
+
+    def __init__(self, stat_names: Sequence[str]) -> None:
+        self.stat_names = tuple(stat_names)
+        self.seen: dict[tuple[str, str, str], torch.Tensor] = {}
+
+    def share(self, stats: NetworkStats) -> NetworkStats:
+        for layer, tensors in stats.layers.items():
+            for stat in self.stat_names:
+                t = tensors.get(stat)
+                if t is None:
+                    continue
+                key = (layer, stat, tensor_digest(t) or "")
+                tensors[stat] = self.seen.setdefault(key, t)
+        return stats
+
+
+def stats_nbytes(stats: NetworkStats | Sequence[NetworkStats]) -> int:
+    """Return the bytes of tensor storage held by statistics; shared or expanded storage counts once."""
+    items = [stats] if isinstance(stats, NetworkStats) else list(stats)
+    seen: set[int] = set()
+    total = 0
+    for item in items:
+        for tensors in item.layers.values():
+            for t in tensors.values():
+                storage = t.untyped_storage()
+                if storage.nbytes() and storage.data_ptr() in seen:
+                    continue
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+    return total

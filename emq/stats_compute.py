@@ -1,0 +1,326 @@
+"""Compute the per-layer statistics of one network on one batch (`compute_stats`).
+
+Conventions every statistic follows (the cache key's CODE_VERSION changes with them):
+
+- The network that is *run* is a private copy: `quantized_model(...)` when a bit
+  assignment is given (fake-quantized weights, activation quantizers calibrated on
+  the calibration inputs), else `copy.deepcopy(model)`. The caller's model is never
+  modified.
+- Everything runs in eval mode: BatchNorm uses its running statistics, dropout is
+  off, so a statistic does not depend on how the batch is composed beyond its values.
+- Loss-derived statistics (`grad`, `act_grad`, `hessian_diag`) are derivatives of
+  the mean cross-entropy on the batch of the network that is run; with bits, the
+  gradients w.r.t. the quantized weights are the straight-through gradients.
+- `weight` is the full-precision weight of the caller's model; `quant_weight` the
+  weight the quantized network runs with; `quant_error = quant_weight - weight`.
+- `virtual_grad` (SynFlow): a copy whose every parameter is replaced by its absolute
+  value (weights quantized first when bits are given), BatchNorm bypassed
+  (`nn.Identity`), activation quantizers absent, run in float64 on one all-ones input
+  of the batch's input shape; the gradient of the summed output w.r.t. each weight.
+- Stored tensors are detached CPU copies in `store_dtype`, with two exceptions:
+  `params` / `flops` are float32 0-d tensors (float16 overflows at 65504), and
+  float16 storage means *16-bit* storage: a tensor is stored as float16 when float16
+  represents it (no overflow, at most 1% of its non-zero entries below float16's
+  normal range 6e-5), else as bfloat16 (float32's range, about 3 significant
+  digits). Gradients of the mean loss (often 1e-9..1e-4) and SynFlow gradients
+  (often 1e10) would otherwise turn into zeros or infs, and `log_abs`,
+  `reciprocal` ... would see those instead of the values.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emq.bench.base import Batch
+from emq.quant.fake_quant import quantize_weight, quantized_model
+from emq.quant.layers import check_bit_assignment, quantizable_layers
+from emq.stats import BASE_STATS, BIT_STATS, STATS, NetworkStats, check_stat_names
+
+#: Largest finite float16 and smallest normal float16.
+F16_MAX = 65504.0
+F16_TINY = 2.0**-14
+#: Fraction of non-zero entries allowed below float16's normal range before a tensor is stored as bfloat16 instead.
+F16_SUBNORMAL_FRACTION = 0.01
+
+_LOSS_STATS = {"grad", "act_grad", "hessian_diag"}
+_OUTPUT_STATS = {"act", "act_grad"}
+
+
+def applicable_stats(has_bits: bool) -> tuple[str, ...]:
+    """Return every statistic a network gets: BASE_STATS, plus BIT_STATS when it carries bits."""
+    return BASE_STATS + (BIT_STATS if has_bits else ())
+
+
+def prepare_network(
+    model: nn.Module,
+    bits: dict[str, int] | None,
+    *,
+    act_bits: int | None = 8,
+    calib_inputs: torch.Tensor | None = None,
+    fallback_calib: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+) -> nn.Module:
+    """Return the private copy of `model` that statistics and baselines run: quantized when `bits` is given, eval mode, on `device`.
+
+    Activation ranges are calibrated on `calib_inputs`, else on `fallback_calib` (the scored batch).
+    Only the quantizable layers' weights require gradients in the copy.
+    """
+    if bits is not None:
+        check_bit_assignment(model, bits)
+        calib = calib_inputs if calib_inputs is not None else fallback_calib
+        if act_bits is not None and calib is not None:
+            calib = calib.to(_model_device(model))
+        net = quantized_model(model, bits, act_bits, calib)
+    else:
+        net = copy.deepcopy(model)
+    net.to(device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for layer in quantizable_layers(net).values():
+        layer.weight.requires_grad_(True)
+    for m in net.modules():  # in-place activations would overwrite the layer outputs we record
+        if hasattr(m, "inplace") and isinstance(m.inplace, bool):
+            m.inplace = False
+    return net
+
+
+def network_logits(net: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Return the classification logits (the first output when a network returns a tuple)."""
+    out = net(inputs)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
+
+
+def compute_stats(
+    model: nn.Module,
+    batch: Batch,
+    bits: dict[str, int] | None,
+    stat_names: Iterable[str],
+    *,
+    act_bits: int | None = 8,
+    calib_inputs: torch.Tensor | None = None,
+    hessian_samples: int = 2,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    store_dtype: torch.dtype = torch.float32,
+) -> NetworkStats:
+    """Return the requested statistics of every conv/linear layer of `model` on `batch`.
+
+    See the module docstring for what each statistic is. Only the requested ones are
+    computed (no backward pass when no loss-derived statistic is asked for). `params`
+    and `flops` dictionaries are always filled. Layers are ordered as they first run.
+    """
+    names = tuple(dict.fromkeys(stat_names))
+    check_stat_names(names)
+    needs_bits = [n for n in names if STATS[n].needs_bits]
+    if bits is None and needs_bits:
+        raise ValueError(f"statistic(s) {needs_bits} need a bit assignment, but the candidate has none")
+    if hessian_samples < 1 and "hessian_diag" in names:
+        raise ValueError(f"hessian_samples must be >= 1, got {hessian_samples}")
+    device = torch.device(device)
+    fp_layers = quantizable_layers(model)
+    if not fp_layers:
+        raise ValueError("the model has no conv/linear layer to compute statistics for")
+    net = prepare_network(model, bits, act_bits=act_bits, calib_inputs=calib_inputs,
+                          fallback_calib=batch.inputs, device=device)
+    layers = quantizable_layers(net)
+    inputs = batch.inputs.to(device)
+    labels = batch.labels.to(device)
+
+    wanted = set(names)
+    run = _run_network(net, layers, inputs, labels, wanted, hessian_samples, seed)
+    order = run.order + [n for n in layers if n not in run.order]
+    if len(run.order) < len(layers):
+        warnings.warn(f"layer(s) {[n for n in layers if n not in run.order]} never ran on the batch; "
+                      "their flops are 0 and their act/act_grad are empty", stacklevel=2)
+    virtual = _virtual_grads(model, bits, inputs.shape[1:], device) if "virtual_grad" in wanted else {}
+
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    params: dict[str, int] = {}
+    flops: dict[str, int] = {}
+    for name in order:
+        fp_weight = fp_layers[name].weight.detach()
+        q_weight = layers[name].weight.detach()
+        params[name] = int(fp_weight.numel())
+        flops[name] = int(run.flops.get(name, 0))
+        tensors: dict[str, torch.Tensor] = {}
+        for stat in names:
+            if stat == "weight":
+                tensors[stat] = _store(fp_weight, store_dtype)
+            elif stat == "grad":
+                tensors[stat] = _store(run.grads[name], store_dtype)
+            elif stat == "act":
+                tensors[stat] = _store(run.acts.get(name, torch.empty(0)), store_dtype)
+            elif stat == "act_grad":
+                tensors[stat] = _store(run.act_grads.get(name, torch.empty(0)), store_dtype)
+            elif stat == "hessian_diag":
+                tensors[stat] = _store(run.hessian[name], store_dtype)
+            elif stat == "virtual_grad":
+                tensors[stat] = _store(virtual[name], store_dtype)
+            elif stat == "params":
+                tensors[stat] = torch.tensor(float(params[name]), dtype=torch.float32)
+            elif stat == "flops":
+                tensors[stat] = torch.tensor(float(flops[name]), dtype=torch.float32)
+            elif stat == "bits":
+                # A 0-d value expanded to the weight's shape: one element of storage, on disk too.
+                tensors[stat] = torch.tensor(float(bits[name]), dtype=store_dtype).expand(fp_weight.shape)  # type: ignore[index]
+            elif stat == "quant_weight":
+                tensors[stat] = _store(q_weight, store_dtype)
+            elif stat == "quant_error":
+                tensors[stat] = _store(q_weight.cpu() - fp_weight.cpu(), store_dtype)
+            else:  # a statistic registered in the catalogue without code here
+                raise NotImplementedError(f"no code computes statistic {stat!r}")
+        out[name] = tensors
+    return NetworkStats(out, params, flops)
+
+
+class _Run:
+    """What one forward/backward pass recorded, keyed by layer name."""
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+        self.flops: dict[str, int] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.acts: dict[str, torch.Tensor] = {}
+        self.act_grads: dict[str, torch.Tensor] = {}
+        self.grads: dict[str, torch.Tensor] = {}
+        self.hessian: dict[str, torch.Tensor] = {}
+
+
+def _run_network(
+    net: nn.Module, layers: dict[str, nn.Module], inputs: torch.Tensor, labels: torch.Tensor,
+    wanted: set[str], hessian_samples: int, seed: int,
+) -> _Run:
+    run = _Run()
+    keep_outputs = bool(wanted & _OUTPUT_STATS)
+    need_loss = bool(wanted & _LOSS_STATS)
+
+    def hook(name: str):
+        def fn(module: nn.Module, _args, output: torch.Tensor):
+            if name in run.flops:  # a layer used twice: count its work, keep its first output
+                run.flops[name] += _macs_per_input(module, output)
+                return None
+            run.order.append(name)
+            run.flops[name] = _macs_per_input(module, output)
+            if keep_outputs:
+                run.outputs[name] = output
+                # Downstream ops see a clone, so an in-place op cannot rewrite the recorded output
+                # (and d loss / d output stays the gradient w.r.t. this layer's own output).
+                return output.clone()
+            return None
+        return fn
+
+    handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
+    try:
+        if not need_loss:
+            with torch.no_grad():
+                network_logits(net, inputs if keep_outputs else inputs[:1])
+            run.acts = {n: o.detach() for n, o in run.outputs.items()}
+            return run
+        with torch.enable_grad():
+            loss = F.cross_entropy(network_logits(net, inputs), labels)
+            weights = [layer.weight for layer in layers.values()]
+            want_w = bool(wanted & {"grad", "hessian_diag"})
+            out_names = [n for n in run.order if "act_grad" in wanted]
+            targets = (weights if want_w else []) + [run.outputs[n] for n in out_names]
+            grads = torch.autograd.grad(loss, targets, create_graph="hessian_diag" in wanted, allow_unused=True)
+            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
+            names = list(layers)
+            if want_w:
+                run.grads = {n: g.detach() for n, g in zip(names, grads[: len(weights)])}
+            run.act_grads = {n: g.detach() for n, g in zip(out_names, grads[len(weights) if want_w else 0:])}
+            run.acts = {n: o.detach() for n, o in run.outputs.items()} if "act" in wanted else {}
+            if "hessian_diag" in wanted:
+                run.hessian = _hutchinson_diag(names, weights, grads[: len(weights)], hessian_samples, seed)
+    finally:
+        for h in handles:
+            h.remove()
+    return run
+
+
+def _hutchinson_diag(
+    names: list[str], weights: list[torch.Tensor], grads: list[torch.Tensor], samples: int, seed: int,
+) -> dict[str, torch.Tensor]:
+    """Return E[z * Hz] over `samples` Rademacher vectors z (drawn on CPU from `seed`, so devices agree)."""
+    gen = torch.Generator().manual_seed(seed)
+    diag = [torch.zeros_like(w, dtype=torch.float64) for w in weights]
+    live = [i for i, g in enumerate(grads) if g.requires_grad]
+    for _ in range(samples):
+        zs = [(torch.randint(0, 2, w.shape, generator=gen, dtype=torch.int8) * 2 - 1).to(w.device, w.dtype) for w in weights]
+        if not live:
+            continue
+        hz = torch.autograd.grad([grads[i] for i in live], [weights[i] for i in live],
+                                 grad_outputs=[zs[i] for i in live], retain_graph=True, allow_unused=True)
+        for i, h in zip(live, hz):
+            if h is not None:
+                diag[i] += (zs[i] * h).detach().double()
+    return {n: (d / samples).to(w.dtype) for n, d, w in zip(names, diag, weights)}
+
+
+def _virtual_grads(model: nn.Module, bits: dict[str, int] | None, input_shape: torch.Size,
+                   device: torch.device) -> dict[str, torch.Tensor]:
+    """Return SynFlow gradients: |params| network, BatchNorm bypassed, float64, one all-ones input."""
+    vnet = copy.deepcopy(model)
+    _bypass_batchnorm(vnet)
+    layers = quantizable_layers(vnet)
+    with torch.no_grad():
+        if bits is not None:
+            for name, layer in layers.items():
+                layer.weight.copy_(quantize_weight(layer.weight, bits[name]))
+        for p in vnet.parameters():
+            p.abs_()
+    vnet.to(device=device, dtype=torch.float64).eval()
+    for p in vnet.parameters():
+        p.requires_grad_(False)
+    weights = [layer.weight.requires_grad_(True) for layer in layers.values()]
+    ones = torch.ones((1, *input_shape), dtype=torch.float64, device=device)
+    with torch.enable_grad():
+        out = network_logits(vnet, ones)
+        grads = torch.autograd.grad(out.sum(), weights, allow_unused=True)
+    return {n: (torch.zeros_like(w) if g is None else g.detach()) for n, w, g in zip(layers, weights, grads)}
+
+
+def _bypass_batchnorm(model: nn.Module) -> None:
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, nn.Identity())
+
+
+def _macs_per_input(module: nn.Module, output: torch.Tensor) -> int:
+    """Multiply-accumulates for one input: each output element costs one weight row (conv: in_c/groups*kh*kw; linear: in)."""
+    per_sample = output.numel() // max(int(output.shape[0]), 1) if output.dim() > 1 else output.numel()
+    weight = module.weight
+    return int(per_sample * (weight.numel() // weight.shape[0]))
+
+
+def _store(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Return a detached, compact CPU copy in `dtype` (bfloat16 instead when float16 would lose the values)."""
+    t = t.detach()
+    if dtype == torch.float16 and t.is_floating_point() and t.numel():
+        if not _fits_float16(t):
+            dtype = torch.bfloat16
+    return t.to(device="cpu", dtype=dtype).clone(memory_format=torch.contiguous_format)
+
+
+def _fits_float16(t: torch.Tensor) -> bool:
+    a = t.abs().float()
+    finite = torch.isfinite(a)
+    if bool(((a > F16_MAX) & finite).any()):
+        return False
+    nonzero = (a > 0) & finite
+    n = int(nonzero.sum())
+    return n == 0 or int(((a < F16_TINY) & nonzero).sum()) <= F16_SUBNORMAL_FRACTION * n
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
