@@ -1,0 +1,18 @@
+"""Evolutionary search for proxy programs.
+
+Entry points:
+- `search.benchmark.search_benchmark(bench, stats_config, search_config, run_dir, pool=...)`:
+  a whole run on a benchmark (split, cached statistics, evolution, held-out
+  comparison with baselines, summary.md).
+- `search.evolution.run_search(search_stats, probe_stats_other_batch, truth, config, run_dir, ...)`:
+  the loop on plain inputs (lists of NetworkStats and truth arrays).
+- `search.evolution.export_proxies(run_dir, top)`: the best programs of a run as Proxy objects.
+- `search.pool.EvaluationPool(backend, n_jobs, scheduler)`: parallel scoring (serial,
+  threading, loky, dask, ray).
+
+Modules: `tree` (programs as typed trees), `generate` (random programs),
+`operators` (mutation, crossover), `screening` (cheap rejections with reasons),
+`niches` (behavioural niches, selection, hall of fame), `fast_eval` (stacked,
+vmapped evaluation), `pool`, `rng` (checkpointable random streams), `report`
+(plots, summary), `synthetic` (a problem with known answer for tests and demos).
+"""

@@ -1,0 +1,592 @@
+"""The evolutionary search for proxy programs (DEAP): variation, screening, niche selection, elitism, resume.
+
+One generation: the hall of fame (best distinct programs, at most one per niche)
+is carried over unchanged; parents are drawn by tournament among niche
+representatives and varied (subtree crossover, typed mutations); a share of fresh
+random programs joins; new programs are screened on the probe networks and scored
+on the search split by the pool; fitness is the rank correlation with each target
+column, combined by mean or min. Programs already evaluated are looked up by
+canonical hash, not scored again.
+
+`log.jsonl` has one line per generation: `gen`, `best` / `median` fitness of the
+valid programs in the population, `best_ever` (the hall of fame's best) and its
+formula, `valid`, `niches` (distinct niches among the valid programs),
+`evaluations` (programs screened this generation), `cache_hits` (known programs
+not scored again), `rejections` (this generation's screenings by reason) and
+`seconds`.
+
+Everything a generation depends on (population, hall of fame, evaluated programs,
+random streams, log) is saved atomically after each generation, as JSON plus one
+torch tensor file, so `resume=True` continues with exactly the results an
+uninterrupted run would have produced.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from deap import base, creator
+from tqdm.auto import tqdm
+
+from emq.atomic import write_json_atomic, write_text_atomic
+from emq.fitness import bootstrap_interval, get_metric, joint
+from emq.proxy import Proxy
+from emq.stats import NetworkStats
+from search.fast_eval import StackedStats, evaluate_stacked
+from search.generate import Grammar, GrowConfig, random_program
+from search.niches import NicheHallOfFame, count_niches, rank_vector, representatives, tournament
+from search.operators import Limits, crossover, mutate
+from search.pool import EvaluationPool, StatsSource, worker_device
+from search.report import plot_evolution, plot_scatter
+from search.rng import SearchRNG
+from search.screening import UNDEFINED_FITNESS, Outcome, ScreenLimits
+from search.tree import Node, parse_tree
+
+ENGINE = "emq-search/1"
+STATE_FORMAT = "emq-search-state/1"
+HOF_FORMAT = "emq-hall-of-fame/1"
+CHECKPOINT_DIR = "checkpoint"
+
+
+class RunFolderError(ValueError):
+    """A run folder's hall_of_fame.json is not one this engine wrote; the message names the file."""
+
+
+class ResumeError(ValueError):
+    """A run folder cannot be started or resumed as asked (it holds a run, or one with another config)."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything that decides a search's results (with the statistics and ground truth it runs on).
+
+    `targets` None means every ground-truth column. `stats` None means every
+    statistic present in all search networks. `fresh_share` of each generation are
+    new random programs; the hall of fame (`hof_size`) is carried over whole.
+    `time_budget_s` bounds the projected seconds to score one program on the search
+    split (the only timing-dependent rule: keep it generous for reproducible runs).
+    """
+
+    population: int = 64
+    generations: int = 20
+    seed: int = 0
+    metric: str = "kendall"
+    joint: str = "mean"
+    targets: tuple[str, ...] | None = None
+    hof_size: int = 10
+    fresh_share: float = 0.1
+    cx_prob: float = 0.3
+    mut_prob: float = 0.6
+    tournament: int = 3
+    max_size: int = 20
+    max_depth: int = 7
+    probe_size: int = 32
+    time_budget_s: float = 60.0
+    niche_threshold: float = 0.98
+    reject_input_independent: bool = True
+    stats: tuple[str, ...] | None = None
+    op_weights: tuple[tuple[str, float], ...] = ()
+    heldout_fraction: float = 0.5
+    split_seed: int = 0
+    memo_size: int = 20000
+    seed_formulas: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("targets", "stats", "seed_formulas"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        weights = self.op_weights.items() if isinstance(self.op_weights, Mapping) else self.op_weights
+        object.__setattr__(self, "op_weights", tuple((str(k), float(v)) for k, v in weights))
+        get_metric(self.metric)
+        if self.joint not in ("mean", "min"):
+            raise ValueError(f"joint must be 'mean' or 'min', got {self.joint!r}")
+        if self.population < 2:
+            raise ValueError("population must be >= 2")
+        if not 0 <= self.hof_size < self.population:
+            raise ValueError("hof_size must be in [0, population)")
+        if not 0 <= self.fresh_share <= 1 or not 0 <= self.cx_prob <= 1 or not 0 <= self.mut_prob <= 1:
+            raise ValueError("fresh_share, cx_prob and mut_prob must be in [0, 1]")
+        if self.cx_prob + self.mut_prob > 1:
+            raise ValueError("cx_prob + mut_prob must be <= 1 (the rest is reproduction)")
+        if self.probe_size < 3:
+            raise ValueError("probe_size must be >= 3")
+        GrowConfig(self.max_depth, self.max_size)  # validates the limits
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["op_weights"] = dict(self.op_weights)
+        for name in ("targets", "stats", "seed_formulas"):
+            if data[name] is not None:
+                data[name] = list(data[name])
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "SearchConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown search config field(s): {sorted(unknown)}")
+        return cls(**dict(data))
+
+    def resume_conflicts(self, saved: "SearchConfig") -> list[str]:
+        """Return the fields (other than `generations`, which may grow) that differ from a saved run's."""
+        mine, theirs = self.to_json(), saved.to_json()
+        return [k for k in mine if k != "generations" and mine[k] != theirs[k]]
+
+
+# ------------------------------------------------------------- individuals
+class Program:
+    """An individual's genotype: a typed tree, its canonical hash, and the evaluation record."""
+
+    def __init__(self, tree: Node) -> None:
+        self.tree = tree
+        self.hash = tree.canonical_hash()
+        self.record: dict[str, Any] | None = None
+        self.ranks: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        return f"Program({self.tree.formula()!r}, fitness={self.record and self.record.get('fitness')})"
+
+
+if not hasattr(creator, "EMQFitness"):
+    creator.create("EMQFitness", base.Fitness, weights=(1.0,))
+if not hasattr(creator, "EMQIndividual"):
+    creator.create("EMQIndividual", Program, fitness=creator.EMQFitness)
+
+
+def make_individual(tree: Node, record: dict[str, Any] | None = None) -> Any:
+    ind = creator.EMQIndividual(tree)
+    if record is not None:
+        apply_record(ind, record)
+    return ind
+
+
+def apply_record(ind: Any, record: dict[str, Any]) -> None:
+    """Set an individual's fitness and behaviour from its evaluation record."""
+    ind.record = record
+    if record.get("fitness") is not None:
+        ind.fitness.values = (float(record["fitness"]),)
+        ind.ranks = rank_vector(np.asarray(record["probe"], dtype=np.float64))
+    else:
+        del ind.fitness.values
+        ind.ranks = None
+
+
+def _entry(ind: Any) -> dict[str, Any]:
+    return {"formula": ind.tree.formula(), "record": ind.record}
+
+
+def _individual(entry: Mapping[str, Any]) -> Any:
+    return make_individual(parse_tree(entry["formula"]), entry["record"])
+
+
+@dataclass
+class SearchResult:
+    """What `run_search` gives back (everything is also on disk in `run_dir`)."""
+
+    run_dir: Path
+    hall_of_fame: list[dict[str, Any]]
+    log: list[dict[str, Any]]
+    generation: int
+    finished: bool
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return self.hall_of_fame[0] if self.hall_of_fame else None
+
+
+@dataclass
+class _State:
+    generation: int
+    population: list[Any]
+    hof: NicheHallOfFame
+    memo: "OrderedDict[str, dict[str, Any]]"
+    rng: SearchRNG
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------- the search
+def run_search(
+    search_stats: Sequence[NetworkStats],
+    probe_stats_other_batch: Sequence[NetworkStats] | None,
+    truth: Mapping[str, np.ndarray],
+    config: SearchConfig,
+    run_dir: str | Path,
+    pool: EvaluationPool | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    probe_index: Sequence[int] | None = None,
+    heldout: tuple[Sequence[NetworkStats], Mapping[str, np.ndarray]] | None = None,
+    sources: tuple[StatsSource | None, StatsSource | None] = (None, None),
+    stop_after: int | None = None,
+    on_generation: Callable[[int, dict[str, Any]], None] | None = None,
+    command: str | None = None,
+) -> SearchResult:
+    """Evolve proxy programs on `search_stats` against `truth` and return the hall of fame.
+
+    `probe_stats_other_batch[i]` holds network `probe_index[i]` of `search_stats`
+    (default: the first ones) on a second batch; it serves the input-independence
+    screen (None skips that screen). `truth` maps column -> array aligned with
+    `search_stats`. `pool` evaluates programs (None: serially in this process);
+    `sources` lets process pools read the statistics from existing files instead of
+    a spilled copy. `heldout` = (statistics, truth) scores the final hall of fame on
+    networks the search never saw. `stop_after` ends this call after that
+    generation (the run stays resumable); `on_generation(gen, log_row)` is called
+    after each generation's checkpoint.
+    """
+    run_dir = Path(run_dir)
+    n = len(search_stats)
+    truth = {k: np.asarray(v, dtype=np.float64) for k, v in truth.items()}
+    targets = list(config.targets or truth)
+    missing = [t for t in targets if t not in truth]
+    if missing:
+        raise KeyError(f"unknown target(s) {missing}; ground-truth columns: {', '.join(truth)}")
+    for t in targets:
+        if len(truth[t]) != n:
+            raise ValueError(f"target {t!r} has {len(truth[t])} values for {n} search networks")
+    if probe_index is None:
+        k = len(probe_stats_other_batch) if probe_stats_other_batch is not None else min(config.probe_size, n)
+        probe_index = list(range(k))
+    stats_names = list(config.stats or sorted(set.intersection(*(s.available() for s in search_stats))))
+    grammar = Grammar(stats_names, GrowConfig(config.max_depth, config.max_size, op_weights=dict(config.op_weights)))
+    own_pool = pool is None
+    pool = pool or EvaluationPool("serial")
+    workload = None
+    try:
+        limits = ScreenLimits(config.max_size, config.time_budget_s, config.reject_input_independent)
+        workload = pool.workload(search_stats, probe_stats_other_batch, probe_index, limits, *sources)
+        engine = _Engine(config, grammar, {t: truth[t] for t in targets}, pool, workload, run_dir)
+        state = engine.start(resume)
+        bar = tqdm(total=config.generations, initial=min(state.generation + 1, config.generations),
+                   desc="search", unit="gen", disable=not progress, leave=False)
+        try:
+            while state.generation + 1 < config.generations:
+                if stop_after is not None and state.generation >= stop_after:
+                    break
+                row = engine.step(state)
+                bar.update(1)
+                bar.set_postfix(best=row["best_ever"], niches=row["niches"])
+                if on_generation is not None:
+                    on_generation(state.generation, row)
+        finally:
+            bar.close()
+        finished = state.generation + 1 >= config.generations
+        hall = engine.finish(state, heldout, command)
+        return SearchResult(run_dir, hall, state.log, state.generation, finished)
+    finally:
+        if workload is not None:
+            pool.detach(workload)
+        if own_pool:
+            pool.close()
+
+
+class _Engine:
+    """One search's fixed parts (config, grammar, truth, pool) and the generation step."""
+
+    def __init__(self, config: SearchConfig, grammar: Grammar, truth: dict[str, np.ndarray], pool: EvaluationPool,
+                 workload: Any, run_dir: Path) -> None:
+        self.config = config
+        self.grammar = grammar
+        self.truth = truth
+        self.pool = pool
+        self.workload = workload
+        self.run_dir = run_dir
+        self.metric = get_metric(config.metric)
+        self.limits = Limits(config.max_size, config.max_depth)
+
+    # ------------------------------------------------------------ start
+    def start(self, resume: bool) -> _State:
+        state_path = self.run_dir / CHECKPOINT_DIR / "state.json"
+        if state_path.exists():
+            if not resume:
+                raise ResumeError(f"{self.run_dir} already holds a search; resume it (resume=True / --resume) "
+                                  "or choose another folder")
+            return self._restore(state_path)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.run_dir / "config.json", {"search": self.config.to_json(), "stats": self.grammar.stats,
+                                                        "targets": list(self.truth), "engine": ENGINE})
+        rng = SearchRNG.from_seed(self.config.seed)
+        state = _State(-1, [], NicheHallOfFame(self.config.hof_size, self.config.niche_threshold), OrderedDict(), rng)
+        start = time.perf_counter()
+        seen: set[str] = set()
+        population = self._seeded(seen)
+        population += self._fresh(state, self.config.population - len(population), seen)
+        stats = self._evaluate(state, population)
+        self._advance(state, population, stats, start)
+        return state
+
+    # ------------------------------------------------------------- step
+    def step(self, state: _State) -> dict[str, Any]:
+        """Breed, evaluate and select one generation; checkpoint; return its log row."""
+        start = time.perf_counter()
+        cfg, rng = self.config, state.rng
+        elites = [make_individual(m.tree, m.record) for m in state.hof]
+        seen = {e.hash for e in elites}
+        valid = [ind for ind in state.population if ind.fitness.valid]
+        reps = representatives(valid, cfg.niche_threshold)
+        n_fresh = int(round(cfg.fresh_share * cfg.population)) if reps else cfg.population - len(elites)
+        n_off = max(0, cfg.population - len(elites) - n_fresh)
+        offspring: list[Any] = []
+        attempts = 0
+        while reps and len(offspring) < n_off and attempts < 20 * max(1, n_off):
+            attempts += 1
+            r = rng.py.random()
+            if r < cfg.cx_prob:
+                a, b = tournament(reps, 2, rng.py, cfg.tournament)
+                kids = list(crossover(a.tree, b.tree, rng.py, self.limits))
+            elif r < cfg.cx_prob + cfg.mut_prob:
+                (a,) = tournament(reps, 1, rng.py, cfg.tournament)
+                kids = [mutate(a.tree, rng.py, self.grammar, self.limits)[0]]
+            else:
+                (a,) = tournament(reps, 1, rng.py, cfg.tournament)
+                kids = [a.tree]
+            for kid in kids:
+                ind = make_individual(kid)
+                known = state.memo.get(ind.hash)
+                if known is not None and known["fitness"] is None:
+                    continue  # already screened out: do not spend a population slot on it again
+                if len(offspring) < n_off and ind.hash not in seen:
+                    seen.add(ind.hash)
+                    offspring.append(ind)
+        fresh = self._fresh(state, cfg.population - len(elites) - len(offspring), seen)
+        population = elites + offspring + fresh
+        stats = self._evaluate(state, offspring + fresh)
+        return self._advance(state, population, stats, start)
+
+    def _seeded(self, seen: set[str]) -> list[Any]:
+        """Return the individuals of `config.seed_formulas` (programs reused from other searches), deduplicated."""
+        out = []
+        for formula in self.config.seed_formulas[: self.config.population]:
+            tree = parse_tree(formula)
+            missing = sorted(tree.stats() - set(self.grammar.stats))
+            if missing:
+                raise ValueError(f"seed proxy {formula!r} uses statistic(s) {missing} that this search's networks "
+                                 f"lack; available: {', '.join(self.grammar.stats)}")
+            ind = make_individual(tree)
+            if ind.hash not in seen:
+                seen.add(ind.hash)
+                out.append(ind)
+        return out
+
+    def _fresh(self, state: _State, k: int, seen: set[str]) -> list[Any]:
+        out = []
+        for _ in range(k):
+            ind = None
+            for _ in range(20):  # prefer programs never evaluated before
+                ind = make_individual(random_program(state.rng.py, self.grammar))
+                if ind.hash not in seen and ind.hash not in state.memo:
+                    break
+            if ind.hash in seen:
+                continue
+            seen.add(ind.hash)
+            out.append(ind)
+        return out
+
+    # ------------------------------------------------------- evaluation
+    def _evaluate(self, state: _State, individuals: Sequence[Any]) -> dict[str, Any]:
+        todo: dict[str, Any] = {}
+        for ind in individuals:
+            if ind.hash not in state.memo and ind.hash not in todo:
+                todo[ind.hash] = ind
+        outcomes = self.pool.screen(self.workload, [ind.tree.formula() for ind in todo.values()])
+        rejections: Counter = Counter()
+        seconds = 0.0
+        for ind, outcome in zip(todo.values(), outcomes):
+            record = self._record(outcome)
+            state.memo[ind.hash] = record
+            seconds += outcome.seconds
+            if record["reason"] is not None:
+                rejections[record["reason"]] += 1
+        for ind in individuals:
+            state.memo.move_to_end(ind.hash)
+            apply_record(ind, state.memo[ind.hash])
+        while len(state.memo) > self.config.memo_size:
+            state.memo.popitem(last=False)
+        return {"evaluations": len(todo), "cache_hits": len(individuals) - len(todo),
+                "rejections": dict(sorted(rejections.items())), "eval_seconds": seconds}
+
+    def _record(self, outcome: Outcome) -> dict[str, Any]:
+        if outcome.reason is not None:
+            return {"reason": outcome.reason, "fitness": None, "targets": {}, "probe": None}
+        per = {t: self.metric(outcome.scores, col) for t, col in self.truth.items()}
+        value = joint(list(per.values()), self.config.joint)
+        if not math.isfinite(value):
+            return {"reason": UNDEFINED_FITNESS, "fitness": None, "targets": {}, "probe": None}
+        return {"reason": None, "fitness": value, "targets": per, "probe": [float(x) for x in outcome.probe]}
+
+    # ------------------------------------------------- bookkeeping
+    def _advance(self, state: _State, population: list[Any], stats: dict[str, Any], start: float) -> dict[str, Any]:
+        state.generation += 1
+        state.population = population
+        valid = [ind for ind in population if ind.fitness.valid]
+        state.hof.update(valid)
+        values = [ind.fitness.values[0] for ind in valid]
+        row = {
+            "gen": state.generation,
+            "best": max(values) if values else None,
+            "median": float(np.median(values)) if values else None,
+            "best_ever": state.hof[0].fitness.values[0] if len(state.hof) else None,
+            "best_formula": state.hof[0].tree.formula() if len(state.hof) else None,
+            "population": len(population),
+            "valid": len(valid),
+            "niches": count_niches(valid, self.config.niche_threshold),
+            "evaluations": stats["evaluations"],
+            "cache_hits": stats["cache_hits"],
+            "rejections": stats["rejections"],
+            "seconds": round(time.perf_counter() - start, 4),
+        }
+        state.log.append(row)
+        self._checkpoint(state)
+        return row
+
+    def _checkpoint(self, state: _State) -> None:
+        folder = self.run_dir / CHECKPOINT_DIR
+        torch_file = f"rng_torch-{state.generation:05d}.pt"
+        # The torch file is written first and named by the state: state.json is the single commit point.
+        state.rng.save_torch(folder / torch_file)
+        data = {
+            "format": STATE_FORMAT,
+            "engine": ENGINE,
+            "generation": state.generation,
+            "config": self.config.to_json(),
+            "population": [_entry(ind) for ind in state.population],
+            "hall_of_fame": [_entry(ind) for ind in state.hof],
+            "memo": [[h, r] for h, r in state.memo.items()],
+            "rng": state.rng.state_json(),
+            "torch_rng": torch_file,
+            "log": state.log,
+        }
+        write_json_atomic(folder / "state.json", data)
+        for old in folder.glob("rng_torch-*.pt"):
+            if old.name != torch_file:
+                old.unlink(missing_ok=True)
+        write_text_atomic(self.run_dir / "log.jsonl", "".join(json.dumps(row) + "\n" for row in state.log))
+
+    def _restore(self, path: Path) -> _State:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != STATE_FORMAT:
+            raise ValueError(f"{path}: not an {STATE_FORMAT} checkpoint")
+        saved = SearchConfig.from_json(data["config"])
+        conflicts = self.config.resume_conflicts(saved)
+        if conflicts:
+            raise ResumeError(f"cannot resume {self.run_dir}: the config differs in {conflicts} "
+                             "(only `generations` may change); start a new run folder instead")
+        rng = SearchRNG.restore(data["rng"], path.parent / data["torch_rng"])
+        hof = NicheHallOfFame(self.config.hof_size, self.config.niche_threshold)
+        hof.restore([_individual(e) for e in data["hall_of_fame"]])
+        memo = OrderedDict((h, r) for h, r in data["memo"])
+        state = _State(int(data["generation"]), [_individual(e) for e in data["population"]], hof, memo, rng,
+                       list(data["log"]))
+        if self.config.generations != saved.generations:
+            write_json_atomic(self.run_dir / "config.json", {"search": self.config.to_json(), "stats": self.grammar.stats,
+                                                            "targets": list(self.truth), "engine": ENGINE})
+        return state
+
+    # ------------------------------------------------------------ finish
+    def finish(self, state: _State, heldout: tuple[Sequence[NetworkStats], Mapping[str, np.ndarray]] | None,
+               command: str | None) -> list[dict[str, Any]]:
+        """Write hall_of_fame.json and evolution.png (and scatter.png with held-out data); return the hall."""
+        hall = [self.hall_entry(rank, ind) for rank, ind in enumerate(state.hof, start=1)]
+        if heldout is not None and hall:
+            stats_list, truth = heldout
+            stacked = StackedStats(stats_list, worker_device(self.pool.device))
+            for entry in hall:
+                scores, failures = evaluate_stacked(Proxy.from_formula(entry["formula"]), stacked)
+                entry["heldout_scores"] = scores
+                add_heldout(entry, scores, truth, self.config.metric, dict(failures))
+            best = hall[0]
+            target = next(iter(truth))
+            plot_scatter(best["heldout_scores"], np.asarray(truth[target]), self.run_dir / "scatter.png",
+                         f"{best['formula']}\nheld-out {self.config.metric} = {best['heldout'][target]:+.3f}",
+                         ylabel=target)
+        write_hall_of_fame(self.run_dir, hall, self.config, command)
+        plot_evolution(state.log, self.run_dir / "evolution.png", self.config.metric)
+        return hall
+
+    def hall_entry(self, rank: int, ind: Any) -> dict[str, Any]:
+        rec = ind.record
+        return {"rank": rank, "formula": ind.tree.formula(), "hash": ind.hash, "fitness": rec["fitness"],
+                "search": dict(rec["targets"]), "size": ind.tree.size}
+
+
+def add_heldout(entry: dict[str, Any], scores: np.ndarray, truth: Mapping[str, np.ndarray], metric: str,
+                failures: dict[str, int] | None = None, n_boot: int = 1000) -> None:
+    """Add held-out correlations (with 95% bootstrap intervals) per target to a hall-of-fame entry."""
+    fn = get_metric(metric)
+    entry["heldout"] = {t: fn(scores, np.asarray(col)) for t, col in truth.items()}
+    entry["heldout_ci"] = {t: list(bootstrap_interval(scores, np.asarray(col), fn, n_boot)) for t, col in truth.items()}
+    if failures:
+        entry["heldout_failures"] = failures
+
+
+def write_hall_of_fame(run_dir: Path, hall: list[dict[str, Any]], config: SearchConfig, command: str | None,
+                       meta: Mapping[str, Any] | None = None) -> Path:
+    """Write hall_of_fame.json: each program with its fitness per target and its `emq-proxy/1` JSON."""
+    programs = []
+    for entry in hall:
+        clean = {k: v for k, v in entry.items() if k != "heldout_scores"}
+        proxy_meta = {"fitness": {"metric": config.metric, "search": entry["search"]}, "seed": config.seed,
+                      "engine": ENGINE, "rank": entry["rank"], **dict(meta or {})}
+        if "heldout" in entry:
+            proxy_meta["fitness"]["heldout"] = entry["heldout"]
+        clean["proxy"] = Proxy.from_formula(entry["formula"], meta=proxy_meta).to_json()
+        programs.append(_finite(clean))
+    data = {"format": HOF_FORMAT, "engine": ENGINE, "metric": config.metric, "joint": config.joint,
+            "seed": config.seed, "command": command, **dict(meta or {}), "programs": programs}
+    return write_json_atomic(run_dir / "hall_of_fame.json", data)
+
+
+def _finite(value: Any) -> Any:
+    # JSON has no NaN: undefined correlations are written as null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def load_hall_of_fame(run_dir: str | Path) -> dict[str, Any]:
+    """Return the content of a run's hall_of_fame.json."""
+    path = Path(run_dir) / "hall_of_fame.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a finished `emq search` run folder?")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise RunFolderError(f"{path}: not valid JSON ({err}); the file is damaged, rerun or restore it") from None
+    if not isinstance(data, dict) or data.get("format") != HOF_FORMAT:
+        raise RunFolderError(f"{path}: not an {HOF_FORMAT} file (field 'format' is {data.get('format')!r}); "
+                             "point to a folder written by `emq search`")
+    return data
+
+
+def export_run(run_dir: str | Path, top: int = 1, out: str | Path = "proxy.json") -> list[Path]:
+    """Save the `top` best programs of a run as proxy JSON files and return their paths.
+
+    With `top` 1 the file is `out`; with more, `out`'s stem gets the rank
+    (`proxy-1.json`, `proxy-2.json`, ...).
+    """
+    out = Path(out)
+    proxies = export_proxies(run_dir, top)
+    if not proxies:
+        raise ValueError(f"{run_dir}: the hall of fame is empty (no program passed screening)")
+    if len(proxies) == 1 and top == 1:
+        return [proxies[0].save(out)]
+    return [p.save(out.with_name(f"{out.stem}-{i}{out.suffix}")) for i, p in enumerate(proxies, start=1)]
+
+
+def export_proxies(run_dir: str | Path, top: int = 1) -> list[Proxy]:
+    """Return the `top` best programs of a run as Proxy objects (meta: fitness per target, seed, engine)."""
+    data = load_hall_of_fame(run_dir)
+    programs = data["programs"][: max(0, top)]
+    return [Proxy.from_json(p["proxy"], source=f"{run_dir}/hall_of_fame.json") for p in programs]

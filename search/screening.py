@@ -1,0 +1,122 @@
+"""Cheap checks before a program is scored on every search candidate; each rejection has a countable reason.
+
+Order (the first that applies is the reason): size, then on the probe candidates
+op errors / missing statistics, non-finite or constant scores, scores unchanged
+on the probe's second batch (input independence: the published EMQ proxy fails
+exactly this), the projected time for the full set, and finally the same value
+checks on the full search set.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from emq.degeneracy import CONSTANT, INPUT_INDEPENDENT, NONFINITE, is_input_independent, score_flags
+from emq.proxy import Proxy
+from search.fast_eval import StackedStats, evaluate_stacked
+
+OVER_SIZE = "over_size"
+OVER_TIME = "over_time"
+MISSING_STAT = "missing_stat"
+UNDEFINED_FITNESS = "undefined_fitness"
+__all__ = ["OVER_SIZE", "OVER_TIME", "MISSING_STAT", "UNDEFINED_FITNESS", "NONFINITE", "CONSTANT",
+           "INPUT_INDEPENDENT", "ScreenLimits", "ScreenInputs", "Outcome", "screen_and_score", "rejection_table"]
+
+
+@dataclass(frozen=True)
+class ScreenLimits:
+    """What a program may cost: nodes, and projected seconds to score the full search set."""
+
+    max_size: int = 20
+    time_budget_s: float = 30.0
+    reject_input_independent: bool = True
+
+
+@dataclass
+class ScreenInputs:
+    """The statistics a program is screened and scored on (all stacked, on one device)."""
+
+    search: StackedStats
+    probe: StackedStats  # a subset of `search` (positions `probe_index`)
+    probe_other: StackedStats | None  # the same probe networks on a second batch
+    probe_index: np.ndarray
+
+    @classmethod
+    def build(cls, search: StackedStats, probe_other: StackedStats | None, probe_index) -> "ScreenInputs":
+        index = np.asarray(probe_index, dtype=np.int64)
+        if probe_other is not None and probe_other.n != len(index):
+            raise ValueError(f"{probe_other.n} second-batch statistics for {len(index)} probe positions")
+        return cls(search, search.subset(index.tolist()), probe_other, index)
+
+
+@dataclass
+class Outcome:
+    """Result of screening (and, if it passed, scoring) one program."""
+
+    formula: str
+    hash: str
+    reason: str | None = None  # None: passed every screen
+    scores: np.ndarray | None = None  # on every search candidate
+    probe: np.ndarray | None = None  # on the probe candidates (the behaviour used for niches)
+    seconds: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def _reason(failures: Counter) -> str:
+    # The most frequent failure names the rejection; ties broken by name so the reason is deterministic.
+    return sorted(failures.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+
+
+def screen_and_score(proxy: Proxy, inputs: ScreenInputs, limits: ScreenLimits = ScreenLimits()) -> Outcome:
+    """Return the outcome of screening `proxy` on the probe and, if it passes, scoring it on the search set."""
+    start = time.perf_counter()
+    out = Outcome(proxy.formula(), proxy.canonical_hash())
+
+    def done(reason: str | None) -> Outcome:
+        out.reason = reason
+        out.seconds = time.perf_counter() - start
+        return out
+
+    if proxy.size > limits.max_size:
+        return done(OVER_SIZE)
+    t0 = time.perf_counter()
+    probe, failures = evaluate_stacked(proxy, inputs.probe)
+    probe_seconds = time.perf_counter() - t0
+    if failures:
+        return done(_reason(failures))
+    flags = score_flags(probe)
+    if flags:
+        return done(flags[0])
+    out.probe = probe
+    if limits.reject_input_independent and inputs.probe_other is not None:
+        other, failures = evaluate_stacked(proxy, inputs.probe_other)
+        if failures:
+            return done(_reason(failures))
+        if is_input_independent(probe, other):
+            return done(INPUT_INDEPENDENT)
+    projected = probe_seconds * inputs.search.n / max(1, inputs.probe.n)
+    out.detail["projected_s"] = projected
+    if projected > limits.time_budget_s:
+        return done(OVER_TIME)
+    scores, failures = evaluate_stacked(proxy, inputs.search)
+    if failures:
+        return done(_reason(failures))
+    flags = score_flags(scores)
+    if flags:
+        return done(flags[0])
+    out.scores = scores
+    return done(None)
+
+
+def rejection_table(counts: Counter | dict[str, int]) -> str:
+    """Return rejection counts as `reason: n` lines, most frequent first (for logs and summaries)."""
+    items = sorted(dict(counts).items(), key=lambda kv: (-kv[1], kv[0]))
+    return "\n".join(f"{reason}: {n}" for reason, n in items) or "(none)"

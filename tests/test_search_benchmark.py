@@ -1,0 +1,81 @@
+"""Benchmark-level search: disjoint splits, held-out comparison with baselines, summary and export."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import emq.baselines
+import search.benchmark
+from emq.bench.base import Batch, Benchmark, Candidate
+from emq.fitness import heldout_split
+from emq.stats_cache import StatsConfig
+from search.benchmark import default_baselines, search_benchmark
+from search.evolution import SearchConfig, export_proxies, load_hall_of_fame
+from search.synthetic import SyntheticNetworks
+
+
+class FakeBenchmark(Benchmark):
+    """Synthetic networks behind the Benchmark interface (their statistics come from SyntheticNetworks)."""
+
+    name = "synthetic-mq"
+    family = "mq"
+
+    def __init__(self, n: int = 60) -> None:
+        self.nets = SyntheticNetworks(n, seed=1)
+
+    def candidates(self) -> list[Candidate]:
+        return [Candidate(f"c{i}", bits=dict(c)) for i, c in enumerate(self.nets.configs)]
+
+    def ground_truth(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self.nets.truth.items()}
+
+    def build_model(self, candidate: Candidate, init_seed: int = 0) -> nn.Module:
+        raise AssertionError("statistics come from the synthetic networks")
+
+    def batch(self, seed: int = 0, size: int = 16) -> Batch:
+        return Batch(torch.zeros(size, 1), torch.zeros(size, dtype=torch.long), "synthetic", seed)
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    bench = FakeBenchmark()
+    seen: dict[int, set[str]] = {}
+
+    def fake_load(b, candidates, config=None, progress=True, cache_root=None):
+        config = config or StatsConfig()
+        seen.setdefault(config.batch_seed, set()).update(c.id for c in candidates)
+        return [b.nets.stats(int(c.id[1:]), config.batch_seed) for c in candidates]
+
+    monkeypatch.setattr(search.benchmark, "load_or_compute", fake_load)
+    monkeypatch.setattr(emq.baselines, "load_or_compute", fake_load)
+    bench.seen = seen
+    return bench
+
+
+def test_search_benchmark_compares_hall_of_fame_with_baselines_on_heldout(bench, tmp_path):
+    config = SearchConfig(population=12, generations=3, seed=0, probe_size=8, hof_size=3, targets=("test_acc",))
+    result = search_benchmark(bench, StatsConfig(), config, tmp_path / "run", progress=False, n_boot=50,
+                              baselines=["params", "bit_sum", "bparams", "hawq"], command="emq search synthetic-mq")
+    assert result.finished
+    split = heldout_split(bench.candidate_ids(), config.heldout_fraction, config.split_seed)
+    heldout_ids = {f"c{i}" for i in split.heldout}
+    probe_ids = bench.seen[1]
+    assert probe_ids and not probe_ids & heldout_ids  # the second-batch probe is part of the search split
+    hall = load_hall_of_fame(result.run_dir)
+    assert hall["benchmark"] == "synthetic-mq" and hall["split"]["heldout"] == len(heldout_ids)
+    assert all(set(p["heldout"]) == {"test_acc"} for p in hall["programs"])
+    summary = (result.run_dir / "summary.md").read_text()
+    assert "emq search synthetic-mq" in summary
+    for name in ("evolved #1", "params", "bit_sum", "bparams", "hawq"):
+        assert f"| {name} |" in summary
+    assert (result.run_dir / "scatter.png").is_file()
+    (proxy,) = export_proxies(result.run_dir)
+    assert proxy.meta["benchmark"] == "synthetic-mq"
+
+
+def test_default_baselines_for_mq_are_cheap_program_baselines():
+    names = default_baselines("mq")
+    assert {"params", "bit_sum", "bparams"} <= set(names)
+    assert all(emq.baselines.get_baseline(n).kind == "program" for n in names)

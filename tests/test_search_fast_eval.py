@@ -1,0 +1,158 @@
+"""The stacked (vmapped) evaluator gives the same scores and failures as Proxy.evaluate, one network at a time."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch.func import vmap
+
+from conftest import make_stats
+from emq.proxy import Proxy, ProxyEvaluationError
+from emq.scoring import proxy_scores
+from primitives import OPS, Kind, Op, get_op, list_ops
+from search.fast_eval import ELEMENTWISE, StackedStats, evaluate_stacked
+from search.generate import Grammar, random_program
+from search.synthetic import synthetic_problem
+
+
+def _coverage_formulas() -> list[str]:
+    """One well-conditioned formula per registered op."""
+    out = []
+    for op in list_ops():
+        if op.group == "unary":
+            out.append(f"mean_layers(mean({op.name}(grad)))")
+        elif op.group == "binary":
+            out += [f"mean_layers(mean({op.name}(grad, weight)))", f"mean_layers(mean({op.name}(act, grad)))",
+                    f"mean_layers(l2({op.name}(params, grad)))"]
+        elif op.inputs == (Kind.T,) and op.output == Kind.S:
+            out.append(f"sum_layers({op.name}(grad))")
+        elif op.inputs == (Kind.S,) and op.output == Kind.S:
+            out.append(f"mean_layers({op.name}(l2(grad)))")
+        elif op.inputs == (Kind.S, Kind.S):
+            out.append(f"mean_layers({op.name}(l2(grad), mean(act)))")
+        elif op.is_aggregation:
+            out.append(f"{op.name}(l2(grad))")
+        elif op.inputs == (Kind.N,):
+            out.append(f"{op.name}(mean_layers(l2(grad)))")
+        elif op.inputs == (Kind.N, Kind.N):
+            out.append(f"{op.name}(sum_layers(l2(grad)), mean_layers(std(act)))")
+    return out
+
+
+@pytest.fixture(scope="module")
+def networks():
+    return [make_stats(i) for i in range(9)]
+
+
+@pytest.mark.parametrize("formula", _coverage_formulas())
+def test_every_op_matches_proxy_evaluate(formula, networks):
+    proxy = Proxy.from_formula(formula)
+    expected, expected_fail = proxy_scores(proxy, networks)
+    got, fail = evaluate_stacked(proxy, StackedStats(networks))
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-6)
+    assert fail == expected_fail
+
+
+def test_random_programs_match_in_float64():
+    problem = synthetic_problem(n_search=10, n_heldout=0, probe_size=3)
+    stacked = StackedStats(problem.search)
+    grammar = Grammar(sorted(problem.search[0].available()))
+    rng = random.Random(0)
+    agree = 0
+    trials = 150
+    for _ in range(trials):
+        proxy = random_program(rng, grammar).to_proxy()
+        expected = []
+        for s in problem.search:
+            try:
+                expected.append(proxy.evaluate(s, torch.float64))
+            except ProxyEvaluationError:
+                expected.append(np.nan)
+        got, _ = evaluate_stacked(proxy, stacked, torch.float64)
+        agree += np.allclose(got, expected, rtol=1e-6, atol=1e-9, equal_nan=True)
+    # Differences left are catastrophic cancellations (x - x with x ~ 1e16) whose rounding depends on order.
+    assert agree >= 0.97 * trials
+
+
+@pytest.mark.parametrize("name", sorted(ELEMENTWISE & {op.name for op in list_ops()}))
+def test_elementwise_ops_equal_their_vmapped_form(name):
+    op = get_op(name)
+    g = torch.Generator().manual_seed(0)
+    shape = (5, 3, 2) if op.inputs[0] == Kind.T else (5,)
+    args = [torch.randn(shape, generator=g) for _ in op.inputs]
+    torch.testing.assert_close(op.fn(*args), vmap(op.fn)(*args))
+
+
+def test_shared_statistics_stay_unstacked_and_give_constant_scores():
+    problem = synthetic_problem(n_search=6, n_heldout=0, probe_size=3)
+    stacked = StackedStats(problem.search)
+    (group,) = stacked.groups
+    assert group.tensors["conv1"]["weight"][1] is False  # one weight tensor shared by every network
+    assert group.tensors["conv1"]["bits"][1] is True
+    scores, fail = evaluate_stacked(Proxy.from_formula("sum_layers(numel(weight))"), stacked)
+    assert not fail and np.ptp(scores) == 0
+
+
+def test_missing_statistic_fails_every_network_with_its_reason(networks):
+    proxy = Proxy.from_formula("mean_layers(l2(virtual_grad))")
+    scores, fail = evaluate_stacked(proxy, StackedStats(networks))
+    assert np.isnan(scores).all() and fail == Counter({"missing_stat": len(networks)})
+    assert proxy_scores(proxy, networks)[1] == fail
+
+
+def test_op_error_on_some_networks_is_counted_per_network(monkeypatch, networks):
+    base = get_op("neg")
+
+    def picky(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() > 0 and float(x.reshape(-1)[0]) > 0:  # data-dependent: fails under vmap and for some networks
+            raise ValueError("positive first entry")
+        return -x
+
+    monkeypatch.setitem(OPS, "neg", Op("neg", picky, base.inputs, base.output, base.group, base.doc))
+    proxy = Proxy.from_formula("mean_layers(l2(neg(grad)))")
+    expected, expected_fail = proxy_scores(proxy, networks)
+    got, fail = evaluate_stacked(proxy, StackedStats(networks))
+    assert 0 < sum(fail.values()) < len(networks)
+    assert fail == expected_fail
+    np.testing.assert_allclose(got, expected, rtol=1e-5, equal_nan=True)
+
+
+def test_networks_of_different_layouts_are_grouped(networks):
+    other = make_stats(1, layers=(("conv", (2, 3, 3, 3)), ("fc", (10, 2)), ("head", (3, 10))))
+    mixed = networks[:3] + [other] + networks[3:5]
+    stacked = StackedStats(mixed)
+    assert len(stacked.groups) == 2
+    proxy = Proxy.from_formula("sum_layers(l2(mul(grad, weight)))")
+    np.testing.assert_allclose(evaluate_stacked(proxy, stacked)[0], proxy_scores(proxy, mixed)[0], rtol=1e-5)
+
+
+def test_subset_and_small_chunks_give_the_same_scores(networks):
+    proxy = Proxy.from_formula("wmean_layers(s_log(var(sub(grad, act))))")
+    full = StackedStats(networks)
+    chunked = StackedStats(networks, chunk_elements=1)
+    np.testing.assert_allclose(evaluate_stacked(proxy, chunked)[0], evaluate_stacked(proxy, full)[0], rtol=1e-6)
+    np.testing.assert_allclose(evaluate_stacked(proxy, full.subset([4, 1]))[0],
+                               evaluate_stacked(proxy, full)[0][[4, 1]], rtol=1e-6)
+
+
+def test_evaluation_never_modifies_the_statistics(networks):
+    before = [{k: {s: t.clone() for s, t in d.items()} for k, d in n.layers.items()} for n in networks]
+    evaluate_stacked(Proxy.from_formula("mean_layers(l2(zscore(mul(grad, weight))))"), StackedStats(networks))
+    for net, old in zip(networks, before):
+        for layer, d in old.items():
+            for s, t in d.items():
+                assert torch.equal(net.layers[layer][s], t)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: GPU scores are compared with CPU scores")
+def test_gpu_scores_equal_cpu_scores(networks):
+    cpu, gpu = StackedStats(networks), StackedStats(networks, device="cuda")
+    for formula in _coverage_formulas():
+        proxy = Proxy.from_formula(formula)
+        a, fa = evaluate_stacked(proxy, cpu)
+        b, fb = evaluate_stacked(proxy, gpu)
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=formula)
+        assert fa == fb

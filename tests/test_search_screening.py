@@ -1,0 +1,94 @@
+"""Screening rejects degenerate and failing programs before full scoring, each for the right reason."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emq.proxy import Proxy
+from primitives import OPS, Op, get_op
+from search.fast_eval import StackedStats
+from search.screening import (
+    CONSTANT, INPUT_INDEPENDENT, MISSING_STAT, NONFINITE, OVER_SIZE, OVER_TIME, ScreenInputs, ScreenLimits,
+    rejection_table, screen_and_score,
+)
+from search.synthetic import synthetic_problem
+
+
+@pytest.fixture(scope="module")
+def inputs() -> ScreenInputs:
+    p = synthetic_problem(n_search=20, n_heldout=0, probe_size=8)
+    return ScreenInputs.build(StackedStats(p.search), StackedStats(p.probe_other), p.probe_index)
+
+
+def screen(formula: str, inputs: ScreenInputs, **limits) -> str | None:
+    return screen_and_score(Proxy.from_formula(formula), inputs, ScreenLimits(**limits)).reason
+
+
+def test_parameter_count_is_rejected_as_input_independent(inputs):
+    # The published EMQ proxy's failure mode: a size count that no batch can change.
+    assert screen("sum_layers(numel(weight))", inputs) == CONSTANT  # all networks share one architecture here
+    assert screen("sum_layers(sum(mul(bits, square(weight))))", inputs) == INPUT_INDEPENDENT
+
+
+def test_size_count_over_varying_architectures_is_input_independent():
+    from conftest import make_stats
+
+    nets = [make_stats(i, layers=(("conv", (2 + i, 3, 3, 3)), ("fc", (10, 2 + i)))) for i in range(6)]
+    other = []
+    for i, net in enumerate(nets):  # same networks, a second batch: new gradients and activations
+        fresh = make_stats(100 + i, layers=(("conv", (2 + i, 3, 3, 3)), ("fc", (10, 2 + i))))
+        other.append(type(net)({k: {**d, "grad": fresh.layers[k]["grad"], "act": fresh.layers[k]["act"]}
+                                for k, d in net.layers.items()}, net.params, net.flops))
+    inputs = ScreenInputs.build(StackedStats(nets), StackedStats(other), list(range(6)))
+    assert screen("sum_layers(numel(weight))", inputs) == INPUT_INDEPENDENT
+    assert screen("sum_layers(l2(mul(grad, weight)))", inputs) is None
+
+
+def test_self_difference_is_rejected_as_constant(inputs):
+    assert screen("sum_layers(mean(sub(weight, weight)))", inputs) == CONSTANT
+
+
+def test_overflowing_program_is_rejected_as_nonfinite(inputs):
+    assert screen("sum_layers(sum(cube(cube(cube(exp(grad))))))", inputs) == NONFINITE
+
+
+def test_unknown_statistic_in_data_is_rejected_as_missing(inputs):
+    assert screen("mean_layers(l2(virtual_grad))", inputs) == MISSING_STAT
+
+
+def test_failing_op_is_rejected_with_the_op_name(inputs, monkeypatch):
+    base = get_op("tanh")
+
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        raise FloatingPointError("broken on purpose")
+
+    monkeypatch.setitem(OPS, "tanh", Op("tanh", broken, base.inputs, base.output, base.group, base.doc))
+    assert screen("mean_layers(l2(tanh(grad)))", inputs) == "op_error:tanh"
+
+
+def test_size_and_time_limits(inputs):
+    formula = "mean_layers(l2(mul(abs(grad), hessian_diag)))"
+    assert screen(formula, inputs, max_size=4) == OVER_SIZE
+    assert screen(formula, inputs, time_budget_s=0.0) == OVER_TIME
+
+
+def test_healthy_program_passes_with_scores_and_probe_behaviour(inputs):
+    out = screen_and_score(Proxy.from_formula("sum_layers(s_mul(mean(hessian_diag), sum(square(quant_error))))"), inputs)
+    assert out.ok
+    assert out.scores.shape == (inputs.search.n,)
+    assert out.probe.shape == (len(inputs.probe_index),)
+    torch.testing.assert_close(torch.as_tensor(out.probe), torch.as_tensor(out.scores[inputs.probe_index]))
+
+
+def test_input_independence_screen_can_be_switched_off(inputs):
+    assert screen("sum_layers(sum(mul(bits, square(weight))))", inputs, reject_input_independent=False) is None
+
+
+def test_rejection_table_lists_most_frequent_first():
+    assert rejection_table({"constant": 2, "nonfinite": 5}) == "nonfinite: 5\nconstant: 2"
+
+
+def test_without_second_batch_the_independence_screen_is_skipped():
+    p = synthetic_problem(n_search=12, n_heldout=0, probe_size=6)
+    inputs = ScreenInputs.build(StackedStats(p.search), None, p.probe_index)
+    assert screen("sum_layers(sum(mul(bits, square(weight))))", inputs) is None
