@@ -22,16 +22,32 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS as err:
+        except USER_ERRORS + _search_errors() as err:
             raise click.ClickException(str(err)) from None
 
     return wrapper
+
+
+def _search_errors() -> tuple[type[BaseException], ...]:
+    """The search layer's user errors (it sits above emq, so emq.errors cannot list them)."""
+    from search.evolution import ResumeError, RunFolderError
+    from search.pool import BackendUnavailableError
+
+    return (ResumeError, BackendUnavailableError, RunFolderError)
 
 
 data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="EMQ_DATA_DIR", default=None,
     help="Folder of public ground-truth files (default: $EMQ_DATA_DIR, else ../shared/benchmarks beside the repo).",
 )
+
+
+def _set_vit_batch(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Choose the ViT-Bench-101 batch source for this process (the source is recorded in every score)."""
+    import os
+
+    if value:
+        os.environ["EMQ_VIT_BATCH"] = value
 
 
 def _stats_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,6 +59,10 @@ def _stats_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Storage dtype of cached statistics (float16 halves memory; programs evaluate in float32)."),
         click.option("--hessian-samples", default=2, show_default=True, help="Hutchinson samples for hessian_diag."),
         click.option("--device", default=None, help="torch device for statistics (default: cuda if present, else cpu)."),
+        click.option("--vit-batch", type=click.Choice(["digits", "gaussian"]), default=None, expose_value=False,
+                     callback=_set_vit_batch, is_eager=True,
+                     help="Input batch of ViT-Bench-101 benchmarks (their datasets are not offline): embedded digits "
+                          "upsampled to 224, or Gaussian noise (default: $EMQ_VIT_BATCH, else digits)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -210,13 +230,14 @@ def _ensure_built(name: str, data_dir: Path | None):
               help="Candidates to score: all, or the search / held-out half of the fixed split.")
 @click.option("--targets", default=None, help="Comma-separated ground-truth columns (default: all).")
 @click.option("--bootstrap", "n_boot", default=1000, show_default=True, help="Bootstrap resamples for the 95% intervals.")
+@click.option("--limit", default=None, type=int, help="Only the first N candidates of the split (a quick look).")
 @_stats_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the report here (.md table or .json), atomically.")
 @_friendly_errors
 def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formulas: tuple[str, ...], all_baselines: bool,
-          baseline_names: tuple[str, ...], split: str, targets: str | None, n_boot: int, batch_seed: int, batch_size: int,
+          baseline_names: tuple[str, ...], split: str, targets: str | None, n_boot: int, limit: int | None, batch_seed: int, batch_size: int,
           init_seed: int, dtype: str, hessian_samples: int, device: str | None, as_json: bool, out_file: Path | None) -> None:
     """Rank-correlate proxies and baselines with benchmark NAME's ground truth.
 
@@ -235,15 +256,15 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
     from emq.proxy import Proxy
     from emq.scoring import score_benchmark
 
-    bench_obj = _ensure_built(name, resolve(data_dir))
-    proxies = {p.stem: Proxy.load(p) for p in proxy_files}
+    proxies = {p.stem: Proxy.load(p) for p in proxy_files}  # bad proxies fail before any heavy work
     proxies.update({f"formula{i + 1}" if len(formulas) > 1 else "formula": Proxy.from_formula(f) for i, f in enumerate(formulas)})
+    bench_obj = _ensure_built(name, resolve(data_dir))
     names = list(baseline_names) + ([b for b in applicable_baselines(bench_obj.family) if b not in baseline_names] if all_baselines else [])
     if not proxies and not names:
         raise click.UsageError("nothing to score: give --proxy FILE, --formula TEXT, --baseline NAME or --baselines")
     config = _stats_config(batch_seed, batch_size, init_seed, dtype, hessian_samples, device)
     report = score_benchmark(bench_obj, proxies, names, config, split=split,
-                             targets=targets.split(",") if targets else None, n_boot=n_boot)
+                             targets=targets.split(",") if targets else None, n_boot=n_boot, limit=limit)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -254,6 +275,129 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
         else:
             write_text_atomic(out_file, report.to_markdown())
         click.echo(f"wrote {out_file}", err=True)
+
+
+# -------------------------------------------------------------------------- search
+BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
+
+
+@main.command()
+@click.argument("name")
+@data_dir_option
+@click.option("--targets", default=None, help="Comma-separated ground-truth columns the proxy must rank (default: all).")
+@click.option("--joint", type=click.Choice(["mean", "min"]), default="mean", show_default=True,
+              help="How per-column fitness values combine into one (min = the worst column counts).")
+@click.option("--metric", type=click.Choice(["kendall", "spearman"]), default="kendall", show_default=True,
+              help="Rank correlation used as fitness.")
+@click.option("--population", default=64, show_default=True, help="Programs per generation.")
+@click.option("--generations", default=20, show_default=True, help="Generations (a resumed run may raise it).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the search (same seed + config = same hall of fame).")
+@click.option("--hof-size", default=10, show_default=True, help="Elite programs carried into every generation.")
+@click.option("--max-search", default=None, type=int,
+              help="Use at most N networks of the search split (bounds memory and time; default: all).")
+@click.option("--seed-proxies", "seed_proxy_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Proxy JSON file(s) (e.g. exported from another search) placed in the first population; repeatable.")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="loky", show_default=True,
+              help="joblib backend of the evaluation pool; dask needs --scheduler or starts a LocalCluster.")
+@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) for --backend dask.")
+@click.option("--workers", default=None, type=int, help="Pool workers (default: CPU cores).")
+@click.option("--baseline", "baseline_names", multiple=True,
+              help="Baselines to compare on held-out (repeatable; default: every cheap program baseline).")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder (default: runs/NAME-seedSEED).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@_stats_options
+@_friendly_errors
+def search(name: str, data_dir: Path | None, targets: str | None, joint: str, metric: str, population: int,
+           generations: int, seed: int, hof_size: int, max_search: int | None, seed_proxy_files: tuple[Path, ...],
+           backend: str, scheduler: str | None, workers: int | None, baseline_names: tuple[str, ...],
+           run_dir: Path | None, resume: bool, batch_seed: int, batch_size: int, init_seed: int,
+           dtype: str, hessian_samples: int, device: str | None) -> None:
+    """Evolve proxy programs that rank benchmark NAME's candidates like its ground truth.
+
+    The candidates are split once (fixed seed) into a search half and a held-out half.
+    Programs are screened (NaN/inf, constant, unchanged under a second batch, too slow),
+    scored by rank correlation on the search half, and the hall of fame is finally
+    compared with the baselines on the held-out half. The run folder gets log.jsonl,
+    hall_of_fame.json, evolution.png, scatter.png and summary.md; it is checkpointed
+    every generation, so a killed run continues with --resume.
+
+    \b
+    Examples:
+      emq search mq-digits                                  # defaults: < 10 min on 2 cores
+      emq search vit-digits --targets test_acc,test_acc_low_data --joint min
+      emq search vit-bench-101-autoformer --targets c100_kd_acc,flower_kd_acc,chaoyang_kd_acc
+      emq search mq-digits --backend dask --scheduler tcp://10.0.0.5:8786
+      emq search mq-digits --out runs/mq-digits-seed0 --resume --generations 40
+    """
+    from emq.paths import data_dir as resolve
+    from emq.proxy import Proxy
+    from search.benchmark import search_benchmark
+    from search.evolution import SearchConfig
+    from search.pool import EvaluationPool
+
+    seeds = tuple(Proxy.load(p).formula() for p in seed_proxy_files)
+    bench_obj = _ensure_built(name, resolve(data_dir))
+    columns = list(bench_obj.ground_truth())
+    target_list = _parse_targets(targets, columns, name)
+    run_dir = run_dir or Path("runs") / f"{name}-seed{seed}"
+    try:
+        cfg = SearchConfig(population=population, generations=generations, seed=seed, metric=metric, joint=joint,
+                           targets=tuple(target_list) if target_list else None, hof_size=min(hof_size, population - 1),
+                           seed_formulas=seeds)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    config = _stats_config(batch_seed, batch_size, init_seed, dtype, hessian_samples, device)
+    command = "emq " + " ".join(_quote(a) for a in sys.argv[1:])
+    start = time.perf_counter()
+    with EvaluationPool(backend, n_jobs=workers, scheduler=scheduler, device=config.device) as pool:
+        result = search_benchmark(bench_obj, config, cfg, run_dir, pool=pool,
+                                  baselines=list(baseline_names) or None, max_search=max_search, progress=True,
+                                  resume=resume, command=command)
+    seconds = time.perf_counter() - start
+    if not result.hall_of_fame:
+        raise click.ClickException(f"no valid program survived screening; see {run_dir / 'log.jsonl'}")
+    click.echo((run_dir / "summary.md").read_text(encoding="utf-8") if (run_dir / "summary.md").exists() else "")
+    best = result.hall_of_fame[0]
+    click.echo(f"best proxy: {best['formula']}")
+    click.echo(f"done in {seconds:.0f} s; run folder {run_dir} (export: emq export {run_dir} --top 1 -o proxy.json)")
+
+
+def _parse_targets(targets: str | None, columns: list[str], name: str) -> list[str] | None:
+    if not targets:
+        return None
+    chosen = [t.strip() for t in targets.split(",") if t.strip()]
+    unknown = [t for t in chosen if t not in columns]
+    if unknown:
+        raise click.UsageError(f"--targets: unknown column(s) {', '.join(unknown)} for {name}; available: {', '.join(columns)}")
+    return chosen
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+# -------------------------------------------------------------------------- export
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--top", default=1, show_default=True, help="How many of the hall of fame's best programs to export.")
+@click.option("-o", "--out", "out_file", default="proxy.json", show_default=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file; with --top > 1, files NAME-1.json, NAME-2.json, ... are written.")
+@_friendly_errors
+def export(run_dir: Path, top: int, out_file: Path) -> None:
+    """Write the best program(s) of search RUN_DIR as reusable proxy JSON files (emq-proxy/1).
+
+    \b
+    Reuse them with:  emq score OTHER_BENCH --proxy proxy.json
+                      emq search OTHER_BENCH --seed-proxies proxy.json
+                      emq apply mq mq-digits --proxy proxy.json --budget 0.06
+    """
+    from search.evolution import export_run
+
+    for path in export_run(run_dir, top=top, out=out_file):
+        click.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,146 @@
+"""The `emq` command line end to end on the embedded benchmark, with a tiny budget."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from emq.paths import results_dir
+
+needs_mq_digits = pytest.mark.skipif(
+    not (results_dir() / "mq-digits" / "ground_truth.json").exists(),
+    reason="results/mq-digits is not built (run: emq bench build mq-digits)",
+)
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMQ_CACHE_DIR", str(tmp_path / "cache"))
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(main, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def test_ops_lists_every_op_with_its_signature(run):
+    result = run("ops", "--json")
+    assert result.exit_code == 0
+    ops = json.loads(result.output)
+    assert len(ops) >= 40
+    assert {"name": "sum_layers", "signature": "S -> N"}.items() <= next(o for o in ops if o["name"] == "sum_layers").items()
+
+
+def test_bench_list_names_the_embedded_benchmark(run):
+    result = run("bench", "list")
+    assert result.exit_code == 0 and "mq-digits" in result.output
+
+
+def test_unknown_benchmark_is_one_line_error_listing_valid_names(run):
+    result = run("bench", "show", "no-such-bench")
+    assert result.exit_code != 0
+    assert "unknown benchmark 'no-such-bench'" in result.output and "mq-digits" in result.output
+    assert "Traceback" not in result.output
+
+
+@needs_mq_digits
+def test_bench_show_prints_the_accuracy_spread(run):
+    result = run("bench", "show", "mq-digits", "--limit", "2")
+    assert result.exit_code == 0
+    assert "500 candidates" in result.output and "test_acc" in result.output
+
+
+@needs_mq_digits
+def test_score_proxy_file_and_baselines_end_to_end(run, tmp_path):
+    proxy = tmp_path / "p.json"
+    from emq.proxy import Proxy
+
+    Proxy.from_formula("n_neg(sum_layers(l2(mul(grad, quant_error))))").save(proxy)
+    out = tmp_path / "report.json"
+    result = run("score", "mq-digits", "--proxy", str(proxy), "--baseline", "bparams", "--baseline", "params",
+                 "--limit", "12", "--bootstrap", "50", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "| p | proxy | test_acc | 12 |" in result.output
+    report = json.loads(out.read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(rows) == {"p", "bparams", "params"}
+    assert rows["params"]["flags"] == ["constant"]  # one FP network: #params cannot rank bit configs
+    assert report["batch"]["source"] and report["batch"]["seed"] == 0
+
+
+@needs_mq_digits
+def test_score_flags_an_input_independent_formula(run):
+    result = run("score", "mq-digits", "--formula", "sum_layers(sum(bits))", "--limit", "10", "--bootstrap", "20", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output[result.output.index("{"):])
+    assert data["rows"][0]["flags"] == ["input_independent"]
+
+
+@pytest.mark.parametrize("formula, message", [
+    ("sum_layers(frob(weight))", "unknown op 'frob'"),
+    ("sum_layers(weight)", "receives (T)"),
+])
+def test_bad_formula_is_a_clear_error_without_traceback(run, formula, message):
+    result = run("score", "mq-digits", "--formula", formula)
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+
+
+def test_malformed_proxy_file_names_the_file(run, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    result = run("score", "mq-digits", "--proxy", str(bad))
+    assert result.exit_code != 0 and str(bad) in result.output and "not valid JSON" in result.output
+
+
+@needs_mq_digits
+def test_search_then_export_then_rescore_end_to_end(run, tmp_path):
+    out = tmp_path / "run"
+    result = run("search", "mq-digits", "--population", "8", "--generations", "2", "--max-search", "24",
+                 "--backend", "serial", "--hof-size", "3", "--out", str(out), "--batch-size", "8")
+    assert result.exit_code == 0, result.output
+    assert "best proxy:" in result.output
+    for name in ("log.jsonl", "hall_of_fame.json", "summary.md", "evolution.png", "scatter.png", "config.json"):
+        assert (out / name).is_file(), name
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+    hall = json.loads((out / "hall_of_fame.json").read_text())
+    assert hall["programs"] and "heldout" in hall["programs"][0]
+    summary = (out / "summary.md").read_text()
+    assert "bit_sum" in summary and "evolved #1" in summary
+
+    proxy = tmp_path / "best.json"
+    result = run("export", str(out), "--top", "1", "-o", str(proxy))
+    assert result.exit_code == 0 and proxy.is_file()
+    result = run("score", "mq-digits", "--proxy", str(proxy), "--limit", "10", "--bootstrap", "20", "--batch-size", "8")
+    assert result.exit_code == 0, result.output
+    assert json.loads(proxy.read_text())["formula"] == hall["programs"][0]["formula"]
+    assert "| best | proxy |" in result.output
+
+    # the same folder again without --resume is refused (nothing is overwritten), with the fix in the message
+    again = run("search", "mq-digits", "--population", "8", "--generations", "2", "--max-search", "24",
+                "--backend", "serial", "--out", str(out), "--batch-size", "8")
+    assert again.exit_code != 0 and "--resume" in again.output and "Traceback" not in again.output
+
+    # a seeded search starts from the exported proxy
+    seeded = tmp_path / "seeded"
+    result = run("search", "mq-digits", "--population", "6", "--generations", "1", "--max-search", "24",
+                 "--backend", "serial", "--hof-size", "2", "--out", str(seeded), "--batch-size", "8",
+                 "--seed-proxies", str(proxy))
+    assert result.exit_code == 0, result.output
+    first = json.loads((seeded / "checkpoint" / "state.json").read_text())
+    formulas = json.dumps(first)
+    assert json.loads(proxy.read_text())["formula"] in formulas
+
+
+def test_search_unknown_target_names_the_columns(run):
+    if not (results_dir() / "mq-digits" / "ground_truth.json").exists():
+        pytest.skip("results/mq-digits is not built")
+    result = run("search", "mq-digits", "--targets", "top5")
+    assert result.exit_code != 0 and "unknown column(s) top5" in result.output and "test_acc" in result.output
+
+
+def test_export_of_a_folder_that_is_not_a_run_is_a_clear_error(run, tmp_path):
+    result = run("export", str(tmp_path))
+    assert result.exit_code != 0 and "hall_of_fame.json" in result.output and "Traceback" not in result.output
