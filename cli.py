@@ -50,8 +50,29 @@ def _set_vit_batch(ctx: click.Context, param: click.Parameter, value: str | None
         os.environ["EMQ_VIT_BATCH"] = value
 
 
+STAT_NAMES_KEY = "emq.stat_names"
+
+
+def _set_stat_names(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Remember --stats for `_stats_config` (kept out of the commands' signatures), failing on unknown names."""
+    if not value:
+        return
+    from emq.stats import UnknownStatError, check_stat_names
+
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    try:
+        check_stat_names(names)
+    except UnknownStatError as err:
+        raise click.BadParameter(str(err)) from None
+    ctx.meta[STAT_NAMES_KEY] = names
+
+
 def _stats_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
+        click.option("--stats", "stat_names", default=None, expose_value=False, callback=_set_stat_names,
+                     help="Comma-separated statistics to compute and cache, e.g. weight,grad,virtual_grad "
+                          "(default: every applicable one; on 224x224 ViTs name a few: see `emq stats --list` "
+                          "and README 'ViT statistics and memory'). Baselines add what they need."),
         click.option("--batch-seed", default=0, show_default=True, help="Seed of the fixed input batch (recorded with every score)."),
         click.option("--batch-size", default=16, show_default=True, help="Images in the batch the statistics are computed on."),
         click.option("--init-seed", default=0, show_default=True, help="Seed of random initialisation (benchmarks without trained weights)."),
@@ -72,8 +93,10 @@ def _stats_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _stats_config(batch_seed: int, batch_size: int, init_seed: int, dtype: str, hessian_samples: int, device: str | None):
     from emq.stats_cache import StatsConfig
 
+    ctx = click.get_current_context(silent=True)
+    names = ctx.meta.get(STAT_NAMES_KEY) if ctx is not None else None
     return StatsConfig(batch_seed=batch_seed, batch_size=batch_size, init_seed=init_seed, store_dtype=dtype,
-                       hessian_samples=hessian_samples, device=device or _default_device())
+                       hessian_samples=hessian_samples, device=device or _default_device(), stat_names=names)
 
 
 def _default_device() -> str:
@@ -289,12 +312,13 @@ BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
               help="How per-column fitness values combine into one (min = the worst column counts).")
 @click.option("--metric", type=click.Choice(["kendall", "spearman"]), default="kendall", show_default=True,
               help="Rank correlation used as fitness.")
-@click.option("--population", default=64, show_default=True, help="Programs per generation.")
-@click.option("--generations", default=20, show_default=True, help="Generations (a resumed run may raise it).")
+@click.option("--population", default=48, show_default=True, help="Programs per generation.")
+@click.option("--generations", default=15, show_default=True, help="Generations (a resumed run may raise it).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the search (same seed + config = same hall of fame).")
 @click.option("--hof-size", default=10, show_default=True, help="Elite programs carried into every generation.")
-@click.option("--max-search", default=None, type=int,
-              help="Use at most N networks of the search split (bounds memory and time; default: all).")
+@click.option("--max-search", default=160, show_default=True, type=int,
+              help="Use at most N networks of the search split (bounds memory and time; 0 = all). "
+                   "The held-out split is always scored whole.")
 @click.option("--seed-proxies", "seed_proxy_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Proxy JSON file(s) (e.g. exported from another search) placed in the first population; repeatable.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="loky", show_default=True,
@@ -352,7 +376,7 @@ def search(name: str, data_dir: Path | None, targets: str | None, joint: str, me
     start = time.perf_counter()
     with EvaluationPool(backend, n_jobs=workers, scheduler=scheduler, device=config.device) as pool:
         result = search_benchmark(bench_obj, config, cfg, run_dir, pool=pool,
-                                  baselines=list(baseline_names) or None, max_search=max_search, progress=True,
+                                  baselines=list(baseline_names) or None, max_search=max_search or None, progress=True,
                                   resume=resume, command=command)
     seconds = time.perf_counter() - start
     if not result.hall_of_fame:
