@@ -38,6 +38,14 @@ from search.screening import Outcome, ScreenInputs, ScreenLimits, screen_and_sco
 BACKENDS = ("serial", "threading", "loky", "dask", "ray")
 
 
+def usable_cores() -> int:
+    """Return the cores this process may run on (its CPU affinity, e.g. under taskset or a container quota)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS / Windows have no affinity call
+        return os.cpu_count() or 1
+
+
 class BackendUnavailableError(RuntimeError):
     """The chosen parallel backend's package is not installed."""
 
@@ -235,7 +243,7 @@ class EvaluationPool:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.backend = backend
-        self.n_jobs = n_jobs or (os.cpu_count() or 1)
+        self.n_jobs = n_jobs or usable_cores()
         self.scheduler = scheduler
         self.device = device
         self.batches_per_worker = batches_per_worker
@@ -250,7 +258,7 @@ class EvaluationPool:
             # n_jobs threads each running torch ops: split the cores between them (restored on close),
             # as joblib does for loky workers, so intra-op threads do not oversubscribe the machine.
             self._threads = torch.get_num_threads()
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.n_jobs))
+            torch.set_num_threads(max(1, usable_cores() // self.n_jobs))
         if backend == "dask":
             self._start_dask()
         elif backend == "ray":
