@@ -37,9 +37,9 @@ from emq.paths import cache_dir
 from emq.proxy import Proxy, ProxyEvaluationError
 from emq.quant.layers import quantizable_layers
 from emq.stats_cache import (
-    StatsConfig, bench_fields, calibration_inputs, config_key, load_or_compute, safe_name,
+    StatsConfig, bench_fields, calibration_inputs, config_key, iter_stats, safe_name,
 )
-from emq.stats_compute import network_logits, prepare_network
+from emq.stats_compute import network_logits, prepare_network, virtual_grads
 
 MODEL_SCORES_FORMAT = "emq-baseline-scores/1"
 
@@ -158,6 +158,13 @@ register_baseline("grad_norm", doc="sum over layers of the L2 norm of dL/dW", fo
 # larger total perturbation predicts a lower accuracy, hence the negation.
 register_baseline("hawq", ("mq",), "HAWQ-style: -sum_layers(mean(Hessian diag) * ||Q(W) - W||^2)",
                   formula="n_neg(sum_layers(s_mul(mean(hessian_diag), sum(square(quant_error)))))")
+# Mean Shannon entropy (nats) of the attention rows, averaged over the attention modules: per
+# module -sum(p log p) / sum(p), and sum(p) is the number of rows (each row sums to 1).
+# Sign: higher entropy scores higher. Attention that concentrates on few tokens (entropy
+# collapse, Zhai et al. ICML 2023) marks networks that train badly, so a more uniform
+# attention at initialisation is read as the better sign; the tables show which way it ranks.
+register_baseline("attn_entropy", ("vit",), "mean entropy of the attention distributions (higher = more uniform)",
+                  formula="mean_layers(s_neg(s_div(sum(mul(attn, log_abs(attn))), sum(attn))))")
 
 
 # ---------------------------------------------------------------- model kind
@@ -258,6 +265,35 @@ def fisher(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: Basel
     return total
 
 
+@register_baseline("dss", ("vit",), doc="DSS (Zhou et al. CVPR 2022, TF-TAS): nuclear-norm synaptic diversity of the "
+                   "attention layers + synaptic saliency of the other layers, on SynFlow gradients")
+def dss(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: BaselineContext) -> float:
+    """Return sum over attention linear layers (qkv, proj) of ||W||_nuc * ||g||_nuc, plus sum over every other
+    conv/linear layer (patch embedding, MLP, PiT pooling, head) of sum |W * g|, with |W| for W.
+
+    As in TF-TAS's released code (the paper writes dL/dW and W): g is the gradient of the
+    summed output of the network whose parameters are all replaced by their absolute
+    values, on one all-ones input (the `virtual_grad` statistic, here in float64), and
+    the norms are taken of that network's weights |W|. Layers are assigned by module
+    (inside an attention module or not); TF-TAS's code tells them apart by "qkv or
+    square Linear", which differs only for square MLP layers (MLP ratio 1).
+    """
+    from emq.models.autoformer import Attention
+
+    grads = virtual_grads(net, bits, batch.inputs.shape[1:], ctx.device)
+    in_attention = {f"{name}.{child}" for name, m in net.named_modules() if isinstance(m, Attention)
+                    for child, _ in m.named_children()}
+    total = 0.0
+    for name, layer in quantizable_layers(net).items():
+        w = layer.weight.detach().to(torch.float64).abs()
+        g = grads[name].to(torch.float64)
+        if name in in_attention and w.dim() == 2:
+            total += float(torch.linalg.matrix_norm(w, "nuc") * torch.linalg.matrix_norm(g, "nuc"))
+        else:
+            total += float((w * g).abs().sum())
+    return total
+
+
 # ------------------------------------------------------------------- scoring
 def baseline_scores(
     bench: Benchmark,
@@ -269,9 +305,10 @@ def baseline_scores(
 ) -> dict[str, np.ndarray]:
     """Return each named baseline's scores, aligned with `candidates` (default: all of `bench`'s).
 
-    Program baselines are evaluated on the cached statistics (`load_or_compute`; a
-    config whose explicit stat set lacks what they need is extended for them); model
-    baselines are computed per candidate and cached. A failed evaluation gives NaN.
+    Program baselines are evaluated on the cached statistics (`iter_stats`: one
+    candidate in memory at a time; a config whose explicit stat set lacks what they
+    need is extended for them); model baselines are computed per candidate and cached.
+    A failed evaluation gives NaN.
     """
     config = config or StatsConfig()
     cands = list(candidates) if candidates is not None else bench.candidates()
@@ -288,9 +325,12 @@ def baseline_scores(
         if config.stat_names is not None and not needed <= set(config.stat_names):
             extra = tuple(sorted(needed - set(config.stat_names)))
             stats_config = dataclasses.replace(config, stat_names=config.stat_names + extra)
-        stats_list = load_or_compute(bench, cands, stats_config, progress=progress, cache_root=cache_root)
-        for name, proxy in programs.items():
-            out[name] = np.array([_evaluate(proxy, s) for s in stats_list], dtype=np.float64)
+        # One candidate's statistics in memory at a time: a ViT's are tens to hundreds of MB.
+        rows = [[_evaluate(proxy, stats) for proxy in programs.values()]
+                for stats in iter_stats(bench, cands, stats_config, progress=progress, cache_root=cache_root)]
+        table = np.array(rows, dtype=np.float64).reshape(len(cands), len(programs))
+        for k, name in enumerate(programs):
+            out[name] = table[:, k]
     for entry in entries:
         if entry.kind == "model":
             out[entry.name] = model_baseline_scores(bench, entry, cands, config, progress, cache_root)

@@ -3,6 +3,17 @@
 A network is turned into ``{layer name -> {stat name -> tensor}}`` once per
 (candidate, batch); proxy programs then only do tensor arithmetic on that.
 Keys are layer names (module paths), never list positions.
+
+Entries need not all carry the same statistics. Conv/linear layers carry the
+layer statistics (`weight`, `grad`, `act`, ...). Transformers add entries of their
+own (`TRANSFORMER_STATS`, ViT benchmarks only): `attn`, `attn_grad` and `head_out`
+on the attention module (`blocks.3.attn`), `ln_out` on each LayerNorm
+(`blocks.3.norm1`, `norm`), while `mlp_hidden` sits on the MLP's first linear layer
+(`blocks.3.mlp.fc1`) beside its layer statistics. A program runs over the entries
+that carry every statistic it uses (`Proxy.evaluate`), so `mean_layers(...attn...)`
+aggregates over the attention modules, and a program mixing statistics that never
+share an entry (`attn` with `weight`) has no entry to run on and fails as
+`missing_stat`.
 """
 from __future__ import annotations
 
@@ -43,11 +54,23 @@ register_stat("flops", "multiply-accumulates of the layer for one input (0-d)")
 register_stat("bits", "weight bit-width of the layer, shaped like the weight", needs_bits=True)
 register_stat("quant_weight", "weight after fake quantization at the layer's bits", needs_bits=True)
 register_stat("quant_error", "quant_weight - weight", needs_bits=True)
+register_stat("attn", "(ViT) attention probabilities (softmax output), batch x heads x tokens x tokens; "
+              "entry: the attention module, e.g. blocks.3.attn")
+register_stat("attn_grad", "(ViT) gradient of the loss w.r.t. attn; entry: the attention module")
+register_stat("head_out", "(ViT) per-head attention outputs attn @ v, batch x heads x tokens x head_dim; "
+              "entry: the attention module")
+register_stat("mlp_hidden", "(ViT) MLP hidden activations after the GELU, batch x tokens x hidden; "
+              "entry: the MLP's first linear layer, e.g. blocks.3.mlp.fc1")
+register_stat("ln_out", "(ViT) LayerNorm output, batch x tokens x width; entry: the LayerNorm, e.g. blocks.3.norm1")
 
 #: Statistics every network gets, whatever the benchmark family.
 BASE_STATS: tuple[str, ...] = ("weight", "grad", "act", "act_grad", "virtual_grad", "hessian_diag", "params", "flops")
 #: Statistics that exist only when the candidate carries a bit assignment.
 BIT_STATS: tuple[str, ...] = ("bits", "quant_weight", "quant_error")
+#: Statistics of transformer internals; only networks with attention modules have them.
+TRANSFORMER_STATS: tuple[str, ...] = ("attn", "attn_grad", "head_out", "mlp_hidden", "ln_out")
+#: Statistics a benchmark family adds to BASE_STATS (CNN families add none of the transformer ones).
+FAMILY_STATS: dict[str, tuple[str, ...]] = {"vit": TRANSFORMER_STATS}
 
 
 class UnknownStatError(KeyError):
@@ -68,9 +91,12 @@ def check_stat_names(names: list[str] | tuple[str, ...]) -> None:
 
 @dataclass
 class NetworkStats:
-    """Statistics of one candidate network: per-layer tensors plus layer sizes.
+    """Statistics of one candidate network: per-entry tensors plus entry sizes.
 
-    `layers` is ordered as the layers run in the forward pass.
+    `layers` is ordered as the entries first run in the forward pass. `params` is
+    the weight count of an entry (a layer's weight; an attention module's qkv and
+    proj weights; a LayerNorm's scale) and weights `wmean_layers`; `flops` the
+    multiply-accumulates per input (an attention module's: its two token matmuls).
     """
 
     layers: dict[str, dict[str, torch.Tensor]]
@@ -81,13 +107,17 @@ class NetworkStats:
         return list(self.layers)
 
     def available(self) -> set[str]:
-        """Return the stat names present in every layer."""
+        """Return the stat names some entry carries: those a program may use (it runs over the entries having them)."""
+        return set().union(*(s.keys() for s in self.layers.values()))
+
+    def common(self) -> set[str]:
+        """Return the stat names every entry carries."""
         sets = [set(s) for s in self.layers.values()]
         return set.intersection(*sets) if sets else set()
 
     def param_vector(self) -> torch.Tensor:
-        """Return per-layer parameter counts as a float64 vector in layer order."""
-        return torch.tensor([float(self.params[n]) for n in self.layers], dtype=torch.float64)
+        """Return per-entry parameter counts as a float64 vector in layer order (0 for an entry without a count)."""
+        return torch.tensor([float(self.params.get(n, 0)) for n in self.layers], dtype=torch.float64)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "NetworkStats":
         """Return a copy with every tensor moved (and optionally cast)."""

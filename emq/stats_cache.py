@@ -23,7 +23,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -35,7 +35,7 @@ from emq.stats import NetworkStats, check_stat_names
 from emq.stats_compute import applicable_stats, compute_stats
 
 #: Bump whenever a statistic's definition or the file layout changes: old cache folders are then ignored.
-CODE_VERSION = 1
+CODE_VERSION = 2  # 2: ViT benchmarks' "all applicable" set gained the transformer statistics
 FILE_FORMAT = "emq-stats/1"
 STORE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 #: Statistics kept once in memory when equal across candidates (MQ: one full-precision network).
@@ -47,8 +47,10 @@ class StatsConfig:
     """How statistics are computed and stored; every field but `device` is part of the cache key.
 
     `stat_names=None` means every applicable statistic (BASE_STATS, plus BIT_STATS for
-    candidates with bits). `store_dtype` "float16" is 16-bit storage (float16, or
-    bfloat16 for tensors float16 cannot represent); "float32" keeps full precision.
+    candidates with bits, plus TRANSFORMER_STATS on "vit" benchmarks). On a ViT at
+    224x224 that is several hundred MB per candidate: name a smaller set there (README,
+    "ViT statistics and memory"). `store_dtype` "float16" is 16-bit storage (float16,
+    or bfloat16 for tensors float16 cannot represent); "float32" keeps full precision.
     `device=None` picks CUDA when available.
     """
 
@@ -72,9 +74,11 @@ class StatsConfig:
         if self.hessian_samples < 1:
             raise ValueError(f"hessian_samples must be >= 1, got {self.hessian_samples}")
 
-    def stats_for(self, candidate: Candidate) -> tuple[str, ...]:
-        """Return the statistic names computed for `candidate`."""
-        return self.stat_names if self.stat_names is not None else applicable_stats(candidate.bits is not None)
+    def stats_for(self, candidate: Candidate, family: str | None = None) -> tuple[str, ...]:
+        """Return the statistic names computed for `candidate` of a benchmark of `family`."""
+        if self.stat_names is not None:
+            return self.stat_names
+        return applicable_stats(candidate.bits is not None, family)
 
     def torch_dtype(self) -> torch.dtype:
         return STORE_DTYPES[self.store_dtype]
@@ -187,6 +191,23 @@ def load_or_compute(
 
     Missing or unreadable files are computed and written atomically (a corrupt file
     is recomputed with a warning). The defaults follow `StatsConfig()` and `cache_dir()`.
+    Tensors of `SHARED_STATS` equal across candidates are kept once.
+    """
+    shared = _SharedTensors(SHARED_STATS)
+    return [shared.share(stats) for stats in iter_stats(bench, candidates, config, progress, cache_root)]
+
+
+def iter_stats(
+    bench: Benchmark,
+    candidates: Sequence[Candidate],
+    config: StatsConfig | None = None,
+    progress: bool = True,
+    cache_root: str | Path | None = None,
+) -> Iterator[NetworkStats]:
+    """Yield the statistics of `candidates` one at a time, in order (as `load_or_compute`, holding one in memory).
+
+    For a pass over many large candidates (ViTs at 224x224: tens to hundreds of MB each)
+    whose per-candidate results are all that is kept, e.g. scoring program baselines.
     """
     config = config or StatsConfig()
     batch = bench.batch(config.batch_seed, config.batch_size)
@@ -197,9 +218,7 @@ def load_or_compute(
     calib = calibration_inputs(bench)
     act_bits = getattr(bench, "act_bits", 8)
     device = config.resolved_device()
-    shared = _SharedTensors(SHARED_STATS)
 
-    results: list[NetworkStats] = []
     computed = 0
     bar = tqdm(candidates, desc=f"stats {bench.name}", unit="net", disable=not progress, leave=False)
     for cand in bar:
@@ -210,16 +229,15 @@ def load_or_compute(
             start = time.perf_counter()
             model = bench.build_model(cand, init_seed=config.init_seed)
             stats = compute_stats(
-                model, batch, cand.bits, config.stats_for(cand),
+                model, batch, cand.bits, config.stats_for(cand, bench.family),
                 act_bits=act_bits, calib_inputs=calib, hessian_samples=config.hessian_samples,
                 seed=config.batch_seed, device=device, store_dtype=config.torch_dtype(),
             )
             write_stats(path, key, cand.id, stats, seconds=time.perf_counter() - start)
             computed += 1
             bar.set_postfix(computed=computed)
-        results.append(shared.share(stats))
+        yield stats
     bar.close()
-    return results
 
 
 def write_stats(path: str | Path, key: str, candidate_id: str, stats: NetworkStats, seconds: float = 0.0) -> Path:

@@ -25,12 +25,17 @@ Conventions every statistic follows (the cache key's CODE_VERSION changes with t
   digits). Gradients of the mean loss (often 1e-9..1e-4) and SynFlow gradients
   (often 1e10) would otherwise turn into zeros or infs, and `log_abs`,
   `reciprocal` ... would see those instead of the values.
+- Transformer statistics (`TRANSFORMER_STATS`, networks with attention modules
+  only; `emq.stats_transformer` says where each is recorded and stored) come from
+  the same forward pass: `attn` and `head_out` per attention module, `mlp_hidden`
+  on each MLP's first layer, `ln_out` per LayerNorm; `attn_grad` from the same
+  backward pass as `grad`. Their entries join the layers in forward order.
 """
 from __future__ import annotations
 
 import copy
 import warnings
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +44,8 @@ from torch import nn
 from emq.bench.base import Batch
 from emq.quant.fake_quant import quantize_weight, quantized_model
 from emq.quant.layers import check_bit_assignment, quantizable_layers
-from emq.stats import BASE_STATS, BIT_STATS, STATS, NetworkStats, check_stat_names
+from emq.stats import BASE_STATS, BIT_STATS, FAMILY_STATS, STATS, TRANSFORMER_STATS, NetworkStats, check_stat_names
+from emq.stats_transformer import HookPoint, attention_macs, entry_params, has_transformer_parts, hook_points
 
 #: Largest finite float16 and smallest normal float16.
 F16_MAX = 65504.0
@@ -47,13 +53,14 @@ F16_TINY = 2.0**-14
 #: Fraction of non-zero entries allowed below float16's normal range before a tensor is stored as bfloat16 instead.
 F16_SUBNORMAL_FRACTION = 0.01
 
-_LOSS_STATS = {"grad", "act_grad", "hessian_diag"}
+_LOSS_STATS = {"grad", "act_grad", "hessian_diag", "attn_grad"}
 _OUTPUT_STATS = {"act", "act_grad"}
 
 
-def applicable_stats(has_bits: bool) -> tuple[str, ...]:
-    """Return every statistic a network gets: BASE_STATS, plus BIT_STATS when it carries bits."""
-    return BASE_STATS + (BIT_STATS if has_bits else ())
+def applicable_stats(has_bits: bool, family: str | None = None) -> tuple[str, ...]:
+    """Return every statistic a network gets: BASE_STATS, plus BIT_STATS when it carries bits, plus its family's
+    (`FAMILY_STATS`: the transformer statistics for "vit"; none for CNN families)."""
+    return BASE_STATS + (BIT_STATS if has_bits else ()) + FAMILY_STATS.get(family or "", ())
 
 
 def prepare_network(
@@ -110,11 +117,12 @@ def compute_stats(
     device: torch.device | str = "cpu",
     store_dtype: torch.dtype = torch.float32,
 ) -> NetworkStats:
-    """Return the requested statistics of every conv/linear layer of `model` on `batch`.
+    """Return the requested statistics of every conv/linear layer (and transformer entry) of `model` on `batch`.
 
     See the module docstring for what each statistic is. Only the requested ones are
     computed (no backward pass when no loss-derived statistic is asked for). `params`
-    and `flops` dictionaries are always filled. Layers are ordered as they first run.
+    and `flops` dictionaries are always filled. Entries are ordered as they first run.
+    Transformer statistics on a network without attention modules raise ValueError.
     """
     names = tuple(dict.fromkeys(stat_names))
     check_stat_names(names)
@@ -127,6 +135,10 @@ def compute_stats(
     fp_layers = quantizable_layers(model)
     if not fp_layers:
         raise ValueError("the model has no conv/linear layer to compute statistics for")
+    transformer = [n for n in names if n in TRANSFORMER_STATS]
+    if transformer and not has_transformer_parts(model):
+        raise ValueError(f"statistic(s) {transformer} exist only for transformers (attention modules); "
+                         "this network has none")
     net = prepare_network(model, bits, act_bits=act_bits, calib_inputs=calib_inputs,
                           fallback_calib=batch.inputs, device=device)
     layers = quantizable_layers(net)
@@ -134,17 +146,25 @@ def compute_stats(
     labels = batch.labels.to(device)
 
     wanted = set(names)
-    run = _run_network(net, layers, inputs, labels, wanted, hessian_samples, seed)
-    order = run.order + [n for n in layers if n not in run.order]
-    if len(run.order) < len(layers):
-        warnings.warn(f"layer(s) {[n for n in layers if n not in run.order]} never ran on the batch; "
+    points = hook_points(net, wanted)
+    run = _run_network(net, layers, inputs, labels, wanted, hessian_samples, seed, points)
+    ran = [n for n in run.order if n in layers]
+    order = run.entries + [n for n in layers if n not in ran]
+    if len(ran) < len(layers):
+        warnings.warn(f"layer(s) {[n for n in layers if n not in ran]} never ran on the batch; "
                       "their flops are 0 and their act/act_grad are empty", stacklevel=2)
-    virtual = _virtual_grads(model, bits, inputs.shape[1:], device) if "virtual_grad" in wanted else {}
+    virtual = virtual_grads(model, bits, inputs.shape[1:], device) if "virtual_grad" in wanted else {}
 
     out: dict[str, dict[str, torch.Tensor]] = {}
     params: dict[str, int] = {}
     flops: dict[str, int] = {}
     for name in order:
+        if name not in layers:  # a transformer entry (attention module, LayerNorm)
+            params[name] = entry_params(net, name)
+            flops[name] = int(run.flops.get(name, 0))
+            out[name] = {stat: _store(run.transformer[stat][name], store_dtype)
+                         for stat in names if name in run.transformer.get(stat, {})}
+            continue
         fp_weight = fp_layers[name].weight.detach()
         q_weight = layers[name].weight.detach()
         params[name] = int(fp_weight.numel())
@@ -174,6 +194,9 @@ def compute_stats(
                 tensors[stat] = _store(q_weight, store_dtype)
             elif stat == "quant_error":
                 tensors[stat] = _store(q_weight.cpu() - fp_weight.cpu(), store_dtype)
+            elif stat in TRANSFORMER_STATS:
+                if name in run.transformer.get(stat, {}):  # mlp_hidden, on an MLP's first layer
+                    tensors[stat] = _store(run.transformer[stat][name], store_dtype)
             else:  # a statistic registered in the catalogue without code here
                 raise NotImplementedError(f"no code computes statistic {stat!r}")
         out[name] = tensors
@@ -181,10 +204,12 @@ def compute_stats(
 
 
 class _Run:
-    """What one forward/backward pass recorded, keyed by layer name."""
+    """What one forward/backward pass recorded, keyed by layer name (transformer statistics: by stat, then entry)."""
 
     def __init__(self) -> None:
-        self.order: list[str] = []
+        self.order: list[str] = []  # layers, as they first ran
+        self.entries: list[str] = []  # layers and transformer entries, as they first ran
+        self.transformer: dict[str, dict[str, torch.Tensor]] = {}
         self.flops: dict[str, int] = {}
         self.outputs: dict[str, torch.Tensor] = {}
         self.acts: dict[str, torch.Tensor] = {}
@@ -195,11 +220,12 @@ class _Run:
 
 def _run_network(
     net: nn.Module, layers: dict[str, nn.Module], inputs: torch.Tensor, labels: torch.Tensor,
-    wanted: set[str], hessian_samples: int, seed: int,
+    wanted: set[str], hessian_samples: int, seed: int, points: Sequence[HookPoint] = (),
 ) -> _Run:
     run = _Run()
     keep_outputs = bool(wanted & _OUTPUT_STATS)
     need_loss = bool(wanted & _LOSS_STATS)
+    full_batch = keep_outputs or bool(points)
 
     def hook(name: str):
         def fn(module: nn.Module, _args, output: torch.Tensor):
@@ -207,6 +233,8 @@ def _run_network(
                 run.flops[name] += _macs_per_input(module, output)
                 return None
             run.order.append(name)
+            if name not in run.entries:
+                run.entries.append(name)
             run.flops[name] = _macs_per_input(module, output)
             if keep_outputs:
                 run.outputs[name] = output
@@ -216,11 +244,33 @@ def _run_network(
             return None
         return fn
 
+    attn_in_graph = "attn_grad" in wanted
+
+    def point_hook(point: HookPoint):
+        def fn(module: nn.Module, _args, output: torch.Tensor):
+            recorded = run.transformer.setdefault(point.stat, {})
+            if point.entry in recorded:  # a module used twice: keep its first output
+                return None
+            if point.entry not in run.entries:
+                run.entries.append(point.entry)
+            if point.stat in ("attn", "head_out") and point.entry not in run.flops:
+                run.flops[point.entry] = attention_macs(tuple(output.shape), module_head_dim(point.entry))
+            if point.stat == "attn" and attn_in_graph:
+                recorded[point.entry] = output
+                return output.clone()  # as for layer outputs: d loss / d recorded tensor is attn_grad
+            recorded[point.entry] = output.detach()
+            return None
+        return fn
+
+    def module_head_dim(entry: str) -> int:
+        return int(net.get_submodule(entry).head_dim)
+
     handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
+    handles += [p.module.register_forward_hook(point_hook(p)) for p in points]
     try:
         if not need_loss:
             with torch.no_grad():
-                network_logits(net, inputs if keep_outputs else inputs[:1])
+                network_logits(net, inputs if full_batch else inputs[:1])
             run.acts = {n: o.detach() for n, o in run.outputs.items()}
             return run
         with torch.enable_grad():
@@ -228,13 +278,21 @@ def _run_network(
             weights = [layer.weight for layer in layers.values()]
             want_w = bool(wanted & {"grad", "hessian_diag"})
             out_names = [n for n in run.order if "act_grad" in wanted]
-            targets = (weights if want_w else []) + [run.outputs[n] for n in out_names]
+            attn = run.transformer.get("attn", {}) if attn_in_graph else {}
+            attn_names = list(attn)
+            targets = ((weights if want_w else []) + [run.outputs[n] for n in out_names]
+                       + [attn[n] for n in attn_names])
             grads = torch.autograd.grad(loss, targets, create_graph="hessian_diag" in wanted, allow_unused=True)
             grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
             names = list(layers)
+            n_w = len(weights) if want_w else 0
             if want_w:
-                run.grads = {n: g.detach() for n, g in zip(names, grads[: len(weights)])}
-            run.act_grads = {n: g.detach() for n, g in zip(out_names, grads[len(weights) if want_w else 0:])}
+                run.grads = {n: g.detach() for n, g in zip(names, grads[:n_w])}
+            run.act_grads = {n: g.detach() for n, g in zip(out_names, grads[n_w:n_w + len(out_names)])}
+            if attn_in_graph:
+                attn_grads = grads[n_w + len(out_names):]
+                run.transformer["attn_grad"] = {n: g.detach() for n, g in zip(attn_names, attn_grads)}
+                run.transformer["attn"] = {n: t.detach() for n, t in attn.items()}
             run.acts = {n: o.detach() for n, o in run.outputs.items()} if "act" in wanted else {}
             if "hessian_diag" in wanted:
                 run.hessian = _hutchinson_diag(names, weights, grads[: len(weights)], hessian_samples, seed)
@@ -263,8 +321,8 @@ def _hutchinson_diag(
     return {n: (d / samples).to(w.dtype) for n, d, w in zip(names, diag, weights)}
 
 
-def _virtual_grads(model: nn.Module, bits: dict[str, int] | None, input_shape: torch.Size,
-                   device: torch.device) -> dict[str, torch.Tensor]:
+def virtual_grads(model: nn.Module, bits: dict[str, int] | None, input_shape: torch.Size,
+                  device: torch.device) -> dict[str, torch.Tensor]:
     """Return SynFlow gradients: |params| network, BatchNorm bypassed, float64, one all-ones input."""
     vnet = copy.deepcopy(model)
     _bypass_batchnorm(vnet)

@@ -391,3 +391,17 @@ def test_rebuilt_trained_weights_get_a_new_cache_folder(tmp_path):
     assert cache_folder(bench, StatsConfig(), tmp_path) != before
     bench.cache_token = "weights-v2"
     assert cache_folder(bench, StatsConfig(), tmp_path) != before
+
+
+def test_iter_stats_yields_one_candidate_at_a_time_from_the_same_cache(tmp_path):
+    bench = TinyBench()
+    config = StatsConfig(batch_size=8, stat_names=("weight", "grad"), store_dtype="float32")
+    stream = stats_cache.iter_stats(bench, bench.candidates(), config, progress=False, cache_root=tmp_path)
+    first = next(stream)
+    assert bench.builds == 1  # lazily: nothing computed beyond the candidate yielded
+    rest = list(stream)
+    assert bench.builds == 4
+    loaded = load_or_compute(bench, bench.candidates(), config, progress=False, cache_root=tmp_path)
+    assert bench.builds == 4  # the stream filled the cache load_or_compute reads
+    for a, b in zip([first] + rest, loaded):
+        assert all(torch.equal(a.layers[n][k], b.layers[n][k]) for n in a.layers for k in a.layers[n])

@@ -28,7 +28,8 @@ token and position embedding truncated normal (std 0.02), biases zero, LayerNorm
 
 Module names are stable because statistics are keyed by them: `patch_embed.proj`,
 `blocks.{i}.norm1`, `blocks.{i}.attn.qkv`, `blocks.{i}.attn.proj`, `blocks.{i}.norm2`,
-`blocks.{i}.mlp.fc1`, `blocks.{i}.mlp.fc2`, `norm`, `head`.
+`blocks.{i}.mlp.fc1`, `blocks.{i}.mlp.fc2`, `norm`, `head` (plus the parameter-free
+hook points `blocks.{i}.attn.probs`, `blocks.{i}.attn.heads`, `blocks.{i}.mlp.act`).
 """
 from __future__ import annotations
 
@@ -57,6 +58,12 @@ class Attention(nn.Module):
     detached) so a statistic can take its gradient; keeping it changes no result.
     It is dropped when the module is copied or pickled (a non-leaf tensor cannot be
     deep-copied).
+
+    Two parameter-free hook points let forward hooks see (and replace) intermediate
+    tensors without changing outputs, parameter counts or state dicts: `probs`
+    (an identity on the softmax output, batch x heads x tokens x tokens) and
+    `heads` (an identity on the per-head outputs attn @ v, batch x heads x tokens
+    x head_dim, before the heads are merged); the statistics use them.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
@@ -68,6 +75,8 @@ class Attention(nn.Module):
         self.scale = self.head_dim ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        self.probs = nn.Identity()
+        self.heads = nn.Identity()
         self.keep_attn = False
         self.last_attn: torch.Tensor | None = None
 
@@ -76,9 +85,9 @@ class Attention(nn.Module):
         # Same layout as Auto-Prox: (3, batch, heads, tokens, head_dim).
         qkv = self.qkv(x).reshape(n, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = F.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)
+        attn = self.probs(F.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1))
         self.last_attn = attn if self.keep_attn else None
-        out = (attn @ v).transpose(1, 2).reshape(n, length, dim)
+        out = self.heads(attn @ v).transpose(1, 2).reshape(n, length, dim)
         return self.proj(out)
 
     def __getstate__(self) -> dict[str, Any]:
