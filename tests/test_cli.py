@@ -144,3 +144,43 @@ def test_search_unknown_target_names_the_columns(run):
 def test_export_of_a_folder_that_is_not_a_run_is_a_clear_error(run, tmp_path):
     result = run("export", str(tmp_path))
     assert result.exit_code != 0 and "hall_of_fame.json" in result.output and "Traceback" not in result.output
+
+
+def test_corrupt_vit_ground_truth_is_one_line_naming_the_file(run, tmp_path):
+    folder = tmp_path / "vit-bench-101"
+    folder.mkdir()
+    (folder / "gt_autoformer.pth").write_bytes(b"not a torch file")
+    result = run("bench", "show", "vit-bench-101-autoformer", "--data-dir", str(tmp_path))
+    assert result.exit_code != 0 and "gt_autoformer.pth" in result.output and "Traceback" not in result.output
+
+
+def test_vit_record_with_wrong_type_names_the_record(run, tmp_path):
+    import torch
+
+    folder = tmp_path / "vit-bench-101"
+    folder.mkdir()
+    arch = {"hidden_dim": 192, "depth": 12, "mlp_ratio": [4.0] * 12, "num_heads": [3] * 12}
+    torch.save([{"arch": arch, "c100_kd_acc": 76.0}, {"arch": arch, "c100_kd_acc": "high"}], folder / "gt_autoformer.pth")
+    result = run("bench", "show", "vit-bench-101-autoformer", "--data-dir", str(tmp_path))
+    assert result.exit_code != 0 and "c100_kd_acc" in result.output and "1" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_pickle_with_a_global_is_refused_by_the_cli(run, tmp_path):
+    import pickle
+
+    folder = tmp_path / "mq-bench-101"
+    folder.mkdir()
+    # a pickle that would call os.system if unpickled naively
+    payload = pickle.dumps({"0": {"bit_cfg": "[4]", "acc": 70.0, "x": __import__("os").getcwd}})
+    (folder / "PTQ-GT.pkl").write_bytes(payload)
+    result = run("bench", "show", "mq-bench-101", "--data-dir", str(tmp_path))
+    assert result.exit_code != 0 and "PTQ-GT.pkl" in result.output and "Traceback" not in result.output
+
+
+def test_wrong_bit_list_length_is_a_clear_cli_error(run, tmp_path):
+    folder = tmp_path / "mq-bench-101"
+    folder.mkdir()
+    (folder / "PTQ-GT.json").write_text(json.dumps({"0": {"bit_cfg": "[4, 4, 4]", "acc": 70.0}}))
+    result = run("bench", "show", "mq-bench-101", "--data-dir", str(tmp_path))
+    assert result.exit_code != 0 and "18" in result.output and "Traceback" not in result.output
