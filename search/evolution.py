@@ -273,7 +273,8 @@ def run_search(
                     break
                 row = engine.step(state)
                 bar.update(1)
-                bar.set_postfix(best=row["best_ever"], niches=row["niches"])
+                bar.set_postfix(best=_short(row["best_ever"]), median=_short(row["median"]), niches=row["niches"],
+                                rejected=sum(row["rejections"].values()))
                 if on_generation is not None:
                     on_generation(state.generation, row)
         finally:
@@ -286,6 +287,10 @@ def run_search(
             pool.detach(workload)
         if own_pool:
             pool.close()
+
+
+def _short(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
 
 
 class _Engine:
