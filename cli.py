@@ -296,7 +296,10 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
         if out_file.suffix == ".json":
             write_json_atomic(out_file, report.to_json())
         else:
-            write_text_atomic(out_file, report.to_markdown())
+            command = "emq " + " ".join(_quote(a) for a in sys.argv[1:])
+            header = (f"# Scores on `{name}`\n\nReproduce: `{command}`\n\nStatistics: "
+                      + ", ".join(f"{k}={v}" for k, v in config.describe().items()) + "\n\n")
+            write_text_atomic(out_file, header + report.to_markdown())
         click.echo(f"wrote {out_file}", err=True)
 
 
@@ -422,6 +425,265 @@ def export(run_dir: Path, top: int, out_file: Path) -> None:
 
     for path in export_run(run_dir, top=top, out=out_file):
         click.echo(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- apply
+@main.group("apply")
+def apply_group() -> None:
+    """Reuse an exported proxy: bit allocation under a size budget, ViT search under a parameter budget."""
+
+
+def _load_proxies(proxy_files: tuple[Path, ...], formulas: tuple[str, ...]) -> dict[str, Any]:
+    """Return the proxies named on the command line, by file stem (or formula1, formula2 ...)."""
+    from emq.proxy import Proxy
+
+    proxies: dict[str, Any] = {}
+    for path in proxy_files:
+        if path.is_dir():  # a search run folder: its best program
+            from search.evolution import export_proxies
+
+            best = export_proxies(path, 1)
+            if not best:
+                raise click.ClickException(f"{path}: the hall of fame is empty (no program passed screening)")
+            proxies[path.name] = best[0]
+        else:
+            proxies[path.stem] = Proxy.load(path)
+    for i, text in enumerate(formulas):
+        name, sep, formula = text.partition("=")
+        if not sep:
+            name, formula = (f"formula{i + 1}" if len(formulas) > 1 else "formula"), text
+        proxies[name.strip()] = Proxy.from_formula(formula)
+    if not proxies:
+        raise click.UsageError("give the proxy to apply: --proxy FILE (emq-proxy/1 JSON) or --formula TEXT")
+    return proxies
+
+
+def _numbers(text: str, cast: Callable[[str], Any], option: str) -> list[Any]:
+    """Parse a comma-separated list of numbers given to `option`."""
+    try:
+        values = [cast(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.UsageError(f"{option}: expected a number or comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise click.UsageError(f"{option}: expected a number or comma-separated numbers, got {text!r}")
+    return values
+
+
+def _write_report(out_file: Path, markdown: str | None, data: Any) -> None:
+    from emq.atomic import write_json_atomic, write_text_atomic
+
+    if out_file.suffix == ".json":
+        write_json_atomic(out_file, data)
+    elif markdown is None:
+        raise click.UsageError("--out: without --compare / --train the output is JSON; give a .json file")
+    else:
+        write_text_atomic(out_file, markdown)
+    click.echo(f"wrote {out_file}", err=True)
+
+
+_proxy_options = [
+    click.option("--proxy", "proxy_files", multiple=True, type=click.Path(path_type=Path),
+                 help="Proxy JSON file (emq-proxy/1, e.g. from `emq export`), or a search run folder (its best "
+                      "program); repeatable."),
+    click.option("--formula", "formulas", multiple=True,
+                 help="Proxy formula instead of a file, optionally named: NAME=FORMULA; repeatable."),
+]
+
+
+def _with(options: list[Callable[..., Any]]) -> Callable[..., Any]:
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorator
+
+
+@apply_group.command("mq")
+@click.argument("name")
+@data_dir_option
+@_with(_proxy_options)
+@click.option("--budget", "budget_text", required=True,
+              help="Size budget, or several comma-separated: megabytes of weights (sum bits x weights / 8e6) or, "
+                   "with --budget-unit avg-bits, average bits per weight. Never exceeded.")
+@click.option("--budget-unit", type=click.Choice(["mb", "avg-bits"]), default="mb", show_default=True,
+              help="Unit of --budget.")
+@click.option("--method", type=click.Choice(["auto", "milp", "ga"]), default="auto", show_default=True,
+              help="milp: exact integer programming (proxies that are sums of per-layer terms); ga: genetic "
+                   "algorithm (any proxy); auto: milp when possible.")
+@click.option("--compare", is_flag=True,
+              help="Also allocate with hawq, bparams, uniform and random configurations and measure every "
+                   "configuration's real PTQ test accuracy (mq-digits).")
+@click.option("--random", "random_configs", default=10, show_default=True,
+              help="Random feasible configurations measured by --compare.")
+@click.option("--baseline", "baseline_names", multiple=True,
+              help="Baseline allocated as an objective by --compare (repeatable; default: hawq and bparams).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the GA and of the random configurations.")
+@click.option("--population", default=30, show_default=True, help="GA population.")
+@click.option("--generations", default=20, show_default=True, help="GA generations.")
+@click.option("--exact-stats", is_flag=True,
+              help="GA only: measure every scored configuration's own quantized network (one statistics pass each) "
+                   "instead of the per-layer separable model.")
+@_stats_options
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the result: .json, or with --compare a .md report headed by this command.")
+@_friendly_errors
+def apply_mq(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formulas: tuple[str, ...],
+             budget_text: str, budget_unit: str, method: str, compare: bool, random_configs: int,
+             baseline_names: tuple[str, ...], seed: int,
+             population: int, generations: int, exact_stats: bool, batch_seed: int, batch_size: int, init_seed: int,
+             dtype: str, hessian_samples: int, device: str | None, as_json: bool, out_file: Path | None) -> None:
+    """Find the per-layer weight bit-widths of MQ benchmark NAME's network that maximise a proxy within a size budget.
+
+    The proxy is computed on the benchmark's fixed batch; a proxy that is a sum of per-layer
+    terms (sum_layers / mean_layers, n_neg ...) is solved exactly by integer programming,
+    any other by a seeded genetic algorithm. See emq/apply/bits.py for the statistics model.
+
+    \b
+    Examples:
+      emq apply mq mq-digits --proxy proxy.json --budget 0.06
+      emq apply mq mq-digits --formula "n_neg(sum_layers(l2(mul(hessian_diag, quant_error))))" \\
+          --budget 3,4,5 --budget-unit avg-bits --compare --out results/apply-mq.md
+      emq apply mq mq-digits --proxy proxy.json --budget 4 --budget-unit avg-bits --method ga --json
+    """
+    from tqdm.auto import tqdm
+
+    from emq.apply.bits import Budget, allocate
+    from emq.apply.mq import COMPARE_BASELINES, benchmark_objective, compare_mq, precheck
+    from emq.paths import data_dir as resolve
+
+    proxies = _load_proxies(proxy_files, formulas)
+    budgets = [Budget(v, budget_unit) for v in _numbers(budget_text, float, "--budget")]
+    bench_obj = _ensure_built(name, resolve(data_dir))
+    if bench_obj.family != "mq":
+        raise click.UsageError(f"{name} is a {bench_obj.family} benchmark; bit allocation needs an MQ benchmark "
+                               "(for ViTs: emq apply vit)")
+    precheck(bench_obj, proxies, budgets, method, exact_stats)
+    config = _stats_config(batch_seed, batch_size, init_seed, dtype, hessian_samples, device)
+    stats_kwargs = dict(batch_seed=batch_seed, batch_size=batch_size, hessian_samples=hessian_samples,
+                        device=config.resolved_device(), store_dtype=config.torch_dtype())
+    if compare:
+        if exact_stats:
+            raise click.UsageError("--compare uses the separable statistics model; drop --exact-stats")
+        if name != "mq-digits":
+            raise click.UsageError(f"--compare measures real PTQ accuracy, which needs the network and test split "
+                                   f"of mq-digits; {name} has neither here")
+        from emq.baselines import get_baseline
+
+        not_programs = [b for b in baseline_names if get_baseline(b).kind != "program"]
+        if not_programs:
+            raise click.UsageError(f"--baseline {', '.join(not_programs)}: only program baselines (formulas over "
+                                   "statistics) can be allocation objectives")
+        result = compare_mq(bench_obj, proxies, budgets, method=method, seed=seed, random_configs=random_configs,
+                            baselines=baseline_names or COMPARE_BASELINES, population=population, generations=generations,
+                            progress=lambda msg: click.echo(msg, err=True), **stats_kwargs)
+        command = "emq " + " ".join(_quote(a) for a in sys.argv[1:])
+        click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.to_markdown())
+        if out_file:
+            _write_report(out_file, result.to_markdown(command), result.to_json())
+        return
+    results = []
+    for pname, proxy in proxies.items():
+        with tqdm(desc=f"statistics {pname}", unit="pass", leave=False) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            objective = benchmark_objective(bench_obj, proxy, exact=exact_stats, progress=progress, **stats_kwargs)
+        for budget in budgets:
+            alloc = allocate(objective, budget, method=method, seed=seed, population=population,
+                             generations=generations)
+            results.append({"name": pname, **alloc.to_json()})
+            if not as_json:
+                click.echo(f"{pname} ({alloc.proxy}), budget {alloc.budget}:")
+                click.echo(f"  {alloc.method}{' (optimal)' if alloc.optimal else ''}: {alloc.average_bits:.3f} average "
+                           f"bits, {alloc.size_mb:.6f} MB (cap {alloc.cap_bits} bit-weights), proxy score "
+                           f"{alloc.score:.6g}, {alloc.evaluations} proxy evaluations, {alloc.seconds:.2f} s")
+                for note in alloc.notes:
+                    click.echo(f"  note: {note}")
+                click.echo("  bits: " + " ".join(f"{k}={v}" for k, v in alloc.bits.items()))
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    if out_file:
+        _write_report(out_file, None, results)
+
+
+@apply_group.command("vit")
+@click.argument("space", type=click.Choice(["autoformer", "pit", "vit-digits"]))
+@_with(_proxy_options)
+@click.option("--max-params", "max_params_text", required=True,
+              help="Parameter budget (trainable parameters), or several comma-separated. Never exceeded.")
+@click.option("--train", is_flag=True,
+              help="vit-digits only: train the found arch with the benchmark's recipe and compare it with the "
+                   "benchmark's archs under the same budget (best, median, most parameters, proxy's top-1).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the evolutionary search.")
+@click.option("--population", default=16, show_default=True, help="Archs per generation.")
+@click.option("--generations", default=6, show_default=True, help="Generations.")
+@_stats_options
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the result: .json, or with --train a .md report headed by this command.")
+@_friendly_errors
+def apply_vit(space: str, proxy_files: tuple[Path, ...], formulas: tuple[str, ...], max_params_text: str, train: bool,
+              seed: int, population: int, generations: int, batch_seed: int, batch_size: int, init_seed: int,
+              dtype: str, hessian_samples: int, device: str | None, as_json: bool, out_file: Path | None) -> None:
+    """Search ViT space SPACE for the arch with the highest proxy score within a parameter budget.
+
+    Candidates are randomly initialised (--init-seed) and scored on the space's fixed batch,
+    as the benchmarks score theirs. The arch is printed in the ground-truth files' format.
+    Spaces: autoformer and pit (ViT-Bench-101, 224x224 inputs: seconds per arch on a CPU),
+    vit-digits (the embedded tiny-ViT space: well under a second per arch).
+
+    \b
+    Examples:
+      emq apply vit vit-digits --proxy proxy.json --max-params 60000
+      emq apply vit vit-digits --formula "sum_layers(l2(mul(weight, grad)))" \\
+          --max-params 30000,60000,100000 --train --out results/apply-vit.md
+      emq apply vit autoformer --proxy proxy.json --max-params 6000000 --population 8 --generations 3
+    """
+    from tqdm.auto import tqdm
+
+    from emq.apply.arch import ArchObjective, get_space, search_arch
+
+    proxies = _load_proxies(proxy_files, formulas)
+    budgets = _numbers(max_params_text, int, "--max-params")
+    if any(b < 1 for b in budgets):
+        raise click.UsageError(f"--max-params must be positive, got {max_params_text!r}")
+    config = _stats_config(batch_seed, batch_size, init_seed, dtype, hessian_samples, device)
+    kwargs = dict(init_seed=init_seed, batch_seed=batch_seed, batch_size=batch_size, hessian_samples=hessian_samples,
+                  device=config.resolved_device(), store_dtype=config.torch_dtype())
+    if train:
+        if space != "vit-digits":
+            raise click.UsageError(f"--train needs a training recipe and test split, which only vit-digits has "
+                                   f"(not {space})")
+        from emq.apply.vit import compare_vit_digits
+
+        bench_obj = _ensure_built("vit-digits", None)
+        result = compare_vit_digits(bench_obj, proxies, budgets, seed=seed, population=population,
+                                    generations=generations, progress=lambda msg: click.echo(msg, err=True), **kwargs)
+        command = "emq " + " ".join(_quote(a) for a in sys.argv[1:])
+        click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.to_markdown())
+        if out_file:
+            _write_report(out_file, result.to_markdown(command), result.to_json())
+        return
+    arch_space = get_space(space)
+    results = []
+    for pname, proxy in proxies.items():
+        objective = ArchObjective(proxy, arch_space, **kwargs)
+        for budget in budgets:
+            with tqdm(total=generations, desc=f"search {pname} <= {budget}", unit="gen", leave=False) as bar:
+                found = search_arch(objective, budget, population=population, generations=generations, seed=seed,
+                                    progress=lambda gen, best: bar.update(1) if gen else None)
+            results.append({"name": pname, **found.to_json()})
+            if not as_json:
+                click.echo(f"{pname} ({found.proxy}), at most {budget} parameters: {found.params} parameters, "
+                           f"proxy score {found.score:.6g} ({found.evaluations} archs scored, {found.seconds:.1f} s)")
+                click.echo(f"  arch: {json.dumps(found.arch)}")
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    if out_file:
+        _write_report(out_file, None, results)
 
 
 if __name__ == "__main__":

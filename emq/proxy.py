@@ -257,6 +257,49 @@ class Proxy:
         """Return scores for several networks (errors propagate; see `evaluate`)."""
         return np.array([self.evaluate(s, dtype) for s in stats_list], dtype=np.float64)
 
+    def score(
+        self,
+        model: torch.nn.Module,
+        batch: Any,
+        bits: dict[str, int] | None = None,
+        *,
+        calib_inputs: torch.Tensor | None = None,
+        act_bits: int | None = 8,
+        hessian_samples: int = 2,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        store_dtype: torch.dtype = torch.float32,
+    ) -> float:
+        """Return the program's score for `model` on `batch` (with weight `bits` per layer for MQ).
+
+        Computes only the statistics the program reads (`emq.stats_compute.compute_stats`,
+        on a private copy: the model's weights and mode are never changed), then
+        evaluates. `batch` is an `emq.bench.base.Batch`, an `(inputs, labels)` pair, or
+        an inputs tensor when the program needs no loss-derived statistic. With `bits`,
+        activations are quantized to `act_bits`, calibrated on `calib_inputs` (default:
+        the batch's inputs), as the benchmarks do.
+        """
+        # Imported here: the statistics code sits above this module (it imports the quantizers).
+        from emq.bench.base import Batch
+        from emq.stats_compute import compute_stats
+
+        if isinstance(batch, Batch):
+            run_batch = batch
+        elif isinstance(batch, torch.Tensor):
+            loss_stats = sorted(self.stats_needed & {"grad", "act_grad", "hessian_diag", "attn_grad"})
+            if loss_stats:
+                raise ValueError(f"the program needs {loss_stats}, derivatives of the loss: pass (inputs, labels)")
+            run_batch = Batch(batch, torch.zeros(batch.shape[0], dtype=torch.long), "tensor", seed)
+        elif isinstance(batch, (tuple, list)) and len(batch) == 2:
+            run_batch = Batch(batch[0], batch[1], "tensor", seed)
+        else:
+            raise TypeError(f"batch must be a Batch, an (inputs, labels) pair or an inputs tensor, "
+                            f"got {type(batch).__name__}")
+        stats = compute_stats(model, run_batch, bits, sorted(self.stats_needed), act_bits=act_bits,
+                              calib_inputs=calib_inputs, hessian_samples=hessian_samples, seed=seed,
+                              device=device, store_dtype=store_dtype)
+        return self.evaluate(stats)
+
     # ---------------------------------------------------------------- internals
     def _order(self) -> list[int]:
         return list(nx.lexicographical_topological_sort(self.graph))

@@ -1,0 +1,18 @@
+"""Reuse of exported proxies: per-layer bit allocation under a size budget, ViT search under a parameter budget.
+
+- `emq.apply.bits`: `Budget`, `BitObjective`, `allocate` / `allocate_bits` (exact MILP
+  for layer-separable proxies, else a seeded GA), always within the budget;
+- `emq.apply.arch`: arch spaces (`autoformer`, `pit`, `vit-digits`), `ArchObjective`,
+  `search_arch` (seeded GA under a parameter budget);
+- `emq.apply.mq` / `emq.apply.vit`: the comparisons on the embedded benchmarks, by real
+  PTQ accuracy (mq-digits) and by training with the benchmark's recipe (vit-digits);
+- `emq.apply.decompose`: recognising proxies that are sums of per-layer terms;
+- `emq.apply.evolve`: the small DEAP genetic algorithm both searches share.
+"""
+from __future__ import annotations
+
+from emq.apply.arch import ArchObjective, ArchSearchResult, get_space, search_arch
+from emq.apply.bits import BitAllocation, BitObjective, Budget, allocate, allocate_bits
+
+__all__ = ["ArchObjective", "ArchSearchResult", "BitAllocation", "BitObjective", "Budget", "allocate", "allocate_bits",
+           "get_space", "search_arch"]

@@ -1,0 +1,137 @@
+"""A small seeded genetic algorithm (DEAP) over any genome: bit configurations, architectures.
+
+The caller supplies the genome operators (sample, mutate, crossover, repair into the
+budget) and the fitness; every random draw comes from one `random.Random(seed)`.
+DEAP's tournament selection draws from the global `random` module, so it runs with
+that stream lent to it (`_lent_random`): the same seed gives the same run, and the
+caller's global random state is left as it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Hashable, Iterator, TypeVar
+
+from deap import base, creator, tools
+
+G = TypeVar("G")
+
+
+class Genome:
+    """A DEAP individual's payload: one genome value and its hashable key."""
+
+    def __init__(self, value: Any, key: Hashable) -> None:
+        self.value = value
+        self.key = key
+
+
+if not hasattr(creator, "EMQApplyFitness"):
+    creator.create("EMQApplyFitness", base.Fitness, weights=(1.0,))
+if not hasattr(creator, "EMQApplyIndividual"):
+    creator.create("EMQApplyIndividual", Genome, fitness=creator.EMQApplyFitness)
+
+
+@dataclass
+class Operators(Generic[G]):
+    """How genomes are drawn, varied, kept within the budget and told apart."""
+
+    sample: Callable[[random.Random], G]
+    mutate: Callable[[G, random.Random], G]
+    crossover: Callable[[G, G, random.Random], tuple[G, G]]
+    repair: Callable[[G, random.Random], G]
+    key: Callable[[G], Hashable]
+
+
+@dataclass
+class Evolution(Generic[G]):
+    """What `evolve` gives back: the best genome, its fitness, and one history row per generation."""
+
+    best: G
+    fitness: float
+    evaluations: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    top: list[tuple[G, float]] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _lent_random(rng: random.Random) -> Iterator[None]:
+    saved = random.getstate()
+    random.setstate(rng.getstate())
+    try:
+        yield
+    finally:
+        rng.setstate(random.getstate())
+        random.setstate(saved)
+
+
+def evolve(
+    ops: Operators[G],
+    fitness: Callable[[G], float],
+    *,
+    population: int = 30,
+    generations: int = 20,
+    seed: int = 0,
+    seeds: list[G] | tuple[G, ...] = (),
+    elite: int = 2,
+    tournament: int = 3,
+    cx_prob: float = 0.6,
+    mut_prob: float = 0.5,
+    top: int = 5,
+    progress: Callable[[int, float], None] | None = None,
+) -> Evolution[G]:
+    """Return the fittest genome found by a generational GA with tournament selection and elitism.
+
+    Every genome is repaired into the budget before it is scored, so the result is
+    always feasible. `seeds` (repaired too) join the first population. Scores are
+    cached by genome key; a non-finite score ranks last.
+    """
+    if population < 2 or generations < 0:
+        raise ValueError(f"population must be >= 2 and generations >= 0, got {population} and {generations}")
+    start = time.perf_counter()
+    rng = random.Random(seed)
+    cache: dict[Hashable, float] = {}
+
+    def make(value: G) -> Any:
+        value = ops.repair(value, rng)
+        ind = creator.EMQApplyIndividual(value, ops.key(value))
+        if ind.key not in cache:
+            score = float(fitness(value))
+            cache[ind.key] = score if math.isfinite(score) else -math.inf
+        ind.fitness.values = (cache[ind.key],)
+        return ind
+
+    pop = [make(s) for s in list(seeds)[:population]]
+    while len(pop) < population:
+        pop.append(make(ops.sample(rng)))
+    hof = tools.HallOfFame(max(top, elite), similar=lambda a, b: a.key == b.key)
+    hof.update(pop)
+    history = [_row(0, pop, len(cache))]
+    if progress:
+        progress(0, hof[0].fitness.values[0])
+    for gen in range(1, generations + 1):
+        with _lent_random(rng):
+            parents = tools.selTournament(pop, population - elite, tournsize=tournament)
+        children = [p.value for p in parents]
+        for i in range(1, len(children), 2):
+            if rng.random() < cx_prob:
+                children[i - 1], children[i] = ops.crossover(children[i - 1], children[i], rng)
+        children = [ops.mutate(c, rng) if rng.random() < mut_prob else c for c in children]
+        pop = [make(c) for c in children] + [make(h.value) for h in hof[:elite]]
+        hof.update(pop)
+        history.append(_row(gen, pop, len(cache)))
+        if progress:
+            progress(gen, hof[0].fitness.values[0])
+    best = hof[0]
+    return Evolution(best.value, best.fitness.values[0], len(cache), time.perf_counter() - start, history,
+                     [(h.value, h.fitness.values[0]) for h in hof[:top]])
+
+
+def _row(gen: int, pop: list[Any], evaluations: int) -> dict[str, float]:
+    scores = [ind.fitness.values[0] for ind in pop]
+    finite = [s for s in scores if math.isfinite(s)]
+    return {"generation": gen, "best": max(scores), "mean": sum(finite) / len(finite) if finite else math.nan,
+            "evaluations": evaluations}
