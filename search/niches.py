@@ -16,7 +16,7 @@ import numpy as np
 from deap import tools
 from scipy.stats import rankdata
 
-from search.rng import as_global_random
+from emq.global_random import as_global_random
 
 DEFAULT_THRESHOLD = 0.98
 

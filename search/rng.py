@@ -2,15 +2,14 @@
 
 Nothing in the search reads a global random state it does not own: DEAP's
 selection tools draw from the global `random` module, so they run inside
-`as_global_random`, which lends them this stream and takes the advanced state back.
+`emq.global_random.as_global_random`, which lends them this stream and takes the advanced state back.
 """
 from __future__ import annotations
 
-import contextlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,15 +66,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     return value
-
-
-@contextlib.contextmanager
-def as_global_random(rng: random.Random) -> Iterator[None]:
-    """Run the block with the global `random` module drawing from `rng`'s stream; restore both after."""
-    saved = random.getstate()
-    random.setstate(rng.getstate())
-    try:
-        yield
-    finally:
-        rng.setstate(random.getstate())
-        random.setstate(saved)

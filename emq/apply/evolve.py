@@ -3,19 +3,20 @@
 The caller supplies the genome operators (sample, mutate, crossover, repair into the
 budget) and the fitness; every random draw comes from one `random.Random(seed)`.
 DEAP's tournament selection draws from the global `random` module, so it runs with
-that stream lent to it (`_lent_random`): the same seed gives the same run, and the
+that stream lent to it (`as_global_random`): the same seed gives the same run, and the
 caller's global random state is left as it was.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Hashable, Iterator, TypeVar
+from typing import Any, Callable, Generic, Hashable, TypeVar
 
 from deap import base, creator, tools
+
+from emq.global_random import as_global_random
 
 G = TypeVar("G")
 
@@ -55,17 +56,6 @@ class Evolution(Generic[G]):
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     top: list[tuple[G, float]] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def _lent_random(rng: random.Random) -> Iterator[None]:
-    saved = random.getstate()
-    random.setstate(rng.getstate())
-    try:
-        yield
-    finally:
-        rng.setstate(random.getstate())
-        random.setstate(saved)
 
 
 def evolve(
@@ -113,7 +103,7 @@ def evolve(
     if progress:
         progress(0, hof[0].fitness.values[0])
     for gen in range(1, generations + 1):
-        with _lent_random(rng):
+        with as_global_random(rng):
             parents = tools.selTournament(pop, population - elite, tournsize=tournament)
         children = [p.value for p in parents]
         for i in range(1, len(children), 2):

@@ -18,7 +18,6 @@ Everything is deterministic given the seed. The results live in
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ from torch import nn
 from emq.atomic import write_atomic, write_json_atomic, write_text_atomic
 from emq.bench import digits
 from emq.bench.base import Batch, Benchmark, BenchmarkNotBuiltError, Candidate
+from emq.bench.gt_json import read_gt_json
 from emq.bench.registry import register_benchmark, register_builder
 from emq.models.digits_cnn import DigitsResNet, digits_resnet
 from emq.models.resnet import fold_batchnorm
@@ -359,23 +359,12 @@ class GroundTruthError(ValueError):
 def load_ground_truth(path: str | Path) -> dict[str, Any]:
     """Return the validated content of an `emq-mq-gt/1` ground_truth.json."""
     path = Path(path)
-    try:
-        gt = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise GroundTruthError(f"{path}: not valid JSON ({exc})") from exc
+    gt = read_gt_json(path, GT_FORMAT, ("layers", "params", "float_test_acc", "act_bits", "weight_bit_choices", "candidates"),
+                      GroundTruthError, f"rebuild with `{BUILD_COMMAND} --seed 0`")
 
     def fail(field: str, why: str) -> GroundTruthError:
         return GroundTruthError(f"{path}: field {field!r} {why}")
 
-    if not isinstance(gt, dict):
-        raise GroundTruthError(f"{path}: expected a JSON object at the top level")
-    for key in ("format", "seed", "layers", "params", "float_test_acc", "act_bits", "weight_bit_choices", "candidates"):
-        if key not in gt:
-            raise fail(key, "is missing")
-    if gt["format"] != GT_FORMAT:
-        raise fail("format", f"is {gt['format']!r}, expected {GT_FORMAT!r}")
-    if not isinstance(gt["seed"], int) or isinstance(gt["seed"], bool):
-        raise fail("seed", "must be an integer")
     layers = gt["layers"]
     if not isinstance(layers, list) or not layers or not all(isinstance(n, str) for n in layers) \
             or len(set(layers)) != len(layers):

@@ -44,6 +44,7 @@ from torch import nn
 from emq.atomic import write_json_atomic, write_text_atomic
 from emq.bench import digits
 from emq.bench.base import Batch, Benchmark, BenchmarkNotBuiltError, Candidate
+from emq.bench.gt_json import read_gt_json
 from emq.bench.registry import register_benchmark, register_builder
 from emq.errors import InputFileError
 from emq.models.autoformer import autoformer, count_params
@@ -487,23 +488,12 @@ published training-free ViT proxies do; the batch is drawn from the digits train
 def load_ground_truth(path: str | Path) -> dict[str, Any]:
     """Return the validated content of an `emq-vit-gt/1` ground_truth.json."""
     path = Path(path)
-    try:
-        gt = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputFileError(f"{path}: not valid JSON ({exc}); rebuild with `{BUILD_COMMAND} --seed 0`") from exc
+    gt = read_gt_json(path, GT_FORMAT, ("space", "columns", "candidates"), InputFileError,
+                      f"rebuild with `{BUILD_COMMAND} --seed 0`")
 
     def fail(name: str, why: str) -> InputFileError:
         return InputFileError(f"{path}: field {name!r} {why}")
 
-    if not isinstance(gt, dict):
-        raise InputFileError(f"{path}: expected a JSON object at the top level")
-    for key in ("format", "seed", "space", "columns", "candidates"):
-        if key not in gt:
-            raise fail(key, "is missing")
-    if gt["format"] != GT_FORMAT:
-        raise fail("format", f"is {gt['format']!r}, expected {GT_FORMAT!r}")
-    if not isinstance(gt["seed"], int) or isinstance(gt["seed"], bool):
-        raise fail("seed", "must be an integer")
     try:
         space_from_json(gt["space"])
     except (TypeError, AttributeError) as exc:
