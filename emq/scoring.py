@@ -79,7 +79,7 @@ class ScoreReport:
         formulas = [(r.name, r.formula) for r in self.rows if r.formula]
         if formulas:
             lines += ["", "Formulas:"] + [f"- `{n}`: `{f}`" for n, f in dict(formulas).items()]
-        if self.failures:
+        if any(self.failures.values()):
             lines += ["", "Evaluation failures (count by reason):"]
             lines += [f"- {name}: {dict(c)}" for name, c in self.failures.items() if c]
         return "\n".join(lines) + "\n"
