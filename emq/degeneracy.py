@@ -10,6 +10,7 @@ import numpy as np
 NONFINITE = "nonfinite"
 CONSTANT = "constant"
 INPUT_INDEPENDENT = "input_independent"
+SIZE_EQUIVALENT = "size_equivalent"
 
 
 def score_flags(scores: np.ndarray, rtol: float = 1e-9) -> list[str]:
@@ -21,6 +22,24 @@ def score_flags(scores: np.ndarray, rtol: float = 1e-9) -> list[str]:
     if np.ptp(scores) <= rtol * scale:
         return [CONSTANT]
     return []
+
+
+def is_size_equivalent(scores: np.ndarray, sizes: np.ndarray | None, limit: float = 0.95) -> bool:
+    """True when the scores rank the networks like their parameter counts (|Kendall tau| >= `limit`).
+
+    A program that passes the input-independence check by a hair (its value moves with
+    the batch, its ranking does not) is still a size count; it cannot beat #params.
+    Sizes that do not vary (one network, many bit configurations) never flag.
+    """
+    if sizes is None or limit >= 1.0:
+        return False
+    from scipy.stats import kendalltau
+
+    sizes = np.asarray(sizes, dtype=np.float64)
+    if np.ptp(sizes) == 0:
+        return False
+    tau = kendalltau(np.asarray(scores, dtype=np.float64), sizes).statistic
+    return bool(np.isfinite(tau) and abs(tau) >= limit)
 
 
 def is_input_independent(scores: np.ndarray, scores_other_batch: np.ndarray, rtol: float = 1e-6) -> bool:

@@ -72,6 +72,8 @@ class SearchConfig:
     new random programs; the hall of fame (`hof_size`) is carried over whole.
     `time_budget_s` bounds the projected seconds to score one program on the search
     split (the only timing-dependent rule: keep it generous for reproducible runs).
+    `size_tau_limit` rejects programs whose probe ranking matches the networks'
+    parameter counts (|Kendall| at or above it; 1 disables): they cannot beat #params.
     """
 
     population: int = 64
@@ -91,6 +93,7 @@ class SearchConfig:
     time_budget_s: float = 60.0
     niche_threshold: float = 0.98
     reject_input_independent: bool = True
+    size_tau_limit: float = 0.95
     stats: tuple[str, ...] | None = None
     op_weights: tuple[tuple[str, float], ...] = ()
     heldout_fraction: float = 0.5
@@ -261,7 +264,8 @@ def run_search(
     pool = pool or EvaluationPool("serial")
     workload = None
     try:
-        limits = ScreenLimits(config.max_size, config.time_budget_s, config.reject_input_independent)
+        limits = ScreenLimits(config.max_size, config.time_budget_s, config.reject_input_independent,
+                              config.size_tau_limit)
         workload = pool.workload(search_stats, probe_stats_other_batch, probe_index, limits, *sources)
         engine = _Engine(config, grammar, {t: truth[t] for t in targets}, pool, workload, run_dir)
         state = engine.start(resume)

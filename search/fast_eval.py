@@ -121,6 +121,14 @@ class StackedStats:
             ))
         return out
 
+    def total_params(self) -> np.ndarray:
+        """Return each network's parameter count (the sum over its layers), in position order."""
+        out = np.zeros(self.n, dtype=np.float64)
+        for g in self.groups:
+            values, batched = g.params
+            out[g.index] = values.sum(-1).cpu().numpy() if batched else float(values.sum())
+        return out
+
     def nbytes(self) -> int:
         """Return the bytes held by the stacked tensors."""
         total = 0

@@ -3,7 +3,8 @@
 Order (the first that applies is the reason): size, then on the probe candidates
 op errors / missing statistics, non-finite or constant scores, scores unchanged
 on the probe's second batch (input independence: the published EMQ proxy fails
-exactly this), the projected time for the full set, and finally the same value
+exactly this), a probe ranking equal to the networks' parameter counts (a size count
+whose value moves with the batch but whose ranking does not), the projected time for the full set, and finally the same value
 checks on the full search set.
 """
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from emq.degeneracy import CONSTANT, INPUT_INDEPENDENT, NONFINITE, is_input_independent, score_flags
+from emq.degeneracy import (
+    CONSTANT, INPUT_INDEPENDENT, NONFINITE, SIZE_EQUIVALENT, is_input_independent, is_size_equivalent, score_flags,
+)
 from emq.proxy import Proxy
 from search.fast_eval import StackedStats, evaluate_stacked
 
@@ -24,7 +27,7 @@ OVER_TIME = "over_time"
 MISSING_STAT = "missing_stat"
 UNDEFINED_FITNESS = "undefined_fitness"
 __all__ = ["OVER_SIZE", "OVER_TIME", "MISSING_STAT", "UNDEFINED_FITNESS", "NONFINITE", "CONSTANT",
-           "INPUT_INDEPENDENT", "ScreenLimits", "ScreenInputs", "Outcome", "screen_and_score", "rejection_table"]
+           "INPUT_INDEPENDENT", "SIZE_EQUIVALENT", "ScreenLimits", "ScreenInputs", "Outcome", "screen_and_score", "rejection_table"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class ScreenLimits:
     max_size: int = 20
     time_budget_s: float = 30.0
     reject_input_independent: bool = True
+    size_tau_limit: float = 0.95  # reject programs ranking the probe like #params (|tau| >= this); 1 disables
 
 
 @dataclass
@@ -44,13 +48,15 @@ class ScreenInputs:
     probe: StackedStats  # a subset of `search` (positions `probe_index`)
     probe_other: StackedStats | None  # the same probe networks on a second batch
     probe_index: np.ndarray
+    probe_sizes: np.ndarray | None = None  # parameter count of each probe network
 
     @classmethod
     def build(cls, search: StackedStats, probe_other: StackedStats | None, probe_index) -> "ScreenInputs":
         index = np.asarray(probe_index, dtype=np.int64)
         if probe_other is not None and probe_other.n != len(index):
             raise ValueError(f"{probe_other.n} second-batch statistics for {len(index)} probe positions")
-        return cls(search, search.subset(index.tolist()), probe_other, index)
+        probe = search.subset(index.tolist())
+        return cls(search, probe, probe_other, index, probe.total_params())
 
 
 @dataclass
@@ -102,6 +108,8 @@ def screen_and_score(proxy: Proxy, inputs: ScreenInputs, limits: ScreenLimits = 
             return done(_reason(failures))
         if is_input_independent(probe, other):
             return done(INPUT_INDEPENDENT)
+    if is_size_equivalent(probe, inputs.probe_sizes, limits.size_tau_limit):
+        return done(SIZE_EQUIVALENT)
     projected = probe_seconds * inputs.search.n / max(1, inputs.probe.n)
     out.detail["projected_s"] = projected
     if projected > limits.time_budget_s:

@@ -92,3 +92,17 @@ def test_without_second_batch_the_independence_screen_is_skipped():
     p = synthetic_problem(n_search=12, n_heldout=0, probe_size=6)
     inputs = ScreenInputs.build(StackedStats(p.search), None, p.probe_index)
     assert screen("sum_layers(sum(mul(bits, square(weight))))", inputs) is None
+
+
+def test_size_count_that_moves_with_the_batch_is_rejected_as_size_equivalent():
+    from conftest import make_stats
+    from search.screening import SIZE_EQUIVALENT
+
+    shapes = [(("conv", (2 + i, 3, 3, 3)), ("fc", (10, 2 + i))) for i in range(8)]
+    nets = [make_stats(i, layers=shapes[i]) for i in range(8)]
+    other = [make_stats(100 + i, layers=shapes[i]) for i in range(8)]
+    inputs = ScreenInputs.build(StackedStats(nets), StackedStats(other), list(range(8)))
+    # sigmoid(grad) ~ 0.5 everywhere: its norm is half the square root of the size, whatever the batch
+    assert screen("sum_layers(l2(sigmoid(grad)))", inputs) == SIZE_EQUIVALENT
+    assert screen("sum_layers(l2(sigmoid(grad)))", inputs, size_tau_limit=1.0) is None
+    assert list(inputs.probe_sizes) == [sum(net.params.values()) for net in nets]
