@@ -91,6 +91,23 @@ def _fmt(value: float, ci: tuple[float, float]) -> str:
     return f"{value:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
+def check_proxies_fit(bench: Benchmark, proxies: dict[str, Proxy], config: StatsConfig) -> None:
+    """Fail before any statistics are computed when a proxy needs a statistic this benchmark (or --stats) lacks."""
+    from emq.errors import StatUnavailableError
+    from emq.stats_compute import applicable_stats
+
+    offered = applicable_stats(bench.family == "mq", bench.family)
+    available = [n for n in offered if config.stat_names is None or n in config.stat_names]
+    for name, proxy in proxies.items():
+        missing = sorted(set(proxy.stats_needed) - set(available))
+        if missing:
+            why = "is not computed with this --stats" if set(missing) <= set(offered) else \
+                f"does not exist for {bench.family} networks"
+            raise StatUnavailableError(
+                f"proxy {name!r} ({proxy.formula()}) needs statistic(s) {', '.join(missing)}, which {why} on "
+                f"benchmark {bench.name}; available: {', '.join(available)}")
+
+
 def select_split(bench: Benchmark, split: str, split_seed: int = 0, heldout_fraction: float = 0.5) -> np.ndarray:
     """Return candidate indices for `split` ('all', 'search' or 'heldout')."""
     ids = bench.candidate_ids()
@@ -147,6 +164,7 @@ def score_benchmark(
     unknown = [t for t in targets if t not in all_truth]
     if unknown:
         raise KeyError(f"unknown target(s) {unknown} for benchmark {bench.name}; available: {', '.join(all_truth)}")
+    check_proxies_fit(bench, proxies, config)
     idx = select_split(bench, split)[:limit]
     cands = [bench.candidates()[i] for i in idx]
     truth = {t: all_truth[t][idx] for t in targets}

@@ -36,6 +36,7 @@ from deap import base, creator
 from tqdm.auto import tqdm
 
 from emq.atomic import write_json_atomic, write_text_atomic
+from emq.errors import StatUnavailableError
 from emq.fitness import bootstrap_interval, get_metric, joint
 from emq.proxy import Proxy
 from emq.stats import NetworkStats
@@ -377,7 +378,7 @@ class _Engine:
             tree = parse_tree(formula)
             missing = sorted(tree.stats() - set(self.grammar.stats))
             if missing:
-                raise ValueError(f"seed proxy {formula!r} uses statistic(s) {missing} that this search's networks "
+                raise StatUnavailableError(f"seed proxy {formula!r} uses statistic(s) {missing} that this search's networks "
                                  f"lack; available: {', '.join(self.grammar.stats)}")
             ind = make_individual(tree)
             if ind.hash not in seen:

@@ -184,3 +184,15 @@ def test_wrong_bit_list_length_is_a_clear_cli_error(run, tmp_path):
     (folder / "PTQ-GT.json").write_text(json.dumps({"0": {"bit_cfg": "[4, 4, 4]", "acc": 70.0}}))
     result = run("bench", "show", "mq-bench-101", "--data-dir", str(tmp_path))
     assert result.exit_code != 0 and "18" in result.output and "Traceback" not in result.output
+
+
+def test_scoring_a_proxy_on_a_benchmark_without_its_statistic_names_the_statistic(run, tmp_path):
+    from emq.proxy import Proxy
+
+    if not (results_dir() / "vit-digits" / "ground_truth.json").exists():
+        pytest.skip("results/vit-digits is not built (run: emq bench build vit-digits)")
+    proxy = tmp_path / "mq-only.json"
+    Proxy.from_formula("n_neg(sum_layers(l2(quant_error)))").save(proxy)
+    result = run("score", "vit-digits", "--proxy", str(proxy), "--limit", "4")
+    assert result.exit_code != 0 and "quant_error" in result.output and "vit-digits" in result.output
+    assert "Traceback" not in result.output
