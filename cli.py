@@ -296,7 +296,7 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
         if out_file.suffix == ".json":
             write_json_atomic(out_file, report.to_json())
         else:
-            command = "emq " + " ".join(_quote(a) for a in sys.argv[1:])
+            command = _command_line()
             header = (f"# Scores on `{name}`\n\nReproduce: `{command}`\n\nStatistics: "
                       + ", ".join(f"{k}={v}" for k, v in config.describe().items()) + "\n\n")
             write_text_atomic(out_file, header + report.to_markdown())
@@ -375,7 +375,7 @@ def search(name: str, data_dir: Path | None, targets: str | None, joint: str, me
     except ValueError as err:
         raise click.UsageError(str(err)) from None
     config = _stats_config(batch_seed, batch_size, init_seed, dtype, hessian_samples, device)
-    command = "emq " + " ".join(_quote(a) for a in sys.argv[1:])
+    command = _command_line()
     start = time.perf_counter()
     with EvaluationPool(backend, n_jobs=workers, scheduler=scheduler, device=config.device) as pool:
         result = search_benchmark(bench_obj, config, cfg, run_dir, pool=pool,
@@ -400,10 +400,11 @@ def _parse_targets(targets: str | None, columns: list[str], name: str) -> list[s
     return chosen
 
 
-def _quote(arg: str) -> str:
+def _command_line() -> str:
+    """Return this invocation as a shell line a reader can paste (recorded beside every result)."""
     import shlex
 
-    return shlex.quote(arg)
+    return "emq " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 # -------------------------------------------------------------------------- export
@@ -578,7 +579,7 @@ def apply_mq(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], fo
         result = compare_mq(bench_obj, proxies, budgets, method=method, seed=seed, random_configs=random_configs,
                             baselines=baseline_names or COMPARE_BASELINES, population=population, generations=generations,
                             progress=lambda msg: click.echo(msg, err=True), **stats_kwargs)
-        command = "emq " + " ".join(_quote(a) for a in sys.argv[1:])
+        command = _command_line()
         click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.to_markdown())
         if out_file:
             _write_report(out_file, result.to_markdown(command), result.to_json())
@@ -662,7 +663,7 @@ def apply_vit(space: str, proxy_files: tuple[Path, ...], formulas: tuple[str, ..
         bench_obj = _ensure_built("vit-digits", None)
         result = compare_vit_digits(bench_obj, proxies, budgets, seed=seed, population=population,
                                     generations=generations, progress=lambda msg: click.echo(msg, err=True), **kwargs)
-        command = "emq " + " ".join(_quote(a) for a in sys.argv[1:])
+        command = _command_line()
         click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.to_markdown())
         if out_file:
             _write_report(out_file, result.to_markdown(command), result.to_json())

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from emq.baselines import baseline_scores, list_baselines
+from emq.baselines import applicable_baselines, baseline_scores, get_baseline
 from emq.bench.base import Benchmark, Candidate
 from emq.degeneracy import degeneracy_flags
 from emq.fitness import heldout_split
@@ -32,24 +32,14 @@ from search.report import plot_scatter, write_summary
 
 
 def default_baselines(family: str) -> list[str]:
-    """Return the baselines compared by default: `applicable_baselines(family)` where it exists, else the program kind.
+    """Return the baselines compared by default: the program ones of `applicable_baselines(family)`.
 
     Program baselines (params, flops, bit_sum, bparams, ...) are formulas on the
     cached statistics and cost nothing; model baselines (nwot, grasp, ...) run every
     network again, so they are opt-in through `baselines=`.
     """
-    try:
-        from emq.baselines import applicable_baselines  # added by the baselines work; optional here
-    except ImportError:
-        return [b.name for b in list_baselines(family) if b.kind == "program"]
     names = list(applicable_baselines(family))
-    return [n for n in names if _is_program(n)] or names
-
-
-def _is_program(name: str) -> bool:
-    from emq.baselines import get_baseline
-
-    return get_baseline(name).kind == "program"
+    return [n for n in names if get_baseline(n).kind == "program"] or names
 
 
 def cache_source(bench: Benchmark, candidates: Sequence[Candidate], config: StatsConfig,

@@ -81,6 +81,14 @@ def _reason(failures: Counter) -> str:
     return sorted(failures.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
 
 
+def _value_rejection(scores: np.ndarray, failures: Counter) -> str | None:
+    """Return why scores are unusable (the most frequent evaluation failure, else a degeneracy flag), or None."""
+    if failures:
+        return _reason(failures)
+    flags = score_flags(scores)
+    return flags[0] if flags else None
+
+
 def screen_and_score(proxy: Proxy, inputs: ScreenInputs, limits: ScreenLimits = ScreenLimits()) -> Outcome:
     """Return the outcome of screening `proxy` on the probe and, if it passes, scoring it on the search set."""
     start = time.perf_counter()
@@ -96,11 +104,9 @@ def screen_and_score(proxy: Proxy, inputs: ScreenInputs, limits: ScreenLimits = 
     t0 = time.perf_counter()
     probe, failures = evaluate_stacked(proxy, inputs.probe)
     probe_seconds = time.perf_counter() - t0
-    if failures:
-        return done(_reason(failures))
-    flags = score_flags(probe)
-    if flags:
-        return done(flags[0])
+    reason = _value_rejection(probe, failures)
+    if reason:
+        return done(reason)
     out.probe = probe
     if limits.reject_input_independent and inputs.probe_other is not None:
         other, failures = evaluate_stacked(proxy, inputs.probe_other)
@@ -115,11 +121,9 @@ def screen_and_score(proxy: Proxy, inputs: ScreenInputs, limits: ScreenLimits = 
     if projected > limits.time_budget_s:
         return done(OVER_TIME)
     scores, failures = evaluate_stacked(proxy, inputs.search)
-    if failures:
-        return done(_reason(failures))
-    flags = score_flags(scores)
-    if flags:
-        return done(flags[0])
+    reason = _value_rejection(scores, failures)
+    if reason:
+        return done(reason)
     out.scores = scores
     return done(None)
 

@@ -30,3 +30,15 @@ def make_stats(seed: int = 0, layers: tuple[tuple[str, tuple[int, ...]], ...] = 
 @pytest.fixture
 def stats() -> NetworkStats:
     return make_stats(0)
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    """Return `invoke(*args)`: the `emq` CLI run in-process, with its statistics cache in a fresh folder."""
+    from click.testing import CliRunner
+
+    from cli import main
+
+    monkeypatch.setenv("EMQ_CACHE_DIR", str(tmp_path / "cache"))
+    runner = CliRunner()
+    return lambda *args: runner.invoke(main, list(args), catch_exceptions=False)

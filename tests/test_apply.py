@@ -9,10 +9,8 @@ import random
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from torch import nn
 
-from cli import main
 from emq import Proxy
 from emq.apply.arch import ArchObjective, arch_key, get_space, search_arch
 from emq.apply.bits import BitObjective, Budget, allocate, size_bits
@@ -231,13 +229,6 @@ def test_vit_digits_comparison_trains_new_archs_and_reads_known_ones(monkeypatch
 
 
 # ------------------------------------------------------------------------------ CLI
-@pytest.fixture
-def run(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMQ_CACHE_DIR", str(tmp_path / "cache"))
-    runner = CliRunner()
-    return lambda *args: runner.invoke(main, list(args), catch_exceptions=False)
-
-
 @needs_mq_digits
 def test_cli_apply_mq_allocates_within_a_tiny_budget_with_a_search_run_folder_as_proxy(run, tmp_path):
     from search.evolution import HOF_FORMAT

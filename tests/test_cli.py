@@ -4,26 +4,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from cli import main
 from emq.paths import results_dir
 
 needs_mq_digits = pytest.mark.skipif(
     not (results_dir() / "mq-digits" / "ground_truth.json").exists(),
     reason="results/mq-digits is not built (run: emq bench build mq-digits)",
 )
-
-
-@pytest.fixture
-def run(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMQ_CACHE_DIR", str(tmp_path / "cache"))
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(main, list(args), catch_exceptions=False)
-
-    return invoke
 
 
 def test_ops_lists_every_op_with_its_signature(run):

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner
 from torch import nn
 
 from emq.baselines import BaselineContext, applicable_baselines, get_baseline
@@ -227,19 +226,6 @@ needs_vit_digits = pytest.mark.skipif(
     not (results_dir() / "vit-digits" / "ground_truth.json").exists(),
     reason="results/vit-digits is not built (run: emq bench build vit-digits)",
 )
-
-
-@pytest.fixture
-def run(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMQ_CACHE_DIR", str(tmp_path / "cache"))
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        from cli import main
-
-        return runner.invoke(main, list(args), catch_exceptions=False)
-
-    return invoke
 
 
 @needs_vit_digits
