@@ -247,7 +247,9 @@ def _ensure_built(name: str, data_dir: Path | None):
 @click.option("--proxy", "proxy_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Proxy JSON file (emq-proxy/1) to score; repeatable.")
 @click.option("--formula", "formulas", multiple=True, help="Proxy formula to score, e.g. 'sum_layers(l2(grad))'; repeatable.")
-@click.option("--baselines", "all_baselines", is_flag=True, help="Also score every baseline that applies to this benchmark.")
+@click.option("--baselines", "all_baselines", is_flag=True,
+              help="Also score every baseline that applies to this benchmark, the trivial predictors included "
+                   "(#params, FLOPs, bit counts, quantized loss, one `arch:<hyperparameter>` per numeric arch setting).")
 @click.option("--baseline", "baseline_names", multiple=True, help="Score this baseline (repeatable); see `emq score --list-baselines`.")
 @click.option("--split", type=click.Choice(["all", "search", "heldout"]), default="all", show_default=True,
               help="Candidates to score: all, or the search / held-out half of the fixed split.")
@@ -265,7 +267,10 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
     """Rank-correlate proxies and baselines with benchmark NAME's ground truth.
 
     Prints Kendall tau and Spearman rho with bootstrap 95% intervals per ground-truth
-    column, and flags degenerate scorers (nonfinite, constant, input_independent).
+    column, each model baseline's measured cost per candidate, and flags degenerate
+    scorers: nonfinite, constant, input_independent, and trivial_equivalent(NAME) for a
+    proxy that ranks like a trivial predictor (|Kendall| >= 0.95) or is a function of
+    one architecture hyperparameter.
 
     \b
     Examples:
@@ -274,7 +279,7 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
       emq score mq-digits --formula "sum_layers(s_log(l2(quant_error)))" --json
     """
     from emq.atomic import write_json_atomic, write_text_atomic
-    from emq.baselines import applicable_baselines
+    from emq.baselines import benchmark_baselines
     from emq.paths import data_dir as resolve
     from emq.proxy import Proxy
     from emq.scoring import score_benchmark
@@ -282,7 +287,7 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
     proxies = {p.stem: Proxy.load(p) for p in proxy_files}  # bad proxies fail before any heavy work
     proxies.update({f"formula{i + 1}" if len(formulas) > 1 else "formula": Proxy.from_formula(f) for i, f in enumerate(formulas)})
     bench_obj = _ensure_built(name, resolve(data_dir))
-    names = list(baseline_names) + ([b for b in applicable_baselines(bench_obj.family) if b not in baseline_names] if all_baselines else [])
+    names = list(baseline_names) + ([b for b in benchmark_baselines(bench_obj) if b not in baseline_names] if all_baselines else [])
     if not proxies and not names:
         raise click.UsageError("nothing to score: give --proxy FILE, --formula TEXT, --baseline NAME or --baselines")
     config = _stats_config(batch_seed, batch_size, init_seed, dtype, hessian_samples, device)
@@ -318,6 +323,14 @@ BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
 @click.option("--population", default=48, show_default=True, help="Programs per generation.")
 @click.option("--generations", default=15, show_default=True, help="Generations (a resumed run may raise it).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the search (same seed + config = same hall of fame).")
+@click.option("--seeds", default=None,
+              help="Comma-separated search seeds for a study, e.g. 0,1,2: one run per seed x batch seed in --out, "
+                   "then study.md with the discovery verdict over all runs (overrides --seed).")
+@click.option("--batch-seeds", default=None,
+              help="Comma-separated batch seeds for a study, e.g. 0,1 (overrides --batch-seed).")
+@click.option("--fitness", type=click.Choice(["partial", "plain"]), default="partial", show_default=True,
+              help="partial: Kendall/Spearman beyond the best trivial predictor (chosen on the search split), "
+                   "so disguised size counts and quantized losses earn nothing; plain: the rank correlation itself.")
 @click.option("--hof-size", default=10, show_default=True, help="Elite programs carried into every generation.")
 @click.option("--max-search", default=160, show_default=True, type=int,
               help="Use at most N networks of the search split (bounds memory and time; 0 = all). "
@@ -336,18 +349,22 @@ BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
 @_stats_options
 @_friendly_errors
 def search(name: str, data_dir: Path | None, targets: str | None, joint: str, metric: str, population: int,
-           generations: int, seed: int, hof_size: int, max_search: int | None, seed_proxy_files: tuple[Path, ...],
+           generations: int, seed: int, seeds: str | None, batch_seeds: str | None, fitness: str, hof_size: int, max_search: int | None, seed_proxy_files: tuple[Path, ...],
            backend: str, scheduler: str | None, workers: int | None, baseline_names: tuple[str, ...],
            run_dir: Path | None, resume: bool, batch_seed: int, batch_size: int, init_seed: int,
            dtype: str, hessian_samples: int, device: str | None) -> None:
     """Evolve proxy programs that rank benchmark NAME's candidates like its ground truth.
 
     The candidates are split once (fixed seed) into a search half and a held-out half.
-    Programs are screened (NaN/inf, constant, unchanged under a second batch, too slow),
-    scored by rank correlation on the search half, and the hall of fame is finally
-    compared with the baselines on the held-out half. The run folder gets log.jsonl,
-    hall_of_fame.json, evolution.png, scatter.png and summary.md; it is checkpointed
-    every generation, so a killed run continues with --resume.
+    Programs are screened (NaN/inf, constant, unchanged under a second batch, a trivial
+    predictor in disguise, too slow), scored on the search half by rank correlation
+    beyond the best trivial predictor (--fitness partial), and the hall of fame is
+    finally compared with the baselines on the held-out half. The run folder gets
+    log.jsonl, hall_of_fame.json, evolution.png, scatter.png and summary.md, which ends
+    with the run's verdict against the best trivial predictor; it is checkpointed every
+    generation, so a killed run continues with --resume. With --seeds / --batch-seeds
+    it runs a study (one run per combination) whose study.md gives the verdict:
+    "discovery" or "no discovery".
 
     \b
     Examples:
@@ -356,6 +373,7 @@ def search(name: str, data_dir: Path | None, targets: str | None, joint: str, me
       emq search vit-bench-101-autoformer --targets c100_kd_acc,flower_kd_acc,chaoyang_kd_acc
       emq search mq-digits --backend dask --scheduler tcp://10.0.0.5:8786
       emq search mq-digits --out runs/mq-digits-seed0 --resume --generations 40
+      emq search mq-digits --seeds 0,1,2 --batch-seeds 0,1 --out runs/mq-study   # the discovery verdict
     """
     from emq.paths import data_dir as resolve
     from emq.proxy import Proxy
@@ -363,24 +381,34 @@ def search(name: str, data_dir: Path | None, targets: str | None, joint: str, me
     from search.evolution import SearchConfig
     from search.pool import EvaluationPool
 
-    seeds = tuple(Proxy.load(p).formula() for p in seed_proxy_files)
+    seed_formulas = tuple(Proxy.load(p).formula() for p in seed_proxy_files)
     bench_obj = _ensure_built(name, resolve(data_dir))
     columns = list(bench_obj.ground_truth())
     target_list = _parse_targets(targets, columns, name)
-    run_dir = run_dir or Path("runs") / f"{name}-seed{seed}"
+    seed_list = _numbers(seeds, int, "--seeds") if seeds else [seed]
+    batch_list = _numbers(batch_seeds, int, "--batch-seeds") if batch_seeds else [batch_seed]
+    study = len(seed_list) * len(batch_list) > 1
+    run_dir = run_dir or Path("runs") / (f"{name}-study" if study else f"{name}-seed{seed_list[0]}")
     try:
-        cfg = SearchConfig(population=population, generations=generations, seed=seed, metric=metric, joint=joint,
-                           targets=tuple(target_list) if target_list else None, hof_size=min(hof_size, population - 1),
-                           seed_formulas=seeds)
+        cfg = SearchConfig(population=population, generations=generations, seed=seed_list[0], metric=metric,
+                           joint=joint, targets=tuple(target_list) if target_list else None,
+                           hof_size=min(hof_size, population - 1), seed_formulas=seed_formulas, fitness=fitness)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
-    config = _stats_config(batch_seed, batch_size, init_seed, dtype, hessian_samples, device)
+    config = _stats_config(batch_list[0], batch_size, init_seed, dtype, hessian_samples, device)
     command = _command_line()
     start = time.perf_counter()
+    options = dict(baselines=list(baseline_names) or None, max_search=max_search or None, progress=True, resume=resume)
     with EvaluationPool(backend, n_jobs=workers, scheduler=scheduler, device=config.device) as pool:
-        result = search_benchmark(bench_obj, config, cfg, run_dir, pool=pool,
-                                  baselines=list(baseline_names) or None, max_search=max_search or None, progress=True,
-                                  resume=resume, command=command)
+        if study:
+            from search.study import run_study
+
+            outcome = run_study(bench_obj, config, cfg, run_dir, seed_list, batch_list, search_benchmark, command,
+                                pool=pool, **options)
+            click.echo((run_dir / "study.md").read_text(encoding="utf-8"))
+            click.echo(f"done in {time.perf_counter() - start:.0f} s; study folder {run_dir}: {outcome['verdict']}")
+            return
+        result = search_benchmark(bench_obj, config, cfg, run_dir, pool=pool, command=command, **options)
     seconds = time.perf_counter() - start
     if not result.hall_of_fame:
         raise click.ClickException(f"no valid program survived screening; see {run_dir / 'log.jsonl'}")
