@@ -437,6 +437,42 @@ def _command_line() -> str:
 
 # -------------------------------------------------------------------------- export
 @main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@data_dir_option
+@click.option("--bootstrap", "n_boot", default=1000, show_default=True, help="Paired bootstrap resamples.")
+@_stats_options
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict record as JSON.")
+@_friendly_errors
+def verdict(run_dir: Path, data_dir: Path | None, n_boot: int, batch_seed: int, batch_size: int, init_seed: int,
+            dtype: str, hessian_samples: int, device: str | None, as_json: bool) -> None:
+    """Judge a finished search run under the honest bar and append the verdict to its summary.md.
+
+    The best program (rank 1) is scored on the run's held-out split and compared with
+    the best trivial predictor (#params, FLOPs, bit counts, quantized loss, each arch
+    hyperparameter), chosen on the run's search split, by a paired bootstrap. Give the
+    run's statistics settings (--batch-seed, --batch-size, ...); --stats may name only
+    what the program reads, to save time on large networks. Writes RUN_DIR/verdict.json.
+
+    \b
+    Examples:
+      emq verdict results/search-mq-digits
+      emq verdict results/search-vit-autoformer --batch-size 8 --stats grad,params
+    """
+    from emq.paths import data_dir as resolve
+    from search.evolution import load_hall_of_fame
+    from search.rescore import rescore_run
+    from search.benchmark import verdict_line
+
+    name = load_hall_of_fame(run_dir).get("benchmark")
+    if not name:
+        raise click.UsageError(f"{run_dir}/hall_of_fame.json does not name its benchmark; it predates held-out scoring")
+    bench_obj = _ensure_built(name, resolve(data_dir))
+    config = _stats_config(batch_seed, batch_size, init_seed, dtype, hessian_samples, device)
+    record = rescore_run(bench_obj, run_dir, config, n_boot=n_boot)
+    click.echo(json.dumps(record, indent=2) if as_json else verdict_line(record["verdict"]))
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--top", default=1, show_default=True, help="How many of the hall of fame's best programs to export.")
 @click.option("-o", "--out", "out_file", default="proxy.json", show_default=True, type=click.Path(dir_okay=False, path_type=Path),

@@ -588,20 +588,20 @@ def write_hall_of_fame(run_dir: Path, hall: list[dict[str, Any]], config: Search
         if "heldout" in entry:
             proxy_meta["fitness"]["heldout"] = entry["heldout"]
         clean["proxy"] = Proxy.from_formula(entry["formula"], meta=proxy_meta).to_json()
-        programs.append(_finite(clean))
+        programs.append(json_finite(clean))
     data = {"format": HOF_FORMAT, "engine": ENGINE, "metric": config.metric, "joint": config.joint,
             "seed": config.seed, "command": command, **dict(meta or {}), "programs": programs}
     return write_json_atomic(run_dir / "hall_of_fame.json", data)
 
 
-def _finite(value: Any) -> Any:
-    # JSON has no NaN: undefined correlations are written as null.
+def json_finite(value: Any) -> Any:
+    """Return `value` with non-finite floats replaced by None (JSON has no NaN: undefined correlations are null)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [json_finite(v) for v in value]
     return value
 
 

@@ -101,3 +101,22 @@ def test_study_runs_every_seed_and_batch_seed_and_writes_one_verdict(bench, tmp_
     text = (tmp_path / "study" / "study.md").read_text()
     assert f"Verdict: **{study['verdict']}**" in text and text.count("| seed") == 0 and "| 1 | 1 |" in text
     assert (tmp_path / "study" / "seed1-batch1" / "summary.md").is_file()
+
+
+def test_verdict_of_a_finished_run_matches_the_runs_own_and_closes_its_summary(bench, tmp_path, monkeypatch):
+    import search.rescore
+    from search.rescore import rescore_run
+
+    monkeypatch.setattr(search.rescore, "load_or_compute", search.benchmark.load_or_compute)
+    monkeypatch.setattr(search.rescore, "trivial_baselines", lambda b: ["params", "bit_sum", "bparams", "bops"])
+    config = SearchConfig(population=12, generations=2, seed=0, probe_size=8, hof_size=3, targets=("test_acc",))
+    search_benchmark(bench, StatsConfig(), config, tmp_path / "run", progress=False, n_boot=40,
+                     trivial=["params", "bit_sum", "bparams", "bops"], command="emq search synthetic-mq")
+    own = load_hall_of_fame(tmp_path / "run")
+    record = rescore_run(bench, tmp_path / "run", StatsConfig(), n_boot=40, progress=False)
+    assert record["verdict"]["difference"] == pytest.approx(own["verdict"]["difference"])
+    assert record["best_trivial"]["test_acc"]["label"] == own["best_trivial"]["test_acc"]["label"]
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert summary.count("## Verdict") == 1 and summary.rstrip().endswith(").")
+    rescore_run(bench, tmp_path / "run", StatsConfig(), n_boot=40, progress=False)  # idempotent
+    assert (tmp_path / "run" / "summary.md").read_text().count("## Verdict") == 1
