@@ -362,15 +362,15 @@ def qloss_calib(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: 
         return -float(F.cross_entropy(logits, calib.labels.to(ctx.device)))
 
 
-#: Hutchinson samples of HAWQ-v2's full-precision traces (results/baselines-mq.md shows the estimate settle).
-HAWQ_V2_SAMPLES = 64
+#: Hutchinson samples per layer of HAWQ-v2's full-precision traces (results/hawq-v2-convergence.md: they settle).
+HAWQ_V2_SAMPLES = 128
 
 
 @register_baseline("hawq_v2", ("mq",), version=1)
 def hawq_v2(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: BaselineContext) -> float:
     """HAWQ-v2 (Dong et al. 2020): -sum over layers of Tr(H_l)/n_l * ||Q(W_l) - W_l||^2, H of the full-precision net.
 
-    The traces are estimated once per network (64 Hutchinson samples on the statistics
+    The traces are estimated once per network (128 Hutchinson samples per layer on the statistics
     batch) and shared by every bit configuration; Q(W) are the candidate's quantized weights.
     """
     from emq.hessian_trace import hessian_traces
