@@ -142,6 +142,11 @@ def test_reading_names_every_method_that_beats_a_proxy_and_ignores_the_oracle():
     assert "found is beaten by at least one method at 1 of 2 budgets (3 average bits)" in text
 
 
+def test_reading_counts_a_one_image_gap_in_the_singular():
+    (line, _) = reading(rows("b", {"p": 0.5, "q": 0.5 + 1 / 697}), ["p"], ["b"], test_images=697)
+    assert "q (0.5014, 1 more test image right)" in line
+
+
 def test_standings_share_a_rank_between_tied_methods():
     (s,) = standings(rows("b", {"p": 0.5, "q": 0.7, "r": 0.7, "t": 0.5}), ["p"], ["b"])
     assert s.rank == 3 and [m for m, _ in s.above] == ["q", "r"] and s.level == ("t",)

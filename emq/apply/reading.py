@@ -57,8 +57,7 @@ def reading(rows: Sequence[Row], proxies: Sequence[str], budgets: Sequence[str],
     for s in table:
         head = f"- At {s.budget}, {s.proxy} ({s.test_acc:.4f}) ranks {s.rank} of {s.methods} methods"
         if s.above:
-            beaten = [f"{m} ({acc:.4f}, {round((acc - s.test_acc) * test_images)} more test images right)"
-                      for m, acc in s.above]
+            beaten = [f"{m} ({acc:.4f}, {_images(acc - s.test_acc, test_images)} right)" for m, acc in s.above]
             head += f"; it is below {_join(beaten)}"
         else:
             head += "; no method beats it"
@@ -76,6 +75,11 @@ def reading(rows: Sequence[Row], proxies: Sequence[str], budgets: Sequence[str],
         tally += f"; it is best (alone or tied) at {_join(best)}." if best else "; it is best at none."
         lines.append(tally)
     return lines
+
+
+def _images(gap: float, test_images: int) -> str:
+    n = round(gap * test_images)
+    return f"{n} more test image{'' if n == 1 else 's'}"
 
 
 def _join(items: Sequence[str]) -> str:
