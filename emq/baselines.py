@@ -366,6 +366,39 @@ def qloss_calib(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: 
 HAWQ_V2_SAMPLES = 128
 
 
+def hawq_v2_traces(float_model: nn.Module, batch: Batch, seed: int,
+                   samples: int = HAWQ_V2_SAMPLES) -> dict[str, float]:
+    """Return HAWQ-v2's layer sensitivity, the average Hessian trace Tr(H_l)/n_l of the full-precision network.
+
+    One estimate serves every bit configuration of the network (HAWQ-v2 measures it once).
+    """
+    from emq.hessian_trace import hessian_traces
+
+    fp_layers = quantizable_layers(float_model)
+    running = hessian_traces(float_model, batch.inputs, batch.labels, samples, seed)
+    return {n: values[-1] / fp_layers[n].weight.numel() for n, values in running.items()}
+
+
+def hawq_v2_term(average_trace: float, weight: torch.Tensor, quantized: torch.Tensor) -> float:
+    """Return one layer's HAWQ-v2 cost, Tr(H_l)/n_l * ||Q(W_l) - W_l||^2 (lower is better)."""
+    w = weight.detach().to(torch.float64)
+    return average_trace * float((quantized.detach().to(torch.float64) - w).pow(2).sum())
+
+
+def hawq_v2_layer_costs(float_model: nn.Module, choices: Sequence[int],
+                        traces: dict[str, float]) -> dict[str, dict[int, float]]:
+    """Return HAWQ-v2's cost of each layer at each weight width in `choices` (its objective is minus their sum).
+
+    `traces` are `hawq_v2_traces` of `float_model`. The objective is separable, so an
+    allocator can minimise it exactly from this table.
+    """
+    from emq.quant.fake_quant import quantize_weight
+
+    return {name: {int(b): hawq_v2_term(traces[name], layer.weight, quantize_weight(layer.weight, int(b)))
+                   for b in choices}
+            for name, layer in quantizable_layers(float_model).items()}
+
+
 @register_baseline("hawq_v2", ("mq",), version=1)
 def hawq_v2(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: BaselineContext) -> float:
     """HAWQ-v2 (Dong et al. 2020): -sum over layers of Tr(H_l)/n_l * ||Q(W_l) - W_l||^2, H of the full-precision net.
@@ -373,21 +406,15 @@ def hawq_v2(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: Base
     The traces are estimated once per network (128 Hutchinson samples per layer on the statistics
     batch) and shared by every bit configuration; Q(W) are the candidate's quantized weights.
     """
-    from emq.hessian_trace import hessian_traces
-
     if ctx.float_model is None or bits is None:
         return math.nan
     fp_layers = quantizable_layers(ctx.float_model)
     key = "hawq_v2_traces"
     if key not in ctx.memo:
-        running = hessian_traces(ctx.float_model, batch.inputs, batch.labels, HAWQ_V2_SAMPLES, ctx.seed)
-        ctx.memo[key] = {n: values[-1] / fp_layers[n].weight.numel() for n, values in running.items()}
+        ctx.memo[key] = hawq_v2_traces(ctx.float_model, batch, ctx.seed)
     traces = ctx.memo[key]
-    total = 0.0
-    for name, layer in quantizable_layers(net).items():
-        w = fp_layers[name].weight.detach().to(torch.float64)
-        total += traces[name] * float((layer.weight.detach().to(torch.float64) - w).pow(2).sum())
-    return -total
+    return -sum(hawq_v2_term(traces[name], fp_layers[name].weight, layer.weight)
+                for name, layer in quantizable_layers(net).items())
 
 
 # ------------------------------------------------------------------- scoring

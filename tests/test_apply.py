@@ -250,12 +250,12 @@ def test_cli_apply_mq_allocates_within_a_tiny_budget_with_a_search_run_folder_as
 @needs_mq_digits
 def test_cli_apply_mq_compare_measures_real_accuracy(run):
     result = run("apply", "mq", "mq-digits", "--formula", LOCAL_PROXY, "--budget", "2.5", "--budget-unit",
-                 "avg-bits", "--compare", "--baseline", "bparams", "--random", "1", "--population", "4", "--generations", "1",
-                 "--json")
+                 "avg-bits", "--compare", "--baseline", "bparams", "--allocator", "hawq_v2", "--random", "1",
+                 "--population", "4", "--generations", "1", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     methods = [r["method"] for r in report["rows"]]
-    assert methods[:4] == ["formula", "formula (ga)", "bparams", "uniform"] and "random" in methods
+    assert methods[:5] == ["formula", "formula (ga)", "bparams", "hawq_v2", "uniform"] and "random" in methods
     proxy_row, ga_row = report["rows"][:2]
     assert proxy_row["objective_score"] >= ga_row["objective_score"]  # the MILP optimum bounds what the GA finds
     assert all(r["average_bits"] <= 2.5 and 0 <= r["test_acc"] <= 1 for r in report["rows"])

@@ -423,11 +423,19 @@ def allocate_bits(proxy: Proxy, model: nn.Module, batch: Any, budget: Budget, *,
 
 
 def _solve_milp(sep: Separable, params: Sequence[int], choices: Sequence[int], cap: int) -> tuple[Bits, bool]:
+    return maximise_within(sep.direction * sep.coef, params, choices, cap)
+
+
+def maximise_within(gain: np.ndarray, params: Sequence[int], choices: Sequence[int], cap: int) -> tuple[Bits, bool]:
+    """Return (widths maximising sum_l gain[l, k_l] with sum(bits x params) <= cap, proven optimal).
+
+    `gain` is (layers, choices), NaN where a width may not be used: the multiple-choice
+    knapsack of any separable objective, solved by integer programming (HiGHS, gap 0).
+    """
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import csr_array
 
-    n_layers, n_choices = sep.coef.shape
-    gain = sep.direction * sep.coef
+    n_layers, n_choices = gain.shape
     # Subtracting each layer's best term changes no argmax (one choice per layer) and keeps the numbers small.
     gain = gain - np.nanmax(gain, axis=1, keepdims=True)
     scale = float(np.nanmax(np.abs(gain))) or 1.0

@@ -10,12 +10,19 @@ real post-training-quantization accuracy on the benchmark's test split (mq-digit
   a separable proxy is also given to the GA (`NAME (ga)`), to show how close it gets;
 - `hawq`: the registered HAWQ-style baseline (-sum of Hessian trace x squared
   quantization error) as the objective of the same optimiser;
+- `hawq_v2`: HAWQ-v2 as published (full-precision average Hessian trace x squared
+  quantization error per layer), minimised exactly (`emq.apply.hawq_v2`);
+- `qloss-greedy`: layers lowered greedily by the quantized network's calibration
+  cross-entropy (`emq.apply.greedy`), the trivial predictor used as an allocator;
 - `bparams`: the registered bit-weighted parameter count, maximised (fill the budget);
 - `uniform`: every layer at the largest width that fits;
 - `random`: N configurations drawn uniformly per layer, repaired into the budget like
   GA children; mean and standard deviation of their accuracies;
 - `reference`: the best configuration among the benchmark's measured ones within the
   budget, chosen by test accuracy (an oracle, not a method; it shows the headroom).
+
+The report ends with a reading computed from the rows (`emq.apply.reading`): each
+proxy's rank under each budget and every method that beats it.
 """
 from __future__ import annotations
 
@@ -32,6 +39,9 @@ from emq.apply.bits import (
     BitAllocation, BitObjective, Budget, allocate, average_bits, check_budget, check_method, check_stats, repair_bits,
     size_bits, size_mb, uniform_within,
 )
+from emq.apply.greedy import QLOSS_GREEDY_FORMULA, CalibrationLoss, allocate_qloss_greedy
+from emq.apply.hawq_v2 import HAWQ_V2_FORMULA, allocate_hawq_v2, hawq_v2_objective
+from emq.apply.reading import reading
 from emq.baselines import get_baseline
 from emq.bench.base import Benchmark
 from emq.proxy import Proxy
@@ -40,6 +50,8 @@ from emq.stats_cache import calibration_inputs
 
 #: Baselines used as allocation objectives in the comparison.
 COMPARE_BASELINES: tuple[str, ...] = ("hawq", "bparams")
+#: Allocators that are not "maximise an objective over statistics", compared by default.
+COMPARE_ALLOCATORS: tuple[str, ...] = ("hawq_v2", "qloss-greedy")
 
 
 def bit_choices(bench: Benchmark) -> tuple[int, ...]:
@@ -145,6 +157,8 @@ class MQComparison:
     batch: dict[str, Any]
     rows: list[MQRow] = field(default_factory=list)
     seconds: float = 0.0
+    proxies: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,13 +191,23 @@ class MQComparison:
         ]
         for name, formula in self.objectives.items():
             setup = self.objective_setup.get(name, {})
-            lines.append(f"| {name} | `{formula}` | {self.objective_kendall.get(name, math.nan):+.3f} | "
+            tau = self.objective_kendall.get(name, math.nan)
+            lines.append(f"| {name} | `{formula}` | {f'{tau:+.3f}' if math.isfinite(tau) else '-'} | "
                          f"{int(setup.get('passes', 0))} | {setup.get('seconds', 0.0):.1f} |")
+        for note in self.notes:
+            lines += ["", f"Note: {note}"]
         lines += ["", "Methods: a proxy or `hawq` / `bparams` (registered baselines) maximised under the budget "
                       "(`milp`: exact integer programming, proven optimal; `ga`: genetic algorithm; `NAME (ga)`: the "
                       "same proxy given to the genetic algorithm instead, to compare with the proven optimum; "
                       "`its objective`: the maximised objective's value, higher is better; `seconds`: the allocation's time, "
-                      "statistics excluded); `uniform`: every "
+                      "statistics excluded); `hawq_v2`: HAWQ-v2 as published (Dong et al. 2020), the "
+                      "full-precision network's average Hessian trace per layer (Hutchinson, its passes are "
+                      "Hessian-vector products on the statistics batch) times ||Q_b(W) - W||^2, summed and "
+                      "minimised exactly; `qloss-greedy`: from every layer at the largest width, repeatedly "
+                      "lower by one step the layer whose lowering raises the PTQ network's cross-entropy on the "
+                      "calibration images least per bit saved, until the budget holds (`seconds`: its loss "
+                      "evaluations, cached ones counted; its Kendall row is that cross-entropy as a predictor); "
+                      "`uniform`: every "
                       "layer at the largest width that fits; `random`: "
                       f"{self.random_configs} configurations uniform per layer, repaired into the budget like GA "
                       "children (mean ± std); `reference`: the best of the benchmark's measured configurations "
@@ -195,6 +219,12 @@ class MQComparison:
             score = f"{r.objective_score:.6g}" if r.objective_score is not None else "-"
             lines.append(f"| {r.budget} | {r.method} | {r.allocator} | {r.average_bits:.3f} | {r.size_mb:.6f} | "
                          f"{score} | {r.seconds:.2f} | {acc} |")
+        if self.proxies:
+            lines += ["", "## Reading", "",
+                      "Computed from the table above: each proxy's rank by test accuracy among the methods under "
+                      "each budget (the oracle `reference` excluded; tied methods share a rank), and every method "
+                      f"with a strictly higher test accuracy (one test image is {1 / self.test_images:.4f}).", ""]
+            lines += reading(self.rows, self.proxies, self.budgets, self.test_images)
         lines += ["", "## Bits per layer", ""]
         for budget in self.budgets:
             rows = [r for r in self.rows if r.budget == budget and r.bits is not None]
@@ -215,6 +245,7 @@ def compare_mq(
     seed: int = 0,
     random_configs: int = 10,
     baselines: Sequence[str] = COMPARE_BASELINES,
+    allocators: Sequence[str] = COMPARE_ALLOCATORS,
     ga_too: bool = True,
     population: int = 30,
     generations: int = 20,
@@ -226,10 +257,11 @@ def compare_mq(
     progress: Callable[[str], None] | None = None,
 ) -> MQComparison:
     """Return every allocator's configuration and real test accuracy under each budget (see the module docstring)."""
-    from scipy.stats import kendalltau
-
     start = time.perf_counter()
     say = progress or (lambda _msg: None)
+    unknown = sorted(set(allocators) - set(COMPARE_ALLOCATORS))
+    if unknown:
+        raise ValueError(f"unknown allocator(s) {', '.join(unknown)}; known: {', '.join(COMPARE_ALLOCATORS)}")
     meter = AccuracyMeter(bench)
     objectives = dict(proxies)
     for name in baselines:
@@ -246,20 +278,34 @@ def compare_mq(
         built[name] = benchmark_objective(bench, proxy, batch_seed=batch_seed, batch_size=batch_size,
                                           hessian_samples=hessian_samples, device=device, store_dtype=store_dtype)
         setup[name] = {"passes": built[name].stats_passes, "seconds": round(time.perf_counter() - t0, 2)}
-        scores = np.array([built[name].score(c.bits) for c in cands])  # type: ignore[arg-type]
-        ok = np.isfinite(scores)
-        tau = kendalltau(scores[ok], truth[ok])[0] if ok.sum() > 1 else math.nan
-        kendall[name] = float(tau) if np.isfinite(tau) else math.nan
+        kendall[name] = _kendall([built[name].score(c.bits) for c in cands], truth)  # type: ignore[arg-type]
     first = next(iter(built.values()))
     params, choices, layers = first.params, first.choices, first.layers
+    formulas = {n: p.formula() for n, p in objectives.items()}
+    hawq2 = qloss = None
+    if "hawq_v2" in allocators:
+        say("hawq_v2: full-precision Hessian traces")
+        hawq2 = hawq_v2_objective(bench.build_model(cands[0]), bench.batch(batch_seed, batch_size), choices,
+                                  seed=batch_seed)
+        formulas["hawq_v2"] = HAWQ_V2_FORMULA
+        setup["hawq_v2"] = {"passes": hawq2.samples, "seconds": round(hawq2.seconds, 2)}
+        kendall["hawq_v2"] = _kendall([hawq2.score(c.bits) for c in cands], truth)  # type: ignore[arg-type]
+    if "qloss-greedy" in allocators:
+        calibration = bench.calibration_batch()
+        if calibration is None:
+            raise ValueError(f"qloss-greedy needs labelled calibration images; {bench.name!r} has none")
+        qloss = CalibrationLoss(bench.build_model(cands[0]), calibration, int(getattr(bench, "act_bits", 8)))
+        formulas["qloss-greedy"] = QLOSS_GREEDY_FORMULA
+        setup["qloss-greedy"] = {"passes": 0, "seconds": 0.0}
     rng = random.Random(seed)
     comparison = MQComparison(
         benchmark=bench.name, float_test_acc=float(getattr(bench, "gt", {}).get("float_test_acc", math.nan)),
         test_images=len(meter.y), choices=list(choices), act_bits=int(getattr(bench, "act_bits", 8)),
         total_params=sum(params.values()), layers=dict(params), budgets=[b.describe() for b in budgets],
-        objectives={n: p.formula() for n, p in objectives.items()}, objective_kendall=kendall,
+        objectives=formulas, objective_kendall=kendall,
         objective_setup=setup, random_configs=random_configs,
-        batch=bench.batch(batch_seed, batch_size).describe())
+        batch=bench.batch(batch_seed, batch_size).describe(), proxies=list(proxies),
+        notes=[f"for `hawq_v2`, {w}." for w in hawq2.warnings()] if hawq2 is not None else [])
 
     def row(budget: Budget, method_name: str, allocator: str, bits: dict[str, int], seconds: float,
             score: float | None = None) -> MQRow:
@@ -279,6 +325,16 @@ def compare_mq(
                               generations=generations)
                 comparison.rows.append(row(budget, f"{name} (ga)", f"ga, {ga.evaluations} configurations",
                                            ga.bits, ga.seconds, ga.score))
+        if hawq2 is not None:
+            say(f"{budget.describe()}: allocating with hawq_v2")
+            alloc = allocate_hawq_v2(hawq2, budget)
+            comparison.rows.append(row(budget, "hawq_v2", "milp" + (" (optimal)" if alloc.optimal else ""),
+                                       alloc.bits, alloc.seconds, alloc.score))
+        if qloss is not None:
+            say(f"{budget.describe()}: allocating with qloss-greedy")
+            alloc = allocate_qloss_greedy(qloss, choices, budget)
+            comparison.rows.append(row(budget, "qloss-greedy", f"greedy, {alloc.evaluations} configurations",
+                                       alloc.bits, alloc.seconds, alloc.score))
         width = uniform_within(params, choices, cap)
         if width is not None:
             comparison.rows.append(row(budget, "uniform", f"{width} bits everywhere", {n: width for n in layers}, 0.0))
@@ -300,5 +356,19 @@ def compare_mq(
             comparison.rows.append(MQRow(budget.describe(), "reference", f"best of {len(within)} measured (oracle)",
                                          average_bits(best.bits, params), size_mb(best.bits, params),  # type: ignore[arg-type]
                                          float(acc), None, dict(best.bits), 0.0))  # type: ignore[arg-type]
+    if qloss is not None:
+        # Its faithfulness as a predictor, measured after the allocations so their seconds stay their own.
+        say("qloss-greedy: calibration cross-entropy of every measured configuration")
+        kendall["qloss-greedy"] = _kendall([-qloss(tuple(c.bits[n] for n in qloss.layers))  # type: ignore[index]
+                                            for c in cands], truth)
     comparison.seconds = time.perf_counter() - start
     return comparison
+
+
+def _kendall(scores: Sequence[float], truth: np.ndarray) -> float:
+    from scipy.stats import kendalltau
+
+    values = np.asarray(scores, dtype=np.float64)
+    ok = np.isfinite(values)
+    tau = kendalltau(values[ok], truth[ok])[0] if ok.sum() > 1 else math.nan
+    return float(tau) if np.isfinite(tau) else math.nan
