@@ -399,7 +399,7 @@ def hawq_v2_layer_costs(float_model: nn.Module, choices: Sequence[int],
             for name, layer in quantizable_layers(float_model).items()}
 
 
-@register_baseline("hawq_v2", ("mq",), version=1)
+@register_baseline("hawq_v2", ("mq",), version=2)
 def hawq_v2(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: BaselineContext) -> float:
     """HAWQ-v2 (Dong et al. 2020): -sum over layers of Tr(H_l)/n_l * ||Q(W_l) - W_l||^2, H of the full-precision net.
 
