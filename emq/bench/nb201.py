@@ -165,7 +165,7 @@ def load_nb201_file(path: str | Path, expected_sha256: str | None = DATA_SHA256,
                                  f"not the cell it is stored under")
         row: dict[str, float] = {}
         for name, column in {**CORE_FIELDS, **ANALOG_FIELDS}.items():
-            if name not in fields and name in ANALOG_FIELDS:
+            if fields.get(name) is None and name in ANALOG_FIELDS:  # optional: absent or None -> NaN
                 row[column] = math.nan
                 continue
             row[column] = _accuracy(fields.get(name), f"{where}: field {name!r}")
