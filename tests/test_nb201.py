@@ -329,3 +329,12 @@ def test_bench_show_summarises_the_benchmark(run):
     result = run("bench", "show", "nas-bench-201", "--limit", "1")
     assert result.exit_code == 0, result.output
     assert "15625 candidates" in result.output and "341 degenerate cells" in result.output
+
+
+def test_a_self_referencing_record_is_refused_without_looping(tmp_path):
+    # EMPTY_DICT MEMOIZE-by-BINPUT 0 ... the record's state holds the top-level dict itself (BINGET 0).
+    path = tmp_path / "cycle.anb"
+    record = b"canalognasbench.data\nArchitecture\n)\x81}(X\x0c\x00\x00\x00architectureh\x00ub"
+    path.write_bytes(b"\x80\x02}q\x00(" + _emit(CELLS[0]) + record + b"u.")
+    with pytest.raises(InputFileError, match="architecture"):
+        _load(path)

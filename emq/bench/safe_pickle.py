@@ -135,8 +135,13 @@ def _load(f: BinaryIO, name: str, classes: RecordClasses | None = None) -> Any:
 def _check_plain(obj: Any, name: str, where: str, records: tuple[type, ...] = ()) -> None:
     """Fail if anything inside `obj` is not one of PLAIN_TYPES or `records` (iteratively: deep nesting is fine)."""
     stack: list[tuple[Any, str]] = [(obj, where)]
+    seen: set[int] = set()  # pickle's memo can make a container hold itself: visit each one once
     while stack:
         value, at = stack.pop()
+        if isinstance(value, (dict, list, tuple, PickledRecord)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
         if type(value) in records:
             stack.append((getattr(value, "fields", {}), f"{at}.fields"))
             continue
