@@ -101,7 +101,7 @@ class UnknownBaselineError(KeyError):
 
 def register_baseline(
     name: str,
-    families: Sequence[str] = ("mq", "vit"),
+    families: Sequence[str] = ("mq", "vit", "nas"),
     doc: str = "",
     *,
     formula: str | None = None,
@@ -147,7 +147,7 @@ def list_baselines(family: str | None = None) -> list[Baseline]:
 
 
 def applicable_baselines(family: str) -> list[str]:
-    """Return the names of the baselines that apply to benchmarks of `family` ("mq" or "vit"), sorted."""
+    """Return the names of the baselines that apply to benchmarks of `family` ("mq", "vit" or "nas"), sorted."""
     return [b.name for b in list_baselines(family)]
 
 

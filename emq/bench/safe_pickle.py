@@ -7,13 +7,19 @@ reducer is ever looked up, let alone called; persistent ids and the copyreg
 extension registry are refused as well. What pickle can encode without globals —
 dict, list, tuple, str, int, float, bool, None (and bytes / sets, which are
 rejected afterwards) — loads normally.
+
+`load_record_pickle` is the one widening: a file written with a few known classes
+(e.g. analog-nasbench's `Architecture`) loads when the caller maps exactly those
+(module, name) pairs to `PickledRecord` subclasses of its own. Such a class only
+stores the state dict that the pickle's BUILD hands it; its constructor takes no
+arguments, so a REDUCE on it cannot pass any, and every other global is refused.
 """
 from __future__ import annotations
 
 import io
 import pickle
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Mapping
 
 #: The only types a plain-data pickle may contain.
 PLAIN_TYPES = (dict, list, tuple, str, int, float, bool, type(None))
@@ -41,6 +47,47 @@ class PlainDataUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{self.source}: refusing a persistent id; only plain data is accepted")
 
 
+class PickledRecord:
+    """A plain record standing in for a pickled class: it keeps BUILD's state dict in `fields`, nothing more.
+
+    Subclasses must declare `__slots__ = ()` so that no attribute but `fields` exists.
+    """
+
+    __slots__ = ("fields",)
+
+    def __init__(self) -> None:
+        self.fields: dict[str, Any] = {}
+
+    def __setstate__(self, state: Any) -> None:
+        # A TypeError here becomes the loader's one-line "not a readable pickle" error.
+        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise TypeError(f"the state of a {type(self).__name__} must be a dict with string keys, "
+                            f"got {type(state).__name__}")
+        self.fields = dict(state)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({getattr(self, 'fields', {})!r})"
+
+
+RecordClasses = Mapping[tuple[str, str], type[PickledRecord]]
+
+
+class RecordUnpickler(PlainDataUnpickler):
+    """An unpickler that maps exactly the given (module, name) globals to PickledRecord classes and refuses the rest."""
+
+    def __init__(self, file: BinaryIO, source: str, classes: RecordClasses) -> None:
+        super().__init__(file, source)
+        self.classes = dict(classes)
+
+    def find_class(self, module: str, name: str) -> Any:
+        cls = self.classes.get((module, name))
+        if cls is None:
+            known = ", ".join(f"{m}.{n}" for m, n in self.classes)
+            raise UnsafePickleError(f"{self.source}: refusing to load the global {module}.{name}: only {known} "
+                                    f"are accepted (read as plain records), so nothing in the file is executed")
+        return cls
+
+
 def load_plain_pickle(source: str | Path | bytes | BinaryIO) -> Any:
     """Return the plain-data content of a pickle (path, bytes or binary file), refusing any global.
 
@@ -56,23 +103,48 @@ def load_plain_pickle(source: str | Path | bytes | BinaryIO) -> Any:
     return _load(source, getattr(source, "name", "<pickle>"))
 
 
-def _load(f: BinaryIO, name: str) -> Any:
+def load_record_pickle(path: str | Path, classes: RecordClasses) -> Any:
+    """Return the content of a pickle file whose only globals are the keys of `classes`, loaded as those records.
+
+    Plain data loads as in `load_plain_pickle`; each mapped global becomes its
+    PickledRecord class (`fields` = the pickled state). Raises `UnsafePickleError`
+    naming the file and the global for anything else, and `ValueError` naming the
+    file for a truncated or corrupt one.
+    """
+    for cls in classes.values():
+        if not (isinstance(cls, type) and issubclass(cls, PickledRecord)):
+            raise TypeError(f"record classes must subclass PickledRecord, got {cls!r}")
+    with open(path, "rb") as f:
+        return _load(f, str(path), classes)
+
+
+def _load(f: BinaryIO, name: str, classes: RecordClasses | None = None) -> Any:
     try:
-        obj = PlainDataUnpickler(f, name).load()
+        reader = PlainDataUnpickler(f, name) if classes is None else RecordUnpickler(f, name, classes)
+        obj = reader.load()
     except UnsafePickleError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
             AttributeError, MemoryError, UnicodeDecodeError, OverflowError) as exc:
         raise ValueError(f"{name}: not a readable pickle ({type(exc).__name__}: {exc})") from exc
-    _check_plain(obj, name, "top level")
+    records = tuple(classes.values()) if classes is not None else ()
+    _check_plain(obj, name, "top level", records)
     return obj
 
 
-def _check_plain(obj: Any, name: str, where: str) -> None:
-    """Fail if anything inside `obj` is not one of PLAIN_TYPES (iteratively: deep nesting is fine)."""
+def _check_plain(obj: Any, name: str, where: str, records: tuple[type, ...] = ()) -> None:
+    """Fail if anything inside `obj` is not one of PLAIN_TYPES or `records` (iteratively: deep nesting is fine)."""
     stack: list[tuple[Any, str]] = [(obj, where)]
+    seen: set[int] = set()  # pickle's memo can make a container hold itself: visit each one once
     while stack:
         value, at = stack.pop()
+        if isinstance(value, (dict, list, tuple, PickledRecord)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+        if type(value) in records:
+            stack.append((getattr(value, "fields", {}), f"{at}.fields"))
+            continue
         if type(value) not in PLAIN_TYPES:
             raise UnsafePickleError(f"{name}: {at} holds a {type(value).__name__}; only plain data "
                                     f"(dict, list, tuple, str, int, float, bool, None) is accepted")
