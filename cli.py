@@ -328,9 +328,10 @@ BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
                    "then study.md with the discovery verdict over all runs (overrides --seed).")
 @click.option("--batch-seeds", default=None,
               help="Comma-separated batch seeds for a study, e.g. 0,1 (overrides --batch-seed).")
-@click.option("--fitness", type=click.Choice(["partial", "plain"]), default="partial", show_default=True,
-              help="partial: Kendall/Spearman beyond the best trivial predictor (chosen on the search split), "
-                   "so disguised size counts and quantized losses earn nothing; plain: the rank correlation itself.")
+@click.option("--fitness", type=click.Choice(["partial", "residual", "plain"]), default="partial", show_default=True,
+              help="partial: min(plain, partialled on the best trivial predictor chosen on the search split), so "
+                   "disguised size counts and quantized losses earn nothing and backwards rankers earn less; "
+                   "residual: the partialled value alone (finds complements); plain: the rank correlation itself.")
 @click.option("--hof-size", default=10, show_default=True, help="Elite programs carried into every generation.")
 @click.option("--max-search", default=160, show_default=True, type=int,
               help="Use at most N networks of the search split (bounds memory and time; 0 = all). "

@@ -122,6 +122,22 @@ def partial_correlation(metric: Metric, scores: np.ndarray, truth: np.ndarray, c
     return float((r_xy - r_xz * r_yz) / np.sqrt(denom))
 
 
+def beyond_trivial(metric: Metric, scores: np.ndarray, truth: np.ndarray, control: np.ndarray) -> float:
+    """Return min(plain, partial) correlation: what a program adds beyond `control`, capped by how it ranks alone.
+
+    The partial correlation alone rewards complements, not proxies: on vit-digits a
+    search under it found programs ranking *against* the truth (Kendall -0.63) whose
+    residual after removing the embedding width still carried signal. The minimum
+    pays a program only if it ranks well on its own and adds to the control; a
+    disguised control scores 0, a backwards ranker its (negative) plain value.
+    """
+    plain = metric(scores, truth)
+    partial = partial_correlation(metric, scores, truth, control)
+    if not (np.isfinite(plain) and np.isfinite(partial)):
+        return float("nan")
+    return float(min(plain, partial))
+
+
 @dataclass(frozen=True)
 class PairedDifference:
     """metric(a) - metric(b) on the same candidates, with a paired percentile bootstrap interval."""

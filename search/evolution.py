@@ -37,7 +37,9 @@ from tqdm.auto import tqdm
 
 from emq.atomic import write_json_atomic, write_text_atomic
 from emq.errors import StatUnavailableError
-from emq.fitness import TrivialChoice, bootstrap_interval, choose_best_trivial, get_metric, joint, partial_correlation
+from emq.fitness import (
+    TrivialChoice, beyond_trivial, bootstrap_interval, choose_best_trivial, get_metric, joint, partial_correlation,
+)
 from emq.proxy import Proxy
 from emq.stats import NetworkStats
 from search.fast_eval import StackedStats, evaluate_stacked
@@ -54,8 +56,9 @@ ENGINE = "emq-search/1"
 STATE_FORMAT = "emq-search-state/1"
 HOF_FORMAT = "emq-hall-of-fame/1"
 CHECKPOINT_DIR = "checkpoint"
-#: "partial": rank correlation beyond the best trivial predictor (default); "plain": the rank correlation itself.
-FITNESS_MODES = ("partial", "plain")
+#: "partial" (default): min(plain, partialled on the best trivial predictor) (`emq.fitness.beyond_trivial`);
+#: "residual": the partial correlation alone (rewards complements of the trivial predictor); "plain": the correlation.
+FITNESS_MODES = ("partial", "residual", "plain")
 
 
 class RunFolderError(ValueError):
@@ -80,9 +83,11 @@ class SearchConfig:
     disables), `arch_eta_limit` those whose probe scores are a function of one
     architecture hyperparameter (eta squared of the ranks; above 1 disables).
     `fitness` "partial" (the default) pays only for what a program adds beyond the
-    best trivial predictor of each target, chosen on the search split: Kendall (or
-    Spearman) partialled on it (`emq.fitness.partial_correlation`); "plain" is the
-    plain rank correlation. Without trivial predictors both are the same.
+    best trivial predictor of each target, chosen on the search split, and never more
+    than it ranks on its own: min(plain, partialled) Kendall or Spearman
+    (`emq.fitness.beyond_trivial`); "residual" is the partialled value alone
+    (`emq.fitness.partial_correlation`: it finds complements that rank badly alone);
+    "plain" the plain rank correlation. Without trivial predictors all are the same.
     """
 
     population: int = 64
@@ -458,8 +463,9 @@ class _Engine:
             return {"reason": outcome.reason, "fitness": None, "targets": {}, "probe": None}
         plain = {t: self.metric(outcome.scores, col) for t, col in self.truth.items()}
         per = dict(plain)
-        if self.config.fitness == "partial":
-            per = {t: partial_correlation(self.metric, outcome.scores, col, self.controls[t][1])
+        if self.config.fitness != "plain":
+            beyond = beyond_trivial if self.config.fitness == "partial" else partial_correlation
+            per = {t: beyond(self.metric, outcome.scores, col, self.controls[t][1])
                    if t in self.controls else plain[t] for t, col in self.truth.items()}
         value = joint(list(per.values()), self.config.joint)
         if not math.isfinite(value):

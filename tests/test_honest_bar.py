@@ -101,3 +101,19 @@ def test_arch_features_read_scalars_and_per_layer_lists():
     feats = arch_features({"hidden_dim": 64, "depth": 3, "mlp_ratio": [1.0, 2.0, 3.0], "name": "x", "flag": True})
     assert feats == {"hidden_dim": 64.0, "depth": 3.0, "mlp_ratio_mean": 2.0, "mlp_ratio_sum": 6.0}
     assert arch_features(None) == {}
+
+
+def test_default_fitness_pays_a_complement_that_ranks_backwards_nothing_positive():
+    # -z + w: anti-correlated with y = z + w alone, yet its residual after z is w. The partial value
+    # rewards it; the default (min of plain and partial) does not.
+    from emq.fitness import beyond_trivial
+
+    rng = np.random.default_rng(7)
+    z, w = rng.normal(size=(2, 300))
+    y = 2 * z + w
+    complement = -z + 0.5 * w
+    assert partial_correlation(kendall, complement, y, z) > 0.1
+    assert beyond_trivial(kendall, complement, y, z) < 0
+    proxy = y + 0.3 * rng.normal(size=300)  # good alone and beyond z
+    assert beyond_trivial(kendall, proxy, y, z) > 0.3
+    assert beyond_trivial(kendall, z, y, z) == 0.0
