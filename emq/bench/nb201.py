@@ -63,12 +63,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from emq.bench import digits
 from emq.bench.base import Batch, Benchmark, Candidate
 from emq.bench.nb201_cells import all_cells, is_degenerate, op_counts, unique_cells
 from emq.bench.registry import register_benchmark
 from emq.bench.safe_pickle import PickledRecord, load_record_pickle
 from emq.bench.sample_images import photo_crops
+from emq.bench.vit_bench101 import vit_batch
 from emq.errors import InputFileError
 from emq.models.nb201 import IMG_SIZE, NUM_CLASSES, OP_NAMES, check_cell, count_params, nb201
 
@@ -251,16 +251,8 @@ def nb201_batch(source: str, seed: int, size: int) -> Batch:
     if source == "photos":
         x, y = photo_crops(seed, size, resolution=IMG_SIZE, num_classes=NUM_CLASSES)
         return Batch(inputs=x, labels=y, source=f"sklearn-photo-crops-{IMG_SIZE}x{IMG_SIZE}x3", seed=seed)
-    if source == "digits":
-        x, y = digits.batch(seed, size, resolution=IMG_SIZE, channels=3)
-        return Batch(inputs=x, labels=y, source=f"digits-train-{IMG_SIZE}x{IMG_SIZE}x3", seed=seed)
-    if source == "gaussian":
-        if size < 1:
-            raise ValueError(f"batch size must be positive, got {size}")
-        g = torch.Generator().manual_seed(int(seed))
-        x = torch.randn(size, 3, IMG_SIZE, IMG_SIZE, generator=g)
-        y = torch.randint(0, NUM_CLASSES, (size,), generator=g)
-        return Batch(inputs=x, labels=y, source=f"gaussian-{IMG_SIZE}x{IMG_SIZE}x3", seed=seed)
+    if source in ("digits", "gaussian"):
+        return vit_batch(source, seed, size, num_classes=NUM_CLASSES, resolution=IMG_SIZE)
     raise ValueError(f"unknown NB201 batch source {source!r}; choose one of {', '.join(BATCH_SOURCES)}")
 
 
