@@ -1,39 +1,63 @@
 """`emq` command line: parse options, call one library function, print a short summary."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
 
+class UserError(click.ClickException):
+    """A user or environment error as the CLI reports it: one line on stderr, exit code 2 (like a bad option)."""
+
+    exit_code = 2
+
+
 def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's expected errors (bad files, unknown names) into one-line CLI errors."""
+    """Turn the library's user errors (bad files, unknown names, bad paths) into one-line CLI errors, exit code 2.
+
+    Anything else is a bug and keeps its traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from emq.errors import USER_ERRORS
+        from emq.errors import one_line
 
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS + _search_errors() as err:
-            raise click.ClickException(str(err)) from None
+        except _user_errors() as err:
+            raise UserError(one_line(_describe(err))) from None
 
     return wrapper
 
 
-def _search_errors() -> tuple[type[BaseException], ...]:
-    """The search layer's user errors (it sits above emq, so emq.errors cannot list them)."""
-    from search.evolution import ResumeError, RunFolderError
-    from search.pool import BackendUnavailableError
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Every exception type that reports bad input or environment, not a bug.
 
-    return (ResumeError, BackendUnavailableError, RunFolderError)
+    `EMQUserError` covers emq and search; the others come from layers that cannot
+    import it (primitives), from code another change owns (baselines), or from the
+    operating system (a missing file, a folder without write permission).
+    """
+    from emq.baselines import UnknownBaselineError
+    from emq.errors import EMQUserError
+    from primitives import UnknownOpError
+
+    return (EMQUserError, UnknownOpError, UnknownBaselineError, FileNotFoundError, PermissionError,
+            NotADirectoryError, IsADirectoryError, FileExistsError)
+
+
+def _describe(err: BaseException) -> str:
+    """Return the message of a user error; an OS error also names its path and what to check."""
+    if isinstance(err, OSError) and err.filename is not None and not isinstance(err, FileNotFoundError):
+        return f"{err.filename}: {err.strerror or err}; check the path and its permissions"
+    return str(err)
 
 
 data_dir_option = click.option(
@@ -279,6 +303,7 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
     from emq.proxy import Proxy
     from emq.scoring import score_benchmark
 
+    _check_out(out_file, proxy_files)
     proxies = {p.stem: Proxy.load(p) for p in proxy_files}  # bad proxies fail before any heavy work
     proxies.update({f"formula{i + 1}" if len(formulas) > 1 else "formula": Proxy.from_formula(f) for i, f in enumerate(formulas)})
     bench_obj = _ensure_built(name, resolve(data_dir))
@@ -327,7 +352,9 @@ BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="loky", show_default=True,
               help="joblib backend of the evaluation pool; dask needs --scheduler or starts a LocalCluster.")
 @click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) for --backend dask.")
-@click.option("--workers", default=None, type=int, help="Pool workers (default: CPU cores).")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Pool workers (default: usable CPU cores; more needs --force-workers).")
+@click.option("--force-workers", is_flag=True, help="Allow more --workers than usable cores.")
 @click.option("--baseline", "baseline_names", multiple=True,
               help="Baselines to compare on held-out (repeatable; default: every cheap program baseline).")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -337,7 +364,7 @@ BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
 @_friendly_errors
 def search(name: str, data_dir: Path | None, targets: str | None, joint: str, metric: str, population: int,
            generations: int, seed: int, hof_size: int, max_search: int | None, seed_proxy_files: tuple[Path, ...],
-           backend: str, scheduler: str | None, workers: int | None, baseline_names: tuple[str, ...],
+           backend: str, scheduler: str | None, workers: int | None, force_workers: bool, baseline_names: tuple[str, ...],
            run_dir: Path | None, resume: bool, batch_seed: int, batch_size: int, init_seed: int,
            dtype: str, hessian_samples: int, device: str | None) -> None:
     """Evolve proxy programs that rank benchmark NAME's candidates like its ground truth.
@@ -362,6 +389,7 @@ def search(name: str, data_dir: Path | None, targets: str | None, joint: str, me
     from search.benchmark import search_benchmark
     from search.evolution import SearchConfig
     from search.pool import EvaluationPool
+    from search.run_lock import run_folder_lock
 
     seeds = tuple(Proxy.load(p).formula() for p in seed_proxy_files)
     bench_obj = _ensure_built(name, resolve(data_dir))
@@ -376,11 +404,14 @@ def search(name: str, data_dir: Path | None, targets: str | None, joint: str, me
         raise click.UsageError(str(err)) from None
     config = _stats_config(batch_seed, batch_size, init_seed, dtype, hessian_samples, device)
     command = _command_line()
+    workers = _checked_workers(backend, workers, force_workers)
     start = time.perf_counter()
-    with EvaluationPool(backend, n_jobs=workers, scheduler=scheduler, device=config.device) as pool:
-        result = search_benchmark(bench_obj, config, cfg, run_dir, pool=pool,
-                                  baselines=list(baseline_names) or None, max_search=max_search or None, progress=True,
-                                  resume=resume, command=command)
+    # The run folder is locked before the statistics are computed, so a second search on it fails at once.
+    with run_folder_lock(run_dir), _worker_crashes(backend):
+        with EvaluationPool(backend, n_jobs=workers, scheduler=scheduler, device=config.device) as pool:
+            result = search_benchmark(bench_obj, config, cfg, run_dir, pool=pool,
+                                      baselines=list(baseline_names) or None, max_search=max_search or None,
+                                      progress=True, resume=resume, command=command)
     seconds = time.perf_counter() - start
     if not result.hall_of_fame:
         raise click.ClickException(f"no valid program survived screening; see {run_dir / 'log.jsonl'}")
@@ -388,6 +419,46 @@ def search(name: str, data_dir: Path | None, targets: str | None, joint: str, me
     best = result.hall_of_fame[0]
     click.echo(f"best proxy: {best['formula']}")
     click.echo(f"done in {seconds:.0f} s; run folder {run_dir} (export: emq export {run_dir} --top 1 -o proxy.json)")
+
+
+def _checked_workers(backend: str, workers: int | None, force: bool) -> int | None:
+    """Return --workers after checking it against the usable cores; print what local workers will cost.
+
+    Each local worker process imports torch and holds its own copy of the search
+    statistics, so more workers than cores only add memory and contention.
+    """
+    from search.pool import usable_cores
+
+    if backend not in ("loky", "threading"):
+        return workers
+    cores = usable_cores()
+    if workers is not None and workers > cores and not force:
+        raise click.BadParameter(f"{workers} workers for {cores} usable core(s): more workers than cores only add "
+                                 f"memory; use at most {cores}, or add --force-workers", param_hint="--workers")
+    n = workers or cores
+    if backend == "loky":
+        click.echo(f"pool: {n} worker process(es); each needs about {WORKER_BASE_MB} MB for torch plus its own copy "
+                   "of the search statistics (ViT statistics: tens to hundreds of MB per network; see --max-search)",
+                   err=True)
+    return workers
+
+
+#: Resident memory of a worker after importing torch and the project (about 230 MB measured with the CPU wheel,
+#: rounded up for its working buffers).
+WORKER_BASE_MB = 300
+
+
+@contextlib.contextmanager
+def _worker_crashes(backend: str) -> Iterator[None]:
+    """Report a pool worker that died (killed, out of memory) as one line instead of exiting silently."""
+    try:
+        yield
+    except Exception as err:
+        name = type(err).__name__
+        if name in ("TerminatedWorkerError", "BrokenProcessPool") or (name == "KilledWorker" and backend == "dask"):
+            raise UserError(f"a {backend} pool worker died during the search ({name}: often out of memory); rerun "
+                            "with fewer --workers or --backend serial, adding --resume to continue the run") from None
+        raise
 
 
 def _parse_targets(targets: str | None, columns: list[str], name: str) -> list[str] | None:
@@ -468,6 +539,17 @@ def _numbers(text: str, cast: Callable[[str], Any], option: str) -> list[Any]:
     if not values:
         raise click.UsageError(f"{option}: expected a number or comma-separated numbers, got {text!r}")
     return values
+
+
+def _check_out(out_file: Path | None, inputs: tuple[Path, ...]) -> None:
+    """Fail before any work if `--out` cannot be written safely or would overwrite one of the inputs."""
+    if out_file is None:
+        return
+    from emq.atomic import check_not_inputs, check_output_path
+
+    check_output_path(out_file)
+    check_not_inputs([out_file], [p for p in inputs if not p.is_dir()]
+                     + [q for p in inputs if p.is_dir() for q in p.rglob("*") if q.is_file()])
 
 
 def _write_report(out_file: Path, markdown: str | None, data: Any) -> None:
@@ -554,6 +636,7 @@ def apply_mq(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], fo
     from emq.apply.mq import COMPARE_BASELINES, benchmark_objective, compare_mq, precheck
     from emq.paths import data_dir as resolve
 
+    _check_out(out_file, proxy_files)
     proxies = _load_proxies(proxy_files, formulas)
     budgets = [Budget(v, budget_unit) for v in _numbers(budget_text, float, "--budget")]
     bench_obj = _ensure_built(name, resolve(data_dir))
@@ -647,6 +730,7 @@ def apply_vit(space: str, proxy_files: tuple[Path, ...], formulas: tuple[str, ..
 
     from emq.apply.arch import ArchObjective, get_space, search_arch
 
+    _check_out(out_file, proxy_files)
     proxies = _load_proxies(proxy_files, formulas)
     budgets = _numbers(max_params_text, int, "--max-params")
     if any(b < 1 for b in budgets):

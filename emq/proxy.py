@@ -20,17 +20,18 @@ import numpy as np
 import torch
 
 from emq.atomic import write_json_atomic
+from emq.errors import EMQUserError
 from emq.stats import STATS, NetworkStats
 from primitives import Kind, UnknownOpError, get_op
 
 FORMAT = "emq-proxy/1"
 
 
-class ProxyFormatError(ValueError):
+class ProxyFormatError(EMQUserError, ValueError):
     """A program that cannot be built: unknown op/stat, type error, malformed JSON or formula."""
 
 
-class ProxyEvaluationError(RuntimeError):
+class ProxyEvaluationError(EMQUserError, RuntimeError):
     """A program failed on a network's statistics; `reason` is a short, countable label."""
 
     def __init__(self, reason: str, detail: str) -> None:

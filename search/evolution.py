@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -35,8 +36,8 @@ import numpy as np
 from deap import base, creator
 from tqdm.auto import tqdm
 
-from emq.atomic import write_json_atomic, write_text_atomic
-from emq.errors import StatUnavailableError
+from emq.atomic import check_not_inputs, check_output_path, write_json_atomic, write_text_atomic
+from emq.errors import EMQUserError, StatUnavailableError
 from emq.fitness import bootstrap_interval, get_metric, joint
 from emq.proxy import Proxy
 from emq.stats import NetworkStats
@@ -45,6 +46,7 @@ from search.generate import Grammar, GrowConfig, random_program
 from search.niches import NicheHallOfFame, count_niches, rank_vector, representatives, tournament
 from search.operators import Limits, crossover, mutate
 from search.pool import EvaluationPool, StatsSource, worker_device
+from search import run_lock
 from search.report import plot_evolution, plot_scatter
 from search.rng import SearchRNG
 from search.screening import UNDEFINED_FITNESS, Outcome, ScreenLimits
@@ -56,12 +58,16 @@ HOF_FORMAT = "emq-hall-of-fame/1"
 CHECKPOINT_DIR = "checkpoint"
 
 
-class RunFolderError(ValueError):
+class RunFolderError(EMQUserError, ValueError):
     """A run folder's hall_of_fame.json is not one this engine wrote; the message names the file."""
 
 
-class ResumeError(ValueError):
+class ResumeError(EMQUserError, ValueError):
     """A run folder cannot be started or resumed as asked (it holds a run, or one with another config)."""
+
+
+class SeedProxyError(EMQUserError, ValueError):
+    """A `--seed-proxies` program the search cannot use (too large, or reads statistics it lacks)."""
 
 
 @dataclass(frozen=True)
@@ -261,6 +267,7 @@ def run_search(
         probe_index = list(range(k))
     stats_names = list(config.stats or sorted(set.intersection(*(s.available() for s in search_stats))))
     grammar = Grammar(stats_names, GrowConfig(config.max_depth, config.max_size, op_weights=dict(config.op_weights)))
+    run_lock.acquire(run_dir)  # before any write: a second search on this folder fails here, at once
     own_pool = pool is None
     pool = pool or EvaluationPool("serial")
     workload = None
@@ -292,6 +299,7 @@ def run_search(
             pool.detach(workload)
         if own_pool:
             pool.close()
+        run_lock.release(run_dir)
 
 
 def _short(value: float | None) -> str:
@@ -320,14 +328,14 @@ class _Engine:
                 raise ResumeError(f"{self.run_dir} already holds a search; resume it (resume=True / --resume) "
                                   "or choose another folder")
             return self._restore(state_path)
+        seen: set[str] = set()
+        population = self._seeded(seen)  # checked before the first write: a bad seed leaves no half-started run
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.run_dir / "config.json", {"search": self.config.to_json(), "stats": self.grammar.stats,
                                                         "targets": list(self.truth), "engine": ENGINE})
         rng = SearchRNG.from_seed(self.config.seed)
         state = _State(-1, [], NicheHallOfFame(self.config.hof_size, self.config.niche_threshold), OrderedDict(), rng)
         start = time.perf_counter()
-        seen: set[str] = set()
-        population = self._seeded(seen)
         population += self._fresh(state, self.config.population - len(population), seen)
         stats = self._evaluate(state, population)
         self._advance(state, population, stats, start)
@@ -376,6 +384,10 @@ class _Engine:
         out = []
         for formula in self.config.seed_formulas[: self.config.population]:
             tree = parse_tree(formula)
+            if tree.size > self.config.max_size or tree.depth > self.config.max_depth:
+                raise SeedProxyError(f"seed proxy {formula!r} has {tree.size} nodes and depth {tree.depth}; this "
+                                     f"search allows at most {self.config.max_size} nodes and depth "
+                                     f"{self.config.max_depth}: seed a smaller program")
             missing = sorted(tree.stats() - set(self.grammar.stats))
             if missing:
                 raise StatUnavailableError(f"seed proxy {formula!r} uses statistic(s) {missing} that this search's networks "
@@ -481,14 +493,30 @@ class _Engine:
         write_text_atomic(self.run_dir / "log.jsonl", "".join(json.dumps(row) + "\n" for row in state.log))
 
     def _restore(self, path: Path) -> _State:
+        """Return the checkpointed state; a damaged checkpoint or a contradicting config is a ResumeError."""
+        try:
+            return self._restore_checked(path)
+        except ResumeError:
+            raise
+        except pickle.UnpicklingError:
+            raise ResumeError(f"{path.parent}: the random-state file was refused: it holds more than plain tensors "
+                              "(nothing in it was run); restore the run folder from a copy or start a new one") from None
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError, EOFError, OSError) as err:
+            detail = str(err).splitlines()[0][:160] if str(err) else ""
+            raise ResumeError(f"{path.parent}: the checkpoint is damaged ({type(err).__name__}: {detail}); "
+                              "restore the run folder from a copy, or start a new run folder") from None
+
+    def _restore_checked(self, path: Path) -> _State:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != STATE_FORMAT:
-            raise ValueError(f"{path}: not an {STATE_FORMAT} checkpoint")
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+            raise ResumeError(f"{path}: not an {STATE_FORMAT} checkpoint; restore the run folder or start a new one")
         saved = SearchConfig.from_json(data["config"])
         conflicts = self.config.resume_conflicts(saved)
         if conflicts:
-            raise ResumeError(f"cannot resume {self.run_dir}: the config differs in {conflicts} "
-                             "(only `generations` may change); start a new run folder instead")
+            mine, theirs = self.config.to_json(), saved.to_json()
+            diff = "; ".join(f"{k}: checkpoint {theirs[k]!r}, asked {mine[k]!r}" for k in conflicts)
+            raise ResumeError(f"cannot resume {self.run_dir}: the settings contradict its checkpoint ({diff}); "
+                              "only `generations` may change: drop the contradicting options or start a new run folder")
         rng = SearchRNG.restore(data["rng"], path.parent / data["torch_rng"])
         hof = NicheHallOfFame(self.config.hof_size, self.config.niche_threshold)
         hof.restore([_individual(e) for e in data["hall_of_fame"]])
@@ -587,12 +615,21 @@ def export_run(run_dir: str | Path, top: int = 1, out: str | Path = "proxy.json"
     (`proxy-1.json`, `proxy-2.json`, ...).
     """
     out = Path(out)
+    if top < 1:
+        raise RunFolderError(f"top must be at least 1, got {top}")
     proxies = export_proxies(run_dir, top)
     if not proxies:
-        raise ValueError(f"{run_dir}: the hall of fame is empty (no program passed screening)")
+        raise RunFolderError(f"{run_dir}: the hall of fame is empty (no program passed screening)")
     if len(proxies) == 1 and top == 1:
-        return [proxies[0].save(out)]
-    return [p.save(out.with_name(f"{out.stem}-{i}{out.suffix}")) for i, p in enumerate(proxies, start=1)]
+        paths = [out]
+    else:
+        paths = [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, len(proxies) + 1)]
+    # Everything is checked before the first write, so a refused export leaves no partial set behind,
+    # and no output may land on a file of the run folder it reads (its hall of fame, config, checkpoint).
+    for path in paths:
+        check_output_path(path)
+    check_not_inputs(paths, [p for p in Path(run_dir).rglob("*") if p.is_file()])
+    return [p.save(path) for p, path in zip(proxies, paths)]
 
 
 def export_proxies(run_dir: str | Path, top: int = 1) -> list[Proxy]:

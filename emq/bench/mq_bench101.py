@@ -56,6 +56,7 @@ from emq.bench import digits
 from emq.bench.base import Batch, Benchmark, Candidate
 from emq.bench.registry import register_benchmark
 from emq.bench.safe_pickle import load_plain_pickle
+from emq.errors import EMQUserError
 from emq.models.resnet import fold_batchnorm, load_state_dict, resnet18
 
 BENCH_NAME = "mq-bench-101"
@@ -82,7 +83,7 @@ MAPPING_HELP = (f"EMQ's ResNet-18 order has {BIT_CFG_LENGTH} entries: conv1, the
                 "layerN.0.downsample.0), then fc")
 
 
-class MQBenchFileError(ValueError):
+class MQBenchFileError(EMQUserError, ValueError):
     """The MQ-Bench-101 ground-truth file is missing or malformed (the message names file and record)."""
 
 

@@ -34,6 +34,7 @@ from emq.bench import digits
 from emq.bench.base import Batch, Benchmark, BenchmarkNotBuiltError, Candidate
 from emq.bench.gt_json import read_gt_json
 from emq.bench.registry import register_benchmark, register_builder
+from emq.errors import EMQUserError
 from emq.models.digits_cnn import DigitsResNet, digits_resnet
 from emq.models.resnet import fold_batchnorm
 from emq.paths import results_dir
@@ -352,7 +353,7 @@ def baseline_taus(gt: dict[str, Any]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- load
 
 
-class GroundTruthError(ValueError):
+class GroundTruthError(EMQUserError, ValueError):
     """A ground-truth file is malformed; the message names the file and the field."""
 
 

@@ -15,11 +15,13 @@ import pickle
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from emq.errors import EMQUserError
+
 #: The only types a plain-data pickle may contain.
 PLAIN_TYPES = (dict, list, tuple, str, int, float, bool, type(None))
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(EMQUserError, pickle.UnpicklingError):
     """The pickle references code (a global, a persistent id) or holds a non-plain value."""
 
 
