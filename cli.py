@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -91,19 +92,43 @@ def _set_stat_names(ctx: click.Context, param: click.Parameter, value: str | Non
     ctx.meta[STAT_NAMES_KEY] = names
 
 
+#: Largest --batch-size: statistics keep per-image activations, and the digits splits hold a few hundred images.
+MAX_BATCH_SIZE = 1024
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Fail on a --device torch does not know, or one this machine does not have (CUDA without a GPU)."""
+    if value is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise click.BadParameter(f"{value!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise click.BadParameter(f"{value!r}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise click.BadParameter(f"{value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise click.BadParameter(f"{value!r}: EMQ computes statistics on cpu or cuda devices only")
+    return value
+
+
 def _stats_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--stats", "stat_names", default=None, expose_value=False, callback=_set_stat_names,
                      help="Comma-separated statistics to compute and cache, e.g. weight,grad,virtual_grad "
                           "(default: every applicable one; on 224x224 ViTs name a few: see `emq stats --list` "
                           "and README 'ViT statistics and memory'). Baselines add what they need."),
-        click.option("--batch-seed", default=0, show_default=True, help="Seed of the fixed input batch (recorded with every score)."),
-        click.option("--batch-size", default=16, show_default=True, help="Images in the batch the statistics are computed on."),
-        click.option("--init-seed", default=0, show_default=True, help="Seed of random initialisation (benchmarks without trained weights)."),
+        click.option("--batch-seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the fixed input batch (recorded with every score)."),
+        click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, MAX_BATCH_SIZE), help="Images in the batch the statistics are computed on."),
+        click.option("--init-seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of random initialisation (benchmarks without trained weights)."),
         click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
                      help="Storage dtype of cached statistics (float16 halves memory; programs evaluate in float32)."),
-        click.option("--hessian-samples", default=2, show_default=True, help="Hutchinson samples for hessian_diag."),
-        click.option("--device", default=None, help="torch device for statistics (default: cuda if present, else cpu)."),
+        click.option("--hessian-samples", default=2, show_default=True, type=click.IntRange(1, 1000), help="Hutchinson samples for hessian_diag."),
+        click.option("--device", default=None, callback=_check_device, help="torch device for statistics (default: cuda if present, else cpu)."),
         click.option("--vit-batch", type=click.Choice(["digits", "gaussian"]), default=None, expose_value=False,
                      callback=_set_vit_batch, is_eager=True,
                      help="Input batch of ViT-Bench-101 benchmarks (their datasets are not offline): embedded digits "
@@ -185,18 +210,20 @@ def bench_list() -> None:
 
 @bench.command("build")
 @click.argument("name")
-@click.option("--seed", default=0, show_default=True, help="Seed of training, splits and sampled configurations.")
-@click.option("--num-configs", default=None, type=int, help="Number of candidates to measure (default: the benchmark's own).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of training, splits and sampled configurations.")
+@click.option("--num-configs", default=None, type=click.IntRange(min=1), help="Number of candidates to measure (default: the benchmark's own).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing build (e.g. the committed results/NAME).")
 @_friendly_errors
-def bench_build(name: str, seed: int, num_configs: int | None) -> None:
+def bench_build(name: str, seed: int, num_configs: int | None, overwrite: bool) -> None:
     """Build embedded benchmark NAME offline (train, then measure every candidate).
 
-    Deterministic given --seed. Example: emq bench build mq-digits --seed 0
+    Deterministic given --seed. An existing build (such as the committed one under
+    results/) is replaced only with --overwrite. Example: emq bench build mq-digits --seed 0
     """
     from emq.bench.registry import get_builder
 
     builder = get_builder(name)
-    kwargs: dict[str, Any] = {"seed": seed}
+    kwargs: dict[str, Any] = {"seed": seed, "overwrite": overwrite}
     if num_configs is not None:
         kwargs["num_configs"] = num_configs
     start = time.perf_counter()
@@ -207,7 +234,7 @@ def bench_build(name: str, seed: int, num_configs: int | None) -> None:
 @bench.command("show")
 @click.argument("name")
 @data_dir_option
-@click.option("--limit", default=5, show_default=True, help="Candidates to print.")
+@click.option("--limit", default=5, show_default=True, type=click.IntRange(min=1), help="Candidates to print.")
 @_friendly_errors
 def bench_show(name: str, data_dir: Path | None, limit: int) -> None:
     """Summarise benchmark NAME: candidates, ground-truth columns and their spread."""
@@ -223,7 +250,7 @@ def bench_show(name: str, data_dir: Path | None, limit: int) -> None:
 @click.argument("name", required=False)
 @data_dir_option
 @_stats_options
-@click.option("--limit", default=None, type=int, help="Only the first N candidates.")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="Only the first N candidates.")
 @click.option("--list", "list_stats", is_flag=True, help="List the statistics catalogue and exit.")
 @_friendly_errors
 def stats(name: str | None, data_dir: Path | None, batch_seed: int, batch_size: int, init_seed: int, dtype: str,
@@ -276,8 +303,9 @@ def _ensure_built(name: str, data_dir: Path | None):
 @click.option("--split", type=click.Choice(["all", "search", "heldout"]), default="all", show_default=True,
               help="Candidates to score: all, or the search / held-out half of the fixed split.")
 @click.option("--targets", default=None, help="Comma-separated ground-truth columns (default: all).")
-@click.option("--bootstrap", "n_boot", default=1000, show_default=True, help="Bootstrap resamples for the 95% intervals.")
-@click.option("--limit", default=None, type=int, help="Only the first N candidates of the split (a quick look).")
+@click.option("--bootstrap", "n_boot", default=1000, show_default=True, type=click.IntRange(10, 1_000_000), help="Bootstrap resamples for the 95% intervals.")
+@click.option("--limit", default=None, type=click.IntRange(min=3),
+              help="Only the first N candidates of the split (a quick look; a rank correlation needs at least 3).")
 @_stats_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -311,8 +339,9 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
     if not proxies and not names:
         raise click.UsageError("nothing to score: give --proxy FILE, --formula TEXT, --baseline NAME or --baselines")
     config = _stats_config(batch_seed, batch_size, init_seed, dtype, hessian_samples, device)
-    report = score_benchmark(bench_obj, proxies, names, config, split=split,
-                             targets=targets.split(",") if targets else None, n_boot=n_boot, limit=limit)
+    target_list = _parse_targets(targets, list(bench_obj.ground_truth()), name)
+    report = score_benchmark(bench_obj, proxies, names, config, split=split, targets=target_list, n_boot=n_boot,
+                             limit=limit)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -340,11 +369,11 @@ BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
               help="How per-column fitness values combine into one (min = the worst column counts).")
 @click.option("--metric", type=click.Choice(["kendall", "spearman"]), default="kendall", show_default=True,
               help="Rank correlation used as fitness.")
-@click.option("--population", default=48, show_default=True, help="Programs per generation.")
-@click.option("--generations", default=15, show_default=True, help="Generations (a resumed run may raise it).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the search (same seed + config = same hall of fame).")
-@click.option("--hof-size", default=10, show_default=True, help="Elite programs carried into every generation.")
-@click.option("--max-search", default=160, show_default=True, type=int,
+@click.option("--population", default=48, show_default=True, type=click.IntRange(min=2), help="Programs per generation.")
+@click.option("--generations", default=15, show_default=True, type=click.IntRange(min=1), help="Generations (a resumed run may raise it).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the search (same seed + config = same hall of fame).")
+@click.option("--hof-size", default=10, show_default=True, type=click.IntRange(min=0), help="Elite programs carried into every generation.")
+@click.option("--max-search", default=160, show_default=True, type=click.IntRange(min=0),
               help="Use at most N networks of the search split (bounds memory and time; 0 = all). "
                    "The held-out split is always scored whole.")
 @click.option("--seed-proxies", "seed_proxy_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -481,7 +510,7 @@ def _command_line() -> str:
 # -------------------------------------------------------------------------- export
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--top", default=1, show_default=True, help="How many of the hall of fame's best programs to export.")
+@click.option("--top", default=1, show_default=True, type=click.IntRange(min=1), help="How many of the hall of fame's best programs to export.")
 @click.option("-o", "--out", "out_file", default="proxy.json", show_default=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output file; with --top > 1, files NAME-1.json, NAME-2.json, ... are written.")
 @_friendly_errors
@@ -536,8 +565,8 @@ def _numbers(text: str, cast: Callable[[str], Any], option: str) -> list[Any]:
         values = [cast(v.strip()) for v in text.split(",") if v.strip()]
     except ValueError:
         raise click.UsageError(f"{option}: expected a number or comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise click.UsageError(f"{option}: expected a number or comma-separated numbers, got {text!r}")
+    if not values or not all(math.isfinite(v) for v in values):
+        raise click.UsageError(f"{option}: expected a number or comma-separated finite numbers, got {text!r}")
     return values
 
 
@@ -597,13 +626,13 @@ def _with(options: list[Callable[..., Any]]) -> Callable[..., Any]:
 @click.option("--compare", is_flag=True,
               help="Also allocate with hawq, bparams, uniform and random configurations and measure every "
                    "configuration's real PTQ test accuracy (mq-digits).")
-@click.option("--random", "random_configs", default=10, show_default=True,
+@click.option("--random", "random_configs", default=10, show_default=True, type=click.IntRange(min=0),
               help="Random feasible configurations measured by --compare.")
 @click.option("--baseline", "baseline_names", multiple=True,
               help="Baseline allocated as an objective by --compare (repeatable; default: hawq and bparams).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the GA and of the random configurations.")
-@click.option("--population", default=30, show_default=True, help="GA population.")
-@click.option("--generations", default=20, show_default=True, help="GA generations.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the GA and of the random configurations.")
+@click.option("--population", default=30, show_default=True, type=click.IntRange(min=2), help="GA population.")
+@click.option("--generations", default=20, show_default=True, type=click.IntRange(min=1), help="GA generations.")
 @click.option("--exact-stats", is_flag=True,
               help="GA only: measure every scored configuration's own quantized network (one statistics pass each) "
                    "instead of the per-layer separable model.")
@@ -701,9 +730,9 @@ def apply_mq(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], fo
 @click.option("--train", is_flag=True,
               help="vit-digits only: train the found arch with the benchmark's recipe and compare it with the "
                    "benchmark's archs under the same budget (best, median, most parameters, proxy's top-1).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the evolutionary search.")
-@click.option("--population", default=16, show_default=True, help="Archs per generation.")
-@click.option("--generations", default=6, show_default=True, help="Generations.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the evolutionary search.")
+@click.option("--population", default=16, show_default=True, type=click.IntRange(min=2), help="Archs per generation.")
+@click.option("--generations", default=6, show_default=True, type=click.IntRange(min=1), help="Generations.")
 @_stats_options
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -69,6 +69,10 @@ Bits = tuple[int, ...]  # one width per layer, in the objective's layer order
 
 
 # ----------------------------------------------------------------------------- budget
+#: More bits per weight than any quantizer uses: a budget above it is no constraint.
+MAX_BITS_PER_WEIGHT = 64
+
+
 @dataclass(frozen=True)
 class Budget:
     """A cap on the model size: `value` megabytes ("mb") or average bits per weight ("avg-bits")."""
@@ -85,6 +89,9 @@ class Budget:
     def cap(self, total_params: int) -> int:
         """Return the largest allowed sum of bits x weights (an integer; `within` holds for it)."""
         scale = 8e6 if self.unit == "mb" else float(total_params)
+        # Beyond 64 bits per weight a budget constrains nothing; capping there keeps huge values (1e308) finite.
+        if self.value * scale >= MAX_BITS_PER_WEIGHT * total_params:
+            return MAX_BITS_PER_WEIGHT * int(total_params)
         cap = math.floor(self.value * scale)
         while (cap + 1) / scale <= self.value:  # float rounding of value * scale
             cap += 1
