@@ -42,7 +42,6 @@ batch is the embedded digits, upsampled to 224x224 and replicated to 3 channels
 from __future__ import annotations
 
 import ast
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,8 @@ from emq.bench.base import Batch, Benchmark, Candidate
 from emq.bench.registry import register_benchmark
 from emq.bench.safe_pickle import load_plain_pickle
 from emq.errors import EMQUserError
+from emq.quant.layers import MAX_WEIGHT_BITS, MIN_WEIGHT_BITS, valid_weight_bits
+from emq.strict_json import loads_strict
 from emq.models.resnet import fold_batchnorm, load_state_dict, resnet18
 
 BENCH_NAME = "mq-bench-101"
@@ -112,9 +113,10 @@ def parse_bit_cfg(value: Any) -> list[int]:
             raise ValueError(f"bit_cfg string is not a Python list of integers: {value[:80]!r}") from exc
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"bit_cfg must be a list of integers (or a string of one), got {type(value).__name__}")
-    bad = [b for b in value if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 32]
+    bad = [b for b in value if not valid_weight_bits(b)]
     if bad:
-        raise ValueError(f"bit_cfg entries must be integers in 1..32, got {bad[:5]}")
+        raise ValueError(f"bit_cfg entries must be integers in {MIN_WEIGHT_BITS}..{MAX_WEIGHT_BITS} (the quantizer's "
+                         f"widths), got {bad[:5]}")
     return list(value)
 
 
@@ -125,9 +127,9 @@ def load_mq_bench101(path: str | Path) -> list[MQBenchRecord]:
         raise MQBenchFileError(f"MQ-Bench-101 ground truth not found: {path}")
     if path.suffix == ".json":
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MQBenchFileError(f"{path}: not valid JSON ({exc})") from exc
+            raw = loads_strict(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:  # syntax, duplicate keys, nesting, not UTF-8
+            raise MQBenchFileError(f"{path}: not valid JSON ({exc})") from None
     else:
         try:
             raw = load_plain_pickle(path)
