@@ -40,6 +40,7 @@ from emq.atomic import check_not_inputs, check_output_path, write_json_atomic, w
 from emq.errors import EMQUserError, StatUnavailableError
 from emq.fitness import bootstrap_interval, get_metric, joint
 from emq.proxy import Proxy
+from emq.strict_json import loads_strict
 from emq.stats import NetworkStats
 from search.fast_eval import StackedStats, evaluate_stacked
 from search.generate import Grammar, GrowConfig, random_program
@@ -507,7 +508,7 @@ class _Engine:
                               "restore the run folder from a copy, or start a new run folder") from None
 
     def _restore_checked(self, path: Path) -> _State:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_strict(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
             raise ResumeError(f"{path}: not an {STATE_FORMAT} checkpoint; restore the run folder or start a new one")
         saved = SearchConfig.from_json(data["config"])
@@ -599,12 +600,17 @@ def load_hall_of_fame(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a finished `emq search` run folder?")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+        data = loads_strict(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # syntax, duplicate keys, nesting, not UTF-8
         raise RunFolderError(f"{path}: not valid JSON ({err}); the file is damaged, rerun or restore it") from None
     if not isinstance(data, dict) or data.get("format") != HOF_FORMAT:
-        raise RunFolderError(f"{path}: not an {HOF_FORMAT} file (field 'format' is {data.get('format')!r}); "
+        found = repr(data.get("format")) if isinstance(data, dict) else f"absent: the file holds a {type(data).__name__}"
+        raise RunFolderError(f"{path}: not an {HOF_FORMAT} file (field 'format' is {found}); "
                              "point to a folder written by `emq search`")
+    programs = data.get("programs")
+    if not isinstance(programs, list) or not all(isinstance(p, dict) and "proxy" in p for p in programs):
+        raise RunFolderError(f"{path}: field 'programs' must be a list of objects with a 'proxy'; the file is "
+                             "damaged, rerun or restore it")
     return data
 
 
