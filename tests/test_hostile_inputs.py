@@ -401,8 +401,18 @@ def test_vit_loader_warns_about_a_fraction_among_percentages(tmp_path):
     from emq.bench.vit_bench101 import load_vit_bench_file
 
     records = [{"arch": ARCH, "c100_kd_acc": v} for v in (70.0, 71.0, 0.72)]
-    with pytest.warns(UserWarning, match="record 2"):
+    with pytest.warns(UserWarning, match="entry 2"):
         load_vit_bench_file(_vit_file(tmp_path, records))
+
+
+def test_mq_bench_ground_truth_mixing_fractions_and_percents_is_refused(tmp_path):
+    from emq.bench.mq_bench101 import MQBench101, MQBenchFileError
+
+    path = tmp_path / "PTQ-GT.json"
+    accs = [0.61, 0.62, 0.63, 64.0]
+    path.write_text(json.dumps({str(i): {"bit_cfg": str([4] * 18), "acc": a} for i, a in enumerate(accs)}))
+    with pytest.raises(MQBenchFileError, match="mixes fractions"):
+        MQBench101(path=path)
 
 
 def test_vit_ground_truth_refused_global_is_named_without_unsafe_advice(run, tmp_path):

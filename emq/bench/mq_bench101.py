@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from emq.bench import digits
+from emq.bench.accuracy_units import accuracy_unit
 from emq.bench.base import Batch, Benchmark, Candidate
 from emq.bench.registry import register_benchmark
 from emq.bench.safe_pickle import load_plain_pickle
@@ -201,7 +202,7 @@ class MQBench101(Benchmark):
         self._state = load_state_dict(self.weights) if self.weights is not None else None
         self.trained_weights = self._state is not None
         accs = np.array([r.acc for r in self.records], dtype=np.float64)
-        self.acc_unit = "fraction" if accs.max() <= 1.0 else "percent"
+        self.acc_unit = accuracy_unit(accs, f"{self.path}: field 'acc'", MQBenchFileError)
         self._acc = accs
         self._candidates = [Candidate(r.idx, bits=bits_from_bit_cfg(r.bit_cfg)) for r in self.records]
 

@@ -38,7 +38,6 @@ import hashlib
 import io
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ import torch
 from torch import nn
 
 from emq.bench import digits
+from emq.bench.accuracy_units import accuracy_unit
 from emq.bench.base import Batch, Benchmark, Candidate
 from emq.bench.registry import register_benchmark
 from emq.bench.safe_pickle import describe_torch_load_error
@@ -134,31 +134,10 @@ def load_vit_bench_file(path: str | Path, space: str | None = None) -> ViTBenchF
         raise InputFileError(f"{path}: no accuracy column found (expected some of {', '.join(ACC_COLUMNS)})")
     columns = {c: np.array(values[c], dtype=np.float64) for c in order}
     for c, v in columns.items():
-        _check_percent(path, c, v)
+        accuracy_unit(v, f"{path}: column {c!r}", InputFileError, percent_only=True)
     missing = {c: int(np.isnan(v).sum()) for c, v in columns.items() if np.isnan(v).any()}
     digest = hashlib.sha256(blob).hexdigest()[:16]
     return ViTBenchFile(path, space, archs, columns, missing, sorted(ignored), digest)
-
-
-def _check_percent(path: Path, column: str, v: np.ndarray) -> None:
-    """Refuse a column of fractions in a percent file; warn about fraction-like values among percentages.
-
-    One unit per file (percent): a column with median <= 1 holds fractions and would
-    rank fine but print nonsense; single values <= 1 among percentages may be real
-    (a collapsed network on 100 classes scores 1%), so they are reported, not refused.
-    """
-    known = v[~np.isnan(v)]
-    if known.size == 0:
-        return
-    median = float(np.median(known))
-    if median <= 1.0:
-        raise InputFileError(f"{path}: column {column!r} looks like fractions (median {median:.4g}); this file's "
-                             "accuracies are percent in [0, 100]: multiply the column by 100")
-    low = np.flatnonzero(~np.isnan(v) & (v <= 1.0))
-    if low.size:
-        warnings.warn(f"{path}: column {column!r} has {low.size} value(s) <= 1 among percentages (median "
-                      f"{median:.4g}), e.g. record {int(low[0])}: {v[low[0]]:.4g}; check they are percent, not "
-                      "fractions", stacklevel=3)
 
 
 def _detect_space(arch: Any, where: str) -> str:
