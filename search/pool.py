@@ -49,7 +49,7 @@ def usable_cores() -> int:
 
 
 class BackendUnavailableError(EMQUserError, RuntimeError):
-    """The chosen parallel backend's package is not installed."""
+    """The chosen parallel backend cannot be used here: its package is not installed, or its scheduler is unreachable."""
 
 
 @dataclass(frozen=True)
@@ -371,7 +371,11 @@ class EvaluationPool:
                 "the dask backend needs the 'distributed' package: pip install 'emq[dask]' (or 'dask[distributed]')"
             ) from None
         if self.scheduler:
-            self._client = Client(self.scheduler)
+            try:
+                self._client = Client(self.scheduler)
+            except (OSError, TimeoutError) as err:  # an environment problem, not a bug: one line
+                raise BackendUnavailableError(f"--scheduler {self.scheduler}: cannot reach the dask scheduler "
+                                              f"({err}); check the address and that the scheduler runs") from None
         else:
             self._cluster = LocalCluster(n_workers=self.n_jobs, threads_per_worker=1, processes=True,
                                          dashboard_address=None)
