@@ -40,14 +40,14 @@ from emq.atomic import check_not_inputs, check_output_path, write_json_atomic, w
 from emq.errors import EMQUserError, StatUnavailableError
 from emq.fitness import bootstrap_interval, get_metric, joint
 from emq.proxy import Proxy
-from emq.strict_json import loads_strict
 from emq.stats import NetworkStats
+from emq.strict_json import loads_strict
+from search import run_lock
 from search.fast_eval import StackedStats, evaluate_stacked
 from search.generate import Grammar, GrowConfig, random_program
 from search.niches import NicheHallOfFame, count_niches, rank_vector, representatives, tournament
 from search.operators import Limits, crossover, mutate
 from search.pool import EvaluationPool, StatsSource, worker_device
-from search import run_lock
 from search.report import plot_evolution, plot_scatter
 from search.rng import SearchRNG
 from search.screening import UNDEFINED_FITNESS, Outcome, ScreenLimits
