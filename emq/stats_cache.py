@@ -112,7 +112,7 @@ def tensor_digest(t: torch.Tensor | None) -> str | None:
     t = t.detach().cpu().contiguous()
     h = hashlib.blake2b(digest_size=12)
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy of large tensors
     return h.hexdigest()
 
 
