@@ -298,7 +298,9 @@ def _ensure_built(name: str, data_dir: Path | None):
 @click.option("--proxy", "proxy_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Proxy JSON file (emq-proxy/1) to score; repeatable.")
 @click.option("--formula", "formulas", multiple=True, help="Proxy formula to score, e.g. 'sum_layers(l2(grad))'; repeatable.")
-@click.option("--baselines", "all_baselines", is_flag=True, help="Also score every baseline that applies to this benchmark.")
+@click.option("--baselines", "all_baselines", is_flag=True,
+              help="Also score every baseline that applies to this benchmark, the trivial predictors included "
+                   "(#params, FLOPs, bit counts, quantized loss, one `arch:<hyperparameter>` per numeric arch setting).")
 @click.option("--baseline", "baseline_names", multiple=True, help="Score this baseline (repeatable); see `emq score --list-baselines`.")
 @click.option("--split", type=click.Choice(["all", "search", "heldout"]), default="all", show_default=True,
               help="Candidates to score: all, or the search / held-out half of the fixed split.")
@@ -317,7 +319,10 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
     """Rank-correlate proxies and baselines with benchmark NAME's ground truth.
 
     Prints Kendall tau and Spearman rho with bootstrap 95% intervals per ground-truth
-    column, and flags degenerate scorers (nonfinite, constant, input_independent).
+    column, each model baseline's measured cost per candidate, and flags degenerate
+    scorers: nonfinite, constant, input_independent, and trivial_equivalent(NAME) for a
+    proxy that ranks like a trivial predictor (|Kendall| >= 0.95) or is a function of
+    one architecture hyperparameter.
 
     \b
     Examples:
@@ -326,7 +331,7 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
       emq score mq-digits --formula "sum_layers(s_log(l2(quant_error)))" --json
     """
     from emq.atomic import write_json_atomic, write_text_atomic
-    from emq.baselines import applicable_baselines
+    from emq.baselines import benchmark_baselines
     from emq.paths import data_dir as resolve
     from emq.proxy import Proxy
     from emq.scoring import score_benchmark
@@ -335,7 +340,7 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
     proxies = {p.stem: Proxy.load(p) for p in proxy_files}  # bad proxies fail before any heavy work
     proxies.update({f"formula{i + 1}" if len(formulas) > 1 else "formula": Proxy.from_formula(f) for i, f in enumerate(formulas)})
     bench_obj = _ensure_built(name, resolve(data_dir))
-    names = list(baseline_names) + ([b for b in applicable_baselines(bench_obj.family) if b not in baseline_names] if all_baselines else [])
+    names = list(baseline_names) + ([b for b in benchmark_baselines(bench_obj) if b not in baseline_names] if all_baselines else [])
     if not proxies and not names:
         raise click.UsageError("nothing to score: give --proxy FILE, --formula TEXT, --baseline NAME or --baselines")
     config = _stats_config(batch_seed, batch_size, init_seed, dtype, hessian_samples, device)
@@ -372,6 +377,14 @@ BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
 @click.option("--population", default=48, show_default=True, type=click.IntRange(min=2), help="Programs per generation.")
 @click.option("--generations", default=15, show_default=True, type=click.IntRange(min=1), help="Generations (a resumed run may raise it).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the search (same seed + config = same hall of fame).")
+@click.option("--seeds", default=None,
+              help="Comma-separated search seeds for a study, e.g. 0,1,2: one run per seed x batch seed in --out, "
+                   "then study.md with the discovery verdict over all runs (overrides --seed).")
+@click.option("--batch-seeds", default=None,
+              help="Comma-separated batch seeds for a study, e.g. 0,1 (overrides --batch-seed).")
+@click.option("--fitness", type=click.Choice(["partial", "plain"]), default="partial", show_default=True,
+              help="partial: Kendall/Spearman beyond the best trivial predictor (chosen on the search split), "
+                   "so disguised size counts and quantized losses earn nothing; plain: the rank correlation itself.")
 @click.option("--hof-size", default=10, show_default=True, type=click.IntRange(min=0), help="Elite programs carried into every generation.")
 @click.option("--max-search", default=160, show_default=True, type=click.IntRange(min=0),
               help="Use at most N networks of the search split (bounds memory and time; 0 = all). "
@@ -392,18 +405,22 @@ BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
 @_stats_options
 @_friendly_errors
 def search(name: str, data_dir: Path | None, targets: str | None, joint: str, metric: str, population: int,
-           generations: int, seed: int, hof_size: int, max_search: int | None, seed_proxy_files: tuple[Path, ...],
+           generations: int, seed: int, seeds: str | None, batch_seeds: str | None, fitness: str, hof_size: int, max_search: int | None, seed_proxy_files: tuple[Path, ...],
            backend: str, scheduler: str | None, workers: int | None, force_workers: bool, baseline_names: tuple[str, ...],
            run_dir: Path | None, resume: bool, batch_seed: int, batch_size: int, init_seed: int,
            dtype: str, hessian_samples: int, device: str | None) -> None:
     """Evolve proxy programs that rank benchmark NAME's candidates like its ground truth.
 
     The candidates are split once (fixed seed) into a search half and a held-out half.
-    Programs are screened (NaN/inf, constant, unchanged under a second batch, too slow),
-    scored by rank correlation on the search half, and the hall of fame is finally
-    compared with the baselines on the held-out half. The run folder gets log.jsonl,
-    hall_of_fame.json, evolution.png, scatter.png and summary.md; it is checkpointed
-    every generation, so a killed run continues with --resume.
+    Programs are screened (NaN/inf, constant, unchanged under a second batch, a trivial
+    predictor in disguise, too slow), scored on the search half by rank correlation
+    beyond the best trivial predictor (--fitness partial), and the hall of fame is
+    finally compared with the baselines on the held-out half. The run folder gets
+    log.jsonl, hall_of_fame.json, evolution.png, scatter.png and summary.md, which ends
+    with the run's verdict against the best trivial predictor; it is checkpointed every
+    generation, so a killed run continues with --resume. With --seeds / --batch-seeds
+    it runs a study (one run per combination) whose study.md gives the verdict:
+    "discovery" or "no discovery".
 
     \b
     Examples:
@@ -412,6 +429,7 @@ def search(name: str, data_dir: Path | None, targets: str | None, joint: str, me
       emq search vit-bench-101-autoformer --targets c100_kd_acc,flower_kd_acc,chaoyang_kd_acc
       emq search mq-digits --backend dask --scheduler tcp://10.0.0.5:8786
       emq search mq-digits --out runs/mq-digits-seed0 --resume --generations 40
+      emq search mq-digits --seeds 0,1,2 --batch-seeds 0,1 --out runs/mq-study   # the discovery verdict
     """
     from emq.paths import data_dir as resolve
     from emq.proxy import Proxy
@@ -420,27 +438,37 @@ def search(name: str, data_dir: Path | None, targets: str | None, joint: str, me
     from search.pool import EvaluationPool
     from search.run_lock import run_folder_lock
 
-    seeds = tuple(Proxy.load(p).formula() for p in seed_proxy_files)
+    seed_formulas = tuple(Proxy.load(p).formula() for p in seed_proxy_files)
     bench_obj = _ensure_built(name, resolve(data_dir))
     columns = list(bench_obj.ground_truth())
     target_list = _parse_targets(targets, columns, name)
-    run_dir = run_dir or Path("runs") / f"{name}-seed{seed}"
+    seed_list = _numbers(seeds, int, "--seeds") if seeds else [seed]
+    batch_list = _numbers(batch_seeds, int, "--batch-seeds") if batch_seeds else [batch_seed]
+    study = len(seed_list) * len(batch_list) > 1
+    run_dir = run_dir or Path("runs") / (f"{name}-study" if study else f"{name}-seed{seed_list[0]}")
     try:
-        cfg = SearchConfig(population=population, generations=generations, seed=seed, metric=metric, joint=joint,
-                           targets=tuple(target_list) if target_list else None, hof_size=min(hof_size, population - 1),
-                           seed_formulas=seeds)
+        cfg = SearchConfig(population=population, generations=generations, seed=seed_list[0], metric=metric,
+                           joint=joint, targets=tuple(target_list) if target_list else None,
+                           hof_size=min(hof_size, population - 1), seed_formulas=seed_formulas, fitness=fitness)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
-    config = _stats_config(batch_seed, batch_size, init_seed, dtype, hessian_samples, device)
+    config = _stats_config(batch_list[0], batch_size, init_seed, dtype, hessian_samples, device)
     command = _command_line()
     workers = _checked_workers(backend, workers, force_workers)
     start = time.perf_counter()
+    options = dict(baselines=list(baseline_names) or None, max_search=max_search or None, progress=True, resume=resume)
     # The run folder is locked before the statistics are computed, so a second search on it fails at once.
     with run_folder_lock(run_dir), _worker_crashes(backend):
         with EvaluationPool(backend, n_jobs=workers, scheduler=scheduler, device=config.device) as pool:
-            result = search_benchmark(bench_obj, config, cfg, run_dir, pool=pool,
-                                      baselines=list(baseline_names) or None, max_search=max_search or None,
-                                      progress=True, resume=resume, command=command)
+            if study:
+                from search.study import run_study
+
+                outcome = run_study(bench_obj, config, cfg, run_dir, seed_list, batch_list, search_benchmark, command,
+                                    pool=pool, **options)
+                click.echo((run_dir / "study.md").read_text(encoding="utf-8"))
+                click.echo(f"done in {time.perf_counter() - start:.0f} s; study folder {run_dir}: {outcome['verdict']}")
+                return
+            result = search_benchmark(bench_obj, config, cfg, run_dir, pool=pool, command=command, **options)
     seconds = time.perf_counter() - start
     if not result.hall_of_fame:
         raise click.ClickException(f"no valid program survived screening; see {run_dir / 'log.jsonl'}")
@@ -508,6 +536,42 @@ def _command_line() -> str:
 
 
 # -------------------------------------------------------------------------- export
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@data_dir_option
+@click.option("--bootstrap", "n_boot", default=1000, show_default=True, help="Paired bootstrap resamples.")
+@_stats_options
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict record as JSON.")
+@_friendly_errors
+def verdict(run_dir: Path, data_dir: Path | None, n_boot: int, batch_seed: int, batch_size: int, init_seed: int,
+            dtype: str, hessian_samples: int, device: str | None, as_json: bool) -> None:
+    """Judge a finished search run under the honest bar and append the verdict to its summary.md.
+
+    The best program (rank 1) is scored on the run's held-out split and compared with
+    the best trivial predictor (#params, FLOPs, bit counts, quantized loss, each arch
+    hyperparameter), chosen on the run's search split, by a paired bootstrap. Give the
+    run's statistics settings (--batch-seed, --batch-size, ...); --stats may name only
+    what the program reads, to save time on large networks. Writes RUN_DIR/verdict.json.
+
+    \b
+    Examples:
+      emq verdict results/search-mq-digits
+      emq verdict results/search-vit-autoformer --batch-size 8 --stats grad,params
+    """
+    from emq.paths import data_dir as resolve
+    from search.evolution import load_hall_of_fame
+    from search.rescore import rescore_run
+    from search.benchmark import verdict_line
+
+    name = load_hall_of_fame(run_dir).get("benchmark")
+    if not name:
+        raise click.UsageError(f"{run_dir}/hall_of_fame.json does not name its benchmark; it predates held-out scoring")
+    bench_obj = _ensure_built(name, resolve(data_dir))
+    config = _stats_config(batch_seed, batch_size, init_seed, dtype, hessian_samples, device)
+    record = rescore_run(bench_obj, run_dir, config, n_boot=n_boot)
+    click.echo(json.dumps(record, indent=2) if as_json else verdict_line(record["verdict"]))
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--top", default=1, show_default=True, type=click.IntRange(min=1), help="How many of the hall of fame's best programs to export.")

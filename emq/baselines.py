@@ -46,11 +46,21 @@ MODEL_SCORES_FORMAT = "emq-baseline-scores/1"
 
 @dataclass(frozen=True)
 class BaselineContext:
-    """What a model baseline may need besides the network and batch."""
+    """What a model baseline may need besides the network and batch.
+
+    `float_model` is the candidate's network before quantization (on `device`),
+    `calibration` the benchmark's calibration images with labels (None when it has
+    none), and `memo` a dict shared by the candidates of one scoring call, for work
+    that does not depend on the candidate (e.g. the full-precision Hessian of an MQ
+    benchmark's one network).
+    """
 
     device: torch.device
     seed: int
     act_bits: int | None
+    float_model: nn.Module | None = None
+    calibration: Batch | None = None
+    memo: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
 
 ModelBaselineFn = Callable[[nn.Module, Batch, "dict[str, int] | None", BaselineContext], float]
@@ -67,6 +77,8 @@ class Baseline:
     fn: ModelBaselineFn | None = None
     #: Bump when a model baseline's code changes: its cached scores are then recomputed.
     version: int = 1
+    #: A trivial predictor (size, bit count, quantized loss): the bar a discovery must clear.
+    trivial: bool = False
 
     @property
     def kind(self) -> str:
@@ -94,6 +106,7 @@ def register_baseline(
     *,
     formula: str | None = None,
     version: int = 1,
+    trivial: bool = False,
 ) -> Any:
     """Register a baseline under `name`.
 
@@ -107,7 +120,7 @@ def register_baseline(
         text = doc
         if not text and fn is not None and fn.__doc__:
             text = fn.__doc__.strip().splitlines()[0]
-        entry = Baseline(name, tuple(families), text, formula, fn, version)
+        entry = Baseline(name, tuple(families), text, formula, fn, version, trivial)
         BASELINES[name] = entry
         return entry
 
@@ -138,16 +151,45 @@ def applicable_baselines(family: str) -> list[str]:
     return [b.name for b in list_baselines(family)]
 
 
+#: Prefix of the architecture-hyperparameter baselines: `arch:depth` ranks candidates by their depth.
+ARCH_PREFIX = "arch:"
+
+
+def arch_baseline_names(bench: Benchmark) -> list[str]:
+    """Return `arch:<feature>` for every numeric architecture hyperparameter that varies across `bench`'s candidates."""
+    rows = [bench.arch_features(c) for c in bench.candidates()]
+    if not rows or not rows[0]:
+        return []
+    common = set.intersection(*(set(r) for r in rows))
+    return [ARCH_PREFIX + k for k in sorted(common) if len({r[k] for r in rows}) > 1]
+
+
+def benchmark_baselines(bench: Benchmark) -> list[str]:
+    """Return every baseline that applies to `bench`: the registered ones of its family, then its arch ones."""
+    return applicable_baselines(bench.family) + arch_baseline_names(bench)
+
+
+def trivial_baselines(bench: Benchmark) -> list[str]:
+    """Return the trivial predictors of `bench` (size, FLOPs, bit counts, quantized loss, each arch hyperparameter)."""
+    return [b.name for b in list_baselines(bench.family) if b.trivial] + arch_baseline_names(bench)
+
+
+def is_trivial(name: str) -> bool:
+    """True for a trivial predictor's name (a registered trivial baseline or an `arch:` one)."""
+    return name.startswith(ARCH_PREFIX) or (name in BASELINES and BASELINES[name].trivial)
+
+
 # -------------------------------------------------------------- program kind
-register_baseline("params", doc="number of weights", formula="sum_layers(numel(weight))")
-register_baseline("flops", doc="multiply-accumulates for one input", formula="sum_layers(mean(flops))")
-register_baseline("bit_sum", ("mq",), "sum of the layers' weight bit-widths", formula="sum_layers(mean(bits))")
+register_baseline("params", doc="number of weights", formula="sum_layers(numel(weight))", trivial=True)
+register_baseline("flops", doc="multiply-accumulates for one input", formula="sum_layers(mean(flops))", trivial=True)
+register_baseline("bit_sum", ("mq",), "sum of the layers' weight bit-widths", formula="sum_layers(mean(bits))",
+                  trivial=True)
 register_baseline("bparams", ("mq",), "bit-weighted parameter count (model size in bits)",
-                  formula="sum_layers(sum(bits))")
+                  formula="sum_layers(sum(bits))", trivial=True)
 # BOPs = MACs x weight bits x activation bits; the activation bits are one constant per
 # benchmark, so they are left out (rank correlation is scale free).
 register_baseline("bops", ("mq",), "bit operations: MACs x weight bits (x the constant activation bits)",
-                  formula="sum_layers(mean(mul(flops, bits)))")
+                  formula="sum_layers(mean(mul(flops, bits)))", trivial=True)
 register_baseline("synflow", doc="SynFlow (Tanaka et al. 2020): sum |W * d(sum out)/dW| of the |W| network",
                   formula="sum_layers(sum(abs(mul(weight, virtual_grad))))")
 register_baseline("snip", doc="SNIP (Lee et al. 2019): sum |W * dL/dW|",
@@ -294,6 +336,60 @@ def dss(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: Baseline
     return total
 
 
+@register_baseline("qloss", ("mq",), trivial=True)
+def qloss(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: BaselineContext) -> float:
+    """Minus the cross-entropy of the quantized network on the statistics batch (a trivial predictor).
+
+    A configuration that hurts accuracy raises the loss on any labelled batch; a proxy
+    that only rediscovers this is the quantized loss in disguise.
+    """
+    with torch.no_grad():
+        return -float(F.cross_entropy(network_logits(net, batch.inputs), batch.labels))
+
+
+@register_baseline("qloss_calib", ("mq",), trivial=True)
+def qloss_calib(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: BaselineContext) -> float:
+    """Minus the cross-entropy of the quantized network on the benchmark's calibration images (NaN without them).
+
+    PTQ already runs these images through every configuration to set activation ranges,
+    so their loss costs one more forward pass: the cheapest strong bar for MQ proxies.
+    """
+    if ctx.calibration is None:
+        return math.nan
+    calib = ctx.calibration
+    with torch.no_grad():
+        logits = network_logits(net, calib.inputs.to(ctx.device))
+        return -float(F.cross_entropy(logits, calib.labels.to(ctx.device)))
+
+
+#: Hutchinson samples of HAWQ-v2's full-precision traces (results/baselines-mq.md shows the estimate settle).
+HAWQ_V2_SAMPLES = 64
+
+
+@register_baseline("hawq_v2", ("mq",), version=1)
+def hawq_v2(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: BaselineContext) -> float:
+    """HAWQ-v2 (Dong et al. 2020): -sum over layers of Tr(H_l)/n_l * ||Q(W_l) - W_l||^2, H of the full-precision net.
+
+    The traces are estimated once per network (64 Hutchinson samples on the statistics
+    batch) and shared by every bit configuration; Q(W) are the candidate's quantized weights.
+    """
+    from emq.hessian_trace import hessian_traces
+
+    if ctx.float_model is None or bits is None:
+        return math.nan
+    fp_layers = quantizable_layers(ctx.float_model)
+    key = "hawq_v2_traces"
+    if key not in ctx.memo:
+        running = hessian_traces(ctx.float_model, batch.inputs, batch.labels, HAWQ_V2_SAMPLES, ctx.seed)
+        ctx.memo[key] = {n: values[-1] / fp_layers[n].weight.numel() for n, values in running.items()}
+    traces = ctx.memo[key]
+    total = 0.0
+    for name, layer in quantizable_layers(net).items():
+        w = fp_layers[name].weight.detach().to(torch.float64)
+        total += traces[name] * float((layer.weight.detach().to(torch.float64) - w).pow(2).sum())
+    return -total
+
+
 # ------------------------------------------------------------------- scoring
 def baseline_scores(
     bench: Benchmark,
@@ -312,7 +408,8 @@ def baseline_scores(
     """
     config = config or StatsConfig()
     cands = list(candidates) if candidates is not None else bench.candidates()
-    entries = [get_baseline(n) for n in names]
+    arch = {n: arch_scores(bench, n, cands) for n in names if n.startswith(ARCH_PREFIX)}
+    entries = [get_baseline(n) for n in names if n not in arch]
     wrong = [e.name for e in entries if bench.family not in e.families]
     if wrong:
         fitting = ", ".join(b.name for b in list_baselines(bench.family))
@@ -334,7 +431,21 @@ def baseline_scores(
     for entry in entries:
         if entry.kind == "model":
             out[entry.name] = model_baseline_scores(bench, entry, cands, config, progress, cache_root)
+    out.update(arch)
     return {n: out[n] for n in names}
+
+
+def arch_scores(bench: Benchmark, name: str, candidates: Sequence[Candidate]) -> np.ndarray:
+    """Return the values of architecture hyperparameter `arch:<feature>` for `candidates` (higher = larger)."""
+    feature = name[len(ARCH_PREFIX):]
+    values = []
+    for cand in candidates:
+        features = bench.arch_features(cand)
+        if feature not in features:
+            known = ", ".join(ARCH_PREFIX + k for k in sorted(features)) or "none (no arch records)"
+            raise UnknownBaselineError(f"unknown baseline {name!r} for {bench.name}; its arch baselines: {known}")
+        values.append(features[feature])
+    return np.asarray(values, dtype=np.float64)
 
 
 def _evaluate(proxy: Proxy, stats: Any) -> float:
@@ -373,20 +484,24 @@ def model_baseline_scores(
     run_batch = Batch(batch.inputs.to(device), batch.labels.to(device), batch.source, batch.seed)
     calib = calibration_inputs(bench)
     act_bits = getattr(bench, "act_bits", 8)
-    ctx = BaselineContext(device=device, seed=config.batch_seed, act_bits=act_bits)
+    ctx = BaselineContext(device=device, seed=config.batch_seed, act_bits=act_bits,
+                          calibration=bench.calibration_batch())
     todo = [c for c in candidates if c.id not in cached]
     last_save = time.monotonic()
     try:
         for cand in tqdm(todo, desc=f"{baseline.name} {bench.name}", unit="net", disable=not progress or not todo,
                          leave=False):
+            start = time.perf_counter()
             model = bench.build_model(cand, init_seed=config.init_seed)
             net = prepare_network(model, cand.bits, act_bits=act_bits, calib_inputs=calib,
                                   fallback_calib=batch.inputs, device=device)
+            cand_ctx = dataclasses.replace(ctx, float_model=model.to(device), memo=ctx.memo)
             try:
-                cached[cand.id] = float(baseline.fn(net, run_batch, cand.bits, ctx))
+                cached[cand.id] = float(baseline.fn(net, run_batch, cand.bits, cand_ctx))
             except (torch.linalg.LinAlgError, FloatingPointError, ZeroDivisionError) as err:
                 warnings.warn(f"baseline {baseline.name} failed on candidate {cand.id}: {err}; scored NaN", stacklevel=2)
                 cached[cand.id] = math.nan
+            cached.seconds[cand.id] = time.perf_counter() - start
             if time.monotonic() - last_save > save_every_s:
                 _write_model_scores(path, key, baseline, batch, cached)
                 last_save = time.monotonic()
@@ -396,7 +511,37 @@ def model_baseline_scores(
     return np.array([cached[c.id] for c in candidates], dtype=np.float64)
 
 
-def _write_model_scores(path: Path, key: str, baseline: Baseline, batch: Batch, scores: dict[str, float]) -> None:
+def baseline_costs(bench: Benchmark, names: Sequence[str], config: StatsConfig,
+                   cache_root: str | Path | None = None) -> dict[str, float]:
+    """Return the measured seconds per candidate of the model baselines among `names` (program ones share the cache)."""
+    out = {}
+    for name in names:
+        if name.startswith(ARCH_PREFIX):
+            out[name] = 0.0
+        elif get_baseline(name).kind == "model":
+            cost = model_baseline_cost(bench, get_baseline(name), config, cache_root)
+            if cost is not None:
+                out[name] = cost
+    return out
+
+
+class _Scores(dict):
+    """Cached scores by candidate id, with the seconds each took (the baseline's cost, kept beside it)."""
+
+    def __init__(self, scores: dict[str, float] | None = None, seconds: dict[str, float] | None = None) -> None:
+        super().__init__(scores or {})
+        self.seconds: dict[str, float] = dict(seconds or {})
+
+
+def model_baseline_cost(bench: Benchmark, baseline: Baseline, config: StatsConfig,
+                        cache_root: str | Path | None = None) -> float | None:
+    """Return a model baseline's mean seconds per candidate as measured when its scores were cached (None if unknown)."""
+    path, key = baseline_cache_path(bench, baseline, config, cache_root)
+    seconds = _read_model_scores(path, key, baseline).seconds
+    return float(np.mean(list(seconds.values()))) if seconds else None
+
+
+def _write_model_scores(path: Path, key: str, baseline: Baseline, batch: Batch, scores: _Scores) -> None:
     # JSON has no NaN/inf: non-finite scores are written as the strings "nan", "inf", "-inf".
     data = {
         "format": MODEL_SCORES_FORMAT,
@@ -405,21 +550,23 @@ def _write_model_scores(path: Path, key: str, baseline: Baseline, batch: Batch, 
         "key": key,
         "batch": batch.describe(),
         "scores": {k: (v if math.isfinite(v) else str(v)) for k, v in scores.items()},
+        "seconds": {k: round(v, 6) for k, v in scores.seconds.items()},
     }
     write_json_atomic(path, data)
 
 
-def _read_model_scores(path: Path, key: str, baseline: Baseline) -> dict[str, float]:
+def _read_model_scores(path: Path, key: str, baseline: Baseline) -> _Scores:
     if not path.exists():
-        return {}
+        return _Scores()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("format") != MODEL_SCORES_FORMAT or data.get("key") != key:
             raise ValueError("written for another configuration")
         if data.get("version") != baseline.version:
-            return {}  # the baseline's code changed: recompute silently, this is expected
-        return {str(k): float(v) for k, v in data["scores"].items()}
+            return _Scores()  # the baseline's code changed: recompute silently, this is expected
+        return _Scores({str(k): float(v) for k, v in data["scores"].items()},
+                       {str(k): float(v) for k, v in data.get("seconds", {}).items()})
     except Exception as err:  # an unreadable cache is recomputed, never fatal
         warnings.warn(f"baseline cache file {path} is unreadable ({type(err).__name__}: {err}); recomputing it",
                       stacklevel=3)
-        return {}
+        return _Scores()

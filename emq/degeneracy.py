@@ -1,16 +1,19 @@
-"""Screens for degenerate proxies: non-finite, constant across candidates, or blind to the input.
+"""Screens for degenerate proxies: non-finite, constant, blind to the input, or a trivial predictor in disguise.
 
-The published EMQ proxy was input-independent (a disguised size count); these checks
-make that visible for any program, discovered or hand-written.
+The published EMQ proxy was input-independent (a disguised size count), and an
+earlier winner of ours was the embedding width in disguise; these checks make that
+visible for any program, discovered or hand-written.
 """
 from __future__ import annotations
+
+from typing import Mapping
 
 import numpy as np
 
 NONFINITE = "nonfinite"
 CONSTANT = "constant"
 INPUT_INDEPENDENT = "input_independent"
-SIZE_EQUIVALENT = "size_equivalent"
+TRIVIAL_EQUIVALENT = "trivial_equivalent"
 
 
 def score_flags(scores: np.ndarray, rtol: float = 1e-9) -> list[str]:
@@ -24,22 +27,56 @@ def score_flags(scores: np.ndarray, rtol: float = 1e-9) -> list[str]:
     return []
 
 
-def is_size_equivalent(scores: np.ndarray, sizes: np.ndarray | None, limit: float = 0.95) -> bool:
-    """True when the scores rank the networks like their parameter counts (|Kendall tau| >= `limit`).
+def trivial_match(scores: np.ndarray, trivial: Mapping[str, np.ndarray], limit: float = 0.95) -> str | None:
+    """Return the first trivial predictor (by name) whose ranking the scores match (|Kendall tau| >= `limit`), else None.
 
-    A program that passes the input-independence check by a hair (its value moves with
-    the batch, its ranking does not) is still a size count; it cannot beat #params.
-    Sizes that do not vary (one network, many bit configurations) never flag.
+    A program that ranks the probe like #params, a bit count or the quantized loss
+    cannot beat that predictor by much and costs more: it is that predictor in
+    disguise, even when its values move with the batch. Predictors that do not vary
+    on these candidates never match. `limit` >= 1 disables the check.
     """
-    if sizes is None or limit >= 1.0:
-        return False
+    if limit >= 1.0:
+        return None
     from scipy.stats import kendalltau
 
-    sizes = np.asarray(sizes, dtype=np.float64)
-    if np.ptp(sizes) == 0:
-        return False
-    tau = kendalltau(np.asarray(scores, dtype=np.float64), sizes).statistic
-    return bool(np.isfinite(tau) and abs(tau) >= limit)
+    x = np.asarray(scores, dtype=np.float64)
+    for name in sorted(trivial):
+        values = np.asarray(trivial[name], dtype=np.float64)
+        if not np.all(np.isfinite(values)) or np.ptp(values) == 0:
+            continue
+        tau = kendalltau(x, values).statistic
+        if np.isfinite(tau) and abs(tau) >= limit:
+            return name
+    return None
+
+
+def hyperparameter_function(scores: np.ndarray, features: Mapping[str, np.ndarray], limit: float = 0.99,
+                            min_group: int = 3) -> str | None:
+    """Return the architecture hyperparameter of which the scores are (nearly) a function, else None.
+
+    For each hyperparameter, candidates sharing its value form a group; the share of
+    the scores' rank variance explained by the groups (eta squared) at or above
+    `limit` means the program reads off that setting (e.g. one value per embedding
+    width). Hyperparameters with fewer than `min_group` candidates per value on
+    average are skipped: with groups of one, anything is "a function" of them.
+    """
+    if limit >= 1.0 + 1e-12:
+        return None
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    total = float(np.sum((ranks - ranks.mean()) ** 2))
+    if total == 0:
+        return None
+    for name in sorted(features):
+        values = np.asarray(features[name], dtype=np.float64)
+        groups = np.unique(values)
+        if len(groups) < 2 or len(groups) * min_group > len(values):
+            continue
+        within = sum(float(np.sum((ranks[values == g] - ranks[values == g].mean()) ** 2)) for g in groups)
+        if 1.0 - within / total >= limit:
+            return name
+    return None
 
 
 def is_input_independent(scores: np.ndarray, scores_other_batch: np.ndarray, rtol: float = 1e-6) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as sps
@@ -99,3 +99,133 @@ def joint(values: Sequence[float], mode: str = "mean") -> float:
     if mode == "min":
         return float(arr.min())
     raise ValueError(f"unknown joint mode {mode!r}; use 'mean' or 'min'")
+
+
+def partial_correlation(metric: Metric, scores: np.ndarray, truth: np.ndarray, control: np.ndarray) -> float:
+    """Return `metric` between scores and truth with `control` partialled out (Kendall 1942's partial tau form).
+
+    r_xy.z = (r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2)). It is 0 for a program
+    that ranks exactly like the control (it adds no information), positive for one that
+    ranks the truth where the control does not. A control that is undefined on these
+    candidates (constant, NaN) controls for nothing: the plain correlation is returned.
+    """
+    r_xy = metric(scores, truth)
+    r_xz = metric(scores, control)
+    r_yz = metric(control, truth)
+    if not np.isfinite(r_xy):
+        return float("nan")
+    if not (np.isfinite(r_xz) and np.isfinite(r_yz)):
+        return r_xy
+    denom = (1.0 - r_xz**2) * (1.0 - r_yz**2)
+    if denom <= 1e-12:
+        return 0.0  # the program (or the truth) is the control in disguise: nothing beyond it
+    return float((r_xy - r_xz * r_yz) / np.sqrt(denom))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """metric(a) - metric(b) on the same candidates, with a paired percentile bootstrap interval."""
+
+    value: float
+    low: float
+    high: float
+    n_boot: int
+
+    @property
+    def excludes_zero(self) -> bool:
+        return bool(np.isfinite(self.low) and (self.low > 0 or self.high < 0))
+
+    def to_json(self) -> dict[str, float]:
+        return {"value": self.value, "low": self.low, "high": self.high, "n_boot": self.n_boot}
+
+
+def paired_bootstrap_difference(
+    a: np.ndarray, b: Mapping[str, np.ndarray] | np.ndarray, truth: Mapping[str, np.ndarray], metric: Metric = kendall,
+    mode: str = "mean", n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+) -> PairedDifference:
+    """Return joint(metric(a, truth_t)) - joint(metric(b_t, truth_t)) over targets t, with a paired bootstrap CI.
+
+    `b` is one score array or one per target (the best trivial predictor may differ by
+    column). Each resample draws the same candidates for both scorers and every target,
+    so the interval is of the difference itself, not of two separate estimates.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    targets = list(truth)
+    b_by = {t: np.asarray(b[t] if isinstance(b, Mapping) else b, dtype=np.float64) for t in targets}
+    cols = {t: np.asarray(truth[t], dtype=np.float64) for t in targets}
+
+    def diff(idx: np.ndarray | slice) -> float:
+        return joint([metric(a[idx], cols[t][idx]) for t in targets], mode) - \
+            joint([metric(b_by[t][idx], cols[t][idx]) for t in targets], mode)
+
+    value = diff(slice(None))
+    rng = np.random.default_rng(seed)
+    n = len(a)
+    values = [v for v in (diff(rng.integers(0, n, n)) for _ in range(n_boot)) if np.isfinite(v)]
+    if not values or not np.isfinite(value):
+        return PairedDifference(value, float("nan"), float("nan"), n_boot)
+    alpha = (1 - level) / 2
+    return PairedDifference(value, float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha)), n_boot)
+
+
+DISCOVERY = "discovery"
+NO_DISCOVERY = "no discovery"
+
+
+def verdict(differences: Sequence[PairedDifference]) -> str:
+    """Return "discovery" when, in the median over runs, the paired interval lies above 0; else "no discovery".
+
+    Each run contributes the lower end of its 95% interval of held-out
+    metric(program) - metric(best trivial); the median of those must be > 0, so at
+    least half of the runs (seeds x batch seeds) must each show a significant gain.
+    """
+    lows = [d.low for d in differences]
+    if not lows or not all(np.isfinite(lows)):
+        return NO_DISCOVERY
+    return DISCOVERY if float(np.median(lows)) > 0 else NO_DISCOVERY
+
+
+@dataclass(frozen=True)
+class TrivialChoice:
+    """The trivial predictor that ranks one target best on the search split, in its better direction."""
+
+    target: str
+    name: str
+    sign: int  # +1: higher value predicts higher accuracy; -1: the negated predictor is the better one
+    search_value: float
+
+    @property
+    def label(self) -> str:
+        return self.name if self.sign > 0 else f"-{self.name}"
+
+    def oriented(self, values: np.ndarray) -> np.ndarray:
+        """Return the predictor's values in its chosen direction."""
+        return self.sign * np.asarray(values, dtype=np.float64)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "name": self.name, "sign": self.sign, "label": self.label,
+                "search_value": self.search_value}
+
+
+def choose_best_trivial(trivial: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray],
+                        metric: Metric = kendall) -> dict[str, TrivialChoice]:
+    """Return, per target, the trivial predictor (either sign) with the highest `metric` on these candidates.
+
+    Call it on the search split only: the choice is part of the search, and the
+    held-out comparison then measures the chosen predictor on candidates it never saw.
+    Predictors undefined on these candidates (constant, NaN) are skipped; ties go to
+    the alphabetically first name, so the choice is deterministic.
+    """
+    out: dict[str, TrivialChoice] = {}
+    for target, column in truth.items():
+        best: TrivialChoice | None = None
+        for name in sorted(trivial):
+            value = metric(trivial[name], column)
+            if not np.isfinite(value):
+                continue
+            choice = TrivialChoice(target, name, 1 if value >= 0 else -1, abs(float(value)))
+            if best is None or choice.search_value > best.search_value:
+                best = choice
+        if best is not None:
+            out[target] = best
+    return out

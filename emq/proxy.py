@@ -310,8 +310,8 @@ class Proxy:
         bits: dict[str, int] | None = None,
         *,
         calib_inputs: torch.Tensor | None = None,
-        act_bits: int | None = 8,
-        hessian_samples: int = 2,
+        act_bits: int | None = None,
+        hessian_samples: int | None = None,
         seed: int = 0,
         device: torch.device | str = "cpu",
         store_dtype: torch.dtype = torch.float32,
@@ -322,8 +322,14 @@ class Proxy:
         on a private copy: the model's weights and mode are never changed), then
         evaluates. `batch` is an `emq.bench.base.Batch`, an `(inputs, labels)` pair, or
         an inputs tensor when the program needs no loss-derived statistic. With `bits`,
-        activations are quantized to `act_bits`, calibrated on `calib_inputs` (default:
-        the batch's inputs), as the benchmarks do.
+        activations are quantized to `act_bits`, calibrated on `calib_inputs`.
+
+        The defaults are the settings the program was found with, read from
+        `meta["stats"]` of an exported proxy (`act_bits`, `hessian_samples`, and where
+        activations were calibrated), else 8 bits, 2 samples and the batch itself. When
+        the search calibrated on a benchmark's calibration images, `calib_inputs` must be
+        given: calibrating on the scored batch would feed the program other statistics
+        than the ones it was selected on.
         """
         # Imported here: the statistics code sits above this module (it imports the quantizers).
         from emq.bench.base import Batch
@@ -341,6 +347,14 @@ class Proxy:
         else:
             raise TypeError(f"batch must be a Batch, an (inputs, labels) pair or an inputs tensor, "
                             f"got {type(batch).__name__}")
+        found = self.meta.get("stats", {}) if isinstance(self.meta.get("stats"), dict) else {}
+        act_bits = act_bits if act_bits is not None else found.get("act_bits", 8)
+        hessian_samples = hessian_samples if hessian_samples is not None else found.get("hessian_samples", 2)
+        calibration = found.get("calibration", "batch")
+        if bits is not None and act_bits is not None and calib_inputs is None and calibration != "batch":
+            raise ValueError(f"this proxy was found with activations calibrated on {calibration}; pass those images "
+                             "as calib_inputs= (e.g. bench.calibration_inputs()) so it sees the statistics it was "
+                             "selected on")
         inputs = run_batch.inputs
         if not isinstance(inputs, torch.Tensor) or inputs.ndim == 0 or inputs.shape[0] == 0:
             # statistics of no inputs are all zeros: the score would be a meaningless 0.0

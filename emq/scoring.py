@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 
 from emq.bench.base import Benchmark
-from emq.degeneracy import INPUT_INDEPENDENT, degeneracy_flags, is_input_independent
+from emq.degeneracy import (
+    INPUT_INDEPENDENT, TRIVIAL_EQUIVALENT, degeneracy_flags, hyperparameter_function, is_input_independent, trivial_match,
+)
 from emq.fitness import bootstrap_interval, heldout_split, kendall, spearman
 from emq.proxy import Proxy, ProxyEvaluationError
 from emq.stats import NetworkStats
@@ -45,6 +47,9 @@ class ScoreRow:
     spearman_ci: tuple[float, float]
     flags: list[str] = field(default_factory=list)
     formula: str = ""
+    #: Measured cost of a model baseline (seconds per candidate); None for programs on the statistics cache.
+    seconds: float | None = None
+    trivial: bool = False
 
 
 @dataclass
@@ -68,13 +73,16 @@ class ScoreReport:
             f"Benchmark `{self.benchmark}`, split `{self.split}` ({self.n_candidates} candidates), "
             f"batch {self.batch.get('source')} seed {self.batch.get('seed')} size {self.batch.get('size')}.",
             "",
-            "| scorer | kind | target | n | Kendall tau [95% CI] | Spearman rho [95% CI] | flags |",
-            "|---|---|---|---|---|---|---|",
+            "| scorer | kind | target | n | Kendall tau [95% CI] | Spearman rho [95% CI] | s / candidate | flags |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in self.rows:
+            kind = f"{r.kind} (trivial)" if r.trivial else r.kind
+            cost = "stats cache" if r.seconds is None and r.kind == "baseline" else \
+                ("-" if r.seconds is None else f"{r.seconds:.3g}")
             lines.append(
-                f"| {r.name} | {r.kind} | {r.target} | {r.n} | {_fmt(r.kendall, r.kendall_ci)} | "
-                f"{_fmt(r.spearman, r.spearman_ci)} | {', '.join(r.flags) or '-'} |"
+                f"| {r.name} | {kind} | {r.target} | {r.n} | {_fmt(r.kendall, r.kendall_ci)} | "
+                f"{_fmt(r.spearman, r.spearman_ci)} | {cost} | {', '.join(r.flags) or '-'} |"
             )
         formulas = [(r.name, r.formula) for r in self.rows if r.formula]
         if formulas:
@@ -108,6 +116,19 @@ def check_proxies_fit(bench: Benchmark, proxies: dict[str, Proxy], config: Stats
                 f"benchmark {bench.name}; available: {', '.join(available)}")
 
 
+def trivial_flags(scores: np.ndarray, trivial: dict[str, np.ndarray], tau_limit: float = 0.95,
+                  eta_limit: float = 0.99) -> list[str]:
+    """Return `trivial_equivalent(<name>)` when the scores rank like a trivial predictor or are a function of an
+    architecture hyperparameter (the search's screen, applied to every scored candidate), else []."""
+    from emq.baselines import ARCH_PREFIX
+
+    keep = np.isfinite(scores)
+    twin = trivial_match(scores[keep], {k: v[keep] for k, v in trivial.items()}, tau_limit) or \
+        hyperparameter_function(scores[keep], {k: v[keep] for k, v in trivial.items() if k.startswith(ARCH_PREFIX)},
+                                eta_limit)
+    return [] if twin is None else [f"{TRIVIAL_EQUIVALENT}({twin})"]
+
+
 def select_split(bench: Benchmark, split: str, split_seed: int = 0, heldout_fraction: float = 0.5) -> np.ndarray:
     """Return candidate indices for `split` ('all', 'search' or 'heldout')."""
     ids = bench.candidate_ids()
@@ -121,9 +142,11 @@ def select_split(bench: Benchmark, split: str, split_seed: int = 0, heldout_frac
 
 def rows_for(
     name: str, kind: str, scores: np.ndarray, truth: dict[str, np.ndarray], flags: list[str],
-    formula: str = "", n_boot: int = 1000, seed: int = 0,
+    formula: str = "", n_boot: int = 1000, seed: int = 0, seconds: float | None = None,
 ) -> list[ScoreRow]:
-    """Return one ScoreRow per ground-truth column for these scores."""
+    """Return one ScoreRow per ground-truth column for these scores (`seconds`: a model baseline's cost per candidate)."""
+    from emq.baselines import is_trivial  # baselines build on scoring's neighbours; keep import local
+
     rows = []
     for target, column in truth.items():
         n = int(np.sum(np.isfinite(column)))
@@ -131,7 +154,7 @@ def rows_for(
             name=name, kind=kind, target=target, n=n,
             kendall=kendall(scores, column), kendall_ci=bootstrap_interval(scores, column, kendall, n_boot, seed),
             spearman=spearman(scores, column), spearman_ci=bootstrap_interval(scores, column, spearman, n_boot, seed),
-            flags=list(flags), formula=formula,
+            flags=list(flags), formula=formula, seconds=seconds, trivial=kind == "baseline" and is_trivial(name),
         ))
     return rows
 
@@ -154,7 +177,8 @@ def score_benchmark(
     statistics are also computed on a second batch (batch seed + 1). `limit` keeps
     only the first N candidates of the split (quick looks and tests).
     """
-    from emq.baselines import baseline_scores  # baselines build on scoring's neighbours; keep import local
+    # baselines build on scoring's neighbours; keep the import local
+    from emq.baselines import baseline_costs, baseline_scores, trivial_baselines
 
     proxies = proxies or {}
     baselines = baselines or []
@@ -176,18 +200,23 @@ def score_benchmark(
     if proxies:
         stats_list = load_or_compute(bench, cands, config, progress=progress)
         probe_stats = load_or_compute(bench, [cands[i] for i in probe], other, progress=progress)
+        trivial = baseline_scores(bench, trivial_baselines(bench), config, candidates=cands, progress=progress)
         for name, proxy in proxies.items():
             scores, fails = proxy_scores(proxy, stats_list)
             other_scores, _ = proxy_scores(proxy, probe_stats)
             flags = degeneracy_flags(scores)
             if not flags and len(probe) > 1 and is_input_independent(scores[probe], other_scores):
                 flags.append(INPUT_INDEPENDENT)
+            if not flags:
+                flags += trivial_flags(scores, trivial)
             failures[name] = dict(fails)
             rows += rows_for(name, "proxy", scores, truth, flags, proxy.formula(), n_boot)
     if baselines:
         main = baseline_scores(bench, baselines, config, candidates=cands, progress=progress)
+        costs = baseline_costs(bench, baselines, config)
         for name in baselines:
-            rows += rows_for(name, "baseline", main[name], truth, degeneracy_flags(main[name]), n_boot=n_boot)
+            rows += rows_for(name, "baseline", main[name], truth, degeneracy_flags(main[name]), n_boot=n_boot,
+                             seconds=costs.get(name))
     return ScoreReport(
         benchmark=bench.name, split=split, n_candidates=len(cands), batch=bench.batch(config.batch_seed, config.batch_size).describe(),
         stats_config=config.describe() if hasattr(config, "describe") else dataclasses.asdict(config),

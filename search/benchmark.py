@@ -14,18 +14,21 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from emq.baselines import applicable_baselines, baseline_scores, get_baseline
+from emq.baselines import (
+    ARCH_PREFIX, applicable_baselines, baseline_costs, baseline_scores, get_baseline, trivial_baselines,
+)
 from emq.bench.base import Benchmark, Candidate
 from emq.degeneracy import degeneracy_flags
-from emq.fitness import heldout_split
+from emq.fitness import (
+    DISCOVERY, NO_DISCOVERY, PairedDifference, TrivialChoice, get_metric, heldout_split,
+    paired_bootstrap_difference,
+)
 from emq.proxy import Proxy
 from emq.scoring import ScoreReport, rows_for
 from emq.stats_cache import (
-    StatsConfig, bench_fields, cache_folder, cache_key, load_or_compute, safe_name,
+    StatsConfig, bench_fields, cache_folder, cache_key, calibration_inputs, load_or_compute, safe_name,
 )
-from search.evolution import (
-    SearchConfig, SearchResult, add_heldout, load_hall_of_fame, run_search, write_hall_of_fame,
-)
+from search.evolution import SearchConfig, SearchResult, add_heldout, run_search, write_hall_of_fame
 from search.fast_eval import StackedStats, evaluate_stacked
 from search.pool import EvaluationPool, StatsSource, worker_device
 from search.report import plot_scatter, write_summary
@@ -65,12 +68,16 @@ def search_benchmark(
     cache_root: str | Path | None = None,
     command: str | None = None,
     n_boot: int = 1000,
+    trivial: Sequence[str] | None = None,
 ) -> SearchResult:
     """Run the search on `bench`'s search split and compare its hall of fame with baselines on the held-out split.
 
     `max_search` caps the search networks (the first of the split, an explicit
     memory bound); the probe is the first `search_config.probe_size` of them, also
-    computed on batch seed + 1 for the input-independence screen.
+    computed on batch seed + 1 for the input-independence screen. `trivial` names the
+    trivial predictors (default: `trivial_baselines(bench)`): they feed the
+    trivial-equivalent screen and the partial fitness, the best of them per target is
+    chosen on the search split, and the summary ends with the run's verdict against it.
     """
     run_dir = Path(run_dir)
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
@@ -85,9 +92,12 @@ def search_benchmark(
     search_cands = [candidates[i] for i in search_idx]
     probe_cands = search_cands[: search_config.probe_size]
     other_config = dataclasses.replace(stats_config, batch_seed=stats_config.batch_seed + 1)
+    trivial_names = list(trivial) if trivial is not None else trivial_baselines(bench)
 
     search_stats = load_or_compute(bench, search_cands, stats_config, progress=progress, cache_root=cache_root)
     probe_other = load_or_compute(bench, probe_cands, other_config, progress=progress, cache_root=cache_root)
+    search_trivial = baseline_scores(bench, trivial_names, stats_config, progress=progress, candidates=search_cands,
+                                     cache_root=cache_root)
     sources = (None, None)
     if pool is not None and not pool.in_process:  # process workers read the cache files themselves
         sources = (cache_source(bench, search_cands, stats_config, cache_root),
@@ -95,42 +105,55 @@ def search_benchmark(
     result = run_search(
         search_stats, probe_other, {t: all_truth[t][search_idx] for t in targets}, search_config, run_dir,
         pool=pool, progress=progress, resume=resume, probe_index=list(range(len(probe_cands))), sources=sources,
-        command=command,
+        command=command, trivial=search_trivial,
+        features={n: v for n, v in search_trivial.items() if n.startswith(ARCH_PREFIX)},
     )
     del search_stats, probe_other
     if not result.finished:
         return result
+    choices = result.best_trivial
 
     heldout_cands = [candidates[i] for i in split.heldout]
     heldout_truth = {t: all_truth[t][split.heldout] for t in targets}
     heldout_stats = load_or_compute(bench, heldout_cands, stats_config, progress=progress, cache_root=cache_root)
     stacked = StackedStats(heldout_stats, worker_device(pool.device if pool is not None else None))
     del heldout_stats
+    names = list(baselines) if baselines is not None else default_baselines(bench.family)
+    names += [n for n in trivial_names if n not in names]
+    base = baseline_scores(bench, names, stats_config, progress=progress, candidates=heldout_cands,
+                           cache_root=cache_root)
+    control = {t: c.oriented(base[c.name]) for t, c in choices.items()}
     hall = result.hall_of_fame
     rows = []
     failures: dict[str, dict[str, int]] = {}
     best_scores = None
+    metric = get_metric(search_config.metric)
     for entry in hall:
         proxy = Proxy.from_formula(entry["formula"])
         scores, fails = evaluate_stacked(proxy, stacked)
         add_heldout(entry, scores, heldout_truth, search_config.metric, dict(fails), n_boot)
+        if len(control) == len(targets):
+            entry["vs_best_trivial"] = paired_bootstrap_difference(
+                scores, control, heldout_truth, metric, search_config.joint, n_boot).to_json()
         name = f"evolved #{entry['rank']}"
         rows += rows_for(name, "proxy", scores, heldout_truth, degeneracy_flags(scores), entry["formula"], n_boot)
         if fails:
             failures[name] = dict(fails)
         if best_scores is None:
             best_scores = scores
-    names = list(baselines) if baselines is not None else default_baselines(bench.family)
-    if names:
-        base = baseline_scores(bench, names, stats_config, progress=progress, candidates=heldout_cands,
-                               cache_root=cache_root)
-        for name in names:
-            rows += rows_for(name, "baseline", base[name], heldout_truth, degeneracy_flags(base[name]), n_boot=n_boot)
+    costs = baseline_costs(bench, names, stats_config, cache_root)
+    for name in names:
+        rows += rows_for(name, "baseline", base[name], heldout_truth, degeneracy_flags(base[name]), n_boot=n_boot,
+                         seconds=costs.get(name))
     batch = bench.batch(stats_config.batch_seed, stats_config.batch_size).describe()
     report = ScoreReport(bench.name, "heldout", len(heldout_cands), batch, stats_config.describe(), rows, failures)
+    outcome = run_verdict(hall[0] if hall else None, choices, targets)
     meta = {"benchmark": bench.name, "split": {"seed": search_config.split_seed,
                                                "heldout_fraction": search_config.heldout_fraction,
-                                               "search": len(search_idx), "heldout": len(heldout_cands)}}
+                                               "search": len(search_idx), "heldout": len(heldout_cands)},
+            "batch": batch, "best_trivial": {t: c.to_json() for t, c in choices.items()},
+            "trivial_heldout": {t: metric(v, heldout_truth[t]) for t, v in control.items()}, "verdict": outcome,
+            "stats": found_with(bench, stats_config)}
     write_hall_of_fame(run_dir, hall, search_config, command, meta)
     if best_scores is not None:
         t0 = targets[0]
@@ -138,18 +161,46 @@ def search_benchmark(
                      f"{hall[0]['formula']}\nheld-out {search_config.metric} = {hall[0]['heldout'][t0]:+.3f}",
                      ylabel=f"{t0} (held-out)")
     extra = [f"Benchmark `{bench.name}`: {len(search_idx)} search networks, {len(heldout_cands)} held-out "
-             f"(split seed {search_config.split_seed}); fitness = {search_config.metric} "
-             f"({search_config.joint} over {', '.join(targets)}); seed {search_config.seed}.", ""]
+             f"(split seed {search_config.split_seed}); fitness = {search_config.fitness} {search_config.metric} "
+             f"({search_config.joint} over {', '.join(targets)}); seed {search_config.seed}; "
+             f"batch seed {stats_config.batch_seed}.", "",
+             "Best trivial predictor per target (chosen on the search split): "
+             + (", ".join(f"{t}: `{c.label}` ({search_config.metric} {c.search_value:+.3f})"
+                          for t, c in choices.items()) or "none") + ".", ""]
     write_summary(run_dir / "summary.md", f"EMQ search on {bench.name}", command, report.to_markdown(), hall,
-                  result.log, extra)
+                  result.log, extra, verdict_line(outcome))
     result.hall_of_fame = hall
     return result
 
 
-def summarize_run(run_dir: str | Path) -> dict[str, Any]:
-    """Return the headline of a finished run: best formula and its fitness on search and held-out."""
-    data = load_hall_of_fame(run_dir)
-    best = data["programs"][0] if data["programs"] else None
-    return {"run_dir": str(run_dir), "best": best and {k: best.get(k) for k in ("formula", "fitness", "search", "heldout")}}
+def found_with(bench: Benchmark, config: StatsConfig) -> dict[str, Any]:
+    """Return the statistics settings a program was found with (stored in exported proxies; `Proxy.score` reuses them)."""
+    calib = bench.calibration_batch()
+    has_calib = calibration_inputs(bench) is not None
+    return {"act_bits": getattr(bench, "act_bits", 8) if bench.family == "mq" else None,
+            "hessian_samples": config.hessian_samples, "batch_size": config.batch_size,
+            "batch_seed": config.batch_seed, "init_seed": config.init_seed,
+            "calibration": (calib.source if calib is not None else f"{bench.name} calibration inputs")
+            if has_calib else "batch"}
 
 
+def run_verdict(best: dict[str, Any] | None, choices: dict[str, TrivialChoice], targets: Sequence[str]) -> dict[str, Any]:
+    """Return this run's verdict: the best program (by search fitness) against the best trivial predictor on held-out."""
+    if best is None or "vs_best_trivial" not in best:
+        why = "no program passed screening" if best is None else "no trivial predictor is defined for every target"
+        return {"verdict": NO_DISCOVERY, "why": why, "difference": None}
+    diff = PairedDifference(**best["vs_best_trivial"])
+    return {"verdict": DISCOVERY if diff.low > 0 else NO_DISCOVERY, "formula": best["formula"],
+            "difference": diff.to_json(), "trivial": {t: choices[t].label for t in targets}}
+
+
+def verdict_line(outcome: dict[str, Any]) -> str:
+    """Return the summary's closing line, e.g. `Verdict (this run): no discovery — ...`."""
+    if outcome.get("difference") is None:
+        return f"Verdict (this run): {outcome['verdict']} ({outcome['why']})."
+    d = outcome["difference"]
+    trivial = ", ".join(sorted(set(outcome["trivial"].values())))
+    return (f"Verdict (this run): **{outcome['verdict']}**: held-out Kendall of evolved #1 minus best trivial "
+            f"predictor ({trivial}) = {d['value']:+.3f}, paired bootstrap 95% CI [{d['low']:+.3f}, {d['high']:+.3f}]"
+            f" ({d['n_boot']} resamples). A discovery claim needs this in the median over >= 3 search seeds x 2 "
+            "batch seeds (`emq search ... --seeds 0,1,2 --batch-seeds 0,1`).")

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from emq.atomic import check_not_inputs, check_output_path, write_json_atomic, write_text_atomic
 from emq.errors import EMQUserError, StatUnavailableError
-from emq.fitness import bootstrap_interval, get_metric, joint
+from emq.fitness import TrivialChoice, bootstrap_interval, choose_best_trivial, get_metric, joint, partial_correlation
 from emq.proxy import Proxy
 from emq.stats import NetworkStats
 from emq.strict_json import loads_strict
@@ -57,6 +57,8 @@ ENGINE = "emq-search/1"
 STATE_FORMAT = "emq-search-state/1"
 HOF_FORMAT = "emq-hall-of-fame/1"
 CHECKPOINT_DIR = "checkpoint"
+#: "partial": rank correlation beyond the best trivial predictor (default); "plain": the rank correlation itself.
+FITNESS_MODES = ("partial", "plain")
 
 
 class RunFolderError(EMQUserError, ValueError):
@@ -80,8 +82,14 @@ class SearchConfig:
     new random programs; the hall of fame (`hof_size`) is carried over whole.
     `time_budget_s` bounds the projected seconds to score one program on the search
     split (the only timing-dependent rule: keep it generous for reproducible runs).
-    `size_tau_limit` rejects programs whose probe ranking matches the networks'
-    parameter counts (|Kendall| at or above it; 1 disables): they cannot beat #params.
+    `trivial_tau_limit` rejects programs whose probe ranking matches a trivial
+    predictor (#params, bit counts, quantized loss: |Kendall| at or above it; 1
+    disables), `arch_eta_limit` those whose probe scores are a function of one
+    architecture hyperparameter (eta squared of the ranks; above 1 disables).
+    `fitness` "partial" (the default) pays only for what a program adds beyond the
+    best trivial predictor of each target, chosen on the search split: Kendall (or
+    Spearman) partialled on it (`emq.fitness.partial_correlation`); "plain" is the
+    plain rank correlation. Without trivial predictors both are the same.
     """
 
     population: int = 64
@@ -101,7 +109,9 @@ class SearchConfig:
     time_budget_s: float = 60.0
     niche_threshold: float = 0.98
     reject_input_independent: bool = True
-    size_tau_limit: float = 0.95
+    trivial_tau_limit: float = 0.95
+    arch_eta_limit: float = 0.99
+    fitness: str = "partial"
     stats: tuple[str, ...] | None = None
     op_weights: tuple[tuple[str, float], ...] = ()
     heldout_fraction: float = 0.5
@@ -119,6 +129,8 @@ class SearchConfig:
         get_metric(self.metric)
         if self.joint not in ("mean", "min"):
             raise ValueError(f"joint must be 'mean' or 'min', got {self.joint!r}")
+        if self.fitness not in FITNESS_MODES:
+            raise ValueError(f"fitness must be one of {', '.join(FITNESS_MODES)}, got {self.fitness!r}")
         if self.population < 2:
             raise ValueError("population must be >= 2")
         if not 0 <= self.hof_size < self.population:
@@ -208,6 +220,8 @@ class SearchResult:
     log: list[dict[str, Any]]
     generation: int
     finished: bool
+    #: Per target: the trivial predictor the search's fitness was measured beyond (chosen on the search split).
+    best_trivial: dict[str, TrivialChoice] = field(default_factory=dict)
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -240,6 +254,8 @@ def run_search(
     stop_after: int | None = None,
     on_generation: Callable[[int, dict[str, Any]], None] | None = None,
     command: str | None = None,
+    trivial: Mapping[str, np.ndarray] | None = None,
+    features: Mapping[str, np.ndarray] | None = None,
 ) -> SearchResult:
     """Evolve proxy programs on `search_stats` against `truth` and return the hall of fame.
 
@@ -251,7 +267,10 @@ def run_search(
     a spilled copy. `heldout` = (statistics, truth) scores the final hall of fame on
     networks the search never saw. `stop_after` ends this call after that
     generation (the run stays resumable); `on_generation(gen, log_row)` is called
-    after each generation's checkpoint.
+    after each generation's checkpoint. `trivial` maps each trivial predictor to its
+    values on the search networks (#params is added from the statistics), `features`
+    each architecture hyperparameter; both feed the trivial-equivalent screen, and the
+    best trivial predictor per target is the control of the partial fitness.
     """
     run_dir = Path(run_dir)
     n = len(search_stats)
@@ -274,9 +293,20 @@ def run_search(
     workload = None
     try:
         limits = ScreenLimits(config.max_size, config.time_budget_s, config.reject_input_independent,
-                              config.size_tau_limit)
-        workload = pool.workload(search_stats, probe_stats_other_batch, probe_index, limits, *sources)
-        engine = _Engine(config, grammar, {t: truth[t] for t in targets}, pool, workload, run_dir)
+                              config.trivial_tau_limit, config.arch_eta_limit)
+        predictors = dict(trivial or {})
+        predictors.setdefault("params", np.array([float(sum(s.params.values())) for s in search_stats]))
+        for name, values in [*predictors.items(), *(features or {}).items()]:
+            if len(values) != n:
+                raise ValueError(f"trivial predictor / feature {name!r} has {len(values)} values for {n} search networks")
+        index = list(probe_index)
+        workload = pool.workload(search_stats, probe_stats_other_batch, probe_index, limits, *sources,
+                                 probe_trivial={k: np.asarray(v, dtype=np.float64)[index] for k, v in predictors.items()},
+                                 probe_features={k: np.asarray(v, dtype=np.float64)[index]
+                                                 for k, v in (features or {}).items()})
+        choices = choose_best_trivial(predictors, {t: truth[t] for t in targets}, get_metric(config.metric))
+        engine = _Engine(config, grammar, {t: truth[t] for t in targets}, pool, workload, run_dir,
+                         {t: (c, c.oriented(predictors[c.name])) for t, c in choices.items()})
         state = engine.start(resume)
         bar = tqdm(total=config.generations, initial=min(state.generation + 1, config.generations),
                    desc="search", unit="gen", disable=not progress, leave=False)
@@ -294,7 +324,7 @@ def run_search(
             bar.close()
         finished = state.generation + 1 >= config.generations
         hall = engine.finish(state, heldout, command)
-        return SearchResult(run_dir, hall, state.log, state.generation, finished)
+        return SearchResult(run_dir, hall, state.log, state.generation, finished, choices)
     finally:
         if workload is not None:
             pool.detach(workload)
@@ -311,8 +341,9 @@ class _Engine:
     """One search's fixed parts (config, grammar, truth, pool) and the generation step."""
 
     def __init__(self, config: SearchConfig, grammar: Grammar, truth: dict[str, np.ndarray], pool: EvaluationPool,
-                 workload: Any, run_dir: Path) -> None:
+                 workload: Any, run_dir: Path, controls: dict[str, tuple[TrivialChoice, np.ndarray]]) -> None:
         self.config = config
+        self.controls = controls  # per target: the best trivial predictor and its oriented values
         self.grammar = grammar
         self.truth = truth
         self.pool = pool
@@ -332,8 +363,7 @@ class _Engine:
         seen: set[str] = set()
         population = self._seeded(seen)  # checked before the first write: a bad seed leaves no half-started run
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.run_dir / "config.json", {"search": self.config.to_json(), "stats": self.grammar.stats,
-                                                        "targets": list(self.truth), "engine": ENGINE})
+        self._write_config()
         rng = SearchRNG.from_seed(self.config.seed)
         state = _State(-1, [], NicheHallOfFame(self.config.hof_size, self.config.niche_threshold), OrderedDict(), rng)
         start = time.perf_counter()
@@ -439,11 +469,16 @@ class _Engine:
     def _record(self, outcome: Outcome) -> dict[str, Any]:
         if outcome.reason is not None:
             return {"reason": outcome.reason, "fitness": None, "targets": {}, "probe": None}
-        per = {t: self.metric(outcome.scores, col) for t, col in self.truth.items()}
+        plain = {t: self.metric(outcome.scores, col) for t, col in self.truth.items()}
+        per = dict(plain)
+        if self.config.fitness == "partial":
+            per = {t: partial_correlation(self.metric, outcome.scores, col, self.controls[t][1])
+                   if t in self.controls else plain[t] for t, col in self.truth.items()}
         value = joint(list(per.values()), self.config.joint)
         if not math.isfinite(value):
             return {"reason": UNDEFINED_FITNESS, "fitness": None, "targets": {}, "probe": None}
-        return {"reason": None, "fitness": value, "targets": per, "probe": [float(x) for x in outcome.probe]}
+        return {"reason": None, "fitness": value, "targets": per, "plain": plain,
+                "probe": [float(x) for x in outcome.probe]}
 
     # ------------------------------------------------- bookkeeping
     def _advance(self, state: _State, population: list[Any], stats: dict[str, Any], start: float) -> dict[str, Any]:
@@ -525,9 +560,13 @@ class _Engine:
         state = _State(int(data["generation"]), [_individual(e) for e in data["population"]], hof, memo, rng,
                        list(data["log"]))
         if self.config.generations != saved.generations:
-            write_json_atomic(self.run_dir / "config.json", {"search": self.config.to_json(), "stats": self.grammar.stats,
-                                                            "targets": list(self.truth), "engine": ENGINE})
+            self._write_config()
         return state
+
+    def _write_config(self) -> None:
+        write_json_atomic(self.run_dir / "config.json", {
+            "search": self.config.to_json(), "stats": self.grammar.stats, "targets": list(self.truth),
+            "engine": ENGINE, "best_trivial": {t: c.to_json() for t, (c, _) in self.controls.items()}})
 
     # ------------------------------------------------------------ finish
     def finish(self, state: _State, heldout: tuple[Sequence[NetworkStats], Mapping[str, np.ndarray]] | None,
@@ -553,7 +592,8 @@ class _Engine:
     def hall_entry(self, rank: int, ind: Any) -> dict[str, Any]:
         rec = ind.record
         return {"rank": rank, "formula": ind.tree.formula(), "hash": ind.hash, "fitness": rec["fitness"],
-                "search": dict(rec["targets"]), "size": ind.tree.size}
+                "search": dict(rec["targets"]), "search_plain": dict(rec.get("plain", rec["targets"])),
+                "size": ind.tree.size}
 
 
 def add_heldout(entry: dict[str, Any], scores: np.ndarray, truth: Mapping[str, np.ndarray], metric: str,
@@ -577,20 +617,20 @@ def write_hall_of_fame(run_dir: Path, hall: list[dict[str, Any]], config: Search
         if "heldout" in entry:
             proxy_meta["fitness"]["heldout"] = entry["heldout"]
         clean["proxy"] = Proxy.from_formula(entry["formula"], meta=proxy_meta).to_json()
-        programs.append(_finite(clean))
+        programs.append(json_finite(clean))
     data = {"format": HOF_FORMAT, "engine": ENGINE, "metric": config.metric, "joint": config.joint,
             "seed": config.seed, "command": command, **dict(meta or {}), "programs": programs}
     return write_json_atomic(run_dir / "hall_of_fame.json", data)
 
 
-def _finite(value: Any) -> Any:
-    # JSON has no NaN: undefined correlations are written as null.
+def json_finite(value: Any) -> Any:
+    """Return `value` with non-finite floats replaced by None (JSON has no NaN: undefined correlations are null)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [json_finite(v) for v in value]
     return value
 
 

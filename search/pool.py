@@ -25,7 +25,7 @@ import uuid
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -113,6 +113,9 @@ class Workload:
     device: str | None = None  # None: a GPU per worker if present, else cpu
     claim_dir: str | None = None  # where workers claim GPU slots (round-robin)
     parent_pid: int | None = None  # local worker processes exit when this process is gone
+    #: Trivial predictors and arch hyperparameters on the probe networks: (name, values) pairs.
+    probe_trivial: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    probe_features: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
 
 # ------------------------------------------------------------- worker side
@@ -190,13 +193,14 @@ def prepared_inputs(workload: Workload) -> ScreenInputs:
     """Return this worker's screening inputs for `workload`, loading and stacking the statistics once."""
     device = worker_device(workload.device, workload.claim_dir)
     key = (workload.search.token, workload.probe_other.token if workload.probe_other else None,
-           workload.probe_index, device)
+           workload.probe_index, workload.probe_trivial, workload.probe_features, device)
     with _LOCK:
         if key in _PREPARED:
             return _PREPARED[key]
     search = _stacked(workload.search, device)
     other = _stacked(workload.probe_other, device) if workload.probe_other is not None else None
-    inputs = ScreenInputs.build(search, other, workload.probe_index)
+    inputs = ScreenInputs.build(search, other, workload.probe_index, dict(workload.probe_trivial),
+                                dict(workload.probe_features))
     with _LOCK:
         _PREPARED.clear()
         _PREPARED[key] = inputs
@@ -267,6 +271,11 @@ def _outcome_dict(o: Outcome) -> dict[str, Any]:
             "seconds": o.seconds, "detail": o.detail}
 
 
+def _pairs(values: Mapping[str, Sequence[float]] | None) -> tuple[tuple[str, tuple[float, ...]], ...]:
+    # Plain, hashable, picklable: the workload travels to every worker with each batch.
+    return tuple((str(k), tuple(float(x) for x in v)) for k, v in sorted((values or {}).items()))
+
+
 # ------------------------------------------------------------- parent side
 class EvaluationPool:
     """Parallel scorer of programs; use as a context manager (or call `close`) to release workers and spills."""
@@ -317,13 +326,15 @@ class EvaluationPool:
 
     def workload(self, search: Sequence[NetworkStats], probe_other: Sequence[NetworkStats] | None,
                  probe_index: Sequence[int], limits: ScreenLimits, search_source: StatsSource | None = None,
-                 other_source: StatsSource | None = None) -> Workload:
+                 other_source: StatsSource | None = None, probe_trivial: Mapping[str, Sequence[float]] | None = None,
+                 probe_features: Mapping[str, Sequence[float]] | None = None) -> Workload:
         """Return the workload of one search (attaching its statistics once)."""
         return Workload(
             search=self.attach(search, search_source),
             probe_other=self.attach(probe_other, other_source) if probe_other is not None else None,
             probe_index=tuple(int(i) for i in probe_index), limits=limits, device=self.device,
-            claim_dir=self.claim_dir, parent_pid=self.parent_pid,
+            claim_dir=self.claim_dir, parent_pid=self.parent_pid, probe_trivial=_pairs(probe_trivial),
+            probe_features=_pairs(probe_features),
         )
 
     def detach(self, workload: Workload) -> None:

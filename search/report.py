@@ -78,8 +78,8 @@ def plot_scatter(scores: np.ndarray, truth: np.ndarray, path: str | Path, title:
 
 
 def write_summary(path: str | Path, title: str, command: str | None, table: str, hall: Sequence[dict[str, Any]],
-                  log: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> Path:
-    """Write summary.md: the command, the held-out comparison table, the hall of fame, the search's course."""
+                  log: Sequence[dict[str, Any]], extra: Sequence[str] = (), verdict: str = "") -> Path:
+    """Write summary.md: the command, the held-out comparison table, the hall of fame, the search's course, the verdict."""
     lines = [f"# {title}", ""]
     if command:
         lines += ["Produced by:", "", f"    {command}", ""]
@@ -102,4 +102,6 @@ def write_summary(path: str | Path, title: str, command: str | None, table: str,
                                                            sorted(rejections.items(), key=lambda kv: -kv[1])) or "none"),
                   "", "Files: `log.jsonl` (one line per generation), `hall_of_fame.json`, `evolution.png`, "
                   "`scatter.png`, `config.json`, `checkpoint/`."]
+    if verdict:
+        lines += ["", "## Verdict", "", verdict]
     return write_text_atomic(path, "\n".join(lines) + "\n")

@@ -3,21 +3,23 @@
 Order (the first that applies is the reason): size, then on the probe candidates
 op errors / missing statistics, non-finite or constant scores, scores unchanged
 on the probe's second batch (input independence: the published EMQ proxy fails
-exactly this), a probe ranking equal to the networks' parameter counts (a size count
-whose value moves with the batch but whose ranking does not), the projected time for the full set, and finally the same value
-checks on the full search set.
+exactly this), a trivial predictor in disguise (`trivial_equivalent`: a probe ranking
+equal to #params, a bit count or the quantized loss, or scores that are a function of one
+architecture hyperparameter such as the embedding width), the projected time for the
+full set, and finally the same value checks on the full search set.
 """
 from __future__ import annotations
 
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from emq.degeneracy import (
-    CONSTANT, INPUT_INDEPENDENT, NONFINITE, SIZE_EQUIVALENT, is_input_independent, is_size_equivalent, score_flags,
+    CONSTANT, INPUT_INDEPENDENT, NONFINITE, TRIVIAL_EQUIVALENT, hyperparameter_function, is_input_independent,
+    score_flags, trivial_match,
 )
 from emq.proxy import Proxy
 from search.fast_eval import StackedStats, evaluate_stacked
@@ -27,7 +29,7 @@ OVER_TIME = "over_time"
 MISSING_STAT = "missing_stat"
 UNDEFINED_FITNESS = "undefined_fitness"
 __all__ = ["OVER_SIZE", "OVER_TIME", "MISSING_STAT", "UNDEFINED_FITNESS", "NONFINITE", "CONSTANT",
-           "INPUT_INDEPENDENT", "SIZE_EQUIVALENT", "ScreenLimits", "ScreenInputs", "Outcome", "screen_and_score", "rejection_table"]
+           "INPUT_INDEPENDENT", "TRIVIAL_EQUIVALENT", "ScreenLimits", "ScreenInputs", "Outcome", "screen_and_score", "rejection_table"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,10 @@ class ScreenLimits:
     max_size: int = 20
     time_budget_s: float = 30.0
     reject_input_independent: bool = True
-    size_tau_limit: float = 0.95  # reject programs ranking the probe like #params (|tau| >= this); 1 disables
+    #: Reject programs ranking the probe like a trivial predictor (|Kendall tau| >= this); 1 disables.
+    trivial_tau_limit: float = 0.95
+    #: Reject programs whose probe ranks are this much (eta squared) a function of one arch hyperparameter; > 1 disables.
+    arch_eta_limit: float = 0.99
 
 
 @dataclass
@@ -48,15 +53,26 @@ class ScreenInputs:
     probe: StackedStats  # a subset of `search` (positions `probe_index`)
     probe_other: StackedStats | None  # the same probe networks on a second batch
     probe_index: np.ndarray
-    probe_sizes: np.ndarray | None = None  # parameter count of each probe network
+    #: Trivial predictors' values on the probe networks (#params always; bit counts, quantized loss, ...).
+    probe_trivial: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Architecture hyperparameters of the probe networks (empty for bit configurations).
+    probe_features: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, search: StackedStats, probe_other: StackedStats | None, probe_index) -> "ScreenInputs":
+    def build(cls, search: StackedStats, probe_other: StackedStats | None, probe_index,
+              probe_trivial: Mapping[str, Sequence[float]] | None = None,
+              probe_features: Mapping[str, Sequence[float]] | None = None) -> "ScreenInputs":
         index = np.asarray(probe_index, dtype=np.int64)
         if probe_other is not None and probe_other.n != len(index):
             raise ValueError(f"{probe_other.n} second-batch statistics for {len(index)} probe positions")
         probe = search.subset(index.tolist())
-        return cls(search, probe, probe_other, index, probe.total_params())
+        trivial = {"params": probe.total_params(), **{k: np.asarray(v, dtype=np.float64)
+                                                     for k, v in (probe_trivial or {}).items()}}
+        features = {k: np.asarray(v, dtype=np.float64) for k, v in (probe_features or {}).items()}
+        for name, values in [*trivial.items(), *features.items()]:
+            if len(values) != len(index):
+                raise ValueError(f"trivial predictor / feature {name!r} has {len(values)} values for {len(index)} probes")
+        return cls(search, probe, probe_other, index, trivial, features)
 
 
 @dataclass
@@ -114,8 +130,11 @@ def screen_and_score(proxy: Proxy, inputs: ScreenInputs, limits: ScreenLimits = 
             return done(_reason(failures))
         if is_input_independent(probe, other):
             return done(INPUT_INDEPENDENT)
-    if is_size_equivalent(probe, inputs.probe_sizes, limits.size_tau_limit):
-        return done(SIZE_EQUIVALENT)
+    twin = trivial_match(probe, inputs.probe_trivial, limits.trivial_tau_limit) or \
+        hyperparameter_function(probe, inputs.probe_features, limits.arch_eta_limit)
+    if twin is not None:
+        out.detail["trivial"] = twin
+        return done(TRIVIAL_EQUIVALENT)
     projected = probe_seconds * inputs.search.n / max(1, inputs.probe.n)
     out.detail["projected_s"] = projected
     if projected > limits.time_budget_s:

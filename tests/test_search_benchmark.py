@@ -57,7 +57,8 @@ def bench(monkeypatch):
 def test_search_benchmark_compares_hall_of_fame_with_baselines_on_heldout(bench, tmp_path):
     config = SearchConfig(population=12, generations=3, seed=0, probe_size=8, hof_size=3, targets=("test_acc",))
     result = search_benchmark(bench, StatsConfig(), config, tmp_path / "run", progress=False, n_boot=50,
-                              baselines=["params", "bit_sum", "bparams", "hawq"], command="emq search synthetic-mq")
+                              baselines=["params", "bit_sum", "bparams", "hawq"], command="emq search synthetic-mq",
+                              trivial=["params", "bit_sum", "bparams", "bops"])
     assert result.finished
     split = heldout_split(bench.candidate_ids(), config.heldout_fraction, config.split_seed)
     heldout_ids = {f"c{i}" for i in split.heldout}
@@ -73,9 +74,49 @@ def test_search_benchmark_compares_hall_of_fame_with_baselines_on_heldout(bench,
     assert (result.run_dir / "scatter.png").is_file()
     (proxy,) = export_proxies(result.run_dir)
     assert proxy.meta["benchmark"] == "synthetic-mq"
+    # The honest bar: the best trivial predictor was chosen on the search split and the run ends with a verdict.
+    assert hall["best_trivial"]["test_acc"]["name"] in {"params", "bit_sum", "bparams", "bops"}
+    assert hall["verdict"]["verdict"] in {"discovery", "no discovery"}
+    assert set(hall["programs"][0]["vs_best_trivial"]) == {"value", "low", "high", "n_boot"}
+    assert "## Verdict" in summary and "Verdict (this run): **" in summary
+    assert proxy.meta["stats"]["calibration"] == "batch" and proxy.meta["stats"]["hessian_samples"] == 2
 
 
 def test_default_baselines_for_mq_are_cheap_program_baselines():
     names = default_baselines("mq")
     assert {"params", "bit_sum", "bparams"} <= set(names)
     assert all(emq.baselines.get_baseline(n).kind == "program" for n in names)
+
+
+def test_study_runs_every_seed_and_batch_seed_and_writes_one_verdict(bench, tmp_path):
+    from search.study import load_study, run_study
+
+    config = SearchConfig(population=10, generations=2, seed=0, probe_size=8, hof_size=2, targets=("test_acc",))
+    study = run_study(bench, StatsConfig(), config, tmp_path / "study", [0, 1], [0, 1], search_benchmark,
+                      "emq search synthetic-mq --seeds 0,1 --batch-seeds 0,1", progress=False, n_boot=30,
+                      baselines=["params"], trivial=["params", "bit_sum", "bparams", "bops"])
+    assert [(r["seed"], r["batch_seed"]) for r in study["runs"]] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    assert study["verdict"] in {"discovery", "no discovery"}
+    assert load_study(tmp_path / "study") == study
+    text = (tmp_path / "study" / "study.md").read_text()
+    assert f"Verdict: **{study['verdict']}**" in text and text.count("| seed") == 0 and "| 1 | 1 |" in text
+    assert (tmp_path / "study" / "seed1-batch1" / "summary.md").is_file()
+
+
+def test_verdict_of_a_finished_run_matches_the_runs_own_and_closes_its_summary(bench, tmp_path, monkeypatch):
+    import search.rescore
+    from search.rescore import rescore_run
+
+    monkeypatch.setattr(search.rescore, "load_or_compute", search.benchmark.load_or_compute)
+    monkeypatch.setattr(search.rescore, "trivial_baselines", lambda b: ["params", "bit_sum", "bparams", "bops"])
+    config = SearchConfig(population=12, generations=2, seed=0, probe_size=8, hof_size=3, targets=("test_acc",))
+    search_benchmark(bench, StatsConfig(), config, tmp_path / "run", progress=False, n_boot=40,
+                     trivial=["params", "bit_sum", "bparams", "bops"], command="emq search synthetic-mq")
+    own = load_hall_of_fame(tmp_path / "run")
+    record = rescore_run(bench, tmp_path / "run", StatsConfig(), n_boot=40, progress=False)
+    assert record["verdict"]["difference"] == pytest.approx(own["verdict"]["difference"])
+    assert record["best_trivial"]["test_acc"]["label"] == own["best_trivial"]["test_acc"]["label"]
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert summary.count("## Verdict") == 1 and summary.rstrip().endswith(").")
+    rescore_run(bench, tmp_path / "run", StatsConfig(), n_boot=40, progress=False)  # idempotent
+    assert (tmp_path / "run" / "summary.md").read_text().count("## Verdict") == 1

@@ -94,15 +94,45 @@ def test_without_second_batch_the_independence_screen_is_skipped():
     assert screen("sum_layers(sum(mul(bits, square(weight))))", inputs) is None
 
 
-def test_size_count_that_moves_with_the_batch_is_rejected_as_size_equivalent():
+def test_size_count_that_moves_with_the_batch_is_rejected_as_trivial_equivalent():
     from conftest import make_stats
-    from search.screening import SIZE_EQUIVALENT
+    from search.screening import TRIVIAL_EQUIVALENT
 
     shapes = [(("conv", (2 + i, 3, 3, 3)), ("fc", (10, 2 + i))) for i in range(8)]
     nets = [make_stats(i, layers=shapes[i]) for i in range(8)]
     other = [make_stats(100 + i, layers=shapes[i]) for i in range(8)]
     inputs = ScreenInputs.build(StackedStats(nets), StackedStats(other), list(range(8)))
     # sigmoid(grad) ~ 0.5 everywhere: its norm is half the square root of the size, whatever the batch
-    assert screen("sum_layers(l2(sigmoid(grad)))", inputs) == SIZE_EQUIVALENT
-    assert screen("sum_layers(l2(sigmoid(grad)))", inputs, size_tau_limit=1.0) is None
-    assert list(inputs.probe_sizes) == [sum(net.params.values()) for net in nets]
+    outcome = screen_and_score(Proxy.from_formula("sum_layers(l2(sigmoid(grad)))"), inputs, ScreenLimits())
+    assert outcome.reason == TRIVIAL_EQUIVALENT and outcome.detail["trivial"] == "params"
+    assert screen("sum_layers(l2(sigmoid(grad)))", inputs, trivial_tau_limit=1.0) is None
+    assert list(inputs.probe_trivial["params"]) == [sum(net.params.values()) for net in nets]
+
+
+def test_program_that_reduces_to_the_quantized_loss_is_rejected_naming_it(inputs):
+    # An MQ program whose probe ranking is a monotone function of the quantized loss adds nothing to it.
+    from search.screening import TRIVIAL_EQUIVALENT
+
+    program = Proxy.from_formula("min_layers(mean(log_softmax_last(grad)))")
+    probe = screen_and_score(program, inputs, ScreenLimits()).probe
+    assert probe is not None
+    loss_like = ScreenInputs.build(inputs.search, inputs.probe_other, inputs.probe_index,
+                                   probe_trivial={"qloss": -torch.tensor(probe).exp().numpy()})
+    outcome = screen_and_score(program, loss_like, ScreenLimits())
+    assert outcome.reason == TRIVIAL_EQUIVALENT and outcome.detail["trivial"] == "qloss"
+    assert screen_and_score(program, loss_like, ScreenLimits(trivial_tau_limit=1.0)).reason is None
+
+
+def test_program_that_is_a_function_of_one_hyperparameter_is_rejected(inputs):
+    # The old vit-digits winner took one value per embedding width: here, scores constant within `width` groups.
+    from search.screening import TRIVIAL_EQUIVALENT
+
+    program = Proxy.from_formula("min_layers(mean(log_softmax_last(grad)))")
+    probe = screen_and_score(program, inputs, ScreenLimits()).probe
+    order = probe.argsort()
+    width = torch.zeros(len(probe))
+    width[order[len(probe) // 2:]] = 1.0  # two groups, split at the median: ranks are NOT constant within them
+    grouped = ScreenInputs.build(inputs.search, inputs.probe_other, inputs.probe_index,
+                                 probe_features={"arch:width": width.numpy()})
+    assert screen_and_score(program, grouped, ScreenLimits()).reason is None  # correlated, not a function
+    assert screen_and_score(program, grouped, ScreenLimits(arch_eta_limit=0.7)).reason == TRIVIAL_EQUIVALENT

@@ -70,3 +70,32 @@ class Benchmark(ABC):
 
     def candidate_ids(self) -> list[str]:
         return [c.id for c in self.candidates()]
+
+    def arch_features(self, candidate: Candidate) -> dict[str, float]:
+        """Return the candidate's numeric architecture hyperparameters (empty for bit configurations).
+
+        These are trivial predictors: a proxy must beat each of them. The default reads
+        `candidate.arch`: numbers as they are, numeric lists (per-layer settings) as their
+        mean (`X_mean`) and their sum (`X_sum`, e.g. total depth over
+        stages; it differs from the mean when the list length varies). Benchmarks may override it.
+        """
+        return arch_features(candidate.arch)
+
+    def calibration_batch(self) -> Batch | None:
+        """Return the images (and labels) the benchmark calibrates quantization on, or None when it has none."""
+        return None
+
+
+def arch_features(arch: dict[str, Any] | None) -> dict[str, float]:
+    """Return the numeric hyperparameters of an arch record: scalars, and mean and sum of numeric lists."""
+    out: dict[str, float] = {}
+    for key, value in sorted((arch or {}).items()):
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            out[key] = float(value)
+        elif isinstance(value, (list, tuple)) and value and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            out[f"{key}_mean"] = float(np.mean(value))
+            out[f"{key}_sum"] = float(np.sum(value))
+    return out

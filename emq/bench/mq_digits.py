@@ -474,6 +474,11 @@ class MQDigitsBenchmark(Benchmark):
         """Return the calibration-split images (the ones the ground truth's activation ranges came from)."""
         return digits.calibration_split(self.seed)[0]
 
+    def calibration_batch(self) -> Batch:
+        """Return the calibration split with its labels (what the trivial predictor `qloss_calib` is measured on)."""
+        x, y = digits.calibration_split(self.seed)
+        return Batch(inputs=x, labels=y, source="digits-calib-16x16", seed=self.seed)
+
 
 def _load_weights(path: Path, layers: list[str]) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file

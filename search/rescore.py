@@ -1,0 +1,99 @@
+"""Judge a finished run folder under the honest bar: its best program against the best trivial predictor.
+
+Runs made before the bar existed (or with other settings) keep their hall of fame;
+this re-measures only what the verdict needs. The best trivial predictor per target
+is chosen on the run's own search split, the best program (rank 1, chosen by the
+search) is scored on the held-out split on the statistics it needs, and the paired
+bootstrap difference gives the run's verdict. The result is written to
+`verdict.json` and appended to `summary.md` as its closing "## Verdict" section.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emq.atomic import write_json_atomic, write_text_atomic
+from emq.baselines import baseline_scores, trivial_baselines
+from emq.bench.base import Benchmark
+from emq.fitness import choose_best_trivial, get_metric, heldout_split, paired_bootstrap_difference
+from emq.proxy import Proxy
+from emq.scoring import check_proxies_fit
+from emq.stats_cache import StatsConfig, load_or_compute
+from search.benchmark import run_verdict, verdict_line
+from search.evolution import json_finite, load_hall_of_fame
+from search.fast_eval import StackedStats, evaluate_stacked
+
+VERDICT_FORMAT = "emq-verdict/1"
+
+
+def rescore_run(bench: Benchmark, run_dir: str | Path, stats_config: StatsConfig, n_boot: int = 1000,
+                progress: bool = True, cache_root: str | Path | None = None) -> dict[str, Any]:
+    """Return (and write) the verdict of `run_dir`'s best program against `bench`'s best trivial predictor.
+
+    `stats_config` must be the run's statistics settings (batch seed and size, init
+    seed); its stat set may be cut to what the best program reads (the trivial
+    program baselines add what they need), which is what makes large networks cheap.
+    """
+    run_dir = Path(run_dir)
+    hall = load_hall_of_fame(run_dir)
+    if hall.get("benchmark") not in (None, bench.name):
+        raise ValueError(f"{run_dir} is a run on {hall['benchmark']}, not on {bench.name}")
+    if not hall["programs"]:
+        raise ValueError(f"{run_dir}: the hall of fame is empty; there is no program to judge")
+    search = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["search"]
+    metric = get_metric(search["metric"])
+    truth = bench.ground_truth()
+    targets = list(search.get("targets") or truth)
+    candidates = bench.candidates()
+    split = heldout_split([c.id for c in candidates], search["heldout_fraction"], search["split_seed"])
+    n_search = hall.get("split", {}).get("search")
+    search_idx = split.search[:n_search] if n_search else split.search
+    names = trivial_baselines(bench)
+
+    best = hall["programs"][0]
+    proxy = Proxy.from_formula(best["formula"])
+    config = stats_config
+    check_proxies_fit(bench, {"best": proxy}, config)
+    on_search = baseline_scores(bench, names, config, progress=progress, candidates=[candidates[i] for i in search_idx],
+                                cache_root=cache_root)
+    choices = choose_best_trivial(on_search, {t: truth[t][search_idx] for t in targets}, metric)
+    heldout_cands = [candidates[i] for i in split.heldout]
+    heldout_truth = {t: truth[t][split.heldout] for t in targets}
+    stats = load_or_compute(bench, heldout_cands, config, progress=progress, cache_root=cache_root)
+    scores, failures = evaluate_stacked(proxy, StackedStats(stats, "cpu"))
+    on_heldout = baseline_scores(bench, [c.name for c in choices.values()], config, progress=progress,
+                                 candidates=heldout_cands, cache_root=cache_root)
+    control = {t: c.oriented(on_heldout[c.name]) for t, c in choices.items()}
+    entry = dict(best)
+    if len(control) == len(targets):
+        entry["vs_best_trivial"] = paired_bootstrap_difference(scores, control, heldout_truth, metric,
+                                                               search["joint"], n_boot).to_json()
+    outcome = run_verdict(entry, choices, targets)
+    record = {
+        "format": VERDICT_FORMAT, "benchmark": bench.name, "formula": best["formula"],
+        "stats": config.describe(), "batch": bench.batch(config.batch_seed, config.batch_size).describe(),
+        "best_trivial": {t: c.to_json() for t, c in choices.items()},
+        "heldout": {t: metric(scores, col) for t, col in heldout_truth.items()},
+        "trivial_heldout": {t: metric(v, heldout_truth[t]) for t, v in control.items()},
+        "failures": dict(failures), "verdict": outcome,
+    }
+    write_json_atomic(run_dir / "verdict.json", json_finite(record))
+    _append_verdict(run_dir / "summary.md", record)
+    return record
+
+
+def _append_verdict(path: Path, record: dict[str, Any]) -> None:
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    text = text.split("\n## Verdict")[0].rstrip() + "\n"
+    rows = ["| target | best program | best trivial (chosen on search split) | trivial held-out |", "|---|---|---|---|"]
+    for t, value in record["heldout"].items():
+        choice = record["best_trivial"].get(t, {})
+        rows.append(f"| {t} | {value:+.3f} | `{choice.get('label', '-')}` | {record['trivial_heldout'].get(t, np.nan):+.3f} |")
+    text += "\n".join(["", "## Verdict", "",
+                       "Re-scored under the honest bar by `emq verdict` (held-out Kendall of the best program, "
+                       "chosen by the search, against the best trivial predictor, chosen on the search split):", "",
+                       *rows, "", verdict_line(record["verdict"])]) + "\n"
+    write_text_atomic(path, text)

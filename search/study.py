@@ -1,0 +1,116 @@
+"""A discovery claim across seeds: one search per (search seed, batch seed), and one verdict over them all.
+
+A single search can win by luck of its seed or of its batch. The study repeats it
+for every search seed x batch seed, each run on the same split, and calls it a
+discovery only when, in the median over runs, the paired bootstrap interval of
+held-out Kendall(best program) - Kendall(best trivial predictor) lies above 0
+(`emq.fitness.verdict`). `study.md` lists every run beside the verdict.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from emq.atomic import write_json_atomic, write_text_atomic
+from emq.bench.base import Benchmark
+from emq.fitness import PairedDifference, verdict
+from emq.stats_cache import StatsConfig
+from search.evolution import SearchConfig, load_hall_of_fame
+
+STUDY_FORMAT = "emq-study/1"
+
+
+def run_folder(out_dir: Path, seed: int, batch_seed: int) -> Path:
+    """Return the run folder of one (search seed, batch seed) inside a study folder."""
+    return out_dir / f"seed{seed}-batch{batch_seed}"
+
+
+def run_study(
+    bench: Benchmark,
+    stats_config: StatsConfig,
+    search_config: SearchConfig,
+    out_dir: str | Path,
+    seeds: Sequence[int],
+    batch_seeds: Sequence[int],
+    run_one: Callable[..., Any],
+    command: str,
+    **search_options: Any,
+) -> dict[str, Any]:
+    """Run `run_one` (search.benchmark.search_benchmark) per seed x batch seed, then write study.json / study.md.
+
+    Each run keeps its own folder (resumable on its own); the study's files are
+    rewritten after every run, so a killed study shows what finished.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs: list[dict[str, Any]] = []
+    for batch_seed in batch_seeds:
+        for seed in seeds:
+            folder = run_folder(out_dir, seed, batch_seed)
+            start = time.perf_counter()
+            result = run_one(bench, dataclasses.replace(stats_config, batch_seed=batch_seed),
+                             dataclasses.replace(search_config, seed=seed), folder, command=command, **search_options)
+            if not result.finished:
+                break
+            runs.append(_run_row(folder, seed, batch_seed, time.perf_counter() - start))
+            write_study(out_dir, bench.name, command, runs, len(seeds) * len(batch_seeds))
+    return write_study(out_dir, bench.name, command, runs, len(seeds) * len(batch_seeds))
+
+
+def _run_row(folder: Path, seed: int, batch_seed: int, seconds: float) -> dict[str, Any]:
+    hall = load_hall_of_fame(folder)
+    best = hall["programs"][0] if hall["programs"] else {}
+    return {"seed": seed, "batch_seed": batch_seed, "folder": folder.name, "seconds": round(seconds, 1),
+            "formula": best.get("formula"), "heldout": best.get("heldout"),
+            "best_trivial": {t: c["label"] for t, c in hall.get("best_trivial", {}).items()},
+            "trivial_heldout": hall.get("trivial_heldout", {}),
+            "difference": best.get("vs_best_trivial"), "verdict": hall.get("verdict", {}).get("verdict")}
+
+
+def write_study(out_dir: Path, bench_name: str, command: str, runs: list[dict[str, Any]], planned: int) -> dict[str, Any]:
+    """Write study.json and study.md for the runs so far and return the study record."""
+    diffs = [PairedDifference(**r["difference"]) if r["difference"] else PairedDifference(*(float("nan"),) * 3, 0)
+             for r in runs]
+    complete = len(runs) == planned
+    outcome = verdict(diffs) if complete else "incomplete"
+    study = {"format": STUDY_FORMAT, "benchmark": bench_name, "command": command, "runs": runs,
+             "planned_runs": planned, "verdict": outcome}
+    write_json_atomic(out_dir / "study.json", study)
+    write_text_atomic(out_dir / "study.md", study_markdown(study))
+    return study
+
+
+def study_markdown(study: dict[str, Any]) -> str:
+    """Return the study table: one line per run, then the verdict line."""
+    lines = [f"# Study on {study['benchmark']}", "", "Produced by:", "", f"    {study['command']}", "",
+             "Each run: the best program of the hall of fame (chosen on the search split) against the best trivial "
+             "predictor (chosen on the search split), both measured on the held-out split; the difference is "
+             "paired-bootstrapped over held-out candidates.", "",
+             "| search seed | batch seed | best program | held-out Kendall | best trivial | trivial held-out | "
+             "difference [95% CI] | run | s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in study["runs"]:
+        held = ", ".join(f"{v:+.3f}" for v in (r["heldout"] or {}).values() if v is not None) or "n/a"
+        triv = ", ".join(sorted(set(r["best_trivial"].values()))) or "none"
+        triv_held = ", ".join(f"{v:+.3f}" for v in r.get("trivial_heldout", {}).values()) or "n/a"
+        d = r["difference"]
+        diff = f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d else "n/a"
+        lines.append(f"| {r['seed']} | {r['batch_seed']} | `{r['formula']}` | {held} | `{triv}` | {triv_held} | "
+                     f"{diff} | {r['verdict']} | {r['seconds']:.0f} |")
+    lows = [r["difference"]["low"] for r in study["runs"] if r["difference"]]
+    lines += ["", f"Runs: {len(study['runs'])} of {study['planned_runs']}."]
+    if lows:
+        lines.append(f"Median lower bound of the paired 95% intervals: {float(np.median(lows)):+.3f} "
+                     "(a discovery needs it above 0).")
+    lines += ["", f"Verdict: **{study['verdict']}**", ""]
+    return "\n".join(lines)
+
+
+def load_study(out_dir: str | Path) -> dict[str, Any]:
+    """Return a study folder's study.json."""
+    return json.loads((Path(out_dir) / "study.json").read_text(encoding="utf-8"))
