@@ -69,8 +69,8 @@ Bits = tuple[int, ...]  # one width per layer, in the objective's layer order
 
 
 # ----------------------------------------------------------------------------- budget
-#: More bits per weight than any quantizer uses: a budget above it is no constraint.
-MAX_BITS_PER_WEIGHT = 64
+#: The largest cap (bit-weights) a budget stands for: far above any network, small enough to stay exact.
+MAX_CAP = 2 ** 62
 
 
 @dataclass(frozen=True)
@@ -89,9 +89,8 @@ class Budget:
     def cap(self, total_params: int) -> int:
         """Return the largest allowed sum of bits x weights (an integer; `within` holds for it)."""
         scale = 8e6 if self.unit == "mb" else float(total_params)
-        # Beyond 64 bits per weight a budget constrains nothing; capping there keeps huge values (1e308) finite.
-        if self.value * scale >= MAX_BITS_PER_WEIGHT * total_params:
-            return MAX_BITS_PER_WEIGHT * int(total_params)
+        if self.value * scale >= MAX_CAP:  # e.g. 1e308 MB: no network comes near, and floor(inf) would fail
+            return MAX_CAP
         cap = math.floor(self.value * scale)
         while (cap + 1) / scale <= self.value:  # float rounding of value * scale
             cap += 1
