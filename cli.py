@@ -1,39 +1,64 @@
 """`emq` command line: parse options, call one library function, print a short summary."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
 
+class UserError(click.ClickException):
+    """A user or environment error as the CLI reports it: one line on stderr, exit code 2 (like a bad option)."""
+
+    exit_code = 2
+
+
 def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's expected errors (bad files, unknown names) into one-line CLI errors."""
+    """Turn the library's user errors (bad files, unknown names, bad paths) into one-line CLI errors, exit code 2.
+
+    Anything else is a bug and keeps its traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from emq.errors import USER_ERRORS
+        from emq.errors import one_line
 
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS + _search_errors() as err:
-            raise click.ClickException(str(err)) from None
+        except _user_errors() as err:
+            raise UserError(one_line(_describe(err))) from None
 
     return wrapper
 
 
-def _search_errors() -> tuple[type[BaseException], ...]:
-    """The search layer's user errors (it sits above emq, so emq.errors cannot list them)."""
-    from search.evolution import ResumeError, RunFolderError
-    from search.pool import BackendUnavailableError
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Every exception type that reports bad input or environment, not a bug.
 
-    return (ResumeError, BackendUnavailableError, RunFolderError)
+    `EMQUserError` covers emq and search; the others come from layers that cannot
+    import it (primitives), from code another change owns (baselines), or from the
+    operating system (a missing file, a folder without write permission).
+    """
+    from emq.baselines import UnknownBaselineError
+    from emq.errors import EMQUserError
+    from primitives import UnknownOpError
+
+    return (EMQUserError, UnknownOpError, UnknownBaselineError, FileNotFoundError, PermissionError,
+            NotADirectoryError, IsADirectoryError, FileExistsError)
+
+
+def _describe(err: BaseException) -> str:
+    """Return the message of a user error; an OS error also names its path and what to check."""
+    if isinstance(err, OSError) and err.filename is not None and not isinstance(err, FileNotFoundError):
+        return f"{err.filename}: {err.strerror or err}; check the path and its permissions"
+    return str(err)
 
 
 data_dir_option = click.option(
@@ -67,19 +92,43 @@ def _set_stat_names(ctx: click.Context, param: click.Parameter, value: str | Non
     ctx.meta[STAT_NAMES_KEY] = names
 
 
+#: Largest --batch-size: statistics keep per-image activations, and the digits splits hold a few hundred images.
+MAX_BATCH_SIZE = 1024
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Fail on a --device torch does not know, or one this machine does not have (CUDA without a GPU)."""
+    if value is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise click.BadParameter(f"{value!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise click.BadParameter(f"{value!r}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise click.BadParameter(f"{value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise click.BadParameter(f"{value!r}: EMQ computes statistics on cpu or cuda devices only")
+    return value
+
+
 def _stats_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--stats", "stat_names", default=None, expose_value=False, callback=_set_stat_names,
                      help="Comma-separated statistics to compute and cache, e.g. weight,grad,virtual_grad "
                           "(default: every applicable one; on 224x224 ViTs name a few: see `emq stats --list` "
                           "and README 'ViT statistics and memory'). Baselines add what they need."),
-        click.option("--batch-seed", default=0, show_default=True, help="Seed of the fixed input batch (recorded with every score)."),
-        click.option("--batch-size", default=16, show_default=True, help="Images in the batch the statistics are computed on."),
-        click.option("--init-seed", default=0, show_default=True, help="Seed of random initialisation (benchmarks without trained weights)."),
+        click.option("--batch-seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the fixed input batch (recorded with every score)."),
+        click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, MAX_BATCH_SIZE), help="Images in the batch the statistics are computed on."),
+        click.option("--init-seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of random initialisation (benchmarks without trained weights)."),
         click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
                      help="Storage dtype of cached statistics (float16 halves memory; programs evaluate in float32)."),
-        click.option("--hessian-samples", default=2, show_default=True, help="Hutchinson samples for hessian_diag."),
-        click.option("--device", default=None, help="torch device for statistics (default: cuda if present, else cpu)."),
+        click.option("--hessian-samples", default=2, show_default=True, type=click.IntRange(1, 1000), help="Hutchinson samples for hessian_diag."),
+        click.option("--device", default=None, callback=_check_device, help="torch device for statistics (default: cuda if present, else cpu)."),
         click.option("--vit-batch", type=click.Choice(["digits", "gaussian"]), default=None, expose_value=False,
                      callback=_set_vit_batch, is_eager=True,
                      help="Input batch of ViT-Bench-101 benchmarks (their datasets are not offline): embedded digits "
@@ -161,18 +210,20 @@ def bench_list() -> None:
 
 @bench.command("build")
 @click.argument("name")
-@click.option("--seed", default=0, show_default=True, help="Seed of training, splits and sampled configurations.")
-@click.option("--num-configs", default=None, type=int, help="Number of candidates to measure (default: the benchmark's own).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of training, splits and sampled configurations.")
+@click.option("--num-configs", default=None, type=click.IntRange(min=1), help="Number of candidates to measure (default: the benchmark's own).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing build (e.g. the committed results/NAME).")
 @_friendly_errors
-def bench_build(name: str, seed: int, num_configs: int | None) -> None:
+def bench_build(name: str, seed: int, num_configs: int | None, overwrite: bool) -> None:
     """Build embedded benchmark NAME offline (train, then measure every candidate).
 
-    Deterministic given --seed. Example: emq bench build mq-digits --seed 0
+    Deterministic given --seed. An existing build (such as the committed one under
+    results/) is replaced only with --overwrite. Example: emq bench build mq-digits --seed 0
     """
     from emq.bench.registry import get_builder
 
     builder = get_builder(name)
-    kwargs: dict[str, Any] = {"seed": seed}
+    kwargs: dict[str, Any] = {"seed": seed, "overwrite": overwrite}
     if num_configs is not None:
         kwargs["num_configs"] = num_configs
     start = time.perf_counter()
@@ -183,7 +234,7 @@ def bench_build(name: str, seed: int, num_configs: int | None) -> None:
 @bench.command("show")
 @click.argument("name")
 @data_dir_option
-@click.option("--limit", default=5, show_default=True, help="Candidates to print.")
+@click.option("--limit", default=5, show_default=True, type=click.IntRange(min=1), help="Candidates to print.")
 @_friendly_errors
 def bench_show(name: str, data_dir: Path | None, limit: int) -> None:
     """Summarise benchmark NAME: candidates, ground-truth columns and their spread."""
@@ -199,7 +250,7 @@ def bench_show(name: str, data_dir: Path | None, limit: int) -> None:
 @click.argument("name", required=False)
 @data_dir_option
 @_stats_options
-@click.option("--limit", default=None, type=int, help="Only the first N candidates.")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="Only the first N candidates.")
 @click.option("--list", "list_stats", is_flag=True, help="List the statistics catalogue and exit.")
 @_friendly_errors
 def stats(name: str | None, data_dir: Path | None, batch_seed: int, batch_size: int, init_seed: int, dtype: str,
@@ -254,8 +305,9 @@ def _ensure_built(name: str, data_dir: Path | None):
 @click.option("--split", type=click.Choice(["all", "search", "heldout"]), default="all", show_default=True,
               help="Candidates to score: all, or the search / held-out half of the fixed split.")
 @click.option("--targets", default=None, help="Comma-separated ground-truth columns (default: all).")
-@click.option("--bootstrap", "n_boot", default=1000, show_default=True, help="Bootstrap resamples for the 95% intervals.")
-@click.option("--limit", default=None, type=int, help="Only the first N candidates of the split (a quick look).")
+@click.option("--bootstrap", "n_boot", default=1000, show_default=True, type=click.IntRange(10, 1_000_000), help="Bootstrap resamples for the 95% intervals.")
+@click.option("--limit", default=None, type=click.IntRange(min=3),
+              help="Only the first N candidates of the split (a quick look; a rank correlation needs at least 3).")
 @_stats_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -284,6 +336,7 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
     from emq.proxy import Proxy
     from emq.scoring import score_benchmark
 
+    _check_out(out_file, proxy_files)
     proxies = {p.stem: Proxy.load(p) for p in proxy_files}  # bad proxies fail before any heavy work
     proxies.update({f"formula{i + 1}" if len(formulas) > 1 else "formula": Proxy.from_formula(f) for i, f in enumerate(formulas)})
     bench_obj = _ensure_built(name, resolve(data_dir))
@@ -291,8 +344,9 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
     if not proxies and not names:
         raise click.UsageError("nothing to score: give --proxy FILE, --formula TEXT, --baseline NAME or --baselines")
     config = _stats_config(batch_seed, batch_size, init_seed, dtype, hessian_samples, device)
-    report = score_benchmark(bench_obj, proxies, names, config, split=split,
-                             targets=targets.split(",") if targets else None, n_boot=n_boot, limit=limit)
+    target_list = _parse_targets(targets, list(bench_obj.ground_truth()), name)
+    report = score_benchmark(bench_obj, proxies, names, config, split=split, targets=target_list, n_boot=n_boot,
+                             limit=limit)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -320,9 +374,9 @@ BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
               help="How per-column fitness values combine into one (min = the worst column counts).")
 @click.option("--metric", type=click.Choice(["kendall", "spearman"]), default="kendall", show_default=True,
               help="Rank correlation used as fitness.")
-@click.option("--population", default=48, show_default=True, help="Programs per generation.")
-@click.option("--generations", default=15, show_default=True, help="Generations (a resumed run may raise it).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the search (same seed + config = same hall of fame).")
+@click.option("--population", default=48, show_default=True, type=click.IntRange(min=2), help="Programs per generation.")
+@click.option("--generations", default=15, show_default=True, type=click.IntRange(min=1), help="Generations (a resumed run may raise it).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the search (same seed + config = same hall of fame).")
 @click.option("--seeds", default=None,
               help="Comma-separated search seeds for a study, e.g. 0,1,2: one run per seed x batch seed in --out, "
                    "then study.md with the discovery verdict over all runs (overrides --seed).")
@@ -332,8 +386,8 @@ BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
               help="partial: min(plain, partialled on the best trivial predictor chosen on the search split), so "
                    "disguised size counts and quantized losses earn nothing and backwards rankers earn less; "
                    "residual: the partialled value alone (finds complements); plain: the rank correlation itself.")
-@click.option("--hof-size", default=10, show_default=True, help="Elite programs carried into every generation.")
-@click.option("--max-search", default=160, show_default=True, type=int,
+@click.option("--hof-size", default=10, show_default=True, type=click.IntRange(min=0), help="Elite programs carried into every generation.")
+@click.option("--max-search", default=160, show_default=True, type=click.IntRange(min=0),
               help="Use at most N networks of the search split (bounds memory and time; 0 = all). "
                    "The held-out split is always scored whole.")
 @click.option("--seed-proxies", "seed_proxy_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -341,7 +395,9 @@ BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="loky", show_default=True,
               help="joblib backend of the evaluation pool; dask needs --scheduler or starts a LocalCluster.")
 @click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) for --backend dask.")
-@click.option("--workers", default=None, type=int, help="Pool workers (default: CPU cores).")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Pool workers (default: usable CPU cores; more needs --force-workers).")
+@click.option("--force-workers", is_flag=True, help="Allow more --workers than usable cores.")
 @click.option("--baseline", "baseline_names", multiple=True,
               help="Baselines to compare on held-out (repeatable; default: every cheap program baseline).")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -351,7 +407,7 @@ BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
 @_friendly_errors
 def search(name: str, data_dir: Path | None, targets: str | None, joint: str, metric: str, population: int,
            generations: int, seed: int, seeds: str | None, batch_seeds: str | None, fitness: str, hof_size: int, max_search: int | None, seed_proxy_files: tuple[Path, ...],
-           backend: str, scheduler: str | None, workers: int | None, baseline_names: tuple[str, ...],
+           backend: str, scheduler: str | None, workers: int | None, force_workers: bool, baseline_names: tuple[str, ...],
            run_dir: Path | None, resume: bool, batch_seed: int, batch_size: int, init_seed: int,
            dtype: str, hessian_samples: int, device: str | None) -> None:
     """Evolve proxy programs that rank benchmark NAME's candidates like its ground truth.
@@ -381,6 +437,7 @@ def search(name: str, data_dir: Path | None, targets: str | None, joint: str, me
     from search.benchmark import search_benchmark
     from search.evolution import SearchConfig
     from search.pool import EvaluationPool
+    from search.run_lock import run_folder_lock
 
     seed_formulas = tuple(Proxy.load(p).formula() for p in seed_proxy_files)
     bench_obj = _ensure_built(name, resolve(data_dir))
@@ -398,18 +455,21 @@ def search(name: str, data_dir: Path | None, targets: str | None, joint: str, me
         raise click.UsageError(str(err)) from None
     config = _stats_config(batch_list[0], batch_size, init_seed, dtype, hessian_samples, device)
     command = _command_line()
+    workers = _checked_workers(backend, workers, force_workers)
     start = time.perf_counter()
     options = dict(baselines=list(baseline_names) or None, max_search=max_search or None, progress=True, resume=resume)
-    with EvaluationPool(backend, n_jobs=workers, scheduler=scheduler, device=config.device) as pool:
-        if study:
-            from search.study import run_study
+    # The run folder is locked before the statistics are computed, so a second search on it fails at once.
+    with run_folder_lock(run_dir), _worker_crashes(backend):
+        with EvaluationPool(backend, n_jobs=workers, scheduler=scheduler, device=config.device) as pool:
+            if study:
+                from search.study import run_study
 
-            outcome = run_study(bench_obj, config, cfg, run_dir, seed_list, batch_list, search_benchmark, command,
-                                pool=pool, **options)
-            click.echo((run_dir / "study.md").read_text(encoding="utf-8"))
-            click.echo(f"done in {time.perf_counter() - start:.0f} s; study folder {run_dir}: {outcome['verdict']}")
-            return
-        result = search_benchmark(bench_obj, config, cfg, run_dir, pool=pool, command=command, **options)
+                outcome = run_study(bench_obj, config, cfg, run_dir, seed_list, batch_list, search_benchmark, command,
+                                    pool=pool, **options)
+                click.echo((run_dir / "study.md").read_text(encoding="utf-8"))
+                click.echo(f"done in {time.perf_counter() - start:.0f} s; study folder {run_dir}: {outcome['verdict']}")
+                return
+            result = search_benchmark(bench_obj, config, cfg, run_dir, pool=pool, command=command, **options)
     seconds = time.perf_counter() - start
     if not result.hall_of_fame:
         raise click.ClickException(f"no valid program survived screening; see {run_dir / 'log.jsonl'}")
@@ -417,6 +477,46 @@ def search(name: str, data_dir: Path | None, targets: str | None, joint: str, me
     best = result.hall_of_fame[0]
     click.echo(f"best proxy: {best['formula']}")
     click.echo(f"done in {seconds:.0f} s; run folder {run_dir} (export: emq export {run_dir} --top 1 -o proxy.json)")
+
+
+def _checked_workers(backend: str, workers: int | None, force: bool) -> int | None:
+    """Return --workers after checking it against the usable cores; print what local workers will cost.
+
+    Each local worker process imports torch and holds its own copy of the search
+    statistics, so more workers than cores only add memory and contention.
+    """
+    from search.pool import usable_cores
+
+    if backend not in ("loky", "threading"):
+        return workers
+    cores = usable_cores()
+    if workers is not None and workers > cores and not force:
+        raise click.BadParameter(f"{workers} workers for {cores} usable core(s): more workers than cores only add "
+                                 f"memory; use at most {cores}, or add --force-workers", param_hint="--workers")
+    n = workers or cores
+    if backend == "loky":
+        click.echo(f"pool: {n} worker process(es); each needs about {WORKER_BASE_MB} MB for torch plus its own copy "
+                   "of the search statistics (ViT statistics: tens to hundreds of MB per network; see --max-search)",
+                   err=True)
+    return workers
+
+
+#: Resident memory of a worker after importing torch and the project (about 230 MB measured with the CPU wheel,
+#: rounded up for its working buffers).
+WORKER_BASE_MB = 300
+
+
+@contextlib.contextmanager
+def _worker_crashes(backend: str) -> Iterator[None]:
+    """Report a pool worker that died (killed, out of memory) as one line instead of exiting silently."""
+    try:
+        yield
+    except Exception as err:
+        name = type(err).__name__
+        if name in ("TerminatedWorkerError", "BrokenProcessPool") or (name == "KilledWorker" and backend == "dask"):
+            raise UserError(f"a {backend} pool worker died during the search ({name}: often out of memory); rerun "
+                            "with fewer --workers or --backend serial, adding --resume to continue the run") from None
+        raise
 
 
 def _parse_targets(targets: str | None, columns: list[str], name: str) -> list[str] | None:
@@ -475,7 +575,7 @@ def verdict(run_dir: Path, data_dir: Path | None, n_boot: int, batch_seed: int, 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--top", default=1, show_default=True, help="How many of the hall of fame's best programs to export.")
+@click.option("--top", default=1, show_default=True, type=click.IntRange(min=1), help="How many of the hall of fame's best programs to export.")
 @click.option("-o", "--out", "out_file", default="proxy.json", show_default=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output file; with --top > 1, files NAME-1.json, NAME-2.json, ... are written.")
 @_friendly_errors
@@ -530,9 +630,20 @@ def _numbers(text: str, cast: Callable[[str], Any], option: str) -> list[Any]:
         values = [cast(v.strip()) for v in text.split(",") if v.strip()]
     except ValueError:
         raise click.UsageError(f"{option}: expected a number or comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise click.UsageError(f"{option}: expected a number or comma-separated numbers, got {text!r}")
+    if not values or not all(math.isfinite(v) for v in values):
+        raise click.UsageError(f"{option}: expected a number or comma-separated finite numbers, got {text!r}")
     return values
+
+
+def _check_out(out_file: Path | None, inputs: tuple[Path, ...]) -> None:
+    """Fail before any work if `--out` cannot be written safely or would overwrite one of the inputs."""
+    if out_file is None:
+        return
+    from emq.atomic import check_not_inputs, check_output_path
+
+    check_output_path(out_file)
+    check_not_inputs([out_file], [p for p in inputs if not p.is_dir()]
+                     + [q for p in inputs if p.is_dir() for q in p.rglob("*") if q.is_file()])
 
 
 def _write_report(out_file: Path, markdown: str | None, data: Any) -> None:
@@ -581,7 +692,7 @@ def _with(options: list[Callable[..., Any]]) -> Callable[..., Any]:
               help="Also allocate with hawq, bparams, hawq_v2, qloss-greedy, uniform and random configurations and "
                    "measure every configuration's real PTQ test accuracy (mq-digits); the report ends with a "
                    "reading that names every method beating each proxy.")
-@click.option("--random", "random_configs", default=10, show_default=True,
+@click.option("--random", "random_configs", default=10, show_default=True, type=click.IntRange(min=0),
               help="Random feasible configurations measured by --compare.")
 @click.option("--baseline", "baseline_names", multiple=True,
               help="Baseline allocated as an objective by --compare (repeatable; default: hawq and bparams).")
@@ -590,9 +701,9 @@ def _with(options: list[Callable[..., Any]]) -> Callable[..., Any]:
               help="Allocator compared by --compare besides the objectives (repeatable; default: both). hawq_v2: "
                    "HAWQ-v2 as published, solved exactly; qloss-greedy: greedy lowering by the quantized "
                    "network's calibration cross-entropy; none: neither.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the GA and of the random configurations.")
-@click.option("--population", default=30, show_default=True, help="GA population.")
-@click.option("--generations", default=20, show_default=True, help="GA generations.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the GA and of the random configurations.")
+@click.option("--population", default=30, show_default=True, type=click.IntRange(min=2), help="GA population.")
+@click.option("--generations", default=20, show_default=True, type=click.IntRange(min=1), help="GA generations.")
 @click.option("--exact-stats", is_flag=True,
               help="GA only: measure every scored configuration's own quantized network (one statistics pass each) "
                    "instead of the per-layer separable model.")
@@ -625,6 +736,7 @@ def apply_mq(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], fo
     from emq.apply.mq import COMPARE_ALLOCATORS, COMPARE_BASELINES, benchmark_objective, compare_mq, precheck
     from emq.paths import data_dir as resolve
 
+    _check_out(out_file, proxy_files)
     proxies = _load_proxies(proxy_files, formulas)
     budgets = [Budget(v, budget_unit) for v in _numbers(budget_text, float, "--budget")]
     bench_obj = _ensure_built(name, resolve(data_dir))
@@ -693,9 +805,9 @@ def apply_mq(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], fo
 @click.option("--train", is_flag=True,
               help="vit-digits only: train the found arch with the benchmark's recipe and compare it with the "
                    "benchmark's archs under the same budget (best, median, most parameters, proxy's top-1).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the evolutionary search.")
-@click.option("--population", default=16, show_default=True, help="Archs per generation.")
-@click.option("--generations", default=6, show_default=True, help="Generations.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the evolutionary search.")
+@click.option("--population", default=16, show_default=True, type=click.IntRange(min=2), help="Archs per generation.")
+@click.option("--generations", default=6, show_default=True, type=click.IntRange(min=1), help="Generations.")
 @_stats_options
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -722,6 +834,7 @@ def apply_vit(space: str, proxy_files: tuple[Path, ...], formulas: tuple[str, ..
 
     from emq.apply.arch import ArchObjective, get_space, search_arch
 
+    _check_out(out_file, proxy_files)
     proxies = _load_proxies(proxy_files, formulas)
     budgets = _numbers(max_params_text, int, "--max-params")
     if any(b < 1 for b in budgets):

@@ -1,47 +1,46 @@
-"""The errors that mean "the user's input is wrong": the CLI prints them as one line, no traceback."""
+"""The errors that mean "the input or the environment is wrong, not the code": one line, no traceback.
+
+A leaf module: it imports nothing from the project, so any module of `emq` or
+`search` can raise these without an import cycle. The CLI turns every
+`EMQUserError` into one line on stderr and exit code 2 (as click does for bad
+options); any other exception is a bug and keeps its traceback. A message names
+the file, field or option at fault and says how to fix it.
+"""
 from __future__ import annotations
 
-from emq.baselines import UnknownBaselineError
-from emq.bench.base import BenchmarkNotBuiltError
-from emq.bench.mq_bench101 import MQBenchFileError
-from emq.bench.mq_digits import GroundTruthError
-from emq.bench.safe_pickle import UnsafePickleError
-from emq.bench.registry import UnknownBenchmarkError
-from emq.proxy import ProxyEvaluationError, ProxyFormatError
-from emq.stats import UnknownStatError
-from primitives import UnknownOpError
+
+class EMQUserError(Exception):
+    """Base of every error caused by user input or the environment; the message is the whole report."""
 
 
-class InputFileError(ValueError):
+class InputFileError(EMQUserError, ValueError):
     """A user-supplied file (ground truth, weights, config) is missing or malformed; the message names it."""
 
 
-class BudgetError(ValueError):
+class BudgetError(EMQUserError, ValueError):
     """A size or parameter budget no configuration of the space can meet; the message gives the smallest possible."""
 
 
-class StatUnavailableError(ValueError):
+class StatUnavailableError(EMQUserError, ValueError):
     """A proxy needs a statistic the network or space does not have (e.g. `quant_error` on a ViT); the message names it."""
 
 
-class NotSeparableError(ValueError):
+class NotSeparableError(EMQUserError, ValueError):
     """Exact integer programming was asked for a proxy that is not a sum of per-layer terms; the message says why."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    InputFileError,
-    BudgetError,
-    StatUnavailableError,
-    NotSeparableError,
-    ProxyFormatError,
-    ProxyEvaluationError,
-    UnknownOpError,
-    UnknownStatError,
-    UnknownBenchmarkError,
-    BenchmarkNotBuiltError,
-    FileNotFoundError,
-    UnknownBaselineError,
-    MQBenchFileError,
-    GroundTruthError,
-    UnsafePickleError,
-)
+class UnsafeOutputError(EMQUserError, ValueError):
+    """An output path that must not be written: a special file, a directory, a symlink, or one of the command's inputs."""
+
+
+class BuildTargetError(EMQUserError, ValueError):
+    """A benchmark build would replace existing data without `--overwrite`, or its settings cannot build anything."""
+
+
+class DeviceError(EMQUserError, ValueError):
+    """A torch device that does not exist here (a typo, or CUDA asked for on a machine without it)."""
+
+
+def one_line(message: str) -> str:
+    """Return `message` folded onto one line (the CLI's contract: one line per user error)."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())

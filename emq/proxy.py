@@ -9,7 +9,6 @@ program's output is N. Programs are plain data: JSON (`emq-proxy/1`) with op
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,17 +19,34 @@ import numpy as np
 import torch
 
 from emq.atomic import write_json_atomic
+from emq.errors import EMQUserError
+from emq.strict_json import describe_json_error, loads_strict
 from emq.stats import STATS, NetworkStats
 from primitives import Kind, UnknownOpError, get_op
 
 FORMAT = "emq-proxy/1"
 
+# Limits on a program read from a formula or a file. They sit far above what the
+# search builds (max_size 20, max_depth 7 by default) and keep parsing, printing and
+# hashing cheap and recursion shallow: a hostile input is refused at parse time,
+# with one line naming the limit, before any work.
+#: Characters of a formula.
+MAX_FORMULA_CHARS = 20_000
+#: Nodes of a program (a formula's tree, or a JSON file's DAG).
+MAX_NODES = 1_000
+#: Nodes on the longest path from the output to a leaf.
+MAX_DEPTH = 64
+#: Nodes of a DAG's tree expansion (what its formula prints; a reused node counts once per use).
+MAX_TREE_SIZE = 10_000
+#: Bytes of a proxy JSON file.
+MAX_FILE_BYTES = 2_000_000
 
-class ProxyFormatError(ValueError):
+
+class ProxyFormatError(EMQUserError, ValueError):
     """A program that cannot be built: unknown op/stat, type error, malformed JSON or formula."""
 
 
-class ProxyEvaluationError(RuntimeError):
+class ProxyEvaluationError(EMQUserError, RuntimeError):
     """A program failed on a network's statistics; `reason` is a short, countable label."""
 
     def __init__(self, reason: str, detail: str) -> None:
@@ -73,6 +89,9 @@ class Proxy:
         nodes = data.get("nodes")
         if not isinstance(nodes, list) or not nodes:
             raise ProxyFormatError(f"{source}: field 'nodes' must be a non-empty list of node objects")
+        if len(nodes) > MAX_NODES:
+            raise ProxyFormatError(f"{source}: field 'nodes' has {len(nodes)} nodes; programs may have at most "
+                                   f"{MAX_NODES}")
         graph = nx.DiGraph()
         for i, node in enumerate(nodes):
             where = f"{source}: nodes[{i}]"
@@ -107,16 +126,24 @@ class Proxy:
 
     @classmethod
     def load(cls, path: str | Path) -> "Proxy":
-        """Read a proxy JSON file (never a pickle)."""
+        """Read a proxy JSON file (never a pickle): UTF-8, at most MAX_FILE_BYTES, no duplicate keys."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise ProxyFormatError(f"{path}: {path.stat().st_size} bytes; a proxy file may have at most "
+                                       f"{MAX_FILE_BYTES} (is this a proxy file?)")
+            text = path.read_bytes().decode("utf-8")
         except FileNotFoundError:
             raise ProxyFormatError(f"{path}: no such proxy file") from None
+        except IsADirectoryError:
+            raise ProxyFormatError(f"{path}: is a folder; give a proxy JSON file") from None
+        except UnicodeDecodeError:
+            raise ProxyFormatError(f"{path}: not UTF-8 text (a binary or UTF-16 file?); proxy files are UTF-8 "
+                                   "JSON, e.g. written by `emq export`") from None
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ProxyFormatError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+            data = loads_strict(text)
+        except ValueError as err:
+            raise ProxyFormatError(f"{path}: {describe_json_error(err)}") from None
         return cls.from_json(data, source=str(path))
 
     # --------------------------------------------------------------- validation
@@ -153,6 +180,7 @@ class Proxy:
             attrs["type"] = op.output
         if self.output not in g:
             raise ProxyFormatError(f"{source}: output node {self.output} does not exist")
+        self._check_limits(source)
         out_type = g.nodes[self.output]["type"]
         if out_type != Kind.N:
             raise ProxyFormatError(
@@ -162,6 +190,24 @@ class Proxy:
         unused = set(g) - nx.ancestors(g, self.output) - {self.output}
         if unused:
             raise ProxyFormatError(f"{source}: node(s) {sorted(unused)} do not feed the output")
+
+    def _check_limits(self, source: str) -> None:
+        """Refuse programs over MAX_NODES, MAX_DEPTH or MAX_TREE_SIZE (counted without recursion)."""
+        g = self.graph
+        if g.number_of_nodes() > MAX_NODES:
+            raise ProxyFormatError(f"{source}: the program has {g.number_of_nodes()} nodes; at most {MAX_NODES} "
+                                   "are allowed")
+        depth: dict[int, int] = {}
+        tree: dict[int, int] = {}
+        for nid in nx.topological_sort(g):
+            args = g.nodes[nid].get("args", [])
+            depth[nid] = 1 + max((depth[a] for a in args), default=0)
+            tree[nid] = 1 + sum(tree[a] for a in args)
+            if depth[nid] > MAX_DEPTH:
+                raise ProxyFormatError(f"{source}: the program is deeper than {MAX_DEPTH} nodes (the limit)")
+            if tree[nid] > MAX_TREE_SIZE:
+                raise ProxyFormatError(f"{source}: the program's formula would have more than {MAX_TREE_SIZE} nodes "
+                                       "(shared nodes count once per use; the limit)")
 
     # ------------------------------------------------------------ serialisation
     def to_json(self) -> dict[str, Any]:
@@ -309,6 +355,12 @@ class Proxy:
             raise ValueError(f"this proxy was found with activations calibrated on {calibration}; pass those images "
                              "as calib_inputs= (e.g. bench.calibration_inputs()) so it sees the statistics it was "
                              "selected on")
+        inputs = run_batch.inputs
+        if not isinstance(inputs, torch.Tensor) or inputs.ndim == 0 or inputs.shape[0] == 0:
+            # statistics of no inputs are all zeros: the score would be a meaningless 0.0
+            raise ValueError("the batch is empty: give at least one input")
+        if isinstance(run_batch.labels, torch.Tensor) and run_batch.labels.shape[:1] != inputs.shape[:1]:
+            raise ValueError(f"the batch has {inputs.shape[0]} inputs but {run_batch.labels.shape[0]} labels")
         stats = compute_stats(model, run_batch, bits, sorted(self.stats_needed), act_bits=act_bits,
                               calib_inputs=calib_inputs, hessian_samples=hessian_samples, seed=seed,
                               device=device, store_dtype=store_dtype)
@@ -350,15 +402,20 @@ class _FormulaParser:
         self.pos = 0
 
     def parse(self) -> int:
+        if not isinstance(self.text, str):
+            raise ProxyFormatError(f"a formula must be text, got {type(self.text).__name__}")
         if not self.text.strip():
             raise ProxyFormatError("empty formula")
-        nid = self._expr()
+        if len(self.text) > MAX_FORMULA_CHARS:
+            raise ProxyFormatError(f"formula of {len(self.text)} characters; at most {MAX_FORMULA_CHARS} are allowed")
+        nid = self._expr(1)
         if self.text[self.pos:].strip():
             self._fail("unexpected text after the end of the formula")
         return nid
 
     def _fail(self, message: str) -> None:
-        raise ProxyFormatError(f"formula {self.text!r}, column {self.pos + 1}: {message}")
+        shown = self.text if len(self.text) <= 200 else self.text[:200] + "..."
+        raise ProxyFormatError(f"formula {shown!r}, column {self.pos + 1}: {message}")
 
     def _next(self) -> tuple[str, str]:
         m = self._TOKEN.match(self.text, self.pos)
@@ -373,11 +430,15 @@ class _FormulaParser:
         m = self._TOKEN.match(self.text, self.pos)
         return (m.group(2) or m.group(3) or m.group(4)) if m and not m.group(1) else None
 
-    def _expr(self) -> int:
+    def _expr(self, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            self._fail(f"nested deeper than {MAX_DEPTH} levels (the limit)")
         kind, value = self._next()
         if kind != "name":
             self._fail(f"expected a name, got {value!r}")
         nid = self.graph.number_of_nodes()
+        if nid >= MAX_NODES:
+            self._fail(f"more than {MAX_NODES} nodes (the limit)")
         if self._peek() != "(":
             self.graph.add_node(nid, stat=value)
             return nid
@@ -388,7 +449,7 @@ class _FormulaParser:
             self._next()
         else:
             while True:
-                args.append(self._expr())
+                args.append(self._expr(depth + 1))
                 _, sep = self._next()
                 if sep == ")":
                     break

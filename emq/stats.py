@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from emq.errors import EMQUserError
+
 
 @dataclass(frozen=True)
 class StatInfo:
@@ -73,7 +75,7 @@ TRANSFORMER_STATS: tuple[str, ...] = ("attn", "attn_grad", "head_out", "mlp_hidd
 FAMILY_STATS: dict[str, tuple[str, ...]] = {"vit": TRANSFORMER_STATS}
 
 
-class UnknownStatError(KeyError):
+class UnknownStatError(EMQUserError, KeyError):
     """Raised for a statistic name that is not in the catalogue."""
 
     def __str__(self) -> str:

@@ -8,6 +8,9 @@ benchmark (name, weights: its `cache_token` attribute, else for trained weights 
 digest of one built model's state dict; activation bits), the batch and
 calibration tensors' contents, and the config fields except `device`.
 
+Integrity: each file carries a checksum of its content (`content_checksum`), verified on
+every read; a file that fails it (or has none) is recomputed with a warning, never used.
+
 Memory: files hold 16-bit tensors by default (see `emq.stats_compute` for the
 float16 / bfloat16 rule); on load, tensors of `SHARED_STATS` that are identical
 across candidates (the full-precision weights of a mixed-precision benchmark) are
@@ -109,7 +112,7 @@ def tensor_digest(t: torch.Tensor | None) -> str | None:
     t = t.detach().cpu().contiguous()
     h = hashlib.blake2b(digest_size=12)
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy of large tensors
     return h.hexdigest()
 
 
@@ -252,7 +255,23 @@ def write_stats(path: str | Path, key: str, candidate_id: str, stats: NetworkSta
         "flops": {k: int(v) for k, v in stats.flops.items()},
         "seconds": float(seconds),
     }
+    data["checksum"] = content_checksum(data)
     return save_tensors_atomic(path, data)
+
+
+def content_checksum(data: dict[str, Any]) -> str:
+    """Return a hash of a statistics file's content (every tensor's dtype, shape and bytes, params, flops).
+
+    Stored in the file and verified on read: a flipped byte inside a tensor would
+    otherwise load fine and silently change every score computed from it.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([data["key"], data["candidate"], data["layer_order"], data["params"], data["flops"]],
+                        sort_keys=True).encode())
+    for layer in data["layer_order"]:
+        for name in sorted(data["layers"][layer]):
+            h.update(f"{layer}/{name}:{tensor_digest(data['layers'][layer][name])};".encode())
+    return h.hexdigest()
 
 
 def read_stats(path: str | Path, key: str | None = None) -> NetworkStats | None:
@@ -269,6 +288,10 @@ def read_stats(path: str | Path, key: str | None = None) -> NetworkStats | None:
             raise ValueError("layer table is inconsistent")
         if not all(isinstance(t, torch.Tensor) for stats in layers.values() for t in stats.values()):
             raise ValueError("a statistic is not a tensor")
+        if "checksum" not in data:
+            raise ValueError("it carries no content checksum (written by an older EMQ)")
+        if data["checksum"] != content_checksum(data):
+            raise ValueError("its content does not match its checksum (the file was altered or damaged)")
         return NetworkStats({n: dict(layers[n]) for n in order}, dict(data["params"]), dict(data["flops"]))
     except Exception as err:  # any unreadable file is recomputed; the cache must never stop a run
         warnings.warn(f"statistics cache file {path} is unreadable ({type(err).__name__}: {err}); recomputing it",

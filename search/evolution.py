@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -35,13 +36,15 @@ import numpy as np
 from deap import base, creator
 from tqdm.auto import tqdm
 
-from emq.atomic import write_json_atomic, write_text_atomic
-from emq.errors import StatUnavailableError
+from emq.atomic import check_not_inputs, check_output_path, write_json_atomic, write_text_atomic
+from emq.errors import EMQUserError, StatUnavailableError
 from emq.fitness import (
     TrivialChoice, beyond_trivial, bootstrap_interval, choose_best_trivial, get_metric, joint, partial_correlation,
 )
 from emq.proxy import Proxy
 from emq.stats import NetworkStats
+from emq.strict_json import loads_strict
+from search import run_lock
 from search.fast_eval import StackedStats, evaluate_stacked
 from search.generate import Grammar, GrowConfig, random_program
 from search.niches import NicheHallOfFame, count_niches, rank_vector, representatives, tournament
@@ -61,12 +64,16 @@ CHECKPOINT_DIR = "checkpoint"
 FITNESS_MODES = ("partial", "residual", "plain")
 
 
-class RunFolderError(ValueError):
+class RunFolderError(EMQUserError, ValueError):
     """A run folder's hall_of_fame.json is not one this engine wrote; the message names the file."""
 
 
-class ResumeError(ValueError):
+class ResumeError(EMQUserError, ValueError):
     """A run folder cannot be started or resumed as asked (it holds a run, or one with another config)."""
+
+
+class SeedProxyError(EMQUserError, ValueError):
+    """A `--seed-proxies` program the search cannot use (too large, or reads statistics it lacks)."""
 
 
 @dataclass(frozen=True)
@@ -285,6 +292,7 @@ def run_search(
         probe_index = list(range(k))
     stats_names = list(config.stats or sorted(set.intersection(*(s.available() for s in search_stats))))
     grammar = Grammar(stats_names, GrowConfig(config.max_depth, config.max_size, op_weights=dict(config.op_weights)))
+    run_lock.acquire(run_dir)  # before any write: a second search on this folder fails here, at once
     own_pool = pool is None
     pool = pool or EvaluationPool("serial")
     workload = None
@@ -327,6 +335,7 @@ def run_search(
             pool.detach(workload)
         if own_pool:
             pool.close()
+        run_lock.release(run_dir)
 
 
 def _short(value: float | None) -> str:
@@ -356,13 +365,13 @@ class _Engine:
                 raise ResumeError(f"{self.run_dir} already holds a search; resume it (resume=True / --resume) "
                                   "or choose another folder")
             return self._restore(state_path)
+        seen: set[str] = set()
+        population = self._seeded(seen)  # checked before the first write: a bad seed leaves no half-started run
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         rng = SearchRNG.from_seed(self.config.seed)
         state = _State(-1, [], NicheHallOfFame(self.config.hof_size, self.config.niche_threshold), OrderedDict(), rng)
         start = time.perf_counter()
-        seen: set[str] = set()
-        population = self._seeded(seen)
         population += self._fresh(state, self.config.population - len(population), seen)
         stats = self._evaluate(state, population)
         self._advance(state, population, stats, start)
@@ -411,6 +420,10 @@ class _Engine:
         out = []
         for formula in self.config.seed_formulas[: self.config.population]:
             tree = parse_tree(formula)
+            if tree.size > self.config.max_size or tree.depth > self.config.max_depth:
+                raise SeedProxyError(f"seed proxy {formula!r} has {tree.size} nodes and depth {tree.depth}; this "
+                                     f"search allows at most {self.config.max_size} nodes and depth "
+                                     f"{self.config.max_depth}: seed a smaller program")
             missing = sorted(tree.stats() - set(self.grammar.stats))
             if missing:
                 raise StatUnavailableError(f"seed proxy {formula!r} uses statistic(s) {missing} that this search's networks "
@@ -522,14 +535,30 @@ class _Engine:
         write_text_atomic(self.run_dir / "log.jsonl", "".join(json.dumps(row) + "\n" for row in state.log))
 
     def _restore(self, path: Path) -> _State:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != STATE_FORMAT:
-            raise ValueError(f"{path}: not an {STATE_FORMAT} checkpoint")
+        """Return the checkpointed state; a damaged checkpoint or a contradicting config is a ResumeError."""
+        try:
+            return self._restore_checked(path)
+        except ResumeError:
+            raise
+        except pickle.UnpicklingError:
+            raise ResumeError(f"{path.parent}: the random-state file was refused: it holds more than plain tensors "
+                              "(nothing in it was run); restore the run folder from a copy or start a new one") from None
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError, EOFError, OSError) as err:
+            detail = str(err).splitlines()[0][:160] if str(err) else ""
+            raise ResumeError(f"{path.parent}: the checkpoint is damaged ({type(err).__name__}: {detail}); "
+                              "restore the run folder from a copy, or start a new run folder") from None
+
+    def _restore_checked(self, path: Path) -> _State:
+        data = loads_strict(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+            raise ResumeError(f"{path}: not an {STATE_FORMAT} checkpoint; restore the run folder or start a new one")
         saved = SearchConfig.from_json(data["config"])
         conflicts = self.config.resume_conflicts(saved)
         if conflicts:
-            raise ResumeError(f"cannot resume {self.run_dir}: the config differs in {conflicts} "
-                             "(only `generations` may change); start a new run folder instead")
+            mine, theirs = self.config.to_json(), saved.to_json()
+            diff = "; ".join(f"{k}: checkpoint {theirs[k]!r}, asked {mine[k]!r}" for k in conflicts)
+            raise ResumeError(f"cannot resume {self.run_dir}: the settings contradict its checkpoint ({diff}); "
+                              "only `generations` may change: drop the contradicting options or start a new run folder")
         rng = SearchRNG.restore(data["rng"], path.parent / data["torch_rng"])
         hof = NicheHallOfFame(self.config.hof_size, self.config.niche_threshold)
         hof.restore([_individual(e) for e in data["hall_of_fame"]])
@@ -617,12 +646,17 @@ def load_hall_of_fame(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a finished `emq search` run folder?")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+        data = loads_strict(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # syntax, duplicate keys, nesting, not UTF-8
         raise RunFolderError(f"{path}: not valid JSON ({err}); the file is damaged, rerun or restore it") from None
     if not isinstance(data, dict) or data.get("format") != HOF_FORMAT:
-        raise RunFolderError(f"{path}: not an {HOF_FORMAT} file (field 'format' is {data.get('format')!r}); "
+        found = repr(data.get("format")) if isinstance(data, dict) else f"absent: the file holds a {type(data).__name__}"
+        raise RunFolderError(f"{path}: not an {HOF_FORMAT} file (field 'format' is {found}); "
                              "point to a folder written by `emq search`")
+    programs = data.get("programs")
+    if not isinstance(programs, list) or not all(isinstance(p, dict) and "proxy" in p for p in programs):
+        raise RunFolderError(f"{path}: field 'programs' must be a list of objects with a 'proxy'; the file is "
+                             "damaged, rerun or restore it")
     return data
 
 
@@ -633,12 +667,21 @@ def export_run(run_dir: str | Path, top: int = 1, out: str | Path = "proxy.json"
     (`proxy-1.json`, `proxy-2.json`, ...).
     """
     out = Path(out)
+    if top < 1:
+        raise RunFolderError(f"top must be at least 1, got {top}")
     proxies = export_proxies(run_dir, top)
     if not proxies:
-        raise ValueError(f"{run_dir}: the hall of fame is empty (no program passed screening)")
+        raise RunFolderError(f"{run_dir}: the hall of fame is empty (no program passed screening)")
     if len(proxies) == 1 and top == 1:
-        return [proxies[0].save(out)]
-    return [p.save(out.with_name(f"{out.stem}-{i}{out.suffix}")) for i, p in enumerate(proxies, start=1)]
+        paths = [out]
+    else:
+        paths = [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, len(proxies) + 1)]
+    # Everything is checked before the first write, so a refused export leaves no partial set behind,
+    # and no output may land on a file of the run folder it reads (its hall of fame, config, checkpoint).
+    for path in paths:
+        check_output_path(path)
+    check_not_inputs(paths, [p for p in Path(run_dir).rglob("*") if p.is_file()])
+    return [p.save(path) for p, path in zip(proxies, paths)]
 
 
 def export_proxies(run_dir: str | Path, top: int = 1) -> list[Proxy]:

@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 import uuid
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from emq.errors import EMQUserError
 from emq.proxy import Proxy
 from emq.stats import NetworkStats
 from emq.stats_cache import read_stats, write_stats
@@ -46,8 +48,8 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-class BackendUnavailableError(RuntimeError):
-    """The chosen parallel backend's package is not installed."""
+class BackendUnavailableError(EMQUserError, RuntimeError):
+    """The chosen parallel backend cannot be used here: its package is not installed, or its scheduler is unreachable."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class Workload:
     limits: ScreenLimits
     device: str | None = None  # None: a GPU per worker if present, else cpu
     claim_dir: str | None = None  # where workers claim GPU slots (round-robin)
+    parent_pid: int | None = None  # local worker processes exit when this process is gone
     #: Trivial predictors and arch hyperparameters on the probe networks: (name, values) pairs.
     probe_trivial: tuple[tuple[str, tuple[float, ...]], ...] = ()
     probe_features: tuple[tuple[str, tuple[float, ...]], ...] = ()
@@ -217,13 +220,43 @@ def program_text(program: Proxy | str) -> str:
     return json.dumps(program.to_json()) if isinstance(program, Proxy) else program
 
 
+#: Seconds between a worker's checks that the search process still exists.
+PARENT_POLL_S = 1.0
+_WATCHING: list[int] = []
+
+
+def watch_parent(parent_pid: int | None) -> None:
+    """In a local worker process, start (once) a thread that ends the process when `parent_pid` is gone.
+
+    loky keeps idle workers for minutes and does not notice a parent killed with
+    SIGKILL, so orphaned workers (each holding a copy of the statistics) would stay
+    alive. When the parent dies the worker is re-parented, and its parent pid changes.
+    """
+    if parent_pid is None or parent_pid == os.getpid() or os.getppid() != parent_pid:
+        return  # in-process, or not a direct child (a dask or ray worker): nothing to watch
+    with _LOCK:
+        if _WATCHING:
+            return
+        _WATCHING.append(parent_pid)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="emq-parent-watch", daemon=True).start()
+
+
 def _screen_batch(workload: Workload, programs: list[str]) -> list[dict[str, Any]]:
+    watch_parent(workload.parent_pid)
     inputs = prepared_inputs(workload)
     with torch.no_grad():  # scoped: a global switch would leak into the caller's process (threading backend)
         return [_outcome_dict(screen_and_score(parse_program(p), inputs, workload.limits)) for p in programs]
 
 
-def _score_batch(source: StatsSource, device: str | None, claim_dir: str | None, programs: list[str]) -> list[tuple[np.ndarray, dict]]:
+def _score_batch(source: StatsSource, device: str | None, claim_dir: str | None, parent_pid: int | None,
+                 programs: list[str]) -> list[tuple[np.ndarray, dict]]:
+    watch_parent(parent_pid)
     stacked = _stacked(source, worker_device(device, claim_dir))
     out = []
     with torch.no_grad():
@@ -258,6 +291,8 @@ class EvaluationPool:
         self.batches_per_worker = batches_per_worker
         self._tmp = tempfile.TemporaryDirectory(prefix="emq-pool-", dir=spill_dir)
         self.claim_dir = str(Path(self._tmp.name) / "gpu-claims")
+        # loky workers are this process's children: they watch it and exit with it (see watch_parent).
+        self.parent_pid = os.getpid() if backend == "loky" else None
         self._client = None
         self._cluster = None
         self._local: list[StatsSource] = []
@@ -298,7 +333,8 @@ class EvaluationPool:
             search=self.attach(search, search_source),
             probe_other=self.attach(probe_other, other_source) if probe_other is not None else None,
             probe_index=tuple(int(i) for i in probe_index), limits=limits, device=self.device,
-            claim_dir=self.claim_dir, probe_trivial=_pairs(probe_trivial), probe_features=_pairs(probe_features),
+            claim_dir=self.claim_dir, parent_pid=self.parent_pid, probe_trivial=_pairs(probe_trivial),
+            probe_features=_pairs(probe_features),
         )
 
     def detach(self, workload: Workload) -> None:
@@ -319,7 +355,7 @@ class EvaluationPool:
     def score(self, source: StatsSource, programs: Sequence[Proxy | str]) -> list[tuple[np.ndarray, Counter]]:
         """Return (scores, failures by reason) of every program on the networks of `source`, in order."""
         texts = [program_text(p) for p in programs]
-        results = self._map(_score_batch, (source, self.device, self.claim_dir), texts)
+        results = self._map(_score_batch, (source, self.device, self.claim_dir, self.parent_pid), texts)
         return [(s, Counter(f)) for s, f in results]
 
     def _map(self, fn, args: tuple, texts: list[str]) -> list[Any]:
@@ -346,7 +382,11 @@ class EvaluationPool:
                 "the dask backend needs the 'distributed' package: pip install 'emq[dask]' (or 'dask[distributed]')"
             ) from None
         if self.scheduler:
-            self._client = Client(self.scheduler)
+            try:
+                self._client = Client(self.scheduler)
+            except (OSError, TimeoutError) as err:  # an environment problem, not a bug: one line
+                raise BackendUnavailableError(f"--scheduler {self.scheduler}: cannot reach the dask scheduler "
+                                              f"({err}); check the address and that the scheduler runs") from None
         else:
             self._cluster = LocalCluster(n_workers=self.n_jobs, threads_per_worker=1, processes=True,
                                          dashboard_address=None)

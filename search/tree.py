@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterator
 
-from emq.proxy import Proxy, ProxyFormatError
+from emq.proxy import MAX_DEPTH, MAX_FORMULA_CHARS, MAX_NODES, Proxy, ProxyFormatError
 from emq.stats import STATS
 from primitives import Kind, UnknownOpError, get_op
 
@@ -121,7 +121,12 @@ _TOKEN = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)|([(),]))")
 
 
 def parse_tree(text: str) -> Node:
-    """Return the typed tree of a formula (the tree expansion of any proxy's `formula()`)."""
+    """Return the typed tree of a formula (the tree expansion of any proxy's `formula()`).
+
+    The limits of `emq.proxy` apply (MAX_FORMULA_CHARS, MAX_DEPTH, MAX_NODES), with the same one-line errors.
+    """
+    if len(text) > MAX_FORMULA_CHARS:
+        raise ProxyFormatError(f"formula of {len(text)} characters; at most {MAX_FORMULA_CHARS} are allowed")
     tokens: list[str] = []
     pos = 0
     while pos < len(text):
@@ -132,13 +137,17 @@ def parse_tree(text: str) -> Node:
             raise ProxyFormatError(f"formula {text!r}, column {pos + 1}: unexpected character")
         tokens.append(m.group(1) or m.group(2))
         pos = m.end()
-    out, end = _parse(tokens, 0, text)
+    out, end = _parse(tokens, 0, text, 1)
     if end != len(tokens):
         raise ProxyFormatError(f"formula {text!r}: unexpected text after the end")
+    if out.size > MAX_NODES:
+        raise ProxyFormatError(f"formula with {out.size} nodes; at most {MAX_NODES} are allowed")
     return out
 
 
-def _parse(tokens: list[str], i: int, text: str) -> tuple[Node, int]:
+def _parse(tokens: list[str], i: int, text: str, depth: int) -> tuple[Node, int]:
+    if depth > MAX_DEPTH:
+        raise ProxyFormatError(f"formula nested deeper than {MAX_DEPTH} levels (the limit)")
     if i >= len(tokens) or tokens[i] in "(),":
         raise ProxyFormatError(f"formula {text!r}: expected a name")
     name = tokens[i]
@@ -152,7 +161,7 @@ def _parse(tokens: list[str], i: int, text: str) -> tuple[Node, int]:
         if i < len(tokens) and tokens[i] == ")" and not kids:
             i += 1
             break
-        kid, i = _parse(tokens, i, text)
+        kid, i = _parse(tokens, i, text, depth + 1)
         kids.append(kid)
         if i >= len(tokens):
             raise ProxyFormatError(f"formula {text!r}: missing ')'")

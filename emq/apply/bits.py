@@ -69,6 +69,10 @@ Bits = tuple[int, ...]  # one width per layer, in the objective's layer order
 
 
 # ----------------------------------------------------------------------------- budget
+#: The largest cap (bit-weights) a budget stands for: far above any network, small enough to stay exact.
+MAX_CAP = 2 ** 62
+
+
 @dataclass(frozen=True)
 class Budget:
     """A cap on the model size: `value` megabytes ("mb") or average bits per weight ("avg-bits")."""
@@ -85,6 +89,8 @@ class Budget:
     def cap(self, total_params: int) -> int:
         """Return the largest allowed sum of bits x weights (an integer; `within` holds for it)."""
         scale = 8e6 if self.unit == "mb" else float(total_params)
+        if self.value * scale >= MAX_CAP:  # e.g. 1e308 MB: no network comes near, and floor(inf) would fail
+            return MAX_CAP
         cap = math.floor(self.value * scale)
         while (cap + 1) / scale <= self.value:  # float rounding of value * scale
             cap += 1

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from emq.errors import EMQUserError
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -33,7 +35,7 @@ class Batch:
                 "shape": list(self.inputs.shape[1:])}
 
 
-class BenchmarkNotBuiltError(RuntimeError):
+class BenchmarkNotBuiltError(EMQUserError, RuntimeError):
     """Raised when an embedded benchmark's ground truth has not been built yet."""
 
 

@@ -42,7 +42,6 @@ batch is the embedded digits, upsampled to 224x224 and replicated to 3 channels
 from __future__ import annotations
 
 import ast
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +52,13 @@ import torch
 from torch import nn
 
 from emq.bench import digits
+from emq.bench.accuracy_units import accuracy_unit
 from emq.bench.base import Batch, Benchmark, Candidate
 from emq.bench.registry import register_benchmark
 from emq.bench.safe_pickle import load_plain_pickle
+from emq.errors import EMQUserError
+from emq.quant.layers import MAX_WEIGHT_BITS, MIN_WEIGHT_BITS, valid_weight_bits
+from emq.strict_json import loads_strict
 from emq.models.resnet import fold_batchnorm, load_state_dict, resnet18
 
 BENCH_NAME = "mq-bench-101"
@@ -82,7 +85,7 @@ MAPPING_HELP = (f"EMQ's ResNet-18 order has {BIT_CFG_LENGTH} entries: conv1, the
                 "layerN.0.downsample.0), then fc")
 
 
-class MQBenchFileError(ValueError):
+class MQBenchFileError(EMQUserError, ValueError):
     """The MQ-Bench-101 ground-truth file is missing or malformed (the message names file and record)."""
 
 
@@ -111,9 +114,10 @@ def parse_bit_cfg(value: Any) -> list[int]:
             raise ValueError(f"bit_cfg string is not a Python list of integers: {value[:80]!r}") from exc
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"bit_cfg must be a list of integers (or a string of one), got {type(value).__name__}")
-    bad = [b for b in value if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 32]
+    bad = [b for b in value if not valid_weight_bits(b)]
     if bad:
-        raise ValueError(f"bit_cfg entries must be integers in 1..32, got {bad[:5]}")
+        raise ValueError(f"bit_cfg entries must be integers in {MIN_WEIGHT_BITS}..{MAX_WEIGHT_BITS} (the quantizer's "
+                         f"widths), got {bad[:5]}")
     return list(value)
 
 
@@ -124,9 +128,9 @@ def load_mq_bench101(path: str | Path) -> list[MQBenchRecord]:
         raise MQBenchFileError(f"MQ-Bench-101 ground truth not found: {path}")
     if path.suffix == ".json":
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MQBenchFileError(f"{path}: not valid JSON ({exc})") from exc
+            raw = loads_strict(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:  # syntax, duplicate keys, nesting, not UTF-8
+            raise MQBenchFileError(f"{path}: not valid JSON ({exc})") from None
     else:
         try:
             raw = load_plain_pickle(path)
@@ -198,7 +202,7 @@ class MQBench101(Benchmark):
         self._state = load_state_dict(self.weights) if self.weights is not None else None
         self.trained_weights = self._state is not None
         accs = np.array([r.acc for r in self.records], dtype=np.float64)
-        self.acc_unit = "fraction" if accs.max() <= 1.0 else "percent"
+        self.acc_unit = accuracy_unit(accs, f"{self.path}: field 'acc'", MQBenchFileError)
         self._acc = accs
         self._candidates = [Candidate(r.idx, bits=bits_from_bit_cfg(r.bit_cfg)) for r in self.records]
 

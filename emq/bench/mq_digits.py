@@ -32,13 +32,15 @@ from torch import nn
 from emq.atomic import write_atomic, write_json_atomic, write_text_atomic
 from emq.bench import digits
 from emq.bench.base import Batch, Benchmark, BenchmarkNotBuiltError, Candidate
+from emq.bench.build_target import check_build_target
 from emq.bench.gt_json import read_gt_json
 from emq.bench.registry import register_benchmark, register_builder
+from emq.errors import EMQUserError
 from emq.models.digits_cnn import DigitsResNet, digits_resnet
 from emq.models.resnet import fold_batchnorm
 from emq.paths import results_dir
 from emq.quant.fake_quant import quantized_model
-from emq.quant.layers import quantizable_layers
+from emq.quant.layers import MAX_WEIGHT_BITS, MIN_WEIGHT_BITS, quantizable_layers, valid_weight_bits
 
 BENCH_NAME = "mq-digits"
 GT_FORMAT = "emq-mq-gt/1"
@@ -180,13 +182,16 @@ def ptq_accuracy(model: nn.Module, bits: dict[str, int], calib: torch.Tensor, x:
 
 
 def build_mq_digits(seed: int = 0, num_configs: int = 500, out_dir: str | Path | None = None, progress: bool = True,
-                    train_config: TrainConfig = TrainConfig()) -> dict[str, Any]:
+                    train_config: TrainConfig = TrainConfig(), overwrite: bool = False) -> dict[str, Any]:
     """Build the benchmark into `out_dir` (default `results_dir()/mq-digits`); return a short summary.
 
-    Writes `model.safetensors`, `ground_truth.json` and `README.md` atomically.
+    Writes `model.safetensors`, `ground_truth.json` and `README.md` atomically, after
+    all the work; an existing build is replaced only with `overwrite=True`, and the
+    arguments are checked before anything runs.
     """
     t0, cpu0 = time.perf_counter(), time.process_time()
     out = Path(out_dir) if out_dir is not None else default_out_dir()
+    check_build_target(out, (WEIGHTS_FILE, GT_FILE, README_FILE), num_configs, "configurations", overwrite)
     split = digits.digits_split(seed)
     x_test, y_test = digits.test_split(seed)
     calib, _ = digits.calibration_split(seed)
@@ -352,7 +357,7 @@ def baseline_taus(gt: dict[str, Any]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- load
 
 
-class GroundTruthError(ValueError):
+class GroundTruthError(EMQUserError, ValueError):
     """A ground-truth file is malformed; the message names the file and the field."""
 
 
@@ -378,8 +383,8 @@ def load_ground_truth(path: str | Path) -> dict[str, Any]:
     if not isinstance(gt["act_bits"], int) or not 2 <= gt["act_bits"] <= 32:
         raise fail("act_bits", "must be an integer in 2..32")
     choices = gt["weight_bit_choices"]
-    if not isinstance(choices, list) or not choices or not all(isinstance(b, int) and 2 <= b <= 32 for b in choices):
-        raise fail("weight_bit_choices", "must be a non-empty list of integers in 2..32")
+    if not isinstance(choices, list) or not choices or not all(valid_weight_bits(b) for b in choices):
+        raise fail("weight_bit_choices", f"must be a non-empty list of integers in {MIN_WEIGHT_BITS}..{MAX_WEIGHT_BITS}")
     cands = gt["candidates"]
     if not isinstance(cands, list) or not cands:
         raise fail("candidates", "must be a non-empty list")

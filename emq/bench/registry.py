@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from emq.bench.base import Benchmark
+from emq.errors import EMQUserError
 
 BenchmarkFactory = Callable[[Path | None], Benchmark]
 
@@ -34,7 +35,7 @@ def register_benchmark(name: str, family: str, doc: str, embedded: bool = False)
     return decorator
 
 
-class UnknownBenchmarkError(KeyError):
+class UnknownBenchmarkError(EMQUserError, KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 

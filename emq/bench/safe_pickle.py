@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 from pathlib import Path
 from typing import Any, BinaryIO, Mapping
+
+from emq.errors import EMQUserError
 
 #: The only types a plain-data pickle may contain.
 PLAIN_TYPES = (dict, list, tuple, str, int, float, bool, type(None))
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(EMQUserError, pickle.UnpicklingError):
     """The pickle references code (a global, a persistent id) or holds a non-plain value."""
 
 
@@ -154,3 +157,22 @@ def _check_plain(obj: Any, name: str, where: str, records: tuple[type, ...] = ()
                 stack.append((v, f"{at}[{k!r}]"))
         elif isinstance(value, (list, tuple)):
             stack.extend((v, f"{at}[{i}]") for i, v in enumerate(value))
+
+
+def describe_torch_load_error(exc: BaseException) -> str:
+    """Return one line saying why `torch.load(..., weights_only=True)` refused or failed to read a file.
+
+    A refused global is named (the file tried to reference code; nothing was run).
+    torch's own message is not passed on: it is many lines long and its first
+    advice is to re-run with `weights_only=False`, the unsafe option.
+    """
+    text = str(exc)
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    if refused:
+        return (f"refused the global {refused.group(1)}: the file must hold only plain data (lists, dicts, "
+                "numbers, strings, tensors), and nothing in it was run")
+    detail = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    if detail:
+        return detail.group(1).strip()[:200]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return lines[0][:200] if lines else f"{type(exc).__name__} (the file is empty or truncated)"

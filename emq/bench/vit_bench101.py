@@ -47,8 +47,10 @@ import torch
 from torch import nn
 
 from emq.bench import digits
+from emq.bench.accuracy_units import accuracy_unit
 from emq.bench.base import Batch, Benchmark, Candidate
 from emq.bench.registry import register_benchmark
+from emq.bench.safe_pickle import describe_torch_load_error
 from emq.errors import InputFileError
 from emq.models.autoformer import autoformer, count_params
 from emq.models.pit import NUM_STAGES, pit
@@ -90,7 +92,7 @@ def load_vit_bench_file(path: str | Path, space: str | None = None) -> ViTBenchF
         raw = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files
         raise InputFileError(f"{path}: cannot be read as a torch-saved list of records "
-                             f"(torch.load with weights_only=True failed: {str(exc).splitlines()[0][:200]})") from exc
+                             f"({describe_torch_load_error(exc)})") from None
     if not isinstance(raw, (list, tuple)) or not raw:
         what = f"an empty {type(raw).__name__}" if isinstance(raw, (list, tuple)) else type(raw).__name__
         raise InputFileError(f"{path}: expected a non-empty list of records {{'arch': {{...}}, '<column>_acc': ...}}, "
@@ -131,6 +133,8 @@ def load_vit_bench_file(path: str | Path, space: str | None = None) -> ViTBenchF
     if not order:
         raise InputFileError(f"{path}: no accuracy column found (expected some of {', '.join(ACC_COLUMNS)})")
     columns = {c: np.array(values[c], dtype=np.float64) for c in order}
+    for c, v in columns.items():
+        accuracy_unit(v, f"{path}: column {c!r}", InputFileError, percent_only=True)
     missing = {c: int(np.isnan(v).sum()) for c, v in columns.items() if np.isnan(v).any()}
     digest = hashlib.sha256(blob).hexdigest()[:16]
     return ViTBenchFile(path, space, archs, columns, missing, sorted(ignored), digest)
@@ -158,21 +162,22 @@ def _validate_arch(arch: dict[str, Any], space: str, where: str) -> dict[str, An
             raise InputFileError(f"{where}: field 'arch.{name}' is missing ({space} archs need "
                                  f"{', '.join(_ARCH_KEYS[space])})")
         v = arch[name]
-        if not _is_int(v) or int(v) < 1:
-            raise fail(name, "must be a positive integer", v)
+        if not _is_int(v) or not 1 <= int(v) <= ARCH_BOUNDS[name]:
+            raise fail(name, f"must be an integer in 1..{ARCH_BOUNDS[name]}", v)
         return int(v)
 
     def int_list(name: str, length: int) -> list[int]:
         v = arch.get(name)
         if name not in arch:
             raise InputFileError(f"{where}: field 'arch.{name}' is missing")
-        if not isinstance(v, (list, tuple)) or len(v) != length or not all(_is_int(x) and int(x) >= 1 for x in v):
-            raise fail(name, f"must be a list of {length} positive integers", v)
+        top = ARCH_BOUNDS[name]
+        if not isinstance(v, (list, tuple)) or len(v) != length or not all(_is_int(x) and 1 <= int(x) <= top for x in v):
+            raise fail(name, f"must be a list of {length} integers in 1..{top}", v)
         return [int(x) for x in v]
 
     def ratio(name: str, v: Any) -> float:
-        if not _is_number(v) or not math.isfinite(float(v)) or float(v) <= 0:
-            raise fail(name, "must hold finite positive numbers", v)
+        if not _is_number(v) or not math.isfinite(float(v)) or not 0 < float(v) <= ARCH_BOUNDS[name]:
+            raise fail(name, f"must hold numbers in (0, {ARCH_BOUNDS[name]:g}]", v)
         return float(v)
 
     if space == "autoformer":
@@ -205,6 +210,10 @@ def _validate_arch(arch: dict[str, Any], space: str, where: str) -> dict[str, An
                                 "(PiT pooling is a grouped conv)", heads)
     return {"base_dim": base, "mlp_ratio": mlp_clean, "depth": depth_list, "num_heads": heads}
 
+
+#: Largest value of each arch field the loader accepts: well above both spaces' choices, low enough
+#: that every accepted arch can be built (an mlp_ratio of 1e30 would ask for an impossible layer).
+ARCH_BOUNDS: dict[str, float] = {"hidden_dim": 4096, "base_dim": 1024, "depth": 64, "num_heads": 64, "mlp_ratio": 16.0}
 
 _ARCH_KEYS = {"autoformer": ("hidden_dim", "depth", "mlp_ratio", "num_heads"),
               "pit": ("base_dim", "mlp_ratio", "depth", "num_heads")}

@@ -46,6 +46,7 @@ from emq.bench import digits
 from emq.bench.base import Batch, Benchmark, BenchmarkNotBuiltError, Candidate
 from emq.bench.gt_json import read_gt_json
 from emq.bench.registry import register_benchmark, register_builder
+from emq.bench.build_target import check_build_target
 from emq.errors import InputFileError
 from emq.models.autoformer import autoformer, count_params
 from emq.paths import results_dir
@@ -262,14 +263,17 @@ def _run_jobs(jobs: list[Job], workers: int, progress: bool) -> Iterator[JobResu
 
 def build_vit_digits(seed: int = 0, num_archs: int = DEFAULT_NUM_ARCHS, out_dir: str | Path | None = None,
                      progress: bool = True, recipe: Recipe = Recipe(), workers: int | None = None,
-                     repeat_archs: int = DEFAULT_REPEAT_ARCHS, space: TinyViTSpace = TinyViTSpace()) -> dict[str, Any]:
+                     repeat_archs: int = DEFAULT_REPEAT_ARCHS, space: TinyViTSpace = TinyViTSpace(),
+                     overwrite: bool = False) -> dict[str, Any]:
     """Build the benchmark into `out_dir` (default `results_dir()/vit-digits`); return a short summary.
 
     `workers` processes (default: up to 2, one thread each) train archs in parallel;
-    the result does not depend on it. Writes `ground_truth.json` and `README.md` atomically.
+    the result does not depend on it. Writes `ground_truth.json` and `README.md` atomically,
+    after all the work; an existing build is replaced only with `overwrite=True`.
     """
     t0, cpu0 = time.perf_counter(), time.process_time()
     out = Path(out_dir) if out_dir is not None else default_out_dir()
+    check_build_target(out, (GT_FILE, README_FILE), num_archs, "archs", overwrite)
     if workers is None:
         workers = max(1, min(2, os.cpu_count() or 1))
     repeat_archs = max(0, min(repeat_archs, num_archs))
