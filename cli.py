@@ -390,6 +390,9 @@ BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
 @click.option("--max-search", default=160, show_default=True, type=click.IntRange(min=0),
               help="Use at most N networks of the search split (bounds memory and time; 0 = all). "
                    "The held-out split is always scored whole.")
+@click.option("--max-heldout", default=None, type=click.IntRange(min=3),
+              help="Score at most N held-out networks (default: all; quick looks and tests: a verdict on fewer "
+                   "candidates has wider intervals).")
 @click.option("--seed-proxies", "seed_proxy_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Proxy JSON file(s) (e.g. exported from another search) placed in the first population; repeatable.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="loky", show_default=True,
@@ -406,7 +409,7 @@ BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
 @_stats_options
 @_friendly_errors
 def search(name: str, data_dir: Path | None, targets: str | None, joint: str, metric: str, population: int,
-           generations: int, seed: int, seeds: str | None, batch_seeds: str | None, fitness: str, hof_size: int, max_search: int | None, seed_proxy_files: tuple[Path, ...],
+           generations: int, seed: int, seeds: str | None, batch_seeds: str | None, fitness: str, hof_size: int, max_search: int | None, max_heldout: int | None, seed_proxy_files: tuple[Path, ...],
            backend: str, scheduler: str | None, workers: int | None, force_workers: bool, baseline_names: tuple[str, ...],
            run_dir: Path | None, resume: bool, batch_seed: int, batch_size: int, init_seed: int,
            dtype: str, hessian_samples: int, device: str | None) -> None:
@@ -457,7 +460,8 @@ def search(name: str, data_dir: Path | None, targets: str | None, joint: str, me
     command = _command_line()
     workers = _checked_workers(backend, workers, force_workers)
     start = time.perf_counter()
-    options = dict(baselines=list(baseline_names) or None, max_search=max_search or None, progress=True, resume=resume)
+    options = dict(baselines=list(baseline_names) or None, max_search=max_search or None, max_heldout=max_heldout,
+                   progress=True, resume=resume)
     # The run folder is locked before the statistics are computed, so a second search on it fails at once.
     with run_folder_lock(run_dir), _worker_crashes(backend):
         with EvaluationPool(backend, n_jobs=workers, scheduler=scheduler, device=config.device) as pool:

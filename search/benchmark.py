@@ -63,6 +63,7 @@ def search_benchmark(
     pool: EvaluationPool | None = None,
     baselines: Sequence[str] | None = None,
     max_search: int | None = None,
+    max_heldout: int | None = None,
     progress: bool = True,
     resume: bool = False,
     cache_root: str | Path | None = None,
@@ -73,7 +74,8 @@ def search_benchmark(
     """Run the search on `bench`'s search split and compare its hall of fame with baselines on the held-out split.
 
     `max_search` caps the search networks (the first of the split, an explicit
-    memory bound); the probe is the first `search_config.probe_size` of them, also
+    memory bound) and `max_heldout` the held-out ones (quick looks and tests: a
+    verdict on fewer candidates has wider intervals); the probe is the first `search_config.probe_size` of them, also
     computed on batch seed + 1 for the input-independence screen. `trivial` names the
     trivial predictors (default: `trivial_baselines(bench)`): they feed the
     trivial-equivalent screen and the partial fitness, the best of them per target is
@@ -113,8 +115,9 @@ def search_benchmark(
         return result
     choices = result.best_trivial
 
-    heldout_cands = [candidates[i] for i in split.heldout]
-    heldout_truth = {t: all_truth[t][split.heldout] for t in targets}
+    heldout_idx = split.heldout[:max_heldout] if max_heldout else split.heldout
+    heldout_cands = [candidates[i] for i in heldout_idx]
+    heldout_truth = {t: all_truth[t][heldout_idx] for t in targets}
     heldout_stats = load_or_compute(bench, heldout_cands, stats_config, progress=progress, cache_root=cache_root)
     stacked = StackedStats(heldout_stats, worker_device(pool.device if pool is not None else None))
     del heldout_stats

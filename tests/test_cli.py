@@ -86,14 +86,14 @@ def test_malformed_proxy_file_names_the_file(run, tmp_path):
 def test_search_then_export_then_rescore_end_to_end(run, tmp_path):
     out = tmp_path / "run"
     result = run("search", "mq-digits", "--population", "8", "--generations", "2", "--max-search", "24",
-                 "--backend", "serial", "--hof-size", "3", "--out", str(out), "--batch-size", "8")
+                 "--backend", "serial", "--hof-size", "3", "--out", str(out), "--batch-size", "8", "--max-heldout", "40")
     assert result.exit_code == 0, result.output
     assert "best proxy:" in result.output
     for name in ("log.jsonl", "hall_of_fame.json", "summary.md", "evolution.png", "scatter.png", "config.json"):
         assert (out / name).is_file(), name
     assert len((out / "log.jsonl").read_text().splitlines()) == 2
     hall = json.loads((out / "hall_of_fame.json").read_text())
-    assert hall["programs"] and "heldout" in hall["programs"][0]
+    assert hall["programs"] and "heldout" in hall["programs"][0] and hall["split"]["heldout"] == 40
     summary = (out / "summary.md").read_text()
     assert "bit_sum" in summary and "evolved #1" in summary
 
@@ -113,7 +113,7 @@ def test_search_then_export_then_rescore_end_to_end(run, tmp_path):
     # a seeded search starts from the exported proxy
     seeded = tmp_path / "seeded"
     result = run("search", "mq-digits", "--population", "6", "--generations", "1", "--max-search", "24",
-                 "--backend", "serial", "--hof-size", "2", "--out", str(seeded), "--batch-size", "8",
+                 "--backend", "serial", "--hof-size", "2", "--out", str(seeded), "--batch-size", "8", "--max-heldout", "40",
                  "--seed-proxies", str(proxy))
     assert result.exit_code == 0, result.output
     first = json.loads((seeded / "checkpoint" / "state.json").read_text())

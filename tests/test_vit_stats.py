@@ -235,8 +235,10 @@ def test_score_vit_digits_with_every_baseline_end_to_end(run, tmp_path):
                  "--stats", "weight,attn", "--out", str(out))
     assert result.exit_code == 0, result.output
     for name in applicable_baselines("vit"):
-        assert f"| {name} | baseline | test_acc |" in result.output
-        assert f"| {name} | baseline | test_acc_low_data |" in result.output
+        kind = "baseline (trivial)" if name in ("params", "flops") else "baseline"
+        assert f"| {name} | {kind} | test_acc |" in result.output
+        assert f"| {name} | {kind} | test_acc_low_data |" in result.output
+    assert "| arch:hidden_dim | baseline (trivial) | test_acc |" in result.output
     assert "dss" in out.read_text(encoding="utf-8")
 
 
