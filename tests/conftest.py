@@ -42,3 +42,12 @@ def run(tmp_path, monkeypatch):
     monkeypatch.setenv("EMQ_CACHE_DIR", str(tmp_path / "cache"))
     runner = CliRunner()
     return lambda *args: runner.invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one torch thread: many small statistics passes only add contention on shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

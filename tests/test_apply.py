@@ -32,13 +32,7 @@ needs_vit_digits = pytest.mark.skipif(
 HESSIAN_PROXY = "n_neg(sum_layers(l2(mul(hessian_diag, quant_error))))"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tests run many small statistics passes: on shared cores, extra threads only add contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 LOCAL_PROXY = "n_neg(sum_layers(l2(quant_error)))"
