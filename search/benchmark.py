@@ -11,7 +11,9 @@ import dataclasses
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 
 from emq.baselines import (
@@ -20,8 +22,8 @@ from emq.baselines import (
 from emq.bench.base import Benchmark, Candidate
 from emq.degeneracy import degeneracy_flags
 from emq.fitness import (
-    DISCOVERY, NO_DISCOVERY, PairedDifference, TrivialChoice, get_metric, heldout_split,
-    paired_bootstrap_difference,
+    NO_DISCOVERY, Metric, PairedDifference, TrivialChoice, get_metric, heldout_split, paired_bootstrap_difference,
+    verdict,
 )
 from emq.proxy import Proxy
 from emq.scoring import ScoreReport, rows_for
@@ -125,7 +127,6 @@ def search_benchmark(
     names += [n for n in trivial_names if n not in names]
     base = baseline_scores(bench, names, stats_config, progress=progress, candidates=heldout_cands,
                            cache_root=cache_root)
-    control = {t: c.oriented(base[c.name]) for t, c in choices.items()}
     hall = result.hall_of_fame
     rows = []
     failures: dict[str, dict[str, int]] = {}
@@ -135,9 +136,7 @@ def search_benchmark(
         proxy = Proxy.from_formula(entry["formula"])
         scores, fails = evaluate_stacked(proxy, stacked)
         add_heldout(entry, scores, heldout_truth, search_config.metric, dict(fails), n_boot)
-        if len(control) == len(targets):
-            entry["vs_best_trivial"] = paired_bootstrap_difference(
-                scores, control, heldout_truth, metric, search_config.joint, n_boot).to_json()
+        entry.update(against_trivial(scores, choices, base, heldout_truth, metric, search_config.joint, n_boot))
         name = f"evolved #{entry['rank']}"
         rows += rows_for(name, "proxy", scores, heldout_truth, degeneracy_flags(scores), entry["formula"], n_boot)
         if fails:
@@ -155,7 +154,7 @@ def search_benchmark(
                                                "heldout_fraction": search_config.heldout_fraction,
                                                "search": len(search_idx), "heldout": len(heldout_cands)},
             "batch": batch, "best_trivial": {t: c.to_json() for t, c in choices.items()},
-            "trivial_heldout": {t: metric(v, heldout_truth[t]) for t, v in control.items()}, "verdict": outcome,
+            "trivial_heldout": hall[0]["trivial_heldout"] if hall else {}, "verdict": outcome,
             "stats": found_with(bench, stats_config)}
     write_hall_of_fame(run_dir, hall, search_config, command, meta)
     if best_scores is not None:
@@ -187,13 +186,28 @@ def found_with(bench: Benchmark, config: StatsConfig) -> dict[str, Any]:
             if has_calib else "batch"}
 
 
+def against_trivial(scores: np.ndarray, choices: dict[str, TrivialChoice], trivial: Mapping[str, np.ndarray],
+                    truth: Mapping[str, np.ndarray], metric: Metric, mode: str, n_boot: int) -> dict[str, Any]:
+    """Return a program's held-out comparison with the chosen trivial predictors (values on the same candidates).
+
+    `trivial_heldout` is each chosen predictor's metric per target; `vs_best_trivial`
+    the paired bootstrap of joint metric(program) - joint metric(predictors), present
+    only when every target has a chosen predictor.
+    """
+    control = {t: c.oriented(trivial[c.name]) for t, c in choices.items()}
+    out: dict[str, Any] = {"trivial_heldout": {t: metric(v, truth[t]) for t, v in control.items()}}
+    if len(control) == len(truth):
+        out["vs_best_trivial"] = paired_bootstrap_difference(scores, control, truth, metric, mode, n_boot).to_json()
+    return out
+
+
 def run_verdict(best: dict[str, Any] | None, choices: dict[str, TrivialChoice], targets: Sequence[str]) -> dict[str, Any]:
     """Return this run's verdict: the best program (by search fitness) against the best trivial predictor on held-out."""
     if best is None or "vs_best_trivial" not in best:
         why = "no program passed screening" if best is None else "no trivial predictor is defined for every target"
         return {"verdict": NO_DISCOVERY, "why": why, "difference": None}
     diff = PairedDifference(**best["vs_best_trivial"])
-    return {"verdict": DISCOVERY if diff.low > 0 else NO_DISCOVERY, "formula": best["formula"],
+    return {"verdict": verdict([diff]), "formula": best["formula"],
             "difference": diff.to_json(), "trivial": {t: choices[t].label for t in targets}}
 
 

@@ -18,11 +18,11 @@ import numpy as np
 from emq.atomic import write_json_atomic, write_text_atomic
 from emq.baselines import baseline_scores, trivial_baselines
 from emq.bench.base import Benchmark
-from emq.fitness import choose_best_trivial, get_metric, heldout_split, paired_bootstrap_difference
+from emq.fitness import choose_best_trivial, get_metric, heldout_split
 from emq.proxy import Proxy
 from emq.scoring import check_proxies_fit
 from emq.stats_cache import StatsConfig, load_or_compute
-from search.benchmark import run_verdict, verdict_line
+from search.benchmark import against_trivial, run_verdict, verdict_line
 from search.evolution import json_finite, load_hall_of_fame
 from search.fast_eval import StackedStats, evaluate_stacked
 
@@ -66,18 +66,14 @@ def rescore_run(bench: Benchmark, run_dir: str | Path, stats_config: StatsConfig
     scores, failures = evaluate_stacked(proxy, StackedStats(stats, "cpu"))
     on_heldout = baseline_scores(bench, [c.name for c in choices.values()], config, progress=progress,
                                  candidates=heldout_cands, cache_root=cache_root)
-    control = {t: c.oriented(on_heldout[c.name]) for t, c in choices.items()}
-    entry = dict(best)
-    if len(control) == len(targets):
-        entry["vs_best_trivial"] = paired_bootstrap_difference(scores, control, heldout_truth, metric,
-                                                               search["joint"], n_boot).to_json()
+    entry = {**best, **against_trivial(scores, choices, on_heldout, heldout_truth, metric, search["joint"], n_boot)}
     outcome = run_verdict(entry, choices, targets)
     record = {
         "format": VERDICT_FORMAT, "benchmark": bench.name, "formula": best["formula"],
         "stats": config.describe(), "batch": bench.batch(config.batch_seed, config.batch_size).describe(),
         "best_trivial": {t: c.to_json() for t, c in choices.items()},
         "heldout": {t: metric(scores, col) for t, col in heldout_truth.items()},
-        "trivial_heldout": {t: metric(v, heldout_truth[t]) for t, v in control.items()},
+        "trivial_heldout": entry["trivial_heldout"],
         "failures": dict(failures), "verdict": outcome,
     }
     write_json_atomic(run_dir / "verdict.json", json_finite(record))
