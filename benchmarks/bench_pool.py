@@ -8,7 +8,7 @@ Modes, all on the same candidates and the same random programs:
 - `recompute`: per program, build each network and compute the statistics it needs
   (what evaluating without a cache costs; measured on `--recompute-programs` programs);
 - `loop`: `emq.scoring.proxy_scores` on cached statistics (Proxy.evaluate per network);
-- `stacked`: `search.fast_eval.evaluate_stacked` (statistics stacked once, ops vmapped);
+- `stacked`: `emq.evaluate.evaluate_stacked` (statistics stacked once, ops vmapped);
 - `pool`: `search.pool.EvaluationPool.score` with the chosen backend, workers reading the
   cache files once (timed warm: the second of two calls).
 Peak memory is the largest resident size (this process plus its children) seen while
@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from emq.scoring import proxy_scores  # noqa: E402
-from search.fast_eval import StackedStats, evaluate_stacked  # noqa: E402
+from emq.evaluate import StackedStats, evaluate_stacked  # noqa: E402
+from emq.proxy import Proxy  # noqa: E402
 from search.generate import Grammar, random_program  # noqa: E402
 from search.pool import EvaluationPool, StatsSource  # noqa: E402
 
@@ -137,7 +138,7 @@ def main() -> None:
 
     rng = random.Random(args.seed)
     grammar = Grammar(sorted(stats[0].available()))
-    programs = [random_program(rng, grammar).to_proxy() for _ in range(args.programs)]
+    programs = [Proxy(random_program(rng, grammar)) for _ in range(args.programs)]
     rows = []
 
     def record(mode: str, n: int, seconds: float, mem: PeakMemory, note: str = "", each: list[float] | None = None) -> None:

@@ -1,49 +1,40 @@
-"""Proxy programs: typed DAGs over network statistics that give one score per network.
+"""Proxy programs: one immutable typed program that gives one score per network.
 
-A program's leaves are statistic names (type T, one tensor per layer); its inner
-nodes are registered ops. Nodes of type T and S are evaluated per layer;
-aggregations turn the per-layer S values into one network number (N), and the
-program's output is N. Programs are plain data: JSON (`emq-proxy/1`) with op
-*names*, a readable formula, and a canonical hash shared by equal programs.
+A `Proxy` is a program tree (`emq.program.Node`: statistic leaves, registered ops)
+plus free-form `meta`. It owns everything about the program: parsing a formula,
+printing it, simplifying it (`emq.simplify`), its canonical form and hash (equal for
+programs equal up to commutative argument order and the registered identities),
+its JSON form `emq-proxy/1` (a DAG with op *names*; shared subtrees stored once), and
+its size and depth. Evaluation goes through the one evaluator, `emq.evaluate`.
 """
 from __future__ import annotations
 
 import hashlib
-import re
-from dataclasses import dataclass, field
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
 import numpy as np
 import torch
 
 from emq.atomic import write_json_atomic
 from emq.errors import EMQUserError
+from emq.evaluate import StackedStats, evaluate_stacked
+from emq.program import (
+    MAX_DEPTH, MAX_FORMULA_CHARS, MAX_NODES, MAX_TREE_SIZE, Node, ProxyFormatError, check_limits, leaf, op_node,
+    parse_formula,
+)
+from emq.simplify import self_cancelling, simplify
 from emq.strict_json import describe_json_error, loads_strict
-from emq.stats import STATS, NetworkStats
-from primitives import Kind, UnknownOpError, get_op
+from emq.stats import NetworkStats
+from primitives import Kind
+
+__all__ = ["FORMAT", "MAX_DEPTH", "MAX_FILE_BYTES", "MAX_FORMULA_CHARS", "MAX_NODES", "MAX_TREE_SIZE",
+           "MissingStatError", "Proxy", "ProxyEvaluationError", "ProxyFormatError"]
 
 FORMAT = "emq-proxy/1"
-
-# Limits on a program read from a formula or a file. They sit far above what the
-# search builds (max_size 20, max_depth 7 by default) and keep parsing, printing and
-# hashing cheap and recursion shallow: a hostile input is refused at parse time,
-# with one line naming the limit, before any work.
-#: Characters of a formula.
-MAX_FORMULA_CHARS = 20_000
-#: Nodes of a program (a formula's tree, or a JSON file's DAG).
-MAX_NODES = 1_000
-#: Nodes on the longest path from the output to a leaf.
-MAX_DEPTH = 64
-#: Nodes of a DAG's tree expansion (what its formula prints; a reused node counts once per use).
-MAX_TREE_SIZE = 10_000
-#: Bytes of a proxy JSON file.
+#: Bytes of a proxy JSON file (the program limits are in `emq.program`).
 MAX_FILE_BYTES = 2_000_000
-
-
-class ProxyFormatError(EMQUserError, ValueError):
-    """A program that cannot be built: unknown op/stat, type error, malformed JSON or formula."""
 
 
 class ProxyEvaluationError(EMQUserError, RuntimeError):
@@ -59,23 +50,29 @@ class MissingStatError(ProxyEvaluationError):
     """The statistics lack one the program needs."""
 
 
-@dataclass
 class Proxy:
-    """A typed program. `graph` nodes carry `stat` (leaf) or `op` (name) and `type`; edges carry `arg`."""
+    """A typed program ending in N (one number per network), immutable, with `meta` (how it was found)."""
 
-    graph: nx.DiGraph
-    output: int
-    meta: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("root", "meta", "_simple")
+
+    def __init__(self, root: Node, meta: dict[str, Any] | None = None, source: str = "<proxy>") -> None:
+        if not isinstance(root, Node):
+            raise TypeError(f"a Proxy is built from a program Node, got {type(root).__name__}; "
+                            "use Proxy.from_formula or Proxy.from_json")
+        check_limits(root, source)
+        if root.kind != Kind.N:
+            raise ProxyFormatError(
+                f"{source}: the program ends in type {root.kind.value}; it must end in N (one number per network), "
+                "e.g. wrap it in mean_layers(...)")
+        self.root = root
+        self.meta: dict[str, Any] = dict(meta or {})
+        self._simple: Node | None = None
 
     # ----------------------------------------------------------------- building
     @classmethod
     def from_formula(cls, text: str, meta: dict[str, Any] | None = None) -> "Proxy":
         """Parse `op(arg, ...)` / `stat` syntax, e.g. `mean_layers(l2(mul(abs(grad), weight)))`."""
-        graph = nx.DiGraph()
-        output = _FormulaParser(text, graph).parse()
-        proxy = cls(graph, output, dict(meta or {}))
-        proxy.validate()
-        return proxy
+        return cls(parse_formula(text), meta)
 
     @classmethod
     def from_json(cls, data: Any, source: str = "<json>") -> "Proxy":
@@ -92,37 +89,32 @@ class Proxy:
         if len(nodes) > MAX_NODES:
             raise ProxyFormatError(f"{source}: field 'nodes' has {len(nodes)} nodes; programs may have at most "
                                    f"{MAX_NODES}")
-        graph = nx.DiGraph()
+        specs: dict[int, dict[str, Any]] = {}
         for i, node in enumerate(nodes):
             where = f"{source}: nodes[{i}]"
-            if not isinstance(node, dict) or not isinstance(node.get("id"), int):
+            if not isinstance(node, dict) or not isinstance(node.get("id"), int) or isinstance(node.get("id"), bool):
                 raise ProxyFormatError(f"{where} must be an object with an integer 'id'")
             nid = node["id"]
-            if nid in graph:
+            if nid in specs:
                 raise ProxyFormatError(f"{where}: duplicate node id {nid}")
             if ("stat" in node) == ("op" in node):
                 raise ProxyFormatError(f"{where} (id {nid}) needs exactly one of 'stat' or 'op'")
-            if "stat" in node:
-                graph.add_node(nid, stat=str(node["stat"]))
-            else:
+            if "op" in node:
                 inputs = node.get("inputs")
                 if not isinstance(inputs, list) or not all(isinstance(x, int) for x in inputs):
                     raise ProxyFormatError(f"{where} (op {node['op']!r}): 'inputs' must be a list of node ids")
-                graph.add_node(nid, op=str(node["op"]), args=list(inputs))
-        for nid, attrs in list(graph.nodes(data=True)):
-            for src in attrs.get("args", []):
-                if src not in graph:
-                    raise ProxyFormatError(f"{source}: node {nid} ({attrs['op']}) uses unknown node id {src}")
-                graph.add_edge(src, nid)
+            specs[nid] = node
         output = data.get("output")
-        if output not in graph:
+        if isinstance(output, bool) or output not in specs:
             raise ProxyFormatError(f"{source}: field 'output' ({output!r}) is not a node id")
         meta = data.get("meta", {})
         if not isinstance(meta, dict):
             raise ProxyFormatError(f"{source}: field 'meta' must be an object")
-        proxy = cls(graph, output, meta)
-        proxy.validate(source)
-        return proxy
+        built = _build_dag(specs, source)
+        unused = sorted(set(specs) - _feeding(specs, output))
+        if unused:
+            raise ProxyFormatError(f"{source}: node(s) {unused} do not feed the output")
+        return cls(built[output], meta, source)
 
     @classmethod
     def load(cls, path: str | Path) -> "Proxy":
@@ -146,88 +138,24 @@ class Proxy:
             raise ProxyFormatError(f"{path}: {describe_json_error(err)}") from None
         return cls.from_json(data, source=str(path))
 
-    # --------------------------------------------------------------- validation
-    def validate(self, source: str = "<proxy>") -> None:
-        """Check ops/stats exist, arities and types match, the graph is acyclic and ends in N."""
-        g = self.graph
-        if not nx.is_directed_acyclic_graph(g):
-            raise ProxyFormatError(f"{source}: the program has a cycle; proxies must be acyclic")
-        for nid in nx.topological_sort(g):
-            attrs = g.nodes[nid]
-            if "stat" in attrs:
-                if attrs["stat"] not in STATS:
-                    raise ProxyFormatError(
-                        f"{source}: node {nid}: unknown statistic {attrs['stat']!r}; known: {', '.join(sorted(STATS))}"
-                    )
-                attrs["type"] = Kind.T
-                continue
-            try:
-                op = get_op(attrs["op"])
-            except UnknownOpError as err:
-                raise ProxyFormatError(f"{source}: node {nid}: {err}") from None
-            args = attrs["args"]
-            if len(args) != op.arity:
-                raise ProxyFormatError(
-                    f"{source}: node {nid} ({op.name}) takes {op.arity} input(s) ({op.signature()}), got {len(args)}"
-                )
-            got = tuple(g.nodes[a]["type"] for a in args)
-            if got != op.inputs:
-                shown = ", ".join(k.value for k in got)
-                raise ProxyFormatError(
-                    f"{source}: node {nid} ({op.name}) has signature {op.signature()} but receives ({shown}); "
-                    "reduce a T to S with a reduction (mean, l2, ...) and S to N with an aggregation (mean_layers, ...)"
-                )
-            attrs["type"] = op.output
-        if self.output not in g:
-            raise ProxyFormatError(f"{source}: output node {self.output} does not exist")
-        self._check_limits(source)
-        out_type = g.nodes[self.output]["type"]
-        if out_type != Kind.N:
-            raise ProxyFormatError(
-                f"{source}: the program ends in type {out_type.value}; it must end in N (one number per network), "
-                "e.g. wrap it in mean_layers(...)"
-            )
-        unused = set(g) - nx.ancestors(g, self.output) - {self.output}
-        if unused:
-            raise ProxyFormatError(f"{source}: node(s) {sorted(unused)} do not feed the output")
-
-    def _check_limits(self, source: str) -> None:
-        """Refuse programs over MAX_NODES, MAX_DEPTH or MAX_TREE_SIZE (counted without recursion)."""
-        g = self.graph
-        if g.number_of_nodes() > MAX_NODES:
-            raise ProxyFormatError(f"{source}: the program has {g.number_of_nodes()} nodes; at most {MAX_NODES} "
-                                   "are allowed")
-        depth: dict[int, int] = {}
-        tree: dict[int, int] = {}
-        for nid in nx.topological_sort(g):
-            args = g.nodes[nid].get("args", [])
-            depth[nid] = 1 + max((depth[a] for a in args), default=0)
-            tree[nid] = 1 + sum(tree[a] for a in args)
-            if depth[nid] > MAX_DEPTH:
-                raise ProxyFormatError(f"{source}: the program is deeper than {MAX_DEPTH} nodes (the limit)")
-            if tree[nid] > MAX_TREE_SIZE:
-                raise ProxyFormatError(f"{source}: the program's formula would have more than {MAX_TREE_SIZE} nodes "
-                                       "(shared nodes count once per use; the limit)")
+    def with_meta(self, meta: dict[str, Any]) -> "Proxy":
+        """Return the same program with other `meta`."""
+        return Proxy(self.root, meta)
 
     # ------------------------------------------------------------ serialisation
     def to_json(self) -> dict[str, Any]:
-        """Return the `emq-proxy/1` dict (node ids renumbered in topological order)."""
-        order = self._order()
-        ids = {nid: i for i, nid in enumerate(order)}
-        nodes = []
-        for nid in order:
-            attrs = self.graph.nodes[nid]
-            if "stat" in attrs:
-                nodes.append({"id": ids[nid], "stat": attrs["stat"]})
-            else:
-                nodes.append({"id": ids[nid], "op": attrs["op"], "inputs": [ids[a] for a in attrs["args"]]})
+        """Return the `emq-proxy/1` dict: distinct subtrees as nodes, children before parents."""
+        order = self.root.unique()
+        ids = {node: i for i, node in enumerate(order)}
+        nodes = [{"id": ids[n], "stat": n.name} if n.is_leaf else
+                 {"id": ids[n], "op": n.name, "inputs": [ids[c] for c in n.children]} for n in order]
         return {
             "format": FORMAT,
             "formula": self.formula(),
             "hash": self.canonical_hash(),
             "stats": sorted(self.stats_needed),
             "nodes": nodes,
-            "output": ids[self.output],
+            "output": ids[self.root],
             "meta": self.meta,
         }
 
@@ -236,68 +164,86 @@ class Proxy:
         return write_json_atomic(path, self.to_json())
 
     def formula(self) -> str:
-        """Return the readable formula, e.g. `mean_layers(l2(mul(abs(grad), weight)))`."""
-        return self._render(self.output, canonical=False)
+        """Return the readable formula as written, e.g. `mean_layers(l2(mul(abs(grad), weight)))`."""
+        return self.root.formula()
+
+    def simplified(self) -> "Proxy":
+        """Return the program simplified by the registered identities (`emq.simplify`), same meta."""
+        simple = self._simplified_root()
+        return self if simple is self.root else Proxy(simple, self.meta)
+
+    def canonical(self) -> str:
+        """Return the canonical formula: simplified, commutative arguments sorted."""
+        return self._simplified_root().canonical()
 
     def canonical_hash(self) -> str:
-        """Return a hash equal for programs that are the same up to node ids and commutative argument order."""
-        return hashlib.sha256(self._render(self.output, canonical=True).encode()).hexdigest()[:16]
+        """Return a hash equal for programs equal up to commutative argument order and the registered identities."""
+        return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
+
+    def self_cancelling(self) -> str | None:
+        """Return a self-cancelling subterm (`sub(x, x)`: a constant), or None."""
+        return self_cancelling(self.root)
 
     @property
     def stats_needed(self) -> set[str]:
-        return {a["stat"] for _, a in self.graph.nodes(data=True) if "stat" in a}
+        return self.root.stats()
 
     @property
     def size(self) -> int:
-        """Number of nodes (the measure the search limits against bloat)."""
-        return self.graph.number_of_nodes()
+        """Nodes of the formula (the measure the search limits against bloat)."""
+        return self.root.size
+
+    @property
+    def depth(self) -> int:
+        return self.root.depth
 
     def __str__(self) -> str:
         return self.formula()
+
+    def __repr__(self) -> str:
+        return f"Proxy({self.formula()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Proxy) and self.root == other.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    def __getstate__(self) -> tuple:
+        return (self.root, self.meta)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.root, self.meta = state
+        self._simple = None
+
+    def _simplified_root(self) -> Node:
+        if self._simple is None:
+            self._simple = simplify(self.root)
+        return self._simple
 
     # --------------------------------------------------------------- evaluation
     def evaluate(self, stats: NetworkStats, dtype: torch.dtype = torch.float32) -> float:
         """Return the program's score for one network; inputs are never modified.
 
-        The program runs over the layers that carry every statistic it needs (so
-        per-block transformer statistics and per-layer weights can coexist).
-        Raises MissingStatError when no layer has them and ProxyEvaluationError
-        when an op fails; a non-finite score is returned as is (callers screen it).
+        The one evaluator (`emq.evaluate`) with one candidate. The program runs over
+        the entries that carry every statistic it needs. Raises MissingStatError when
+        no entry has them and ProxyEvaluationError when an op fails; a non-finite
+        score is returned as is (callers screen it).
         """
         needed = self.stats_needed
-        layers = {name: t for name, t in stats.layers.items() if needed <= t.keys()}
-        if not layers:
-            have = sorted(set().union(*(t.keys() for t in stats.layers.values()))) if stats.layers else []
+        if not any(needed <= t.keys() for t in stats.layers.values()):
+            have = sorted(stats.available()) if stats.layers else []
             raise MissingStatError(
                 "missing_stat",
                 f"no layer has all of {sorted(needed)} (statistics present: {have}); "
                 "compute them with a stat set that includes them",
             )
-        order = self._order()
-        layer_nodes = [n for n in order if self.graph.nodes[n]["type"] != Kind.N]
-        net_nodes = [n for n in order if self.graph.nodes[n]["type"] == Kind.N]
-        per_layer: list[dict[int, torch.Tensor]] = []
-        for layer, tensors in layers.items():
-            values: dict[int, torch.Tensor] = {}
-            for nid in layer_nodes:
-                attrs = self.graph.nodes[nid]
-                if "stat" in attrs:
-                    values[nid] = tensors[attrs["stat"]].to(dtype)
-                else:
-                    values[nid] = self._apply(nid, [values[a] for a in attrs["args"]], layer)
-            per_layer.append(values)
-        params = torch.tensor([float(stats.params.get(name, 0)) for name in layers], dtype=dtype)
-        net: dict[int, torch.Tensor] = {}
-        for nid in net_nodes:
-            attrs = self.graph.nodes[nid]
-            op = get_op(attrs["op"])
-            if op.is_aggregation:
-                (child,) = attrs["args"]
-                stacked = torch.stack([v[child].reshape(()) for v in per_layer])
-                net[nid] = self._apply(nid, [stacked, params.to(stacked.device)], "network")
-            else:
-                net[nid] = self._apply(nid, [net[a] for a in attrs["args"]], "network")
-        return float(net[self.output])
+        scores, failures = evaluate_stacked(self, StackedStats([stats]), dtype)
+        failed = Counter({k: v for k, v in failures.items() if k != "nonfinite"})
+        if failed:
+            reason = next(iter(failed))
+            raise ProxyEvaluationError(reason, f"{self.formula()} failed on this network ({reason})")
+        return float(scores[0])
 
     def evaluate_many(self, stats_list: list[NetworkStats], dtype: torch.dtype = torch.float32) -> np.ndarray:
         """Return scores for several networks (errors propagate; see `evaluate`)."""
@@ -366,97 +312,46 @@ class Proxy:
                               device=device, store_dtype=store_dtype)
         return self.evaluate(stats)
 
-    # ---------------------------------------------------------------- internals
-    def _order(self) -> list[int]:
-        return list(nx.lexicographical_topological_sort(self.graph))
 
-    def _apply(self, nid: int, args: list[torch.Tensor], where: str) -> torch.Tensor:
-        op = get_op(self.graph.nodes[nid]["op"])
+def _build_dag(specs: dict[int, dict[str, Any]], source: str) -> dict[int, Node]:
+    """Return the node of every id, children built first (Kahn's order: linear; a cycle is refused)."""
+    for nid, spec in specs.items():
+        for src in spec.get("inputs", []):
+            if src not in specs:
+                raise ProxyFormatError(f"{source}: node {nid} ({spec['op']}) uses unknown node id {src}")
+    waiting = {nid: len(spec.get("inputs", [])) for nid, spec in specs.items()}
+    users: dict[int, list[int]] = {nid: [] for nid in specs}
+    for nid, spec in specs.items():
+        for src in spec.get("inputs", []):
+            users[src].append(nid)
+    ready = [nid for nid, k in waiting.items() if k == 0]
+    built: dict[int, Node] = {}
+    while ready:
+        nid = ready.pop()
+        spec = specs[nid]
         try:
-            out = op.fn(*args)
-        except Exception as err:  # an op failing on real data is a countable outcome, not a crash
-            raise ProxyEvaluationError(f"op_error:{op.name}", f"{op.name} failed at {where}: {err}") from err
-        if op.output != Kind.T and out.numel() != 1:
-            raise ProxyEvaluationError(f"shape:{op.name}", f"{op.name} returned shape {tuple(out.shape)} for type {op.output.value}")
-        return out
-
-    def _render(self, nid: int, canonical: bool) -> str:
-        attrs = self.graph.nodes[nid]
-        if "stat" in attrs:
-            return attrs["stat"]
-        op = get_op(attrs["op"])
-        parts = [self._render(a, canonical) for a in attrs["args"]]
-        if canonical and op.commutative:
-            parts.sort()
-        return f"{op.name}({', '.join(parts)})"
+            if "stat" in spec:
+                built[nid] = leaf(str(spec["stat"]))
+            else:
+                built[nid] = op_node(str(spec["op"]), *(built[a] for a in spec["inputs"]))
+        except ProxyFormatError as err:
+            raise ProxyFormatError(f"{source}: node {nid}: {err}") from None
+        for user in users[nid]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                ready.append(user)
+    if len(built) != len(specs):
+        raise ProxyFormatError(f"{source}: the program has a cycle; proxies must be acyclic")
+    return built
 
 
-class _FormulaParser:
-    """Recursive-descent parser for `name(arg, ...)` formulas; identifiers without parentheses are statistics."""
-
-    _TOKEN = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)|(\()|(\))|(,))")
-
-    def __init__(self, text: str, graph: nx.DiGraph) -> None:
-        self.text = text
-        self.graph = graph
-        self.pos = 0
-
-    def parse(self) -> int:
-        if not isinstance(self.text, str):
-            raise ProxyFormatError(f"a formula must be text, got {type(self.text).__name__}")
-        if not self.text.strip():
-            raise ProxyFormatError("empty formula")
-        if len(self.text) > MAX_FORMULA_CHARS:
-            raise ProxyFormatError(f"formula of {len(self.text)} characters; at most {MAX_FORMULA_CHARS} are allowed")
-        nid = self._expr(1)
-        if self.text[self.pos:].strip():
-            self._fail("unexpected text after the end of the formula")
-        return nid
-
-    def _fail(self, message: str) -> None:
-        shown = self.text if len(self.text) <= 200 else self.text[:200] + "..."
-        raise ProxyFormatError(f"formula {shown!r}, column {self.pos + 1}: {message}")
-
-    def _next(self) -> tuple[str, str]:
-        m = self._TOKEN.match(self.text, self.pos)
-        if not m:
-            self._fail("expected a name, '(', ')' or ','")
-        self.pos = m.end()
-        if m.group(1):
-            return "name", m.group(1)
-        return "punct", m.group(2) or m.group(3) or m.group(4)
-
-    def _peek(self) -> str | None:
-        m = self._TOKEN.match(self.text, self.pos)
-        return (m.group(2) or m.group(3) or m.group(4)) if m and not m.group(1) else None
-
-    def _expr(self, depth: int) -> int:
-        if depth > MAX_DEPTH:
-            self._fail(f"nested deeper than {MAX_DEPTH} levels (the limit)")
-        kind, value = self._next()
-        if kind != "name":
-            self._fail(f"expected a name, got {value!r}")
-        nid = self.graph.number_of_nodes()
-        if nid >= MAX_NODES:
-            self._fail(f"more than {MAX_NODES} nodes (the limit)")
-        if self._peek() != "(":
-            self.graph.add_node(nid, stat=value)
-            return nid
-        self._next()  # "("
-        self.graph.add_node(nid, op=value, args=[])
-        args: list[int] = []
-        if self._peek() == ")":
-            self._next()
-        else:
-            while True:
-                args.append(self._expr(depth + 1))
-                _, sep = self._next()
-                if sep == ")":
-                    break
-                if sep != ",":
-                    self._fail(f"expected ',' or ')', got {sep!r}")
-        self.graph.nodes[nid]["args"] = args
-        for a in args:
-            self.graph.add_edge(a, nid)
-        return nid
-
+def _feeding(specs: dict[int, dict[str, Any]], output: int) -> set[int]:
+    """Return the ids the output depends on (itself included)."""
+    seen = {output}
+    stack = [output]
+    while stack:
+        for src in specs[stack.pop()].get("inputs", []):
+            if src not in seen:
+                seen.add(src)
+                stack.append(src)
+    return seen

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,24 +12,12 @@ from emq.degeneracy import (
     INPUT_INDEPENDENT, TRIVIAL_EQUIVALENT, degeneracy_flags, hyperparameter_function, is_input_independent, trivial_match,
 )
 from emq.fitness import bootstrap_interval, heldout_split, kendall, spearman
-from emq.proxy import Proxy, ProxyEvaluationError
+from emq.evaluate import proxy_scores
+from emq.proxy import Proxy
 from emq.stats import NetworkStats
 from emq.stats_cache import StatsConfig, load_or_compute
 
 SPLITS = ("all", "search", "heldout")
-
-
-def proxy_scores(proxy: Proxy, stats_list: list[NetworkStats]) -> tuple[np.ndarray, Counter]:
-    """Return one score per network (NaN where the program failed) and the failures counted by reason."""
-    scores = np.full(len(stats_list), np.nan)
-    failures: Counter = Counter()
-    for i, stats in enumerate(stats_list):
-        try:
-            scores[i] = proxy.evaluate(stats)
-        except ProxyEvaluationError as err:
-            failures[err.reason] += 1
-    failures["nonfinite"] += int(np.sum(~np.isfinite(scores))) - sum(failures.values())
-    return scores, +failures
 
 
 @dataclass

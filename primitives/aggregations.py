@@ -14,38 +14,38 @@ from primitives.types import Kind
 S, N = Kind.S, Kind.N
 
 
-@register("mean_layers", (S,), N, "aggregation")
+@register("mean_layers", (S,), N, "aggregation", shape_rule="layers")
 def mean_layers(values: torch.Tensor, layer_params: torch.Tensor) -> torch.Tensor:
     """Return the mean over layers."""
     return values.mean()
 
 
-@register("sum_layers", (S,), N, "aggregation")
+@register("sum_layers", (S,), N, "aggregation", shape_rule="layers")
 def sum_layers(values: torch.Tensor, layer_params: torch.Tensor) -> torch.Tensor:
     """Return the sum over layers."""
     return values.sum()
 
 
-@register("median_layers", (S,), N, "aggregation")
+@register("median_layers", (S,), N, "aggregation", shape_rule="layers")
 def median_layers(values: torch.Tensor, layer_params: torch.Tensor) -> torch.Tensor:
     """Return the median over layers (the mean of the two middle values for an even count)."""
     # torch.median returns the lower middle value; quantile interpolates.
     return torch.quantile(values.reshape(-1), 0.5)
 
 
-@register("max_layers", (S,), N, "aggregation")
+@register("max_layers", (S,), N, "aggregation", shape_rule="layers")
 def max_layers(values: torch.Tensor, layer_params: torch.Tensor) -> torch.Tensor:
     """Return the largest per-layer value."""
     return values.amax()
 
 
-@register("min_layers", (S,), N, "aggregation")
+@register("min_layers", (S,), N, "aggregation", shape_rule="layers")
 def min_layers(values: torch.Tensor, layer_params: torch.Tensor) -> torch.Tensor:
     """Return the smallest per-layer value."""
     return values.amin()
 
 
-@register("wmean_layers", (S,), N, "aggregation")
+@register("wmean_layers", (S,), N, "aggregation", shape_rule="layers")
 def wmean_layers(values: torch.Tensor, layer_params: torch.Tensor) -> torch.Tensor:
     """Return the mean over layers weighted by parameter count (plain mean if all counts are 0)."""
     weights = layer_params.to(values.dtype).clamp(min=0)
@@ -55,7 +55,7 @@ def wmean_layers(values: torch.Tensor, layer_params: torch.Tensor) -> torch.Tens
     return (values * (weights / weights.sum())).sum()
 
 
-@register("std_layers", (S,), N, "aggregation")
+@register("std_layers", (S,), N, "aggregation", shape_rule="layers")
 def std_layers(values: torch.Tensor, layer_params: torch.Tensor) -> torch.Tensor:
     """Return the population standard deviation over layers (0 for one layer)."""
     return values.reshape(-1).std(correction=0)

@@ -32,49 +32,49 @@ def align(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return a.mean(), b.mean()
 
 
-@register("add", (T, T), T, "binary", commutative=True)
+@register("add", (T, T), T, "binary", commutative=True, elementwise=True, shape_rule="align")
 def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Return a + b (shapes aligned by `align`)."""
     a, b = align(a, b)
     return a + b
 
 
-@register("sub", (T, T), T, "binary")
+@register("sub", (T, T), T, "binary", elementwise=True, shape_rule="align", equal_args="cancel")
 def sub(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Return a - b (shapes aligned by `align`)."""
     a, b = align(a, b)
     return a - b
 
 
-@register("mul", (T, T), T, "binary", commutative=True)
+@register("mul", (T, T), T, "binary", commutative=True, elementwise=True, shape_rule="align", equal_args="square")
 def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Return a * b (shapes aligned by `align`)."""
     a, b = align(a, b)
     return a * b
 
 
-@register("div", (T, T), T, "binary")
+@register("div", (T, T), T, "binary", elementwise=True, shape_rule="align", equal_args="cancel")
 def div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Return a / (b + eps * sign(b)), sign(0) = +1 (shapes aligned by `align`)."""
     a, b = align(a, b)
     return safe_div(a, b)
 
 
-@register("maximum", (T, T), T, "binary", commutative=True)
+@register("maximum", (T, T), T, "binary", commutative=True, elementwise=True, shape_rule="align", equal_args="self")
 def maximum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Return max(a, b) elementwise (shapes aligned by `align`)."""
     a, b = align(a, b)
     return torch.maximum(a, b)
 
 
-@register("minimum", (T, T), T, "binary", commutative=True)
+@register("minimum", (T, T), T, "binary", commutative=True, elementwise=True, shape_rule="align", equal_args="self")
 def minimum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Return min(a, b) elementwise (shapes aligned by `align`)."""
     a, b = align(a, b)
     return torch.minimum(a, b)
 
 
-@register("abs_diff", (T, T), T, "binary", commutative=True)
+@register("abs_diff", (T, T), T, "binary", commutative=True, elementwise=True, shape_rule="align", equal_args="cancel")
 def abs_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Return |a - b| (shapes aligned by `align`)."""
     a, b = align(a, b)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -17,6 +17,16 @@ class Op:
     the stacked per-layer scalars (1-d tensor, one entry per layer) and the per-layer
     parameter counts (1-d tensor, same length) so that weighted means are possible.
     `commutative` lets the canonical hash sort the arguments of binary ops.
+
+    Metadata the evaluator and the simplifier read (one place, not lists elsewhere):
+    - `elementwise`: computed entry by entry (`shape_rule` "same" for unary maps,
+      "align" for binary ops), so it runs directly on candidate-stacked tensors;
+    - `shape_rule`: "same", "align" (`primitives.binary.align`), "reduce" (any -> 0-d),
+      "layers" (stacked per-layer scalars -> 0-d) or "custom";
+    - algebraic identities, all exact in floating point: `equal_args` ("self": f(x, x) = x;
+      "cancel": f(x, x) is a constant; an op name g: f(x, x) = g(x)), `involution`
+      (f(f(x)) = x), `projection` (f(f(x)) = f(x)), `sign_blind` (f reads only |x| entry
+      by entry, so f(neg(x)) = f(abs(x)) = f(x)).
     """
 
     name: str
@@ -26,6 +36,12 @@ class Op:
     group: str
     doc: str
     commutative: bool = False
+    elementwise: bool = False
+    shape_rule: str = "custom"
+    equal_args: str = ""
+    involution: bool = False
+    projection: bool = False
+    sign_blind: bool = False
 
     @property
     def arity(self) -> int:
@@ -48,6 +64,8 @@ class UnknownOpError(KeyError):
 
 
 OPS: dict[str, Op] = {}
+#: How an op's output shape follows from its inputs (see `Op`).
+SHAPE_RULES = ("same", "align", "reduce", "layers", "custom")
 
 
 def register(
@@ -56,11 +74,12 @@ def register(
     output: Kind,
     group: str,
     commutative: bool = False,
+    **metadata: Any,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
-    """Return a decorator that registers `fn` as op `name` with the given signature."""
+    """Return a decorator that registers `fn` as op `name` with the given signature (and `Op` metadata)."""
 
     def decorator(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        add_op(name, fn, inputs, output, group, commutative=commutative)
+        add_op(name, fn, inputs, output, group, commutative=commutative, **metadata)
         return fn
 
     return decorator
@@ -74,12 +93,16 @@ def add_op(
     group: str,
     commutative: bool = False,
     doc: str | None = None,
+    **metadata: Any,
 ) -> Op:
-    """Register one op (used directly when one function serves several signatures)."""
+    """Register one op (used directly when one function serves several signatures); `metadata`: `Op` fields."""
     if name in OPS:
         raise ValueError(f"op {name!r} is registered twice")
     text = doc if doc is not None else (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-    op = Op(name=name, fn=fn, inputs=tuple(inputs), output=output, group=group, doc=text, commutative=commutative)
+    op = Op(name=name, fn=fn, inputs=tuple(inputs), output=output, group=group, doc=text, commutative=commutative,
+            **metadata)
+    if op.shape_rule not in SHAPE_RULES:
+        raise ValueError(f"op {name!r}: shape_rule {op.shape_rule!r} is not one of {', '.join(SHAPE_RULES)}")
     OPS[name] = op
     return op
 

@@ -35,17 +35,36 @@ BINARY_STEMS: dict[str, tuple[Fn, str]] = {
     "div": (binary.div, "Return a / (b + eps * sign(b)), sign(0) = +1."),
 }
 COMMUTATIVE_STEMS = frozenset({"add", "mul"})
+#: Op metadata per stem (the `Op` fields; identities exact in floating point, as for the tensor ops).
+STEM_METADATA: dict[str, dict[str, object]] = {
+    "neg": {"involution": True},
+    "abs": {"projection": True, "sign_blind": True},
+    "log": {"sign_blind": True},
+    "sqrt": {"sign_blind": True},
+    "square": {"sign_blind": True},
+    "sub": {"equal_args": "cancel"},
+    "div": {"equal_args": "cancel"},
+    "mul": {"equal_args": "square"},
+}
 NETWORK_STEMS = frozenset({"neg", "log", "sqrt", "add", "sub", "mul", "div"})
+
+
+def _metadata(stem: str, prefix: str, shape_rule: str) -> dict[str, object]:
+    meta: dict[str, object] = {"elementwise": True, "shape_rule": shape_rule, **STEM_METADATA.get(stem, {})}
+    if meta.get("equal_args") == "square":  # f(x, x) = square(x) only where that op exists (no n_square)
+        meta["equal_args"] = prefix + "square" if prefix == "s_" else ""
+    return meta
 
 
 def _register_all() -> None:
     for kind, prefix, group in ((S, "s_", "scalar"), (N, "n_", "network")):
         for stem, (fn, doc) in UNARY_STEMS.items():
             if kind == S or stem in NETWORK_STEMS:
-                add_op(prefix + stem, fn, (kind,), kind, group, doc=doc)
+                add_op(prefix + stem, fn, (kind,), kind, group, doc=doc, **_metadata(stem, prefix, "same"))
         for stem, (fn, doc) in BINARY_STEMS.items():
             if kind == S or stem in NETWORK_STEMS:
-                add_op(prefix + stem, fn, (kind, kind), kind, group, commutative=stem in COMMUTATIVE_STEMS, doc=doc)
+                add_op(prefix + stem, fn, (kind, kind), kind, group, commutative=stem in COMMUTATIVE_STEMS, doc=doc,
+                       **_metadata(stem, prefix, "align"))
 
 
 _register_all()

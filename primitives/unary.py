@@ -19,79 +19,79 @@ T = Kind.T
 EXP_CLAMP = 20.0
 
 
-@register("abs", (T,), T, "unary")
+@register("abs", (T,), T, "unary", elementwise=True, shape_rule="same", projection=True, sign_blind=True)
 def absolute(x: torch.Tensor) -> torch.Tensor:
     """Return |x| elementwise."""
     return x.abs()
 
 
-@register("square", (T,), T, "unary")
+@register("square", (T,), T, "unary", elementwise=True, shape_rule="same", sign_blind=True)
 def square(x: torch.Tensor) -> torch.Tensor:
     """Return x^2 elementwise."""
     return x * x
 
 
-@register("cube", (T,), T, "unary")
+@register("cube", (T,), T, "unary", elementwise=True, shape_rule="same")
 def cube(x: torch.Tensor) -> torch.Tensor:
     """Return x^3 elementwise (overflows float32 only beyond |x| ~ 7e12)."""
     return x * x * x
 
 
-@register("sqrt_abs", (T,), T, "unary")
+@register("sqrt_abs", (T,), T, "unary", elementwise=True, shape_rule="same", sign_blind=True)
 def sqrt_abs(x: torch.Tensor) -> torch.Tensor:
     """Return sqrt(|x|) elementwise."""
     return x.abs().sqrt()
 
 
-@register("log_abs", (T,), T, "unary")
+@register("log_abs", (T,), T, "unary", elementwise=True, shape_rule="same", sign_blind=True)
 def log_abs(x: torch.Tensor) -> torch.Tensor:
     """Return log(|x| + eps) elementwise."""
     return safe_log(x)
 
 
-@register("exp", (T,), T, "unary")
+@register("exp", (T,), T, "unary", elementwise=True, shape_rule="same")
 def exp(x: torch.Tensor) -> torch.Tensor:
     """Return exp(min(x, 20)) elementwise (clamped so the result stays finite)."""
     return x.clamp(max=EXP_CLAMP).exp()
 
 
-@register("neg", (T,), T, "unary")
+@register("neg", (T,), T, "unary", elementwise=True, shape_rule="same", involution=True)
 def neg(x: torch.Tensor) -> torch.Tensor:
     """Return -x elementwise."""
     return -x
 
 
-@register("reciprocal", (T,), T, "unary")
+@register("reciprocal", (T,), T, "unary", elementwise=True, shape_rule="same")
 def reciprocal(x: torch.Tensor) -> torch.Tensor:
     """Return 1 / (x + eps * sign(x)) elementwise, sign(0) = +1 (bounded by 1/eps)."""
     return safe_div(torch.ones_like(x), x)
 
 
-@register("sigmoid", (T,), T, "unary")
+@register("sigmoid", (T,), T, "unary", elementwise=True, shape_rule="same")
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
     """Return the logistic sigmoid of x elementwise."""
     return torch.sigmoid(x)
 
 
-@register("tanh", (T,), T, "unary")
+@register("tanh", (T,), T, "unary", elementwise=True, shape_rule="same")
 def tanh(x: torch.Tensor) -> torch.Tensor:
     """Return tanh(x) elementwise."""
     return torch.tanh(x)
 
 
-@register("relu", (T,), T, "unary")
+@register("relu", (T,), T, "unary", elementwise=True, shape_rule="same", projection=True)
 def relu(x: torch.Tensor) -> torch.Tensor:
     """Return max(x, 0) elementwise."""
     return torch.relu(x)
 
 
-@register("sign", (T,), T, "unary")
+@register("sign", (T,), T, "unary", elementwise=True, shape_rule="same", projection=True)
 def sign(x: torch.Tensor) -> torch.Tensor:
     """Return the sign of x elementwise (-1, 0 or +1)."""
     return torch.sign(x)
 
 
-@register("zscore", (T,), T, "unary")
+@register("zscore", (T,), T, "unary", shape_rule="same")
 def zscore(x: torch.Tensor) -> torch.Tensor:
     """Return (x - mean) / std over the whole tensor (population std); zeros if x is constant."""
     centered = x - x.mean()
@@ -104,7 +104,7 @@ def zscore(x: torch.Tensor) -> torch.Tensor:
     return torch.where(constant, torch.zeros_like(x), scaled / torch.where(constant, torch.ones_like(std), std))
 
 
-@register("minmax", (T,), T, "unary")
+@register("minmax", (T,), T, "unary", shape_rule="same")
 def minmax(x: torch.Tensor) -> torch.Tensor:
     """Return (x - min) / (max - min) over the whole tensor, in [0, 1]; zeros if x is constant."""
     lo = x.amin()
@@ -113,37 +113,37 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
     return torch.where(varying, (x - lo) / torch.where(varying, span, torch.ones_like(span)), torch.zeros_like(x))
 
 
-@register("softmax_first", (T,), T, "unary")
+@register("softmax_first", (T,), T, "unary", shape_rule="same")
 def softmax_first(x: torch.Tensor) -> torch.Tensor:
     """Return softmax over dim 0 (a 0-d tensor counts as one element, giving 1)."""
     return torch.softmax(x, dim=0)
 
 
-@register("log_softmax_first", (T,), T, "unary")
+@register("log_softmax_first", (T,), T, "unary", shape_rule="same")
 def log_softmax_first(x: torch.Tensor) -> torch.Tensor:
     """Return log-softmax over dim 0 (a 0-d tensor counts as one element, giving 0)."""
     return torch.log_softmax(x, dim=0)
 
 
-@register("softmax_last", (T,), T, "unary")
+@register("softmax_last", (T,), T, "unary", shape_rule="same")
 def softmax_last(x: torch.Tensor) -> torch.Tensor:
     """Return softmax over the last dim (a 0-d tensor counts as one element, giving 1)."""
     return torch.softmax(x, dim=-1)
 
 
-@register("log_softmax_last", (T,), T, "unary")
+@register("log_softmax_last", (T,), T, "unary", shape_rule="same")
 def log_softmax_last(x: torch.Tensor) -> torch.Tensor:
     """Return log-softmax over the last dim (a 0-d tensor counts as one element, giving 0)."""
     return torch.log_softmax(x, dim=-1)
 
 
-@register("l2_normalize", (T,), T, "unary")
+@register("l2_normalize", (T,), T, "unary", shape_rule="same")
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     """Return x / (||x||_F + eps)."""
     return x / (torch.linalg.vector_norm(x) + EPS)
 
 
-@register("flatten_sort", (T,), T, "unary")
+@register("flatten_sort", (T,), T, "unary", projection=True)
 def flatten_sort(x: torch.Tensor) -> torch.Tensor:
     """Return the values of x flattened and sorted ascending (1-d; a shape-free view)."""
     return torch.sort(x.reshape(-1)).values

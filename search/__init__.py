@@ -12,7 +12,7 @@ Entry points:
 
 Modules: `tree` (programs as typed trees), `generate` (random programs),
 `operators` (mutation, crossover), `screening` (cheap rejections with reasons),
-`niches` (behavioural niches, selection, hall of fame), `fast_eval` (stacked,
+`niches` (behavioural niches, selection, hall of fame), `emq.evaluate` (stacked,
 vmapped evaluation), `pool`, `rng` (checkpointable random streams), `report`
 (plots, summary), `synthetic` (a problem with known answer for tests and demos).
 """

@@ -31,7 +31,7 @@ from emq.stats_cache import (
     StatsConfig, bench_fields, cache_folder, cache_key, calibration_inputs, load_or_compute, safe_name,
 )
 from search.evolution import SearchConfig, SearchResult, add_heldout, run_search, write_hall_of_fame
-from search.fast_eval import StackedStats, evaluate_stacked
+from emq.evaluate import StackedStats, evaluate_stacked
 from search.pool import EvaluationPool, StatsSource, worker_device
 from search.report import plot_scatter, write_summary
 

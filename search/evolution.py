@@ -45,15 +45,14 @@ from emq.proxy import Proxy
 from emq.stats import NetworkStats
 from emq.strict_json import loads_strict
 from search import run_lock
-from search.fast_eval import StackedStats, evaluate_stacked
+from emq.evaluate import StackedStats, evaluate_stacked
 from search.generate import Grammar, GrowConfig, random_program
 from search.niches import NicheHallOfFame, count_niches, rank_vector, representatives, tournament
-from search.operators import Limits, crossover, mutate
+from search.operators import Limits, crossover, mutate, program
 from search.pool import EvaluationPool, StatsSource, worker_device
 from search.report import plot_evolution, plot_scatter
 from search.rng import SearchRNG
 from search.screening import UNDEFINED_FITNESS, Outcome, ScreenLimits
-from search.tree import Node, parse_tree
 
 ENGINE = "emq-search/1"
 STATE_FORMAT = "emq-search-state/1"
@@ -172,16 +171,16 @@ class SearchConfig:
 
 # ------------------------------------------------------------- individuals
 class Program:
-    """An individual's genotype: a typed tree, its canonical hash, and the evaluation record."""
+    """An individual's genotype: a (simplified) program, its canonical hash, and the evaluation record."""
 
-    def __init__(self, tree: Node) -> None:
-        self.tree = tree
-        self.hash = tree.canonical_hash()
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.hash = proxy.canonical_hash()
         self.record: dict[str, Any] | None = None
         self.ranks: np.ndarray | None = None
 
     def __repr__(self) -> str:
-        return f"Program({self.tree.formula()!r}, fitness={self.record and self.record.get('fitness')})"
+        return f"Program({self.proxy.formula()!r}, fitness={self.record and self.record.get('fitness')})"
 
 
 if not hasattr(creator, "EMQFitness"):
@@ -190,8 +189,8 @@ if not hasattr(creator, "EMQIndividual"):
     creator.create("EMQIndividual", Program, fitness=creator.EMQFitness)
 
 
-def make_individual(tree: Node, record: dict[str, Any] | None = None) -> Any:
-    ind = creator.EMQIndividual(tree)
+def make_individual(proxy: Proxy, record: dict[str, Any] | None = None) -> Any:
+    ind = creator.EMQIndividual(proxy)
     if record is not None:
         apply_record(ind, record)
     return ind
@@ -209,11 +208,11 @@ def apply_record(ind: Any, record: dict[str, Any]) -> None:
 
 
 def _entry(ind: Any) -> dict[str, Any]:
-    return {"formula": ind.tree.formula(), "record": ind.record}
+    return {"formula": ind.proxy.formula(), "record": ind.record}
 
 
 def _individual(entry: Mapping[str, Any]) -> Any:
-    return make_individual(parse_tree(entry["formula"]), entry["record"])
+    return make_individual(Proxy.from_formula(entry["formula"]).simplified(), entry["record"])
 
 
 @dataclass
@@ -382,7 +381,7 @@ class _Engine:
         """Breed, evaluate and select one generation; checkpoint; return its log row."""
         start = time.perf_counter()
         cfg, rng = self.config, state.rng
-        elites = [make_individual(m.tree, m.record) for m in state.hof]
+        elites = [make_individual(m.proxy, m.record) for m in state.hof]
         seen = {e.hash for e in elites}
         valid = [ind for ind in state.population if ind.fitness.valid]
         reps = representatives(valid, cfg.niche_threshold)
@@ -395,13 +394,13 @@ class _Engine:
             r = rng.py.random()
             if r < cfg.cx_prob:
                 a, b = tournament(reps, 2, rng.py, cfg.tournament)
-                kids = list(crossover(a.tree, b.tree, rng.py, self.limits))
+                kids = list(crossover(a.proxy, b.proxy, rng.py, self.limits))
             elif r < cfg.cx_prob + cfg.mut_prob:
                 (a,) = tournament(reps, 1, rng.py, cfg.tournament)
-                kids = [mutate(a.tree, rng.py, self.grammar, self.limits)[0]]
+                kids = [mutate(a.proxy, rng.py, self.grammar, self.limits)[0]]
             else:
                 (a,) = tournament(reps, 1, rng.py, cfg.tournament)
-                kids = [a.tree]
+                kids = [a.proxy]
             for kid in kids:
                 ind = make_individual(kid)
                 known = state.memo.get(ind.hash)
@@ -419,12 +418,12 @@ class _Engine:
         """Return the individuals of `config.seed_formulas` (programs reused from other searches), deduplicated."""
         out = []
         for formula in self.config.seed_formulas[: self.config.population]:
-            tree = parse_tree(formula)
+            tree = Proxy.from_formula(formula).simplified()
             if tree.size > self.config.max_size or tree.depth > self.config.max_depth:
                 raise SeedProxyError(f"seed proxy {formula!r} has {tree.size} nodes and depth {tree.depth}; this "
                                      f"search allows at most {self.config.max_size} nodes and depth "
                                      f"{self.config.max_depth}: seed a smaller program")
-            missing = sorted(tree.stats() - set(self.grammar.stats))
+            missing = sorted(tree.stats_needed - set(self.grammar.stats))
             if missing:
                 raise StatUnavailableError(f"seed proxy {formula!r} uses statistic(s) {missing} that this search's networks "
                                  f"lack; available: {', '.join(self.grammar.stats)}")
@@ -439,7 +438,7 @@ class _Engine:
         for _ in range(k):
             ind = None
             for _ in range(20):  # prefer programs never evaluated before
-                ind = make_individual(random_program(state.rng.py, self.grammar))
+                ind = make_individual(program(random_program(state.rng.py, self.grammar)))
                 if ind.hash not in seen and ind.hash not in state.memo:
                     break
             if ind.hash in seen:
@@ -454,7 +453,7 @@ class _Engine:
         for ind in individuals:
             if ind.hash not in state.memo and ind.hash not in todo:
                 todo[ind.hash] = ind
-        outcomes = self.pool.screen(self.workload, [ind.tree.formula() for ind in todo.values()])
+        outcomes = self.pool.screen(self.workload, [ind.proxy for ind in todo.values()])
         rejections: Counter = Counter()
         seconds = 0.0
         for ind, outcome in zip(todo.values(), outcomes):
@@ -498,7 +497,7 @@ class _Engine:
             "best": max(values) if values else None,
             "median": float(np.median(values)) if values else None,
             "best_ever": state.hof[0].fitness.values[0] if len(state.hof) else None,
-            "best_formula": state.hof[0].tree.formula() if len(state.hof) else None,
+            "best_formula": state.hof[0].proxy.formula() if len(state.hof) else None,
             "population": len(population),
             "valid": len(valid),
             "niches": count_niches(valid, self.config.niche_threshold),
@@ -597,9 +596,9 @@ class _Engine:
 
     def hall_entry(self, rank: int, ind: Any) -> dict[str, Any]:
         rec = ind.record
-        return {"rank": rank, "formula": ind.tree.formula(), "hash": ind.hash, "fitness": rec["fitness"],
+        return {"rank": rank, "formula": ind.proxy.formula(), "hash": ind.hash, "fitness": rec["fitness"],
                 "search": dict(rec["targets"]), "search_plain": dict(rec.get("plain", rec["targets"])),
-                "size": ind.tree.size}
+                "size": ind.proxy.size}
 
 
 def add_heldout(entry: dict[str, Any], scores: np.ndarray, truth: Mapping[str, np.ndarray], metric: str,

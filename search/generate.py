@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from primitives import Kind, Op, list_ops
-from search.tree import Node
+from emq.program import Node
 
 #: Least depth a subtree of each kind needs (N -> aggregation -> reduction -> stat).
 MIN_DEPTH = {Kind.T: 1, Kind.S: 2, Kind.N: 3}

@@ -1,4 +1,7 @@
-"""Typed variation of program trees: mutations and subtree crossover that never break the types.
+"""Typed variation of proxy programs: mutations and subtree crossover that never break the types.
+
+`mutate` and `crossover` take and return `Proxy` programs (simplified, so equivalent
+programs share a hash); the moves themselves act on the program tree (`emq.program.Node`).
 
 Every operator only puts a subtree where one of the same kind was (or wraps /
 unwraps a same-kind unary op), so the result is well typed by construction. A
@@ -12,9 +15,10 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
+from emq.program import Node, Path
+from emq.proxy import Proxy
 from primitives import Kind, get_op
 from search.generate import Grammar, MIN_DEPTH, random_program
-from search.tree import Node, Path
 
 MUTATIONS = ("op", "leaf", "insert", "delete", "regrow")
 
@@ -30,22 +34,33 @@ class Limits:
         return tree.size <= self.max_size and tree.depth <= self.max_depth
 
 
-def mutate(tree: Node, rng: random.Random, grammar: Grammar, limits: Limits, tries: int = 5) -> tuple[Node, str]:
+def program(tree: Node) -> Proxy:
+    """Return the simplified program of a tree (the form every individual of a search has)."""
+    return Proxy(tree).simplified()
+
+
+def mutate(parent: Proxy, rng: random.Random, grammar: Grammar, limits: Limits, tries: int = 5) -> tuple[Proxy, str]:
     """Return (child, mutation name); the parent itself (name "none") when no variant fits the limits."""
+    tree = parent.root
     for _ in range(tries):
         name = rng.choice(MUTATIONS)
         child = MUTATORS[name](tree, rng, grammar, limits)
         if child is not None and limits.fits(child):
-            return child, name
-    return tree, "none"
+            return program(child), name
+    return parent, "none"
 
 
-def crossover(a: Node, b: Node, rng: random.Random, limits: Limits, tries: int = 5) -> tuple[Node, Node]:
+def crossover(a: Proxy, b: Proxy, rng: random.Random, limits: Limits, tries: int = 5) -> tuple[Proxy, Proxy]:
     """Return two children made by swapping a random subtree of `a` with one of the same kind in `b`.
 
     Roots are swapped only when nothing else matches (that swap just exchanges the
     programs). Children over the limits are replaced by their parent.
     """
+    ta, tb = _swap(a.root, b.root, rng, limits, tries)
+    return (a if ta is a.root else program(ta)), (b if tb is b.root else program(tb))
+
+
+def _swap(a: Node, b: Node, rng: random.Random, limits: Limits, tries: int) -> tuple[Node, Node]:
     for _ in range(tries):
         pa, sa = _pick(a, rng, lambda p, n: bool(p))
         if pa is None:

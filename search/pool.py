@@ -34,7 +34,7 @@ from emq.errors import EMQUserError
 from emq.proxy import Proxy
 from emq.stats import NetworkStats
 from emq.stats_cache import read_stats, write_stats
-from search.fast_eval import StackedStats, evaluate_stacked
+from emq.evaluate import StackedStats, evaluate_stacked
 from search.screening import Outcome, ScreenInputs, ScreenLimits, screen_and_score
 
 BACKENDS = ("serial", "threading", "loky", "dask", "ray")

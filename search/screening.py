@@ -22,7 +22,7 @@ from emq.degeneracy import (
     score_flags, trivial_match,
 )
 from emq.proxy import Proxy
-from search.fast_eval import StackedStats, evaluate_stacked
+from emq.evaluate import StackedStats, evaluate_stacked
 
 OVER_SIZE = "over_size"
 OVER_TIME = "over_time"

@@ -31,7 +31,7 @@ from emq.proxy import MAX_DEPTH, MAX_FILE_BYTES, MAX_FORMULA_CHARS, MAX_TREE_SIZ
 from search.evolution import ResumeError, SearchConfig, SeedProxyError, export_run, run_search, write_hall_of_fame
 from search.run_lock import RunLockedError, StaleLockWarning, acquire, release
 from search.synthetic import synthetic_problem
-from search.tree import parse_tree
+from emq.program import parse_formula
 
 REPO = Path(__file__).resolve().parent.parent
 FORMULA = "mean_layers(l2(weight))"
@@ -257,7 +257,7 @@ def test_damaged_checkpoint_is_a_resume_error_naming_the_folder(problem, finishe
 
 
 def test_seed_proxy_over_max_size_fails_before_writing(problem, tmp_path):
-    big = "mean_layers(l2(" + "abs(" * 25 + "weight" + ")" * 27
+    big = "mean_layers(l2(" + "tanh(" * 25 + "weight" + ")" * 27  # tanh does not simplify away
     config = SearchConfig(**{**CONFIG.to_json(), "seed_formulas": [big]})
     with pytest.raises(SeedProxyError, match="at most 20 nodes"):
         search(problem, tmp_path / "run", config=config)
@@ -529,7 +529,7 @@ def _chain_json(n: int, op: str = "abs", twice: bool = False) -> dict:
 ], ids=["too-long", "too-deep"])
 def test_formula_limits_are_enforced_at_parse_time(make, message):
     text = make()
-    for parse in (Proxy.from_formula, parse_tree):
+    for parse in (Proxy.from_formula, parse_formula):
         with pytest.raises(ProxyFormatError, match=message):
             parse(text)
 
@@ -566,7 +566,7 @@ FORMULA_TEXT = st.recursive(
 @settings(max_examples=150, deadline=None)
 @given(FORMULA_TEXT)
 def test_formula_parsers_accept_or_refuse_cleanly(text):
-    for parse in (Proxy.from_formula, parse_tree):
+    for parse in (Proxy.from_formula, parse_formula):
         try:
             parse(text)
         except ProxyFormatError as err:

@@ -6,7 +6,7 @@ import torch
 
 from emq.proxy import Proxy
 from primitives import OPS, Op, get_op
-from search.fast_eval import StackedStats
+from emq.evaluate import StackedStats
 from search.screening import (
     CONSTANT, INPUT_INDEPENDENT, MISSING_STAT, NONFINITE, OVER_SIZE, OVER_TIME, ScreenInputs, ScreenLimits,
     rejection_table, screen_and_score,

@@ -19,7 +19,7 @@ from emq.proxy import MissingStatError, Proxy
 from emq.stats import BASE_STATS, TRANSFORMER_STATS, compute_stats
 from emq.stats_cache import StatsConfig
 from emq.stats_compute import applicable_stats, prepare_network
-from search.fast_eval import fast_scores
+from emq.evaluate import proxy_scores as fast_scores
 
 ALL = ("weight", "grad", "act", "virtual_grad", "params") + TRANSFORMER_STATS
 ARCH = {"hidden_dim": 32, "depth": 2, "mlp_ratio": [2.0, 3.0], "num_heads": [2, 4]}

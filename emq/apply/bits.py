@@ -269,8 +269,8 @@ class BitObjective:
         params = np.array([float(self._sizes[0].get(n, 0)) for n in entries])
         coef = np.zeros((len(self.layers), len(self.choices)))
         for node, c in structure.coefs.items():
-            sub = sub_program(self.proxy, node)
-            weights = layer_weights(self.proxy.graph.nodes[node]["op"], params)
+            sub = sub_program(node)
+            weights = layer_weights(node.name, params)
             for w, name in zip(weights, entries):
                 i = self.layers.index(name)
                 for k, b in enumerate(self.choices):

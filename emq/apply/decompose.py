@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import networkx as nx
 import numpy as np
 import torch
 
+from emq.program import Node
 from emq.proxy import Proxy
 from primitives import get_op
 
@@ -34,54 +34,52 @@ MONOTONE_ABS_OPS = ("n_log", "n_sqrt")
 
 @dataclass(frozen=True)
 class LayerSum:
-    """score = sign * outer(sum_a coef[a] * aggregation_a); `outer` is "identity", "n_log" or "n_sqrt"."""
+    """score = sign * outer(sum_a coef[a] * aggregation_a); `outer` is "identity", "n_log" or "n_sqrt".
 
-    coefs: dict[int, float]
+    `coefs` is keyed by the aggregation subtree (equal aggregations share one coefficient).
+    """
+
+    coefs: dict[Node, float]
     outer: str
     sign: float
 
 
 def layer_sum(proxy: Proxy) -> LayerSum | None:
     """Return the separable structure of `proxy`, or None when its score is not of that form."""
-    return _analyse(proxy, proxy.output, 1.0)
+    return _analyse(proxy.root, 1.0)
 
 
-def _analyse(proxy: Proxy, nid: int, sign: float) -> LayerSum | None:
-    form = _linear(proxy, nid)
+def _analyse(node: Node, sign: float) -> LayerSum | None:
+    form = _linear(node)
     if form is not None:
         return LayerSum(form, "identity", sign)
-    op = proxy.graph.nodes[nid].get("op")
-    args = proxy.graph.nodes[nid].get("args", [])
-    if op == "n_neg":
-        return _analyse(proxy, args[0], -sign)
-    if op in MONOTONE_ABS_OPS:
-        inner = _linear(proxy, args[0])
-        return LayerSum(inner, op, sign) if inner is not None else None
+    if node.name == "n_neg":
+        return _analyse(node.children[0], -sign)
+    if node.name in MONOTONE_ABS_OPS:
+        inner = _linear(node.children[0])
+        return LayerSum(inner, node.name, sign) if inner is not None else None
     return None
 
 
-def _linear(proxy: Proxy, nid: int) -> dict[int, float] | None:
-    attrs = proxy.graph.nodes[nid]
-    op = attrs.get("op")
-    if op in LINEAR_AGGREGATIONS:
-        return {nid: 1.0}
-    if op not in LINEAR_NETWORK_OPS:
+def _linear(node: Node) -> dict[Node, float] | None:
+    if node.name in LINEAR_AGGREGATIONS:
+        return {node: 1.0}
+    if node.name not in LINEAR_NETWORK_OPS:
         return None
-    parts = [_linear(proxy, a) for a in attrs["args"]]
+    parts = [_linear(c) for c in node.children]
     if any(p is None for p in parts):
         return None
-    scales = {"n_neg": (-1.0,), "n_add": (1.0, 1.0), "n_sub": (1.0, -1.0)}[op]
-    out: dict[int, float] = {}
+    scales = {"n_neg": (-1.0,), "n_add": (1.0, 1.0), "n_sub": (1.0, -1.0)}[node.name]
+    out: dict[Node, float] = {}
     for part, scale in zip(parts, scales):
         for k, v in part.items():  # type: ignore[union-attr]
             out[k] = out.get(k, 0.0) + scale * v
     return out
 
 
-def sub_program(proxy: Proxy, node: int) -> Proxy:
+def sub_program(node: Node) -> Proxy:
     """Return the program that ends at `node` (an aggregation): on one layer's statistics it gives that layer's term."""
-    keep = nx.ancestors(proxy.graph, node) | {node}
-    return Proxy(proxy.graph.subgraph(keep).copy(), node, {})
+    return Proxy(node)
 
 
 def layer_weights(op: str, params: np.ndarray) -> np.ndarray:

@@ -1,23 +1,24 @@
-"""Evaluate a program on many networks at once: statistics stacked across candidates, ops vmapped.
+"""The one evaluator of proxy programs: statistics stacked across candidates, ops applied once per layer.
 
-`Proxy.evaluate` runs one network at a time (one Python pass per candidate, layer
-and node). Here each statistic of each layer is stacked into one tensor with a
-leading candidate dimension, and each op is applied once per layer and piece of
-candidates: entry-wise ops directly on the stacked tensor, the others with
-`torch.func.vmap` over the candidate dimension. Statistics equal in every
+Every score in EMQ comes from here: the search, `emq score`, `emq apply`, program
+baselines, and `Proxy.evaluate` (one network is the n = 1 case). Each statistic of
+each layer is stacked into one tensor with a leading candidate dimension, and each
+distinct subprogram is computed once per layer and piece of candidates (a subtree
+used twice is evaluated once: work is linear in the program's distinct nodes).
+Ops marked `elementwise` in the registry run directly on the stacked tensor, the
+others through `torch.func.vmap` over the candidate dimension. Statistics equal in every
 candidate (the full-precision weights of a mixed-precision benchmark) stay
 unstacked, so the subprograms that only read them are computed once.
 
 Pieces hold about CHUNK_ELEMENTS entries per intermediate, so a chain of ops on a
 piece stays in cache and memory is bounded; where fewer than MIN_BATCH networks
-fit (large activations), each network runs on its own, as in `Proxy.evaluate`. An
+fit (large activations), each network runs on its own. An
 op that fails under vmap is retried network by network for that node only, which
 also tells which networks fail.
 
-Results equal `Proxy.evaluate` (up to float rounding of reordered reductions),
-including which candidates fail and with which reason. Measured on mq-digits
-(250 networks, 16 layers, 1 CPU thread): median 33 ms per random program vs
-103 ms for the loop; programs dominated by sorting activations cost the same in both.
+A candidate's score does not depend on which other candidates share its stack
+(shards of any size give the same float32 scores; tested), and failures are
+reported per candidate with a countable reason.
 """
 from __future__ import annotations
 
@@ -27,29 +28,23 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
-import networkx as nx
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch.func import vmap
 
-from emq.proxy import Proxy
+from emq.program import Node
 from emq.stats import NetworkStats
 from primitives import Kind, get_op
+
+if TYPE_CHECKING:  # the Proxy class evaluates through this module
+    from emq.proxy import Proxy
 
 #: Entries one intermediate tensor of a piece of candidates may hold (bounds memory, keeps pieces in cache).
 CHUNK_ELEMENTS = 1 << 20
 #: Fewest networks worth one vmapped call; below, each network is evaluated on its own.
 MIN_BATCH = 8
-#: Ops computed entry by entry (unary maps and the `align`ed binary ops, in every kind). They run
-#: directly on stacked tensors when the shapes make that the same computation (see `_direct_ok`),
-#: skipping vmap's per-call overhead. Others, and ops not listed here, go through vmap.
-ELEMENTWISE: frozenset[str] = frozenset(
-    ["abs", "square", "cube", "sqrt_abs", "log_abs", "exp", "neg", "reciprocal", "sigmoid", "tanh", "relu", "sign",
-     "add", "sub", "mul", "div", "maximum", "minimum", "abs_diff"]
-    + [f"{p}{stem}" for p in ("s_", "n_") for stem in ("neg", "abs", "log", "sqrt", "square", "reciprocal",
-                                                     "add", "sub", "mul", "div")]
-)
-
 Value = tuple[torch.Tensor, bool]  # (tensor, batched: has the leading candidate dimension)
 
 
@@ -148,9 +143,13 @@ class _ChunkFailed(Exception):
 
 @dataclass
 class _Plan:
-    """A program's nodes split into the per-layer part and the network part."""
+    """A program's distinct nodes (children first), split into the per-layer part and the network part.
 
-    graph: nx.DiGraph
+    Nodes are positions in `nodes`; `args[i]` are the positions of node i's children.
+    """
+
+    nodes: list[Node]
+    args: list[tuple[int, ...]]
     output: int
     layer_nodes: list[int]
     net_nodes: list[int]
@@ -158,25 +157,30 @@ class _Plan:
     to_net: set[int]  # per-layer nodes read by an aggregation
 
     @classmethod
-    def of(cls, proxy: Proxy) -> "_Plan":
-        graph = proxy.graph
-        order = list(nx.lexicographical_topological_sort(graph))
-        layer_nodes = [n for n in order if graph.nodes[n]["type"] != Kind.N]
-        net_nodes = [n for n in order if graph.nodes[n]["type"] == Kind.N]
-        uses = Counter(a for nid in layer_nodes for a in graph.nodes[nid].get("args", ()))
-        to_net = {graph.nodes[n]["args"][0] for n in net_nodes if get_op(graph.nodes[n]["op"]).is_aggregation}
-        return cls(graph, proxy.output, layer_nodes, net_nodes, uses, to_net)
+    def of(cls, root: Node) -> "_Plan":
+        nodes = root.unique()
+        where = {node: i for i, node in enumerate(nodes)}
+        args = [tuple(where[c] for c in node.children) for node in nodes]
+        layer_nodes = [i for i, node in enumerate(nodes) if node.kind != Kind.N]
+        net_nodes = [i for i, node in enumerate(nodes) if node.kind == Kind.N]
+        uses = Counter(a for i in layer_nodes for a in args[i])
+        to_net = {args[i][0] for i in net_nodes if get_op(nodes[i].name).is_aggregation}
+        return cls(nodes, args, where[root], layer_nodes, net_nodes, uses, to_net)
 
 
-def evaluate_stacked(proxy: Proxy, stacked: StackedStats, dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, Counter]:
+def evaluate_stacked(proxy: "Proxy | Node", stacked: StackedStats,
+                     dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, Counter]:
     """Return one score per network (NaN where the program failed) and the failures counted by reason.
 
-    The same contract as `emq.scoring.proxy_scores(proxy, stats_list)`.
+    A candidate that fails is counted under the op that failed (`op_error:<op>`,
+    `shape:<op>`), `missing_stat` when none of its entries carries every statistic
+    the program reads, or `nonfinite` (its score is then kept as computed).
     """
+    root = proxy if isinstance(proxy, Node) else proxy.root
     scores = np.full(stacked.n, np.nan)
     reasons: list[str | None] = [None] * stacked.n
-    plan = _Plan.of(proxy)
-    needed = proxy.stats_needed
+    plan = _Plan.of(root)
+    needed = root.stats()
     for group in stacked.groups:
         layers = [layer for layer in group.layers if needed <= group.stat_names[layer]]
         n = len(group.index)
@@ -248,17 +252,16 @@ def _run_group(plan: _Plan, group: _Group, layers: list[str], needed: set[str], 
     params: Value = ((params_t[:, columns] if params_b else params_t[columns]).to(dtype), params_b)
     net: dict[int, Value] = {}
     for nid in plan.net_nodes:
-        attrs = plan.graph.nodes[nid]
-        op = get_op(attrs["op"])
+        op = get_op(plan.nodes[nid].name)
         if op.is_aggregation:
-            parts = per_layer[attrs["args"][0]]
+            parts = per_layer[plan.args[nid][0]]
             if any(b for _, b in parts):
                 stacked = (torch.stack([t if b else t.expand(n) for t, b in parts], dim=1), True)
             else:
                 stacked = (torch.stack([t for t, _ in parts]), False)
             net[nid] = _apply(op.name, [stacked, params], n, failed, "network")
         else:
-            net[nid] = _apply(op.name, [net[a] for a in attrs["args"]], n, failed, "network")
+            net[nid] = _apply(op.name, [net[a] for a in plan.args[nid]], n, failed, "network")
     t, batched = net[plan.output]
     t = t.reshape(n) if batched else t.reshape(()).expand(n)
     return t.detach().to(torch.float64).cpu().numpy()
@@ -279,12 +282,12 @@ def _run_layer(plan: _Plan, tensors: dict[str, Value], start: int, stop: int, ba
     left = dict(plan.uses)
     # Values are dropped after their last use, so a piece holds only the live intermediates.
     for nid in plan.layer_nodes:
-        attrs = plan.graph.nodes[nid]
-        if "stat" in attrs:
-            values[nid] = leaf(tensors[attrs["stat"]])
+        node = plan.nodes[nid]
+        if node.is_leaf:
+            values[nid] = leaf(tensors[node.name])
             continue
-        values[nid] = _apply(attrs["op"], [values[a] for a in attrs["args"]], count, failed, f"layer {layer}")
-        for a in attrs["args"]:
+        values[nid] = _apply(node.name, [values[a] for a in plan.args[nid]], count, failed, f"layer {layer}")
+        for a in plan.args[nid]:
             left[a] -= 1
             if left[a] == 0 and a not in plan.to_net:
                 del values[a]
@@ -303,7 +306,7 @@ def _apply(name: str, args: list[Value], count: int, failed: list[str | None], w
         except Exception:  # same inputs for every candidate: every candidate fails alike
             _fail_all(failed, reason)
         return _check_shape(op, (out, False), failed)
-    if name in ELEMENTWISE and _direct_ok(args):
+    if op.elementwise and _direct_ok(args):
         shape = next(t.shape for t, b in args if b)
         # `align` compares whole shapes: an unbatched per-network tensor must look stacked too (a view).
         direct = [t if b or t.numel() == 1 else t.expand(shape) for t, b in args]
@@ -371,6 +374,7 @@ def _fail_all(failed: list[str | None], reason: str) -> None:
     raise _ChunkFailed
 
 
-def fast_scores(proxy: Proxy, stats_list: Sequence[NetworkStats], device: str | torch.device | None = None) -> tuple[np.ndarray, Counter]:
-    """Return `proxy_scores(proxy, stats_list)` computed with stacked statistics (convenience for one program)."""
+def proxy_scores(proxy: "Proxy | Node", stats_list: Sequence[NetworkStats],
+                 device: str | torch.device | None = None) -> tuple[np.ndarray, Counter]:
+    """Return one score per network (NaN where the program failed) and the failures counted by reason."""
     return evaluate_stacked(proxy, StackedStats(stats_list, device))
