@@ -43,8 +43,10 @@ if TYPE_CHECKING:  # the Proxy class evaluates through this module
 
 #: Entries one intermediate tensor of a piece of candidates may hold (bounds memory, keeps pieces in cache).
 CHUNK_ELEMENTS = 1 << 20
-#: Fewest networks worth one vmapped call; below, each network is evaluated on its own.
-MIN_BATCH = 8
+#: Candidates per stacking block: shards made of whole blocks score bit-identically to the whole set.
+BLOCK = 32
+#: Fewest networks in a piece (a lone network is computed as a piece of two copies, see `_call`).
+MIN_BATCH = 2
 Value = tuple[torch.Tensor, bool]  # (tensor, batched: has the leading candidate dimension)
 
 
@@ -60,16 +62,24 @@ class _Group:
 
 
 class StackedStats:
-    """Statistics of many networks, stacked per (layer, statistic) along a leading candidate dimension."""
+    """Statistics of many networks, stacked per (layer, statistic) along a leading candidate dimension.
+
+    Candidates are stacked in blocks of `block` consecutive positions (and, within a
+    block, by layout). A block is computed the same way whichever other blocks sit
+    beside it, so a shard made of whole blocks gives bit-identical scores to the whole
+    set: torch's vectorised kernels round an entry differently depending on where it
+    sits in a tensor, so a candidate must sit at the same place in every run.
+    """
 
     def __init__(self, stats_list: Sequence[NetworkStats], device: str | torch.device | None = None,
-                 chunk_elements: int = CHUNK_ELEMENTS) -> None:
+                 chunk_elements: int = CHUNK_ELEMENTS, block: int | None = None) -> None:
         self.n = len(stats_list)
         self.chunk_elements = chunk_elements
+        self.block = BLOCK if block is None else block
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         by_layout: dict[tuple, list[int]] = {}
         for i, s in enumerate(stats_list):
-            by_layout.setdefault(_layout(s), []).append(i)
+            by_layout.setdefault((i // self.block, _layout(s)), []).append(i)
         self.groups = [self._stack([stats_list[i] for i in idx], np.array(idx)) for idx in by_layout.values()]
 
     def _stack(self, items: list[NetworkStats], index: np.ndarray) -> _Group:
@@ -99,6 +109,7 @@ class StackedStats:
         out = StackedStats.__new__(StackedStats)
         out.n = len(positions)
         out.chunk_elements = self.chunk_elements
+        out.block = self.block
         out.device = self.device
         out.groups = []
         where = {int(p): k for k, p in enumerate(positions)}
@@ -206,20 +217,17 @@ def evaluate_stacked(proxy: "Proxy | Node", stacked: StackedStats,
 def _chunks(group: _Group, layer: str, needed: set[str], chunk_elements: int) -> list[tuple[int, int, bool]]:
     """Return (start, stop, batched) pieces covering the group's candidates for one layer.
 
-    Pieces are sized so one intermediate holds about `chunk_elements` entries: the
-    chain of ops on a piece stays in cache. When fewer than MIN_BATCH networks fit,
-    vmap's per-call cost outweighs its gain and each network runs on its own.
+    Pieces are sized so one intermediate holds about `chunk_elements` entries (at
+    least two networks): the chain of ops on a piece stays in cache and memory is
+    bounded. How a piece is computed never depends on how many candidates the stack
+    holds, so a shard of any size gives the same scores.
     """
     n = len(group.index)
     widths = [t[0].numel() for s, (t, b) in group.tensors[layer].items() if b and s in needed]
     if not widths:
         return [(0, n, True)]  # nothing per-network in this layer: computed once
-    size = chunk_elements // max(widths)
-    if size >= n:
-        return [(0, n, True)]
-    if size >= MIN_BATCH:
-        return [(a, min(n, a + size), True) for a in range(0, n, size)]
-    return [(i, i + 1, False) for i in range(n)]
+    size = max(MIN_BATCH, chunk_elements // max(widths))
+    return [(a, min(n, a + size), True) for a in range(0, n, size)]
 
 
 def _run_group(plan: _Plan, group: _Group, layers: list[str], needed: set[str], failed: list[str | None],
@@ -302,10 +310,20 @@ def _apply(name: str, args: list[Value], count: int, failed: list[str | None], w
     reason = f"op_error:{name}"
     if not any(b for _, b in args):
         try:
-            out = op.fn(*tensors)
+            out = _unbatched(op, tensors)
         except Exception:  # same inputs for every candidate: every candidate fails alike
             _fail_all(failed, reason)
         return _check_shape(op, (out, False), failed)
+    if count == 1 and not op.elementwise:
+        # torch reduces a [1, K] tensor with other kernels than a [C, K] one (other rounding):
+        # a lone network is computed as two identical rows, like any row of a larger piece.
+        padded = [(torch.cat([t, t]), True) if b else (t, False) for t, b in args]
+        pair = [failed[0], None]
+        try:
+            out, _ = _apply(name, padded, 2, pair, where)
+        finally:
+            failed[0] = pair[0]
+        return (out[:1], True)
     if op.elementwise and _direct_ok(args):
         shape = next(t.shape for t, b in args if b)
         # `align` compares whole shapes: an unbatched per-network tensor must look stacked too (a view).
@@ -340,6 +358,23 @@ def _apply(name: str, args: list[Value], count: int, failed: list[str | None], w
     except RuntimeError:  # per-candidate shapes differ: the op is not shape-stable here
         _fail_all(failed, f"shape:{name}")
     return _check_shape(op, (out, True), failed)
+
+
+def _unbatched(op, tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Return op(*tensors) for inputs shared by every candidate, computed as a row of a batch.
+
+    Entry-wise ops round the same whatever the shape. Others run vmapped over two
+    identical rows, so the value equals what a batched candidate gets (the same
+    kernel path); ops that cannot run under vmap run directly, as they do per candidate.
+    """
+    if op.elementwise:
+        return op.fn(*tensors)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*batching rule.*")
+            return vmap(op.fn)(*[torch.stack([t, t]) for t in tensors])[0]
+    except Exception:
+        return op.fn(*tensors)
 
 
 def _direct_ok(args: list[Value]) -> bool:
