@@ -7,7 +7,9 @@ work is linear in the program's size):
 - f(f(x)) = x for involutions (neg, s_neg, n_neg);
 - f(f(x)) = f(x) for projections (abs, relu, sign, flatten_sort, s_abs);
 - f(neg(x)) = f(abs(x)) = f(x) for `sign_blind` ops (abs, square, l2, numel, ...), with
-  neg / abs of the argument's own kind.
+  neg / abs of the argument's own kind;
+- f(p(x)) = f(x) for `order_blind` reductions of a `permutes` op (l2(flatten_sort(x)) = l2(x):
+  equal up to the order of summation, and it saves sorting every activation).
 
 The programs have no constant leaves, so there is nothing to fold; the one source of
 constants is a self-cancelling form (sub(x, x), div(x, x), abs_diff(x, x)), which
@@ -61,6 +63,8 @@ def _once(node: Node, op) -> Node | None:
     if child.name == node.name and op.projection:
         return child
     if op.sign_blind and child.name in (NEGATION.get(child.kind), ABSOLUTE.get(child.kind)):
+        return Node(node.name, node.kind, child.children)
+    if op.order_blind and get_op(child.name).permutes:
         return Node(node.name, node.kind, child.children)
     return None
 

@@ -26,7 +26,9 @@ class Op:
     - algebraic identities, all exact in floating point: `equal_args` ("self": f(x, x) = x;
       "cancel": f(x, x) is a constant; an op name g: f(x, x) = g(x)), `involution`
       (f(f(x)) = x), `projection` (f(f(x)) = f(x)), `sign_blind` (f reads only |x| entry
-      by entry, so f(neg(x)) = f(abs(x)) = f(x)).
+      by entry, so f(neg(x)) = f(abs(x)) = f(x)), `order_blind` (a reduction of all entries
+      that ignores their order and shape, so f(p(x)) = f(x) for a `permutes` op p such as
+      flatten_sort; equal up to the order of summation).
     """
 
     name: str
@@ -42,6 +44,8 @@ class Op:
     involution: bool = False
     projection: bool = False
     sign_blind: bool = False
+    order_blind: bool = False
+    permutes: bool = False
 
     @property
     def arity(self) -> int:

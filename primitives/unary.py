@@ -143,7 +143,7 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return x / (torch.linalg.vector_norm(x) + EPS)
 
 
-@register("flatten_sort", (T,), T, "unary", projection=True)
+@register("flatten_sort", (T,), T, "unary", projection=True, permutes=True)
 def flatten_sort(x: torch.Tensor) -> torch.Tensor:
     """Return the values of x flattened and sorted ascending (1-d; a shape-free view)."""
     return torch.sort(x.reshape(-1)).values

@@ -10,7 +10,7 @@ Entry points:
 - `search.pool.EvaluationPool(backend, n_jobs, scheduler)`: parallel scoring (serial,
   threading, loky, dask, ray).
 
-Modules: `tree` (programs as typed trees), `generate` (random programs),
+Modules: `generate` (random programs as `emq.program.Node` trees),
 `operators` (mutation, crossover), `screening` (cheap rejections with reasons),
 `niches` (behavioural niches, selection, hall of fame), `emq.evaluate` (stacked,
 vmapped evaluation), `pool`, `rng` (checkpointable random streams), `report`
