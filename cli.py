@@ -278,17 +278,9 @@ def stats(name: str | None, data_dir: Path | None, batch_seed: int, batch_size: 
 
 def _ensure_built(name: str, data_dir: Path | None):
     """Return benchmark `name`, building it first when it is embedded and not built yet."""
-    from emq.bench.base import BenchmarkNotBuiltError
-    from emq.bench.registry import BENCHMARKS, get_benchmark, get_builder
+    from emq.bench.registry import open_benchmark
 
-    try:
-        return get_benchmark(name, data_dir)
-    except BenchmarkNotBuiltError:
-        if not BENCHMARKS[name].embedded:
-            raise
-        click.echo(f"{name} is not built yet: building it now (once; see `emq bench build --help`)", err=True)
-        get_builder(name)()
-        return get_benchmark(name, data_dir)
+    return open_benchmark(name, data_dir, notify=lambda line: click.echo(line, err=True))
 
 
 # --------------------------------------------------------------------------- score
@@ -541,6 +533,30 @@ def _command_line() -> str:
 
 
 # -------------------------------------------------------------------------- export
+@main.command("run")
+@click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
+@_friendly_errors
+def run_job_command(job_file: Path, as_json: bool) -> None:
+    """Run the batch job JOB_FILE (TOML): benchmark, statistics, search seeds, backend, outputs.
+
+    Runs without a terminal (progress bars only on one) and logs JSON lines to
+    OUT/job.jsonl. Exit codes: 0 done, 2 user error, 3 interrupted but resumable
+    (SIGTERM checkpoints the current generation; run the same job again to resume).
+
+    \b
+    Examples:
+      emq run examples/job-gpu-worker.toml
+      emq run examples/job-dask-cluster.toml --json
+    """
+    from search.job import Job, run_job
+
+    outcome = run_job(Job.load(job_file))
+    click.echo(json.dumps(outcome.to_json()) if as_json else f"{outcome.status} (folder {outcome.out_dir})")
+    if outcome.exit_code:
+        sys.exit(outcome.exit_code)
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @data_dir_option

@@ -45,6 +45,7 @@ from emq.proxy import Proxy
 from emq.stats import NetworkStats
 from emq.strict_json import loads_strict
 from search import run_lock
+from search.interrupt import stop_requested
 from emq.evaluate import StackedStats, evaluate_stacked
 from search.generate import Grammar, GrowConfig, random_program
 from search.niches import NicheHallOfFame, count_niches, rank_vector, representatives, tournament
@@ -317,6 +318,8 @@ def run_search(
         try:
             while state.generation + 1 < config.generations:
                 if stop_after is not None and state.generation >= stop_after:
+                    break
+                if stop_requested():  # SIGTERM in a batch job: the last generation is checkpointed
                     break
                 row = engine.step(state)
                 bar.update(1)

@@ -77,5 +77,21 @@ def get_benchmark(name: str, data_dir: Path | None = None) -> Benchmark:
     return BENCHMARKS[name].factory(data_dir)
 
 
+def open_benchmark(name: str, data_dir: Path | None = None, build: bool = True,
+                   notify: Callable[[str], None] | None = None) -> Benchmark:
+    """Return benchmark `name`, building it first (once) when it is embedded and not built yet and `build` is set."""
+    from emq.bench.base import BenchmarkNotBuiltError
+
+    try:
+        return get_benchmark(name, data_dir)
+    except BenchmarkNotBuiltError:
+        if not build or not BENCHMARKS[name].embedded:
+            raise
+        if notify is not None:
+            notify(f"{name} is not built yet: building it now (once; see `emq bench build --help`)")
+        get_builder(name)()
+        return get_benchmark(name, data_dir)
+
+
 def _load_all() -> None:
     import emq.bench.catalog  # noqa: F401  (imports every benchmark module)
