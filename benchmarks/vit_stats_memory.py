@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from emq.bench.vit_bench101 import vit_batch  # noqa: E402
 from emq.models.autoformer import autoformer  # noqa: E402
-from emq.stats import compute_stats  # noqa: E402
+from emq.stats_compute import compute_stats  # noqa: E402
 from emq.stats_cache import stats_nbytes, write_stats  # noqa: E402
 from emq.stats_compute import applicable_stats  # noqa: E402
 

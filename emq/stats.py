@@ -128,14 +128,3 @@ class NetworkStats:
             for layer, stats in self.layers.items()
         }
         return NetworkStats(moved, dict(self.params), dict(self.flops))
-
-
-def compute_stats(*args, **kwargs) -> NetworkStats:
-    """Return a network's per-layer statistics on a batch; see `emq.stats_compute.compute_stats`.
-
-    The code lives in `emq/stats_compute.py` (it needs the quantizers, which import
-    this catalogue); this alias keeps `from emq.stats import compute_stats` working.
-    """
-    from emq.stats_compute import compute_stats as _compute
-
-    return _compute(*args, **kwargs)

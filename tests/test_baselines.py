@@ -15,7 +15,8 @@ from emq.baselines import (
     BASELINES, BaselineContext, baseline_cache_path, baseline_scores, get_baseline, list_baselines, register_baseline,
 )
 from emq.bench.base import Batch, Benchmark, Candidate
-from emq.stats import BASE_STATS, BIT_STATS, compute_stats
+from emq.stats import BASE_STATS, BIT_STATS
+from emq.stats_compute import compute_stats
 from emq.stats_cache import StatsConfig
 from emq.stats_compute import prepare_network
 

@@ -14,7 +14,8 @@ from torch import nn
 import emq.stats_cache as stats_cache
 from emq.bench.base import Batch, Benchmark, Candidate
 from emq.quant.fake_quant import quantize_weight, quantized_model
-from emq.stats import BASE_STATS, BIT_STATS, compute_stats
+from emq.stats import BASE_STATS, BIT_STATS
+from emq.stats_compute import compute_stats
 from emq.stats_cache import StatsConfig, cache_folder, config_key, load_or_compute, stats_nbytes
 
 ALL = BASE_STATS + BIT_STATS

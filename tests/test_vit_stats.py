@@ -16,7 +16,8 @@ from emq.models.autoformer import Attention, attention_maps, autoformer, count_p
 from emq.models.pit import pit
 from emq.paths import results_dir
 from emq.proxy import MissingStatError, Proxy
-from emq.stats import BASE_STATS, TRANSFORMER_STATS, compute_stats
+from emq.stats import BASE_STATS, TRANSFORMER_STATS
+from emq.stats_compute import compute_stats
 from emq.stats_cache import StatsConfig
 from emq.stats_compute import applicable_stats, prepare_network
 from emq.evaluate import proxy_scores as fast_scores

@@ -94,4 +94,4 @@ def open_benchmark(name: str, data_dir: Path | None = None, build: bool = True,
 
 
 def _load_all() -> None:
-    import emq.bench.catalog  # noqa: F401  (imports every benchmark module)
+    """Nothing to load: importing `emq.bench` (which this module's import implies) registered every benchmark."""
