@@ -12,8 +12,6 @@ from typing import Any, Callable, Iterator
 
 import click
 
-EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-
 
 class UserError(click.ClickException):
     """A user or environment error as the CLI reports it: one line on stderr, exit code 2 (like a bad option)."""
@@ -293,7 +291,7 @@ def _ensure_built(name: str, data_dir: Path | None):
 @click.option("--baselines", "all_baselines", is_flag=True,
               help="Also score every baseline that applies to this benchmark, the trivial predictors included "
                    "(#params, FLOPs, bit counts, quantized loss, one `arch:<hyperparameter>` per numeric arch setting).")
-@click.option("--baseline", "baseline_names", multiple=True, help="Score this baseline (repeatable); see `emq score --list-baselines`.")
+@click.option("--baseline", "baseline_names", multiple=True, help="Score this baseline (repeatable); --baselines scores every one that applies.")
 @click.option("--split", type=click.Choice(["all", "search", "heldout"]), default="all", show_default=True,
               help="Candidates to score: all, or the search / held-out half of the fixed split.")
 @click.option("--targets", default=None, help="Comma-separated ground-truth columns (default: all).")
@@ -319,7 +317,7 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
     \b
     Examples:
       emq score mq-digits --baselines
-      emq score mq-digits --proxy examples/proxy-hawq-like.json --split heldout
+      emq score mq-digits --proxy proxy.json --split heldout
       emq score mq-digits --formula "sum_layers(s_log(l2(quant_error)))" --json
     """
     from emq.atomic import write_json_atomic, write_text_atomic

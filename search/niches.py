@@ -29,11 +29,6 @@ def rank_vector(scores: np.ndarray) -> np.ndarray:
     return r / norm if norm > 0 else r
 
 
-def behaviour_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Return the Spearman correlation of two probe score vectors."""
-    return float(np.dot(rank_vector(a), rank_vector(b)))
-
-
 def same_niche(a: Any, b: Any, threshold: float = DEFAULT_THRESHOLD) -> bool:
     """True when two evaluated individuals (with `.hash` and `.ranks`) are one niche."""
     if a.hash == b.hash:
@@ -88,12 +83,6 @@ def tournament(candidates: Sequence[Any], k: int, rng: random.Random, tournsize:
         return []
     with as_global_random(rng):
         return tools.selTournament(list(candidates), k, tournsize=min(tournsize, len(candidates)))
-
-
-def select_parents(individuals: Sequence[Any], k: int, rng: random.Random, tournsize: int = 3,
-                   threshold: float = DEFAULT_THRESHOLD) -> list[Any]:
-    """Return `k` parents by tournament among niche representatives (so no single niche dominates)."""
-    return tournament(representatives(individuals, threshold), k, rng, tournsize)
 
 
 class NicheHallOfFame(tools.HallOfFame):
