@@ -26,7 +26,7 @@ from emq.program import (
 )
 from emq.simplify import self_cancelling, simplify
 from emq.strict_json import describe_json_error, loads_strict
-from emq.stats import NetworkStats
+from emq.stats import NetworkStats, stats_with
 from primitives import Kind
 
 __all__ = ["FORMAT", "MAX_DEPTH", "MAX_FILE_BYTES", "MAX_FORMULA_CHARS", "MAX_NODES", "MAX_TREE_SIZE",
@@ -284,7 +284,7 @@ class Proxy:
         if isinstance(batch, Batch):
             run_batch = batch
         elif isinstance(batch, torch.Tensor):
-            loss_stats = sorted(self.stats_needed & {"grad", "act_grad", "hessian_diag", "attn_grad"})
+            loss_stats = sorted(self.stats_needed & stats_with(needs_loss=True))
             if loss_stats:
                 raise ValueError(f"the program needs {loss_stats}, derivatives of the loss: pass (inputs, labels)")
             run_batch = Batch(batch, torch.zeros(batch.shape[0], dtype=torch.long), "tensor", seed)

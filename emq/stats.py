@@ -26,51 +26,72 @@ from emq.errors import EMQUserError
 
 @dataclass(frozen=True)
 class StatInfo:
-    """Catalogue entry of one statistic."""
+    """Catalogue entry of one statistic, with the properties the code reads (not name lists elsewhere).
+
+    - `needs_bits`: exists only for candidates with a bit assignment;
+    - `needs_loss`: a derivative of the loss (needs labels and a backward pass);
+    - `needs_output`: needs the layer's output on the batch (forward hooks kept);
+    - `layer_local`: a function of the layer alone (its weight and bits), not of the
+      rest of the network or the batch, so one layer's bits change only its own value;
+    - `family`: the benchmark family that has it ("vit"), or None for every family.
+    """
 
     name: str
     doc: str
     needs_bits: bool = False
+    needs_loss: bool = False
+    needs_output: bool = False
+    layer_local: bool = False
+    family: str | None = None
 
 
 STATS: dict[str, StatInfo] = {}
 
 
-def register_stat(name: str, doc: str, needs_bits: bool = False) -> StatInfo:
-    """Add a statistic to the catalogue (names are what proxy leaves refer to)."""
+def register_stat(name: str, doc: str, **properties: object) -> StatInfo:
+    """Add a statistic to the catalogue (names are what proxy leaves refer to); `properties`: StatInfo fields."""
     if name in STATS:
         raise ValueError(f"statistic {name!r} is registered twice")
-    info = StatInfo(name, doc, needs_bits)
+    info = StatInfo(name, doc, **properties)  # type: ignore[arg-type]
     STATS[name] = info
     return info
 
 
-register_stat("weight", "layer weight (full precision, as initialised or trained)")
-register_stat("grad", "gradient of the cross-entropy loss w.r.t. the weight, on the batch")
-register_stat("act", "layer output on the batch")
-register_stat("act_grad", "gradient of the loss w.r.t. the layer output")
+register_stat("weight", "layer weight (full precision, as initialised or trained)", layer_local=True)
+register_stat("grad", "gradient of the cross-entropy loss w.r.t. the weight, on the batch", needs_loss=True)
+register_stat("act", "layer output on the batch", needs_output=True)
+register_stat("act_grad", "gradient of the loss w.r.t. the layer output", needs_loss=True, needs_output=True)
 register_stat("virtual_grad", "synflow-style gradient: |W| network, all-ones input, d(sum out)/dW")
-register_stat("hessian_diag", "Hutchinson estimate of the loss Hessian diagonal w.r.t. the weight")
-register_stat("params", "number of weight parameters of the layer (0-d)")
-register_stat("flops", "multiply-accumulates of the layer for one input (0-d)")
-register_stat("bits", "weight bit-width of the layer, shaped like the weight", needs_bits=True)
-register_stat("quant_weight", "weight after fake quantization at the layer's bits", needs_bits=True)
-register_stat("quant_error", "quant_weight - weight", needs_bits=True)
+register_stat("hessian_diag", "Hutchinson estimate of the loss Hessian diagonal w.r.t. the weight", needs_loss=True)
+register_stat("params", "number of weight parameters of the layer (0-d)", layer_local=True)
+register_stat("flops", "multiply-accumulates of the layer for one input (0-d)", layer_local=True)
+register_stat("bits", "weight bit-width of the layer, shaped like the weight", needs_bits=True, layer_local=True)
+register_stat("quant_weight", "weight after fake quantization at the layer's bits", needs_bits=True, layer_local=True)
+register_stat("quant_error", "quant_weight - weight", needs_bits=True, layer_local=True)
 register_stat("attn", "(ViT) attention probabilities (softmax output), batch x heads x tokens x tokens; "
-              "entry: the attention module, e.g. blocks.3.attn")
-register_stat("attn_grad", "(ViT) gradient of the loss w.r.t. attn; entry: the attention module")
+              "entry: the attention module, e.g. blocks.3.attn", family="vit")
+register_stat("attn_grad", "(ViT) gradient of the loss w.r.t. attn; entry: the attention module", needs_loss=True,
+              family="vit")
 register_stat("head_out", "(ViT) per-head attention outputs attn @ v, batch x heads x tokens x head_dim; "
-              "entry: the attention module")
+              "entry: the attention module", family="vit")
 register_stat("mlp_hidden", "(ViT) MLP hidden activations after the GELU, batch x tokens x hidden; "
-              "entry: the MLP's first linear layer, e.g. blocks.3.mlp.fc1")
-register_stat("ln_out", "(ViT) LayerNorm output, batch x tokens x width; entry: the LayerNorm, e.g. blocks.3.norm1")
+              "entry: the MLP's first linear layer, e.g. blocks.3.mlp.fc1", family="vit")
+register_stat("ln_out", "(ViT) LayerNorm output, batch x tokens x width; entry: the LayerNorm, e.g. blocks.3.norm1",
+              family="vit")
+
+
+def stats_with(**properties: object) -> frozenset[str]:
+    """Return the names of the statistics whose properties equal `properties` (e.g. needs_loss=True)."""
+    return frozenset(n for n, info in STATS.items()
+                     if all(getattr(info, key) == value for key, value in properties.items()))
+
 
 #: Statistics every network gets, whatever the benchmark family.
 BASE_STATS: tuple[str, ...] = ("weight", "grad", "act", "act_grad", "virtual_grad", "hessian_diag", "params", "flops")
 #: Statistics that exist only when the candidate carries a bit assignment.
-BIT_STATS: tuple[str, ...] = ("bits", "quant_weight", "quant_error")
+BIT_STATS: tuple[str, ...] = tuple(n for n, info in STATS.items() if info.needs_bits)
 #: Statistics of transformer internals; only networks with attention modules have them.
-TRANSFORMER_STATS: tuple[str, ...] = ("attn", "attn_grad", "head_out", "mlp_hidden", "ln_out")
+TRANSFORMER_STATS: tuple[str, ...] = tuple(n for n, info in STATS.items() if info.family == "vit")
 #: Statistics a benchmark family adds to BASE_STATS (CNN families add none of the transformer ones).
 FAMILY_STATS: dict[str, tuple[str, ...]] = {"vit": TRANSFORMER_STATS}
 

@@ -44,7 +44,9 @@ from torch import nn
 from emq.bench.base import Batch
 from emq.quant.fake_quant import quantize_weight, quantized_model
 from emq.quant.layers import check_bit_assignment, quantizable_layers
-from emq.stats import BASE_STATS, BIT_STATS, FAMILY_STATS, STATS, TRANSFORMER_STATS, NetworkStats, check_stat_names
+from emq.stats import (
+    BASE_STATS, BIT_STATS, FAMILY_STATS, STATS, TRANSFORMER_STATS, NetworkStats, check_stat_names, stats_with,
+)
 from emq.stats_transformer import HookPoint, attention_macs, entry_params, has_transformer_parts, hook_points
 
 #: Largest finite float16 and smallest normal float16.
@@ -53,8 +55,8 @@ F16_TINY = 2.0**-14
 #: Fraction of non-zero entries allowed below float16's normal range before a tensor is stored as bfloat16 instead.
 F16_SUBNORMAL_FRACTION = 0.01
 
-_LOSS_STATS = {"grad", "act_grad", "hessian_diag", "attn_grad"}
-_OUTPUT_STATS = {"act", "act_grad"}
+_LOSS_STATS = stats_with(needs_loss=True)
+_OUTPUT_STATS = stats_with(needs_output=True)
 
 
 def applicable_stats(has_bits: bool, family: str | None = None) -> tuple[str, ...]:

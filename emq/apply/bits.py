@@ -55,7 +55,7 @@ from emq.apply.evolve import Operators, evolve
 from emq.errors import BudgetError, NotSeparableError, StatUnavailableError
 from emq.proxy import Proxy, ProxyEvaluationError
 from emq.quant.layers import quantizable_layers
-from emq.stats import NetworkStats
+from emq.stats import NetworkStats, stats_with
 from emq.stats_compute import applicable_stats, compute_stats
 
 #: The weight bit-widths of the embedded MQ benchmark.
@@ -63,7 +63,7 @@ DEFAULT_CHOICES: tuple[int, ...] = (2, 3, 4, 8)
 BUDGET_UNITS: tuple[str, ...] = ("mb", "avg-bits")
 METHODS: tuple[str, ...] = ("auto", "milp", "ga")
 #: Statistics of a layer that depend on its own bit-width only (or on none).
-LOCAL_STATS = frozenset({"weight", "params", "flops", "bits", "quant_weight", "quant_error"})
+LOCAL_STATS = stats_with(layer_local=True)
 
 Bits = tuple[int, ...]  # one width per layer, in the objective's layer order
 
