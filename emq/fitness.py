@@ -22,13 +22,15 @@ def _valid(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def _correlation(fn: Callable, scores: np.ndarray, truth: np.ndarray) -> float:
     s, t = _valid(scores, truth)
-    if len(s) < 3 or not np.all(np.isfinite(s)) or np.ptp(s) == 0 or np.ptp(t) == 0:
-        return float("nan")  # undefined: too few points, non-finite or constant scores
+    if len(s) < 3 or np.isnan(s).any() or np.unique(s).size < 2 or np.ptp(t) == 0:
+        return float("nan")  # undefined: too few points, a failed (NaN) score, or constant scores
+    # Rank statistics: -inf / +inf rank at the ends (NASWOT's log|det K| is -inf for a singular
+    # kernel, as on NAS-Bench-201's degenerate cells, which it thereby ranks last).
     return float(fn(s, t)[0])
 
 
 def kendall(scores: np.ndarray, truth: np.ndarray) -> float:
-    """Return Kendall's tau-b (NaN when undefined, e.g. constant or non-finite scores)."""
+    """Return Kendall's tau-b (NaN when undefined: constant scores, or a NaN score; infinite scores are ranked)."""
     return _correlation(sps.kendalltau, scores, truth)
 
 

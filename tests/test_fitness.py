@@ -15,12 +15,16 @@ def test_perfect_and_reversed_rankings():
     assert pearson(2 * t + 1, t) == pytest.approx(1.0)
 
 
-def test_constant_or_nonfinite_scores_have_undefined_correlation():
+def test_constant_or_failed_scores_have_undefined_correlation_and_infinities_are_ranked():
     t = np.arange(10.0)
     assert np.isnan(kendall(np.ones(10), t))
     s = t.copy()
-    s[3] = np.inf
+    s[3] = np.nan  # a failed score: undefined
     assert np.isnan(spearman(s, t))
+    s[3] = np.inf  # a rank statistic ranks +inf first (NASWOT's -inf on a singular kernel: last)
+    assert spearman(s, t) == pytest.approx(spearman(np.where(np.isinf(s), 100.0, s), t))
+    assert kendall(np.where(t < 1, -np.inf, t), t) == pytest.approx(1.0)
+    assert np.isnan(kendall(np.full(10, -np.inf), t))
 
 
 def test_missing_ground_truth_rows_are_skipped():
