@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import torch
 from deap import base, creator
 from tqdm.auto import tqdm
 
@@ -54,7 +55,7 @@ from emq.evaluate import StackedStats, evaluate_stacked
 from search.generate import Grammar, GrowConfig, random_program
 from search.niches import NicheHallOfFame, count_niches, rank_vector, representatives, tournament
 from search.operators import Limits, crossover, mutate, program
-from search.pool import EvaluationPool, ShardedStats, StatsSource, worker_device
+from search.pool import EvaluationPool, ShardedStats, StatsSource, one_thread, worker_device
 from search.report import plot_evolution, plot_scatter
 from search.rng import SearchRNG
 from search.screening import UNDEFINED_FITNESS, Outcome, ProbeInputs, ScreenLimits, score_outcome, screen_probe
@@ -490,7 +491,8 @@ class _Engine:
         for ind in individuals:
             if ind.hash not in state.memo and ind.hash not in todo:
                 todo[ind.hash] = ind
-        outcomes = [screen_probe(ind.proxy, self.probe, self.screen_limits) for ind in todo.values()]
+        with torch.no_grad(), one_thread():
+            outcomes = [screen_probe(ind.proxy, self.probe, self.screen_limits) for ind in todo.values()]
         clock.lap("screening")
         passed = [(ind, out) for ind, out in zip(todo.values(), outcomes) if out.reason is None]
         results = self.pool.score(self.search_set, [ind.proxy for ind, _ in passed])

@@ -24,6 +24,7 @@ each when CUDA is present (round-robin over the visible devices), the CPU otherw
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -238,13 +239,34 @@ def _pieces(shard: Shard, device: str) -> Iterator[tuple[int, StackedStats]]:
     yield from _stack_pieces(source, device, max(1, shard.max_bytes // per_candidate))
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside the block (restored after).
+
+    The search parallelises over shards, not inside ops: several intra-op threads
+    per process oversubscribe the cores (measured: the 32-network probe screen ran
+    5x slower with 2 threads on 2 busy cores), and a reduction split over a
+    different number of threads may round differently. With one thread everywhere,
+    serial, loky, dask and ray give the same float32 scores.
+    """
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before != 1:
+            torch.set_num_threads(before)
+
+
 def evaluate_shard(shard: Shard, programs: Sequence[Proxy]) -> tuple[np.ndarray, list[dict[str, int]]]:
     """Return the scores [program, candidate] of `programs` on the shard's candidates, and each program's failures."""
     watch_parent(shard.parent_pid)
     device = worker_device(shard.device, shard.claim_dir)
     scores = np.full((len(programs), shard.source.n), np.nan)
     failures = [Counter() for _ in programs]
-    with torch.no_grad():  # scoped: a global switch would leak into the caller's process (serial, threading)
+    # no_grad is scoped: a global switch would leak into the caller's process (serial, threading)
+    with torch.no_grad(), one_thread():
         for offset, stacked in _pieces(shard, device):
             for k, program in enumerate(programs):
                 values, failed = evaluate_stacked(program, stacked)
@@ -261,6 +283,7 @@ def loads_here() -> list[tuple[str, int]]:
 def _limit_threads(threads: int) -> None:
     # loky executor initializer: the workers share the cores instead of each starting one thread per core.
     torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 #: Seconds between a worker's checks that the search process still exists.
@@ -341,10 +364,10 @@ class EvaluationPool:
         self._spills = 0
         self._torch_threads = None
         if backend == "threading":
-            # n_jobs threads each running torch ops: split the cores between them (restored on close),
-            # as the loky workers do, so intra-op threads do not oversubscribe the machine.
+            # The shard threads run torch ops side by side: one intra-op thread for the process (restored on
+            # close), set here once because the setting is process-wide (see one_thread).
             self._torch_threads = torch.get_num_threads()
-            torch.set_num_threads(max(1, usable_cores() // self.n_jobs))
+            torch.set_num_threads(1)
         if backend == "dask":
             self._start_dask()
         elif backend == "ray":
