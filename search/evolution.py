@@ -15,8 +15,9 @@ formula, `valid`, `niches` (distinct niches among the valid programs),
 not scored again), `rejections` (this generation's screenings by reason),
 `seconds` (the generation's wall time, its checkpoint included), `time` (those
 seconds by phase: `variation`, `screening` (static and probe screens, in this
-process), `evaluation` (the pool scoring the survivors on the search split, and
-their fitness), `selection` (niches, hall of fame), `checkpoint`) and
+process, while the pool already scores the survivors of earlier batches),
+`evaluation` (waiting for the pool's scores on the search split, and fitness),
+`selection` (niches, hall of fame), `checkpoint`) and
 `programs_per_s` (evaluations / seconds). Timings are the only values that differ
 between runs of the same seed.
 
@@ -347,6 +348,10 @@ def run_search(
         run_lock.release(run_dir)
 
 
+#: Programs screened before their survivors are sent to the pool (the pool scores while the next batch is screened).
+SCREEN_BATCH = 8
+
+
 class _Clock:
     """Seconds of one generation by phase (the log row's `time`)."""
 
@@ -491,13 +496,23 @@ class _Engine:
         for ind in individuals:
             if ind.hash not in state.memo and ind.hash not in todo:
                 todo[ind.hash] = ind
+        # Screened here in batches; each batch's survivors go to the pool at once, so the workers score
+        # them while the next batch is screened (cores do not wait for one another).
+        outcomes: list[Outcome] = []
+        jobs = []
+        items = list(todo.values())
         with torch.no_grad(), one_thread():
-            outcomes = [screen_probe(ind.proxy, self.probe, self.screen_limits) for ind in todo.values()]
+            for start in range(0, len(items), SCREEN_BATCH):
+                batch = [screen_probe(ind.proxy, self.probe, self.screen_limits)
+                         for ind in items[start: start + SCREEN_BATCH]]
+                outcomes += batch
+                passed = [(ind, out) for ind, out in zip(items[start:], batch) if out.reason is None]
+                if passed:
+                    jobs.append((passed, self.pool.submit(self.search_set, [ind.proxy for ind, _ in passed])))
         clock.lap("screening")
-        passed = [(ind, out) for ind, out in zip(todo.values(), outcomes) if out.reason is None]
-        results = self.pool.score(self.search_set, [ind.proxy for ind, _ in passed])
-        for (_, out), (scores, failures) in zip(passed, results):
-            score_outcome(out, scores, failures)
+        for passed, job in jobs:
+            for (_, out), (scores, failures) in zip(passed, job.result()):
+                score_outcome(out, scores, failures)
         rejections: Counter = Counter()
         seconds = 0.0
         for ind, outcome in zip(todo.values(), outcomes):

@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -336,6 +336,31 @@ class ShardedStats:
         return self.source.n
 
 
+class Scoring:
+    """Programs being scored on the shards; `result()` waits for every shard and concatenates."""
+
+    def __init__(self, pool: "EvaluationPool", jobs: list[Any], programs: list[Proxy]) -> None:
+        self._pool = pool
+        self._jobs = jobs
+        self.programs = programs
+
+    def result(self) -> list[tuple[np.ndarray, Counter]]:
+        if not self.programs:
+            return []
+        if self._pool.backend == "serial":
+            parts = [self._pool._result((i, shard, self.programs)) for i, shard in self._jobs]
+        else:
+            parts = [self._pool._result(job) for job in self._jobs]
+        scores = np.concatenate([s for s, _ in parts], axis=1)
+        out = []
+        for k in range(len(self.programs)):
+            failures: Counter = Counter()
+            for _, fails in parts:
+                failures.update(fails[k])
+            out.append((scores[k], failures))
+        return out
+
+
 class EvaluationPool:
     """Scorer of programs on candidates sharded over workers; use as a context manager (or call `close`)."""
 
@@ -413,23 +438,22 @@ class EvaluationPool:
     # ------------------------------------------------------------ running
     def score(self, data: ShardedStats | StatsSource, programs: Sequence[Proxy]) -> list[tuple[np.ndarray, Counter]]:
         """Return (scores, failures by reason) of every program on every candidate of `data`, in order."""
+        return self.submit(data, programs).result()
+
+    def submit(self, data: ShardedStats | StatsSource, programs: Sequence[Proxy]) -> "Scoring":
+        """Start scoring `programs` on `data` and return at once; `.result()` waits and gives what `score` gives.
+
+        The caller keeps working meanwhile (the search screens the next programs). The
+        serial backend scores when `.result()` is called.
+        """
         if isinstance(data, StatsSource):
             if data.token not in self._attached:
                 self._attached[data.token] = self.attach(source=data)
             data = self._attached[data.token]
         programs = list(programs)
-        if not programs:
-            return []
-        futures = [self._submit(i, shard, programs) for i, shard in enumerate(data.shards)]
-        parts = [self._result(f) for f in futures]
-        scores = np.concatenate([s for s, _ in parts], axis=1) if parts else np.zeros((len(programs), 0))
-        out = []
-        for k in range(len(programs)):
-            failures: Counter = Counter()
-            for _, fails in parts:
-                failures.update(fails[k])
-            out.append((scores[k], failures))
-        return out
+        if not programs or self.backend == "serial":
+            return Scoring(self, [(i, shard) for i, shard in enumerate(data.shards)], programs)
+        return Scoring(self, [self._submit(i, shard, programs) for i, shard in enumerate(data.shards)], programs)
 
     def worker_loads(self) -> list[list[tuple[str, int]]]:
         """Return, per worker, the (token, candidates) of every statistics load it made (tests, benchmarks)."""
@@ -445,10 +469,6 @@ class EvaluationPool:
         return [ray.get(self._actor(i).loads.remote()) for i in range(self.n_shards)]
 
     def _submit(self, i: int, shard: Shard, programs: list[Proxy]) -> Any:
-        if self.backend == "serial":
-            future: Future = Future()
-            future.set_result(evaluate_shard(shard, programs))
-            return future
         if self.backend == "threading":
             if self._threads is None:
                 self._threads = ThreadPoolExecutor(self.n_jobs, thread_name_prefix="emq-shard")
@@ -462,6 +482,8 @@ class EvaluationPool:
         return self._actor(i).evaluate.remote(shard, programs)
 
     def _result(self, future: Any) -> Any:
+        if self.backend == "serial":
+            return evaluate_shard(future[1], future[2])
         if self.backend == "ray":
             import ray
 
