@@ -280,10 +280,15 @@ def loads_here() -> list[tuple[str, int]]:
     return list(_LOADS)
 
 
-def _limit_threads(threads: int) -> None:
-    # loky executor initializer: the workers share the cores instead of each starting one thread per core.
+def _init_loky_worker(threads: int) -> None:
+    """loky executor initializer: share the cores, and keep the shard (it is not a leak)."""
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    # loky restarts a worker whose memory grew by 300 MB since its first job, taking it for a leak:
+    # a resident shard grows it by design, and a restart would reload the shard every call.
+    from joblib.externals.loky import process_executor
+
+    process_executor._MAX_MEMORY_LEAK_SIZE = float("inf")
 
 
 #: Seconds between a worker's checks that the search process still exists.
@@ -497,7 +502,7 @@ class EvaluationPool:
 
         while len(self._workers) <= i:
             threads = max(1, usable_cores() // self.n_jobs)
-            self._workers.append(ProcessPoolExecutor(max_workers=1, initializer=_limit_threads, initargs=(threads,)))
+            self._workers.append(ProcessPoolExecutor(max_workers=1, initializer=_init_loky_worker, initargs=(threads,)))
         return self._workers[i]
 
     def _actor(self, i: int) -> Any:

@@ -148,3 +148,14 @@ def test_worker_device_is_cpu_without_cuda_and_honours_an_explicit_choice():
 def test_unknown_backend_lists_the_valid_ones():
     with pytest.raises(ValueError, match="loky"):
         EvaluationPool("mpi")
+
+
+def _leak_limit():
+    from joblib.externals.loky import process_executor
+
+    return process_executor._MAX_MEMORY_LEAK_SIZE
+
+
+def test_loky_workers_keep_a_large_shard_instead_of_restarting_as_if_it_leaked():
+    with EvaluationPool("loky", n_jobs=1) as pool:
+        assert pool._executor(0).submit(_leak_limit).result() == float("inf")
