@@ -386,11 +386,15 @@ BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
 @click.option("--seed-proxies", "seed_proxy_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Proxy JSON file(s) (e.g. exported from another search) placed in the first population; repeatable.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="loky", show_default=True,
-              help="joblib backend of the evaluation pool; dask needs --scheduler or starts a LocalCluster.")
+              help="Evaluation pool: the search candidates are sharded over its workers (one shard each); "
+                   "dask needs --scheduler or starts a LocalCluster.")
 @click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) for --backend dask.")
 @click.option("--workers", default=None, type=click.IntRange(min=1),
               help="Pool workers (default: usable CPU cores; more needs --force-workers).")
 @click.option("--force-workers", is_flag=True, help="Allow more --workers than usable cores.")
+@click.option("--shard-memory", default=None, type=click.FloatRange(min=1, min_open=False),
+              help="MB of statistics a worker may keep resident; a larger shard is streamed from the cache files "
+                   "on every generation instead (slower; for caches larger than memory). Default: keep it.")
 @click.option("--baseline", "baseline_names", multiple=True,
               help="Baselines to compare on held-out (repeatable; default: every cheap program baseline).")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -400,7 +404,8 @@ BACKEND_CHOICES = ["loky", "threading", "dask", "ray", "serial"]
 @_friendly_errors
 def search(name: str, data_dir: Path | None, targets: str | None, joint: str, metric: str, population: int,
            generations: int, seed: int, seeds: str | None, batch_seeds: str | None, fitness: str, hof_size: int, max_search: int | None, max_heldout: int | None, seed_proxy_files: tuple[Path, ...],
-           backend: str, scheduler: str | None, workers: int | None, force_workers: bool, baseline_names: tuple[str, ...],
+           backend: str, scheduler: str | None, workers: int | None, force_workers: bool, shard_memory: float | None,
+           baseline_names: tuple[str, ...],
            run_dir: Path | None, resume: bool, batch_seed: int, batch_size: int, init_seed: int,
            dtype: str, hessian_samples: int, device: str | None) -> None:
     """Evolve proxy programs that rank benchmark NAME's candidates like its ground truth.
@@ -454,7 +459,8 @@ def search(name: str, data_dir: Path | None, targets: str | None, joint: str, me
                    progress=True, resume=resume)
     # The run folder is locked before the statistics are computed, so a second search on it fails at once.
     with run_folder_lock(run_dir), _worker_crashes(backend):
-        with EvaluationPool(backend, n_jobs=workers, scheduler=scheduler, device=config.device) as pool:
+        with EvaluationPool(backend, n_jobs=workers, scheduler=scheduler, device=config.device,
+                            max_shard_bytes=int(shard_memory * 2**20) if shard_memory else None) as pool:
             if study:
                 from search.study import run_study
 
@@ -476,8 +482,8 @@ def search(name: str, data_dir: Path | None, targets: str | None, joint: str, me
 def _checked_workers(backend: str, workers: int | None, force: bool) -> int | None:
     """Return --workers after checking it against the usable cores; print what local workers will cost.
 
-    Each local worker process imports torch and holds its own copy of the search
-    statistics, so more workers than cores only add memory and contention.
+    Each local worker process imports torch and holds its shard of the search
+    statistics, so more workers than cores only add torch's memory and contention.
     """
     from search.pool import usable_cores
 
@@ -489,9 +495,9 @@ def _checked_workers(backend: str, workers: int | None, force: bool) -> int | No
                                  f"memory; use at most {cores}, or add --force-workers", param_hint="--workers")
     n = workers or cores
     if backend == "loky":
-        click.echo(f"pool: {n} worker process(es); each needs about {WORKER_BASE_MB} MB for torch plus its own copy "
-                   "of the search statistics (ViT statistics: tens to hundreds of MB per network; see --max-search)",
-                   err=True)
+        click.echo(f"pool: {n} worker process(es); each needs about {WORKER_BASE_MB} MB for torch plus its shard "
+                   f"(1/{n}) of the search statistics (ViT statistics: tens to hundreds of MB per network; see "
+                   "--max-search and --shard-memory)", err=True)
     return workers
 
 

@@ -7,8 +7,8 @@ Entry points:
 - `search.evolution.run_search(search_stats, probe_stats_other_batch, truth, config, run_dir, ...)`:
   the loop on plain inputs (lists of NetworkStats and truth arrays).
 - `search.evolution.export_proxies(run_dir, top)`: the best programs of a run as Proxy objects.
-- `search.pool.EvaluationPool(backend, n_jobs, scheduler)`: parallel scoring (serial,
-  threading, loky, dask, ray).
+- `search.pool.EvaluationPool(backend, n_jobs, scheduler, max_shard_bytes=...)`: scoring on
+  candidates sharded over workers, one shard each (serial, threading, loky, dask, ray).
 
 Modules: `generate` (random programs as `emq.program.Node` trees),
 `operators` (mutation, crossover), `screening` (cheap rejections with reasons),

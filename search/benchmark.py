@@ -104,8 +104,7 @@ def search_benchmark(
                                      cache_root=cache_root)
     sources = (None, None)
     if pool is not None and not pool.in_process:  # process workers read the cache files themselves
-        sources = (cache_source(bench, search_cands, stats_config, cache_root),
-                   cache_source(bench, probe_cands, other_config, cache_root))
+        sources = (cache_source(bench, search_cands, stats_config, cache_root), None)
     result = run_search(
         search_stats, probe_other, {t: all_truth[t][search_idx] for t in targets}, search_config, run_dir,
         pool=pool, progress=progress, resume=resume, probe_index=list(range(len(probe_cands))), sources=sources,

@@ -12,8 +12,14 @@ canonical hash, not scored again.
 valid programs in the population, `best_ever` (the hall of fame's best) and its
 formula, `valid`, `niches` (distinct niches among the valid programs),
 `evaluations` (programs screened this generation), `cache_hits` (known programs
-not scored again), `rejections` (this generation's screenings by reason) and
-`seconds`.
+not scored again), `rejections` (this generation's screenings by reason),
+`seconds` (the generation's wall time, its checkpoint included), `time` (those
+seconds by phase: `variation`, `screening` (static and probe screens, in this
+process, while the pool already scores the survivors of earlier batches),
+`evaluation` (waiting for the pool's scores on the search split, and fitness),
+`selection` (niches, hall of fame), `checkpoint`) and
+`programs_per_s` (evaluations / seconds). Timings are the only values that differ
+between runs of the same seed.
 
 Everything a generation depends on (population, hall of fame, evaluated programs,
 random streams, log) is saved atomically after each generation, as JSON plus one
@@ -33,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import torch
 from deap import base, creator
 from tqdm.auto import tqdm
 
@@ -50,10 +57,10 @@ from emq.evaluate import StackedStats, evaluate_stacked
 from search.generate import Grammar, GrowConfig, random_program
 from search.niches import NicheHallOfFame, count_niches, rank_vector, representatives, tournament
 from search.operators import Limits, crossover, mutate, program
-from search.pool import EvaluationPool, StatsSource, worker_device
+from search.pool import EvaluationPool, ShardedStats, StatsSource, one_thread, worker_device
 from search.report import plot_evolution, plot_scatter
 from search.rng import SearchRNG
-from search.screening import UNDEFINED_FITNESS, Outcome, ScreenLimits
+from search.screening import UNDEFINED_FITNESS, Outcome, ProbeInputs, ScreenLimits, score_outcome, screen_probe
 
 ENGINE = "emq-search/1"
 STATE_FORMAT = "emq-search-state/1"
@@ -295,7 +302,7 @@ def run_search(
     run_lock.acquire(run_dir)  # before any write: a second search on this folder fails here, at once
     own_pool = pool is None
     pool = pool or EvaluationPool("serial")
-    workload = None
+    search_set = None
     try:
         limits = ScreenLimits(config.max_size, config.time_budget_s, config.reject_input_independent,
                               config.trivial_tau_limit, config.arch_eta_limit)
@@ -305,12 +312,16 @@ def run_search(
             if len(values) != n:
                 raise ValueError(f"trivial predictor / feature {name!r} has {len(values)} values for {n} search networks")
         index = list(probe_index)
-        workload = pool.workload(search_stats, probe_stats_other_batch, probe_index, limits, *sources,
-                                 probe_trivial={k: np.asarray(v, dtype=np.float64)[index] for k, v in predictors.items()},
-                                 probe_features={k: np.asarray(v, dtype=np.float64)[index]
-                                                 for k, v in (features or {}).items()})
+        # The probe is small: it is screened here; only the survivors go to the pool's shards of the search set.
+        device = worker_device(pool.device)
+        probe = ProbeInputs.build(
+            StackedStats([search_stats[i] for i in index], device),
+            StackedStats(probe_stats_other_batch, device) if probe_stats_other_batch is not None else None, n,
+            probe_trivial={k: np.asarray(v, dtype=np.float64)[index] for k, v in predictors.items()},
+            probe_features={k: np.asarray(v, dtype=np.float64)[index] for k, v in (features or {}).items()})
+        search_set = pool.attach(search_stats, sources[0])
         choices = choose_best_trivial(predictors, {t: truth[t] for t in targets}, get_metric(config.metric))
-        engine = _Engine(config, grammar, {t: truth[t] for t in targets}, pool, workload, run_dir,
+        engine = _Engine(config, grammar, {t: truth[t] for t in targets}, pool, search_set, probe, limits, run_dir,
                          {t: (c, c.oriented(predictors[c.name])) for t, c in choices.items()})
         state = engine.start(resume)
         bar = tqdm(total=config.generations, initial=min(state.generation + 1, config.generations),
@@ -333,11 +344,37 @@ def run_search(
         hall = engine.finish(state, heldout, command)
         return SearchResult(run_dir, hall, state.log, state.generation, finished, choices)
     finally:
-        if workload is not None:
-            pool.detach(workload)
+        if search_set is not None:
+            pool.detach(search_set)
         if own_pool:
             pool.close()
         run_lock.release(run_dir)
+
+
+#: Programs screened before their survivors are sent to the pool (the pool scores while the next batch is screened).
+SCREEN_BATCH = 8
+
+
+class _Clock:
+    """Seconds of one generation by phase (the log row's `time`)."""
+
+    PHASES = ("variation", "screening", "evaluation", "selection", "checkpoint")
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+
+    def lap(self, phase: str) -> None:
+        """Add the time since the previous lap to `phase`."""
+        now = time.perf_counter()
+        self.seconds[phase] += now - self.last
+        self.last = now
+
+    def fill(self, row: dict[str, Any]) -> None:
+        total = self.last - self.start
+        row["seconds"] = round(total, 4)
+        row["time"] = {k: round(v, 4) for k, v in self.seconds.items()}
+        row["programs_per_s"] = round(row["evaluations"] / total, 2) if total > 0 else None
 
 
 def _short(value: float | None) -> str:
@@ -348,13 +385,16 @@ class _Engine:
     """One search's fixed parts (config, grammar, truth, pool) and the generation step."""
 
     def __init__(self, config: SearchConfig, grammar: Grammar, truth: dict[str, np.ndarray], pool: EvaluationPool,
-                 workload: Any, run_dir: Path, controls: dict[str, tuple[TrivialChoice, np.ndarray]]) -> None:
+                 search_set: ShardedStats, probe: ProbeInputs, screen_limits: ScreenLimits, run_dir: Path,
+                 controls: dict[str, tuple[TrivialChoice, np.ndarray]]) -> None:
         self.config = config
         self.controls = controls  # per target: the best trivial predictor and its oriented values
         self.grammar = grammar
         self.truth = truth
         self.pool = pool
-        self.workload = workload
+        self.search_set = search_set
+        self.probe = probe
+        self.screen_limits = screen_limits
         self.run_dir = run_dir
         self.metric = get_metric(config.metric)
         self.limits = Limits(config.max_size, config.max_depth)
@@ -373,21 +413,23 @@ class _Engine:
         self._write_config()
         rng = SearchRNG.from_seed(self.config.seed)
         state = _State(-1, [], NicheHallOfFame(self.config.hof_size, self.config.niche_threshold), OrderedDict(), rng)
-        start = time.perf_counter()
+        clock = _Clock()
         population += self._fresh(state, self.config.population - len(population), seen)
-        stats = self._evaluate(state, population)
-        self._advance(state, population, stats, start)
+        clock.lap("variation")
+        stats = self._evaluate(state, population, clock)
+        self._advance(state, population, stats, clock)
         return state
 
     # ------------------------------------------------------------- step
     def step(self, state: _State) -> dict[str, Any]:
         """Breed, evaluate and select one generation; checkpoint; return its log row."""
-        start = time.perf_counter()
+        clock = _Clock()
         cfg, rng = self.config, state.rng
         elites = [make_individual(m.proxy, m.record) for m in state.hof]
         seen = {e.hash for e in elites}
         valid = [ind for ind in state.population if ind.fitness.valid]
         reps = representatives(valid, cfg.niche_threshold)
+        clock.lap("selection")
         n_fresh = int(round(cfg.fresh_share * cfg.population)) if reps else cfg.population - len(elites)
         n_off = max(0, cfg.population - len(elites) - n_fresh)
         offspring: list[Any] = []
@@ -414,8 +456,9 @@ class _Engine:
                     offspring.append(ind)
         fresh = self._fresh(state, cfg.population - len(elites) - len(offspring), seen)
         population = elites + offspring + fresh
-        stats = self._evaluate(state, offspring + fresh)
-        return self._advance(state, population, stats, start)
+        clock.lap("variation")
+        stats = self._evaluate(state, offspring + fresh, clock)
+        return self._advance(state, population, stats, clock)
 
     def _seeded(self, seen: set[str]) -> list[Any]:
         """Return the individuals of `config.seed_formulas` (programs reused from other searches), deduplicated."""
@@ -451,12 +494,28 @@ class _Engine:
         return out
 
     # ------------------------------------------------------- evaluation
-    def _evaluate(self, state: _State, individuals: Sequence[Any]) -> dict[str, Any]:
+    def _evaluate(self, state: _State, individuals: Sequence[Any], clock: "_Clock") -> dict[str, Any]:
         todo: dict[str, Any] = {}
         for ind in individuals:
             if ind.hash not in state.memo and ind.hash not in todo:
                 todo[ind.hash] = ind
-        outcomes = self.pool.screen(self.workload, [ind.proxy for ind in todo.values()])
+        # Screened here in batches; each batch's survivors go to the pool at once, so the workers score
+        # them while the next batch is screened (cores do not wait for one another).
+        outcomes: list[Outcome] = []
+        jobs = []
+        items = list(todo.values())
+        with torch.no_grad(), one_thread():
+            for start in range(0, len(items), SCREEN_BATCH):
+                batch = [screen_probe(ind.proxy, self.probe, self.screen_limits)
+                         for ind in items[start: start + SCREEN_BATCH]]
+                outcomes += batch
+                passed = [(ind, out) for ind, out in zip(items[start:], batch) if out.reason is None]
+                if passed:
+                    jobs.append((passed, self.pool.submit(self.search_set, [ind.proxy for ind, _ in passed])))
+        clock.lap("screening")
+        for passed, job in jobs:
+            for (_, out), (scores, failures) in zip(passed, job.result()):
+                score_outcome(out, scores, failures)
         rejections: Counter = Counter()
         seconds = 0.0
         for ind, outcome in zip(todo.values(), outcomes):
@@ -470,6 +529,7 @@ class _Engine:
             apply_record(ind, state.memo[ind.hash])
         while len(state.memo) > self.config.memo_size:
             state.memo.popitem(last=False)
+        clock.lap("evaluation")
         return {"evaluations": len(todo), "cache_hits": len(individuals) - len(todo),
                 "rejections": dict(sorted(rejections.items())), "eval_seconds": seconds}
 
@@ -489,7 +549,7 @@ class _Engine:
                 "probe": [float(x) for x in outcome.probe]}
 
     # ------------------------------------------------- bookkeeping
-    def _advance(self, state: _State, population: list[Any], stats: dict[str, Any], start: float) -> dict[str, Any]:
+    def _advance(self, state: _State, population: list[Any], stats: dict[str, Any], clock: "_Clock") -> dict[str, Any]:
         state.generation += 1
         state.population = population
         valid = [ind for ind in population if ind.fitness.valid]
@@ -507,10 +567,14 @@ class _Engine:
             "evaluations": stats["evaluations"],
             "cache_hits": stats["cache_hits"],
             "rejections": stats["rejections"],
-            "seconds": round(time.perf_counter() - start, 4),
         }
+        clock.lap("selection")
         state.log.append(row)
+        clock.fill(row)  # provisional in the checkpoint (no checkpoint time yet); final in log.jsonl
         self._checkpoint(state)
+        clock.lap("checkpoint")
+        clock.fill(row)
+        self._write_log(state)
         return row
 
     def _checkpoint(self, state: _State) -> None:
@@ -534,6 +598,8 @@ class _Engine:
         for old in folder.glob("rng_torch-*.pt"):
             if old.name != torch_file:
                 old.unlink(missing_ok=True)
+
+    def _write_log(self, state: _State) -> None:
         write_text_atomic(self.run_dir / "log.jsonl", "".join(json.dumps(row) + "\n" for row in state.log))
 
     def _restore(self, path: Path) -> _State:

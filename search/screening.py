@@ -1,12 +1,18 @@
 """Cheap checks before a program is scored on every search candidate; each rejection has a countable reason.
 
-Order (the first that applies is the reason): size, then on the probe candidates
+Order (the first that applies is the reason): size, a self-cancelling subterm such
+as `sub(grad, grad)` (static: before any evaluation), then on the probe candidates
 op errors / missing statistics, non-finite or constant scores, scores unchanged
 on the probe's second batch (input independence: the published EMQ proxy fails
 exactly this), a trivial predictor in disguise (`trivial_equivalent`: a probe ranking
 equal to #params, a bit count or the quantized loss, or scores that are a function of one
 architecture hyperparameter such as the embedding width), the projected time for the
 full set, and finally the same value checks on the full search set.
+
+The probe is small (about 32 networks and their second batch), so the search
+screens in its own process (`screen_probe`) and sends only the survivors to the
+sharded pool for the full search set (`score_outcome` then checks the full scores).
+`screen_and_score` runs both steps in one process.
 """
 from __future__ import annotations
 
@@ -25,11 +31,13 @@ from emq.proxy import Proxy
 from emq.evaluate import StackedStats, evaluate_stacked
 
 OVER_SIZE = "over_size"
+SELF_CANCELLING = "self_cancelling"
 OVER_TIME = "over_time"
 MISSING_STAT = "missing_stat"
 UNDEFINED_FITNESS = "undefined_fitness"
-__all__ = ["OVER_SIZE", "OVER_TIME", "MISSING_STAT", "UNDEFINED_FITNESS", "NONFINITE", "CONSTANT",
-           "INPUT_INDEPENDENT", "TRIVIAL_EQUIVALENT", "ScreenLimits", "ScreenInputs", "Outcome", "screen_and_score", "rejection_table"]
+__all__ = ["OVER_SIZE", "SELF_CANCELLING", "OVER_TIME", "MISSING_STAT", "UNDEFINED_FITNESS", "NONFINITE", "CONSTANT",
+           "INPUT_INDEPENDENT", "TRIVIAL_EQUIVALENT", "ScreenLimits", "ProbeInputs", "ScreenInputs", "Outcome",
+           "screen_probe", "score_outcome", "screen_and_score", "rejection_table"]
 
 
 @dataclass(frozen=True)
@@ -46,17 +54,51 @@ class ScreenLimits:
 
 
 @dataclass
-class ScreenInputs:
-    """The statistics a program is screened and scored on (all stacked, on one device)."""
+class ProbeInputs:
+    """What the probe screens need: the probe networks stacked (twice: two batches), their trivial predictors."""
 
-    search: StackedStats
-    probe: StackedStats  # a subset of `search` (positions `probe_index`)
+    probe: StackedStats
     probe_other: StackedStats | None  # the same probe networks on a second batch
-    probe_index: np.ndarray
+    n_search: int  # candidates of the full search set (for the time projection)
     #: Trivial predictors' values on the probe networks (#params always; bit counts, quantized loss, ...).
     probe_trivial: dict[str, np.ndarray] = field(default_factory=dict)
     #: Architecture hyperparameters of the probe networks (empty for bit configurations).
     probe_features: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, probe: StackedStats, probe_other: StackedStats | None, n_search: int,
+              probe_trivial: Mapping[str, Sequence[float]] | None = None,
+              probe_features: Mapping[str, Sequence[float]] | None = None) -> "ProbeInputs":
+        if probe_other is not None and probe_other.n != probe.n:
+            raise ValueError(f"{probe_other.n} second-batch statistics for {probe.n} probe networks")
+        trivial = {"params": probe.total_params(), **{k: np.asarray(v, dtype=np.float64)
+                                                     for k, v in (probe_trivial or {}).items()}}
+        features = {k: np.asarray(v, dtype=np.float64) for k, v in (probe_features or {}).items()}
+        for name, values in [*trivial.items(), *features.items()]:
+            if len(values) != probe.n:
+                raise ValueError(f"trivial predictor / feature {name!r} has {len(values)} values for {probe.n} probes")
+        return cls(probe, probe_other, n_search, trivial, features)
+
+
+@dataclass
+class ScreenInputs:
+    """The statistics a program is screened and scored on in one process (all stacked, on one device)."""
+
+    search: StackedStats
+    probe_inputs: ProbeInputs
+    probe_index: np.ndarray
+
+    @property
+    def probe(self) -> StackedStats:
+        return self.probe_inputs.probe
+
+    @property
+    def probe_other(self) -> StackedStats | None:
+        return self.probe_inputs.probe_other
+
+    @property
+    def probe_trivial(self) -> dict[str, np.ndarray]:
+        return self.probe_inputs.probe_trivial
 
     @classmethod
     def build(cls, search: StackedStats, probe_other: StackedStats | None, probe_index,
@@ -65,14 +107,8 @@ class ScreenInputs:
         index = np.asarray(probe_index, dtype=np.int64)
         if probe_other is not None and probe_other.n != len(index):
             raise ValueError(f"{probe_other.n} second-batch statistics for {len(index)} probe positions")
-        probe = search.subset(index.tolist())
-        trivial = {"params": probe.total_params(), **{k: np.asarray(v, dtype=np.float64)
-                                                     for k, v in (probe_trivial or {}).items()}}
-        features = {k: np.asarray(v, dtype=np.float64) for k, v in (probe_features or {}).items()}
-        for name, values in [*trivial.items(), *features.items()]:
-            if len(values) != len(index):
-                raise ValueError(f"trivial predictor / feature {name!r} has {len(values)} values for {len(index)} probes")
-        return cls(search, probe, probe_other, index, trivial, features)
+        probe = ProbeInputs.build(search.subset(index.tolist()), probe_other, search.n, probe_trivial, probe_features)
+        return cls(search, probe, index)
 
 
 @dataclass
@@ -105,8 +141,22 @@ def _value_rejection(scores: np.ndarray, failures: Counter) -> str | None:
     return flags[0] if flags else None
 
 
-def screen_and_score(proxy: Proxy, inputs: ScreenInputs, limits: ScreenLimits = ScreenLimits()) -> Outcome:
-    """Return the outcome of screening `proxy` on the probe and, if it passes, scoring it on the search set."""
+def static_rejection(proxy: Proxy, limits: ScreenLimits) -> tuple[str, dict[str, Any]] | None:
+    """Return (reason, detail) when the program is refused before any evaluation (too large, self-cancelling)."""
+    if proxy.size > limits.max_size:
+        return OVER_SIZE, {}
+    cancelling = proxy.self_cancelling()
+    if cancelling is not None:
+        return SELF_CANCELLING, {"subterm": cancelling}
+    return None
+
+
+def screen_probe(proxy: Proxy, inputs: ProbeInputs, limits: ScreenLimits = ScreenLimits()) -> Outcome:
+    """Return the outcome of every screen up to the full search set: `reason` None means "score it on the search set".
+
+    The outcome's `probe` holds the probe scores and `detail["projected_s"]` the
+    projected seconds for the search set; `seconds` the time spent here.
+    """
     start = time.perf_counter()
     out = Outcome(proxy.formula(), proxy.canonical_hash())
 
@@ -115,8 +165,10 @@ def screen_and_score(proxy: Proxy, inputs: ScreenInputs, limits: ScreenLimits = 
         out.seconds = time.perf_counter() - start
         return out
 
-    if proxy.size > limits.max_size:
-        return done(OVER_SIZE)
+    static = static_rejection(proxy, limits)
+    if static is not None:
+        out.detail.update(static[1])
+        return done(static[0])
     t0 = time.perf_counter()
     probe, failures = evaluate_stacked(proxy, inputs.probe)
     probe_seconds = time.perf_counter() - t0
@@ -135,16 +187,32 @@ def screen_and_score(proxy: Proxy, inputs: ScreenInputs, limits: ScreenLimits = 
     if twin is not None:
         out.detail["trivial"] = twin
         return done(TRIVIAL_EQUIVALENT)
-    projected = probe_seconds * inputs.search.n / max(1, inputs.probe.n)
+    projected = probe_seconds * inputs.n_search / max(1, inputs.probe.n)
     out.detail["projected_s"] = projected
     if projected > limits.time_budget_s:
         return done(OVER_TIME)
-    scores, failures = evaluate_stacked(proxy, inputs.search)
+    return done(None)
+
+
+def score_outcome(out: Outcome, scores: np.ndarray, failures: Counter, seconds: float = 0.0) -> Outcome:
+    """Return a probe-screened outcome completed with its full search-set scores (or the value check's reason)."""
+    out.seconds += seconds
     reason = _value_rejection(scores, failures)
     if reason:
-        return done(reason)
-    out.scores = scores
-    return done(None)
+        out.reason = reason
+    else:
+        out.scores = scores
+    return out
+
+
+def screen_and_score(proxy: Proxy, inputs: ScreenInputs, limits: ScreenLimits = ScreenLimits()) -> Outcome:
+    """Return the outcome of screening `proxy` on the probe and, if it passes, scoring it on the search set."""
+    out = screen_probe(proxy, inputs.probe_inputs, limits)
+    if out.reason is not None:
+        return out
+    t0 = time.perf_counter()
+    scores, failures = evaluate_stacked(proxy, inputs.search)
+    return score_outcome(out, scores, failures, time.perf_counter() - t0)
 
 
 def rejection_table(counts: Counter | dict[str, int]) -> str:

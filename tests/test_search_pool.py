@@ -1,4 +1,4 @@
-"""The evaluation pool: every backend gives the same outcomes; workers load the statistics once."""
+"""The sharded evaluation pool: every backend gives the same float32 scores; each worker loads only its shard."""
 from __future__ import annotations
 
 import importlib.util
@@ -6,61 +6,127 @@ import importlib.util
 import numpy as np
 import pytest
 
-from emq.scoring import proxy_scores
+from emq.evaluate import StackedStats, evaluate_stacked
 from emq.proxy import Proxy
 from search import pool as pool_module
-from search.pool import BackendUnavailableError, EvaluationPool, StatsSource, parse_program, program_text
-from search.screening import ScreenLimits
+from search.evolution import SearchConfig, run_search
+from search.pool import BackendUnavailableError, EvaluationPool, StatsSource, shard_bounds
 from search.synthetic import synthetic_problem
 
-PROGRAMS = [
+PROGRAMS = [Proxy.from_formula(f) for f in [
     "sum_layers(s_mul(mean(hessian_diag), sum(square(quant_error))))",
     "mean_layers(l2(mul(abs(grad), weight)))",
     "sum_layers(numel(weight))",
     "sum_layers(sum(mul(bits, square(weight))))",
     "mean_layers(l2(virtual_grad))",
     "n_neg(wmean_layers(s_log(var(sub(grad, hessian_diag)))))",
-]
+]]
+needs_dask = pytest.mark.skipif(importlib.util.find_spec("distributed") is None,
+                                reason="dask backend needs the optional 'distributed' package (pip install 'emq[dask]')")
 
 
 @pytest.fixture(scope="module")
 def problem():
-    return synthetic_problem(n_search=16, n_heldout=0, probe_size=6)
+    return synthetic_problem(n_search=17, n_heldout=0, probe_size=6)
 
 
-def outcomes(backend: str, problem, **kwargs):
+@pytest.fixture(scope="module")
+def spilled(problem, tmp_path_factory):
+    return StatsSource.spill(problem.search, tmp_path_factory.mktemp("spill"))
+
+
+def scores(backend: str, problem, source=None, **kwargs):
     with EvaluationPool(backend, n_jobs=2, **kwargs) as pool:
-        work = pool.workload(problem.search, problem.probe_other, problem.probe_index, ScreenLimits())
-        return pool.screen(work, PROGRAMS)
+        data = pool.attach(problem.search, source)
+        return pool.score(data, PROGRAMS), pool.worker_loads(), data
 
 
-def same(a, b):
-    assert [o.reason for o in a] == [o.reason for o in b]
-    for x, y in zip(a, b):
-        assert x.hash == y.hash
-        if x.scores is not None:
-            np.testing.assert_allclose(x.scores, y.scores, rtol=1e-6)
-            np.testing.assert_allclose(x.probe, y.probe, rtol=1e-6)
+def identical(a, b):
+    for (x, fx), (y, fy) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)  # bit-identical, NaN where the program failed
+        assert fx == fy
 
 
 @pytest.fixture(scope="module")
 def serial(problem):
-    return outcomes("serial", problem)
+    return scores("serial", problem)[0]
 
 
-def test_serial_outcomes_have_the_expected_reasons(serial):
-    assert [o.reason for o in serial] == [None, None, "constant", "input_independent", "missing_stat", None]
+def test_serial_scores_are_the_evaluator_on_the_whole_set(problem, serial):
+    stacked = StackedStats(problem.search)
+    identical(serial, [evaluate_stacked(p, stacked) for p in PROGRAMS])
+    assert serial[4][1] == {"missing_stat": len(problem.search)}
 
 
-def test_threading_equals_loky_equals_serial(problem, serial):
-    same(outcomes("threading", problem), serial)
-    same(outcomes("loky", problem), serial)
+def test_threading_and_loky_shards_give_bit_identical_scores(problem, serial, spilled):
+    identical(scores("threading", problem)[0], serial)
+    identical(scores("loky", problem, spilled)[0], serial)
 
 
-def test_dask_local_cluster_gives_the_same_outcomes(problem, serial):
-    if importlib.util.find_spec("distributed") is None:
-        pytest.skip("dask backend needs the optional 'distributed' package (pip install 'emq[dask]')")
-    same(outcomes("dask", problem), serial)
+@needs_dask
+def test_dask_local_cluster_gives_bit_identical_scores(problem, serial, spilled):
+    identical(scores("dask", problem, spilled)[0], serial)
+
+
+def test_each_loky_worker_loads_only_its_shard_once(problem, spilled):
+    with EvaluationPool("loky", n_jobs=2) as pool:
+        data = pool.attach(source=spilled)
+        for _ in range(3):
+            pool.score(data, PROGRAMS)
+        loads = pool.worker_loads()
+    assert [sum(n for _, n in worker) for worker in loads] == [b - a for a, b in shard_bounds(spilled.n, 2)]
+    for worker, shard in zip(loads, data.shards):
+        assert all(token.startswith(shard.source.token) for token, _ in worker)
+
+
+@needs_dask
+def test_each_dask_worker_loads_only_its_shard_once(problem, spilled):
+    with EvaluationPool("dask", n_jobs=2) as pool:
+        data = pool.attach(source=spilled)
+        for _ in range(3):
+            pool.score(data, PROGRAMS)
+        loads = pool.worker_loads()
+    assert sorted(sum(n for _, n in worker) for worker in loads) == sorted(b - a for a, b in shard_bounds(spilled.n, 2))
+
+
+def test_streaming_under_a_memory_bound_gives_the_same_scores(problem, serial, spilled):
+    per_network = spilled.nbytes() // spilled.n
+    with EvaluationPool("loky", n_jobs=2, max_shard_bytes=3 * per_network) as pool:
+        data = pool.attach(source=spilled)
+        identical(pool.score(data, PROGRAMS), serial)
+        identical(pool.score(data, PROGRAMS), serial)
+        loads = pool.worker_loads()
+    # Nothing kept: each call reads the shard again, in pieces of at most 3 networks.
+    assert all(n <= 3 for worker in loads for _, n in worker)
+    assert sum(n for worker in loads for _, n in worker) == 2 * spilled.n
+
+
+def test_score_takes_a_file_source_directly(problem, serial, spilled):
+    with EvaluationPool("serial") as pool:
+        identical(pool.score(spilled, PROGRAMS), serial)
+
+
+def test_shards_are_contiguous_and_cover_every_candidate():
+    assert shard_bounds(17, 2) == [(0, 8), (8, 17)] or shard_bounds(17, 2) == [(0, 9), (9, 17)]
+    assert shard_bounds(3, 8) == [(0, 1), (1, 2), (2, 3)]
+    assert shard_bounds(0, 2) == []
+    for n, k in [(160, 2), (500, 3), (7, 7)]:
+        bounds = shard_bounds(n, k)
+        assert bounds[0][0] == 0 and bounds[-1][1] == n and all(a < b for a, b in bounds)
+        assert all(b1 == a2 for (_, b1), (a2, _) in zip(bounds, bounds[1:]))
+
+
+def test_search_results_are_identical_on_serial_and_loky(problem, tmp_path):
+    config = SearchConfig(population=12, generations=3, seed=1, probe_size=6, hof_size=3, targets=("test_acc",))
+
+    def run(backend):
+        with EvaluationPool(backend, n_jobs=2) as pool:
+            result = run_search(problem.search, problem.probe_other, problem.truth, config, tmp_path / backend,
+                                pool=pool, progress=False, probe_index=problem.probe_index)
+        log = [{k: v for k, v in row.items() if k not in ("seconds", "time", "programs_per_s")} for row in result.log]
+        return [(h["formula"], h["fitness"]) for h in result.hall_of_fame], log
+
+    assert run("loky") == run("serial")
 
 
 def test_ray_backend_fails_clearly_when_ray_is_missing():
@@ -68,36 +134,6 @@ def test_ray_backend_fails_clearly_when_ray_is_missing():
         pytest.skip("ray is installed")
     with pytest.raises(BackendUnavailableError, match="pip install"):
         EvaluationPool("ray")
-
-
-def test_statistics_are_loaded_once_per_worker(problem, monkeypatch):
-    loads = []
-    original = StatsSource.load
-    monkeypatch.setattr(StatsSource, "load", lambda self: loads.append(self.token) or original(self))
-    with EvaluationPool("threading", n_jobs=2) as pool:
-        work = pool.workload(problem.search, problem.probe_other, problem.probe_index, ScreenLimits())
-        for _ in range(3):
-            pool.screen(work, PROGRAMS)
-    assert sorted(loads) == sorted({work.search.token, work.probe_other.token})
-
-
-def test_score_matches_proxy_scores_from_spilled_files(problem, tmp_path):
-    source = StatsSource.spill(problem.search, tmp_path / "spill")
-    assert source.n == len(problem.search) and all(p.endswith(".pt") for p in source.paths)
-    proxies = [Proxy.from_formula(f) for f in PROGRAMS[:2]]
-    with EvaluationPool("loky", n_jobs=2) as pool:
-        results = pool.score(source, proxies)
-    for proxy, (scores, failures) in zip(proxies, results):
-        expected, expected_failures = proxy_scores(proxy, problem.search)
-        np.testing.assert_allclose(scores, expected, rtol=1e-5)
-        assert failures == expected_failures
-
-
-def test_programs_travel_as_json_or_formula_text():
-    proxy = Proxy.from_formula(PROGRAMS[1])
-    text = program_text(proxy)
-    assert text.startswith("{") and parse_program(text).canonical_hash() == proxy.canonical_hash()
-    assert parse_program(PROGRAMS[1]).canonical_hash() == proxy.canonical_hash()
 
 
 def test_worker_device_is_cpu_without_cuda_and_honours_an_explicit_choice():
@@ -112,3 +148,14 @@ def test_worker_device_is_cpu_without_cuda_and_honours_an_explicit_choice():
 def test_unknown_backend_lists_the_valid_ones():
     with pytest.raises(ValueError, match="loky"):
         EvaluationPool("mpi")
+
+
+def _leak_limit():
+    from joblib.externals.loky import process_executor
+
+    return process_executor._MAX_MEMORY_LEAK_SIZE
+
+
+def test_loky_workers_keep_a_large_shard_instead_of_restarting_as_if_it_leaked():
+    with EvaluationPool("loky", n_jobs=1) as pool:
+        assert pool._executor(0).submit(_leak_limit).result() == float("inf")

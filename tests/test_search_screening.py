@@ -8,8 +8,8 @@ from emq.proxy import Proxy
 from primitives import OPS, Op, get_op
 from emq.evaluate import StackedStats
 from search.screening import (
-    CONSTANT, INPUT_INDEPENDENT, MISSING_STAT, NONFINITE, OVER_SIZE, OVER_TIME, ScreenInputs, ScreenLimits,
-    rejection_table, screen_and_score,
+    CONSTANT, INPUT_INDEPENDENT, MISSING_STAT, NONFINITE, OVER_SIZE, OVER_TIME, SELF_CANCELLING, ScreenInputs,
+    ScreenLimits, rejection_table, score_outcome, screen_and_score, screen_probe,
 )
 from search.synthetic import synthetic_problem
 
@@ -44,8 +44,35 @@ def test_size_count_over_varying_architectures_is_input_independent():
     assert screen("sum_layers(l2(mul(grad, weight)))", inputs) is None
 
 
-def test_self_difference_is_rejected_as_constant(inputs):
-    assert screen("sum_layers(mean(sub(weight, weight)))", inputs) == CONSTANT
+def test_self_difference_is_rejected_as_self_cancelling_before_any_evaluation(inputs, monkeypatch):
+    import search.screening as screening
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("a self-cancelling program was evaluated")
+
+    monkeypatch.setattr(screening, "evaluate_stacked", no_evaluation)
+    out = screen_and_score(Proxy.from_formula("sum_layers(mean(sub(weight, weight)))"), inputs)
+    assert out.reason == SELF_CANCELLING and out.detail["subterm"] == "sub(weight, weight)"
+
+
+def test_constant_scores_are_rejected_as_constant(inputs):
+    assert screen("sum_layers(numel(weight))", inputs) == CONSTANT
+
+
+def test_probe_screen_then_full_scores_equal_screen_and_score(inputs):
+    from emq.evaluate import evaluate_stacked
+
+    for formula in ["sum_layers(s_mul(mean(hessian_diag), sum(square(quant_error))))", "sum_layers(numel(weight))",
+                    "mean_layers(l2(mul(abs(grad), weight)))"]:
+        proxy = Proxy.from_formula(formula)
+        whole = screen_and_score(proxy, inputs)
+        split = screen_probe(proxy, inputs.probe_inputs)
+        if split.reason is None:  # what the search does: probe here, the search set in the pool
+            split = score_outcome(split, *evaluate_stacked(proxy, inputs.search))
+        assert split.reason == whole.reason
+        assert (split.scores is None) == (whole.scores is None)
+        if whole.scores is not None:
+            assert (split.scores == whole.scores).all() and (split.probe == whole.probe).all()
 
 
 def test_overflowing_program_is_rejected_as_nonfinite(inputs):
