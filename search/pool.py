@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from emq.errors import EMQUserError
-from emq.evaluate import StackedStats, evaluate_stacked
+from emq.evaluate import BLOCK, StackedStats, evaluate_stacked
 from emq.proxy import Proxy
 from emq.stats import NetworkStats
 from emq.stats_cache import read_stats, write_stats
@@ -139,12 +139,19 @@ class Shard:
     claim_dir: str | None = None  # where workers claim GPU slots (round-robin)
     parent_pid: int | None = None  # local worker processes exit when this process is gone
     max_bytes: int | None = None  # stream the shard in pieces of at most this many bytes instead of keeping it
+    block: int = BLOCK  # the evaluator's stacking block: shards and pieces are whole blocks
 
 
-def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
-    """Return `shards` contiguous, near-equal, non-empty [start, stop) ranges covering n candidates (fewer if n is small)."""
-    k = max(1, min(shards, n))
-    cuts = [round(i * n / k) for i in range(k + 1)]
+def shard_bounds(n: int, shards: int, block: int = BLOCK) -> list[tuple[int, int]]:
+    """Return at most `shards` contiguous, near-equal, non-empty [start, stop) ranges covering n candidates.
+
+    Cuts fall on multiples of `block` (the evaluator's stacking block), so every
+    candidate is stacked with the same neighbours whatever the number of shards:
+    scores are bit-identical between backends and worker counts.
+    """
+    blocks = -(-n // block)
+    k = max(1, min(shards, blocks))
+    cuts = [min(n, round(i * blocks / k) * block) for i in range(k + 1)]
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
@@ -206,20 +213,24 @@ def _claim_slot(claim_dir: str | None) -> int:
             slot += 1
 
 
-def _stack_pieces(source: StatsSource, device: str, piece: int) -> Iterator[tuple[int, StackedStats]]:
-    """Yield (offset, stacked statistics) of consecutive pieces of `piece` candidates of `source`."""
-    for a, b in shard_bounds(source.n, -(-source.n // piece)):
-        yield a, StackedStats(source.part(a, b).load(), device)
+def _stack_pieces(source: StatsSource, device: str, piece: int, block: int) -> Iterator[tuple[int, StackedStats]]:
+    """Yield (offset, stacked statistics) of consecutive pieces of about `piece` candidates of `source`.
+
+    Pieces are whole stacking blocks (see `shard_bounds`), so they stack exactly as one large set would.
+    """
+    size = max(block, piece // block * block)
+    for a in range(0, source.n, size):
+        yield a, StackedStats(source.part(a, min(source.n, a + size)).load(), device, block=block)
 
 
-def _resident(source: StatsSource, device: str) -> list[tuple[int, StackedStats]]:
-    key = (source.token, device)
+def _resident(source: StatsSource, device: str, block: int) -> list[tuple[int, StackedStats]]:
+    key = (source.token, device, block)
     with _LOCK:
         if key in _SHARDS:
             _SHARDS.move_to_end(key)
             return _SHARDS[key]
         # Loaded and stacked in pieces, so the transient file copies stay one piece, not a second shard.
-        pieces = list(_stack_pieces(source, device, LOAD_PIECE))
+        pieces = list(_stack_pieces(source, device, LOAD_PIECE, block))
         _SHARDS[key] = pieces
         while len(_SHARDS) > MAX_SHARDS:
             _SHARDS.popitem(last=False)
@@ -229,14 +240,14 @@ def _resident(source: StatsSource, device: str) -> list[tuple[int, StackedStats]
 def _pieces(shard: Shard, device: str) -> Iterator[tuple[int, StackedStats]]:
     source = shard.source
     if shard.max_bytes is None or source.n == 0:
-        yield from _resident(source, device)
+        yield from _resident(source, device, shard.block)
         return
     per_candidate = max(1, source.nbytes() // source.n)
     if per_candidate * source.n <= shard.max_bytes:
-        yield from _resident(source, device)
+        yield from _resident(source, device, shard.block)
         return
     # Over the bound: read it again on every call, one piece at a time (the previous piece is freed first).
-    yield from _stack_pieces(source, device, max(1, shard.max_bytes // per_candidate))
+    yield from _stack_pieces(source, device, max(1, shard.max_bytes // per_candidate), shard.block)
 
 
 @contextlib.contextmanager
@@ -367,11 +378,15 @@ class Scoring:
 
 
 class EvaluationPool:
-    """Scorer of programs on candidates sharded over workers; use as a context manager (or call `close`)."""
+    """Scorer of programs on candidates sharded over workers; use as a context manager (or call `close`).
+
+    Shards are whole stacking blocks of `block` candidates (`emq.evaluate.BLOCK`), so a
+    candidate's score is bit-identical whatever the backend and number of workers.
+    """
 
     def __init__(self, backend: str = "loky", n_jobs: int | None = None, scheduler: str | None = None,
                  device: str | None = None, spill_dir: str | Path | None = None,
-                 max_shard_bytes: int | None = None) -> None:
+                 max_shard_bytes: int | None = None, block: int = BLOCK) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if max_shard_bytes is not None and max_shard_bytes < 1:
@@ -381,6 +396,7 @@ class EvaluationPool:
         self.scheduler = scheduler
         self.device = device
         self.max_shard_bytes = max_shard_bytes
+        self.block = block
         self._tmp = tempfile.TemporaryDirectory(prefix="emq-pool-", dir=spill_dir)
         self.claim_dir = str(Path(self._tmp.name) / "gpu-claims")
         # loky workers are this process's children: they watch it and exit with it (see watch_parent).
@@ -429,9 +445,9 @@ class EvaluationPool:
             src = StatsSource.spill(stats_list, Path(self._tmp.name) / f"spill-{self._spills}")
         else:
             raise ValueError("attach needs statistics or a source")
-        shard = Shard(src, self.device, self.claim_dir, self.parent_pid, self.max_shard_bytes)
+        shard = Shard(src, self.device, self.claim_dir, self.parent_pid, self.max_shard_bytes, self.block)
         return ShardedStats(src, tuple(replace(shard, source=src.part(a, b))
-                                       for a, b in shard_bounds(src.n, self.n_shards)))
+                                       for a, b in shard_bounds(src.n, self.n_shards, self.block)))
 
     def detach(self, data: ShardedStats) -> None:
         """Forget an attached set's in-process registration (file shards stay with the workers until they exit)."""

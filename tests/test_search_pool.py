@@ -25,6 +25,10 @@ needs_dask = pytest.mark.skipif(importlib.util.find_spec("distributed") is None,
                                 reason="dask backend needs the optional 'distributed' package (pip install 'emq[dask]')")
 
 
+#: A small stacking block, so the 17 test networks make several blocks (shards are whole blocks).
+BLOCK = 4
+
+
 @pytest.fixture(scope="module")
 def problem():
     return synthetic_problem(n_search=17, n_heldout=0, probe_size=6)
@@ -36,7 +40,7 @@ def spilled(problem, tmp_path_factory):
 
 
 def scores(backend: str, problem, source=None, **kwargs):
-    with EvaluationPool(backend, n_jobs=2, **kwargs) as pool:
+    with EvaluationPool(backend, n_jobs=2, block=BLOCK, **kwargs) as pool:
         data = pool.attach(problem.search, source)
         return pool.score(data, PROGRAMS), pool.worker_loads(), data
 
@@ -53,7 +57,7 @@ def serial(problem):
 
 
 def test_serial_scores_are_the_evaluator_on_the_whole_set(problem, serial):
-    stacked = StackedStats(problem.search)
+    stacked = StackedStats(problem.search, block=BLOCK)
     identical(serial, [evaluate_stacked(p, stacked) for p in PROGRAMS])
     assert serial[4][1] == {"missing_stat": len(problem.search)}
 
@@ -69,58 +73,60 @@ def test_dask_local_cluster_gives_bit_identical_scores(problem, serial, spilled)
 
 
 def test_each_loky_worker_loads_only_its_shard_once(problem, spilled):
-    with EvaluationPool("loky", n_jobs=2) as pool:
+    with EvaluationPool("loky", n_jobs=2, block=BLOCK) as pool:
         data = pool.attach(source=spilled)
         for _ in range(3):
             pool.score(data, PROGRAMS)
         loads = pool.worker_loads()
-    assert [sum(n for _, n in worker) for worker in loads] == [b - a for a, b in shard_bounds(spilled.n, 2)]
+    assert [sum(n for _, n in worker) for worker in loads] == [b - a for a, b in shard_bounds(spilled.n, 2, BLOCK)]
     for worker, shard in zip(loads, data.shards):
         assert all(token.startswith(shard.source.token) for token, _ in worker)
 
 
 @needs_dask
 def test_each_dask_worker_loads_only_its_shard_once(problem, spilled):
-    with EvaluationPool("dask", n_jobs=2) as pool:
+    with EvaluationPool("dask", n_jobs=2, block=BLOCK) as pool:
         data = pool.attach(source=spilled)
         for _ in range(3):
             pool.score(data, PROGRAMS)
         loads = pool.worker_loads()
-    assert sorted(sum(n for _, n in worker) for worker in loads) == sorted(b - a for a, b in shard_bounds(spilled.n, 2))
+    assert sorted(sum(n for _, n in worker) for worker in loads) == sorted(b - a for a, b in shard_bounds(spilled.n, 2, BLOCK))
 
 
 def test_streaming_under_a_memory_bound_gives_the_same_scores(problem, serial, spilled):
     per_network = spilled.nbytes() // spilled.n
-    with EvaluationPool("loky", n_jobs=2, max_shard_bytes=3 * per_network) as pool:
+    with EvaluationPool("loky", n_jobs=2, block=BLOCK, max_shard_bytes=3 * per_network) as pool:
         data = pool.attach(source=spilled)
         identical(pool.score(data, PROGRAMS), serial)
         identical(pool.score(data, PROGRAMS), serial)
         loads = pool.worker_loads()
-    # Nothing kept: each call reads the shard again, in pieces of at most 3 networks.
-    assert all(n <= 3 for worker in loads for _, n in worker)
+    # Nothing kept: each call reads the shard again, in pieces of one block (the bound is under a block).
+    assert all(n <= BLOCK for worker in loads for _, n in worker)
     assert sum(n for worker in loads for _, n in worker) == 2 * spilled.n
 
 
 def test_score_takes_a_file_source_directly(problem, serial, spilled):
-    with EvaluationPool("serial") as pool:
+    with EvaluationPool("serial", block=BLOCK) as pool:
         identical(pool.score(spilled, PROGRAMS), serial)
 
 
-def test_shards_are_contiguous_and_cover_every_candidate():
-    assert shard_bounds(17, 2) == [(0, 8), (8, 17)] or shard_bounds(17, 2) == [(0, 9), (9, 17)]
-    assert shard_bounds(3, 8) == [(0, 1), (1, 2), (2, 3)]
+def test_shards_are_contiguous_whole_blocks_covering_every_candidate():
+    assert shard_bounds(17, 2, 4) == [(0, 8), (8, 17)]
+    assert shard_bounds(3, 8, 1) == [(0, 1), (1, 2), (2, 3)]
+    assert shard_bounds(3, 8, 32) == [(0, 3)]
     assert shard_bounds(0, 2) == []
-    for n, k in [(160, 2), (500, 3), (7, 7)]:
-        bounds = shard_bounds(n, k)
+    for n, k, block in [(160, 2, 32), (500, 3, 32), (7, 7, 1), (100, 3, 8)]:
+        bounds = shard_bounds(n, k, block)
         assert bounds[0][0] == 0 and bounds[-1][1] == n and all(a < b for a, b in bounds)
         assert all(b1 == a2 for (_, b1), (a2, _) in zip(bounds, bounds[1:]))
+        assert all(a % block == 0 for a, _ in bounds)
 
 
 def test_search_results_are_identical_on_serial_and_loky(problem, tmp_path):
     config = SearchConfig(population=12, generations=3, seed=1, probe_size=6, hof_size=3, targets=("test_acc",))
 
     def run(backend):
-        with EvaluationPool(backend, n_jobs=2) as pool:
+        with EvaluationPool(backend, n_jobs=2, block=BLOCK) as pool:
             result = run_search(problem.search, problem.probe_other, problem.truth, config, tmp_path / backend,
                                 pool=pool, progress=False, probe_index=problem.probe_index)
         log = [{k: v for k, v in row.items() if k not in ("seconds", "time", "programs_per_s")} for row in result.log]
