@@ -16,6 +16,7 @@ value, and the fitness code reports it as a degenerate (constant) scorer.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -254,6 +255,59 @@ def jacov(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: Baseli
     eig = torch.linalg.eigvalsh(corr)
     k = 1e-5
     return float(-torch.sum(torch.log(eig + k) + 1.0 / (eig + k)))
+
+
+#: Zen-score's perturbation scale (Lin et al. 2021, alpha).
+ZEN_ALPHA = 0.01
+
+
+@register_baseline("zen", ("nas",), doc="Zen-score (Lin et al. ICCV 2021): log E|f(x) - f(x + a e)| of the pre-pooling "
+                   "features of the Gaussian-initialised network, plus sum over BatchNorms of log sqrt(mean variance)")
+def zen(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: BaselineContext) -> float:
+    """Return Zen-score on a private copy: every conv/linear weight ~ N(0, 1), BatchNorm on batch statistics.
+
+    The score is data-free (Gaussian inputs of the batch's shape, seeded by the
+    context's seed). f is the input of the last global pooling (else of the last
+    linear layer); each BatchNorm adds log sqrt(mean over channels of its batch
+    variance), which undoes the normalisation's rescaling of the expressivity term.
+    """
+    model = copy.deepcopy(net).to(ctx.device)
+    gen = torch.Generator(device="cpu").manual_seed(ctx.seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen))
+                if module.bias is not None:
+                    module.bias.zero_()
+    model.train()
+    pools = [m for m in model.modules() if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AvgPool2d))]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    target = pools[-1] if pools else (linears[-1] if linears else None)
+    if target is None:
+        return math.nan
+    features: list[torch.Tensor] = []
+    bn_logs: list[torch.Tensor] = []
+
+    def grab(_module: nn.Module, args: tuple, _output: torch.Tensor) -> None:
+        features.append(args[0].detach())
+
+    def bn_scale(_module: nn.Module, args: tuple, _output: torch.Tensor) -> None:
+        x = args[0].detach().to(torch.float64)
+        dims = [d for d in range(x.ndim) if d != 1]
+        bn_logs.append(torch.log(torch.sqrt(x.var(dim=dims, unbiased=False).mean())))
+
+    x = torch.randn(batch.inputs.shape, generator=gen).to(ctx.device)
+    noise = torch.randn(batch.inputs.shape, generator=gen).to(ctx.device)
+    handles = [target.register_forward_hook(grab)]
+    with torch.no_grad():
+        network_logits(model, x + ZEN_ALPHA * noise)
+        handles += [m.register_forward_hook(bn_scale) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        network_logits(model, x)
+    for h in handles:
+        h.remove()
+    perturbed, clean = features
+    delta = (clean - perturbed).to(torch.float64).abs().reshape(clean.shape[0], -1).sum(dim=1).mean()
+    return float(torch.log(delta) + sum(bn_logs, torch.zeros((), dtype=torch.float64)))
 
 
 @register_baseline("grasp", doc="GraSP (Wang et al. 2020): sum over weights of -W * (H g)")

@@ -254,3 +254,37 @@ def test_family_mismatch_is_an_error_naming_applicable_baselines(tmp_path):
     bench.family = "vit"
     with pytest.raises(ValueError, match="do not apply.*applicable: .*snip"):
         baseline_scores(bench, ["bit_sum"], StatsConfig(batch_size=8), progress=False, cache_root=tmp_path)
+
+
+class _TinyCNN(nn.Module):
+    """Conv-BN-ReLU twice, global pooling, linear head; `ignore_input` zeroes the input (a degenerate cell)."""
+
+    def __init__(self, ignore_input: bool = False) -> None:
+        super().__init__()
+        self.ignore_input = ignore_input
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ignore_input:
+            x = torch.zeros_like(x)
+        return self.head(self.pool(self.body(x)).flatten(1))
+
+
+def test_zen_score_is_finite_seeded_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    net = _TinyCNN().eval()
+    before = copy.deepcopy(net.state_dict())
+    batch = Batch(torch.randn(6, 3, 8, 8), torch.zeros(6, dtype=torch.long), "test", 0)
+    ctx = BaselineContext(torch.device("cpu"), 0, None)
+    score = get_baseline("zen").fn(net, batch, None, ctx)
+    assert math.isfinite(score)
+    assert get_baseline("zen").fn(net, batch, None, ctx) == score
+    assert not net.training and all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    wider = _TinyCNN()
+    wider.body[3] = nn.Conv2d(8, 8, 3, padding=1)  # same shape: the score depends on the structure, not the weights
+    assert get_baseline("zen").fn(wider, batch, None, ctx) == pytest.approx(score)
+    # a network whose output ignores its input has no expressivity: log 0 ranks it last
+    assert get_baseline("zen").fn(_TinyCNN(ignore_input=True), batch, None, ctx) == -math.inf
