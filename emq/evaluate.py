@@ -43,109 +43,142 @@ if TYPE_CHECKING:  # the Proxy class evaluates through this module
 
 #: Entries one intermediate tensor of a piece of candidates may hold (bounds memory, keeps pieces in cache).
 CHUNK_ELEMENTS = 1 << 20
-#: Candidates per stacking block: shards made of whole blocks score bit-identically to the whole set.
-BLOCK = 32
+#: Fewest and most candidates per stacking block (see `block_for`).
+MIN_BLOCK, MAX_BLOCK = 32, 256
+
+
+def block_for(n: int) -> int:
+    """Return the stacking block of a set of `n` candidates: a power of two in [MIN_BLOCK, MAX_BLOCK], n / 8 or less.
+
+    Larger blocks stack more networks per op (architectures of different shapes share
+    the columns of their common layers); at least 8 blocks keep the shards of a pool
+    balanced. A shard made of whole blocks scores bit-identically to the whole set, so
+    the block is a function of the whole set's size, passed to the shards' stacks.
+    """
+    block = MIN_BLOCK
+    while block * 2 <= min(MAX_BLOCK, n // 8):
+        block *= 2
+    return block
 #: Fewest networks in a piece (a lone network is computed as a piece of two copies, see `_call`).
 MIN_BATCH = 2
 Value = tuple[torch.Tensor, bool]  # (tensor, batched: has the leading candidate dimension)
 
 
 @dataclass
-class _Group:
-    """Candidates with the same layers, statistics and shapes."""
+class _Column:
+    """One layer (same name, statistics and shapes) of the candidates of a block that have it, stacked."""
 
-    index: np.ndarray  # positions in the original list
-    layers: list[str]
-    stat_names: dict[str, frozenset[str]]
-    tensors: dict[str, dict[str, Value]]
-    params: Value  # per-layer parameter counts, [C, L] batched or [L]
+    name: str
+    members: np.ndarray  # block-local indices of the candidates having this layer, ascending
+    stat_names: frozenset[str]
+    tensors: dict[str, Value]
+    params: torch.Tensor  # [m] float64: the layer's parameter count in each member
+
+
+@dataclass
+class _Block:
+    """Up to `block` consecutive candidates: their layers as columns, and each candidate's layers in order."""
+
+    index: np.ndarray  # positions (in the whole list) of the block's candidates
+    columns: list[_Column]
+    #: per candidate: (column, row in the column) of each of its layers, in the candidate's layer order
+    layout: list[list[tuple[int, int]]]
 
 
 class StackedStats:
-    """Statistics of many networks, stacked per (layer, statistic) along a leading candidate dimension.
+    """Statistics of many networks, stacked per layer along a leading candidate dimension.
 
-    Candidates are stacked in blocks of `block` consecutive positions (and, within a
-    block, by layout). A block is computed the same way whichever other blocks sit
-    beside it, so a shard made of whole blocks gives bit-identical scores to the whole
-    set: torch's vectorised kernels round an entry differently depending on where it
-    sits in a tensor, so a candidate must sit at the same place in every run.
+    Candidates are stacked in blocks of `block` consecutive positions (default
+    `block_for(len(stats_list))`). Within a block,
+    each layer (name, statistics, shapes) is one column holding the candidates that
+    have it, so networks of different architectures (NAS-Bench-201 cells, ViT subnets)
+    share the columns of their common layers instead of each being evaluated alone.
+    A block is computed the same way whichever other blocks sit beside it, so a shard
+    made of whole blocks gives bit-identical scores to the whole set: torch's
+    vectorised kernels round an entry differently depending on where it sits in a
+    tensor, so a candidate must sit at the same place in every run.
     """
 
     def __init__(self, stats_list: Sequence[NetworkStats], device: str | torch.device | None = None,
                  chunk_elements: int = CHUNK_ELEMENTS, block: int | None = None) -> None:
         self.n = len(stats_list)
         self.chunk_elements = chunk_elements
-        self.block = BLOCK if block is None else block
+        self.block = block_for(self.n) if block is None else block
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        by_layout: dict[tuple, list[int]] = {}
-        for i, s in enumerate(stats_list):
-            by_layout.setdefault((i // self.block, _layout(s)), []).append(i)
-        self.groups = [self._stack([stats_list[i] for i in idx], np.array(idx)) for idx in by_layout.values()]
+        self.blocks = [self._stack(stats_list[a:a + self.block], np.arange(a, min(self.n, a + self.block)))
+                       for a in range(0, self.n, self.block)]
 
-    def _stack(self, items: list[NetworkStats], index: np.ndarray) -> _Group:
-        first = items[0]
-        single = len(items) == 1
-        layers = list(first.layers)
-        tensors: dict[str, dict[str, Value]] = {}
-        for layer in layers:
-            tensors[layer] = {}
-            for stat, t0 in first.layers[layer].items():
-                column = [s.layers[layer][stat] for s in items]
-                if single or all(t is t0 or (t.dtype == t0.dtype and torch.equal(t, t0)) for t in column[1:]):
-                    tensors[layer][stat] = (t0.to(self.device), False)
+    def _stack(self, items: Sequence[NetworkStats], index: np.ndarray) -> _Block:
+        by_key: dict[tuple, list[int]] = {}
+        for k, s in enumerate(items):
+            for layer, d in s.layers.items():
+                by_key.setdefault((layer, tuple(sorted((n, tuple(t.shape)) for n, t in d.items()))), []).append(k)
+        columns: list[_Column] = []
+        where: dict[tuple[str, int], tuple[int, int]] = {}
+        for (layer, _), members in by_key.items():
+            first = items[members[0]].layers[layer]
+            tensors: dict[str, Value] = {}
+            for stat, t0 in first.items():
+                column = [items[k].layers[layer][stat] for k in members]
+                if len(members) > 1 and all(t is t0 or (t.dtype == t0.dtype and torch.equal(t, t0))
+                                            for t in column[1:]):
+                    tensors[stat] = (t0.to(self.device), False)  # equal in every member: computed once
                 else:
                     dtype = t0.dtype if all(t.dtype == t0.dtype for t in column) else torch.float32
-                    tensors[layer][stat] = (torch.stack([t.to(dtype) for t in column]).to(self.device), True)
-        rows = [[float(s.params.get(name, 0)) for name in layers] for s in items]
-        if single or all(r == rows[0] for r in rows[1:]):
-            params: Value = (torch.tensor(rows[0], dtype=torch.float64, device=self.device), False)
-        else:
-            params = (torch.tensor(rows, dtype=torch.float64, device=self.device), True)
-        stat_names = {layer: frozenset(first.layers[layer]) for layer in layers}
-        return _Group(index, layers, stat_names, tensors, params)
+                    tensors[stat] = (torch.stack([t.to(dtype) for t in column]).to(self.device), True)
+            params = torch.tensor([float(items[k].params.get(layer, 0)) for k in members], dtype=torch.float64,
+                                  device=self.device)
+            for row, k in enumerate(members):
+                where[(layer, k)] = (len(columns), row)
+            columns.append(_Column(layer, np.array(members), frozenset(first), tensors, params))
+        layout = [[where[(layer, k)] for layer in s.layers] for k, s in enumerate(items)]
+        return _Block(index, columns, layout)
 
     def subset(self, positions: Sequence[int]) -> "StackedStats":
-        """Return the stacked statistics of some candidates (by position), sharing storage where possible."""
+        """Return the stacked statistics of some candidates (by position), keeping their blocks' stacking."""
         out = StackedStats.__new__(StackedStats)
         out.n = len(positions)
         out.chunk_elements = self.chunk_elements
         out.block = self.block
         out.device = self.device
-        out.groups = []
-        where = {int(p): k for k, p in enumerate(positions)}
-        for g in self.groups:
-            local = [j for j, i in enumerate(g.index) if int(i) in where]
-            if not local:
+        out.blocks = []
+        new_position = {int(p): k for k, p in enumerate(positions)}
+        for blk in self.blocks:
+            keep = [k for k, i in enumerate(blk.index) if int(i) in new_position]
+            if not keep:
                 continue
-            sel = torch.tensor(local, device=self.device)
-            take = (lambda v: (v[0].index_select(0, sel), True) if v[1] else v)
-            out.groups.append(_Group(
-                index=np.array([where[int(g.index[j])] for j in local]),
-                layers=g.layers, stat_names=g.stat_names,
-                tensors={layer: {s: take(v) for s, v in d.items()} for layer, d in g.tensors.items()},
-                params=take(g.params),
-            ))
+            local = {k: j for j, k in enumerate(keep)}
+            columns: list[_Column] = []
+            renumber: dict[int, int] = {}
+            rows: dict[int, dict[int, int]] = {}
+            for c, col in enumerate(blk.columns):
+                chosen = [r for r, k in enumerate(col.members) if int(k) in local]
+                if not chosen:
+                    continue
+                sel = torch.tensor(chosen, device=self.device)
+                renumber[c] = len(columns)
+                rows[c] = {r: j for j, r in enumerate(chosen)}
+                columns.append(_Column(col.name, np.array([local[int(col.members[r])] for r in chosen]),
+                                       col.stat_names,
+                                       {s: ((t.index_select(0, sel), True) if b else (t, False))
+                                        for s, (t, b) in col.tensors.items()},
+                                       col.params.index_select(0, sel)))
+            layout = [[(renumber[c], rows[c][r]) for c, r in blk.layout[k]] for k in keep]
+            out.blocks.append(_Block(np.array([new_position[int(blk.index[k])] for k in keep]), columns, layout))
         return out
 
     def total_params(self) -> np.ndarray:
         """Return each network's parameter count (the sum over its layers), in position order."""
         out = np.zeros(self.n, dtype=np.float64)
-        for g in self.groups:
-            values, batched = g.params
-            out[g.index] = values.sum(-1).cpu().numpy() if batched else float(values.sum())
+        for blk in self.blocks:
+            for k, layers in enumerate(blk.layout):
+                out[blk.index[k]] = float(sum(float(blk.columns[c].params[r]) for c, r in layers))
         return out
 
     def nbytes(self) -> int:
         """Return the bytes held by the stacked tensors."""
-        total = 0
-        for g in self.groups:
-            for d in g.tensors.values():
-                total += sum(t.numel() * t.element_size() for t, _ in d.values())
-        return total
-
-
-def _layout(stats: NetworkStats) -> tuple:
-    return tuple((layer, tuple(sorted((k, tuple(v.shape)) for k, v in d.items()))) for layer, d in stats.layers.items())
+        return sum(t.numel() * t.element_size() for blk in self.blocks for col in blk.columns
+                   for t, _ in col.tensors.values())
 
 
 class _ChunkFailed(Exception):
@@ -192,82 +225,101 @@ def evaluate_stacked(proxy: "Proxy | Node", stacked: StackedStats,
     reasons: list[str | None] = [None] * stacked.n
     plan = _Plan.of(root)
     needed = root.stats()
-    for group in stacked.groups:
-        layers = [layer for layer in group.layers if needed <= group.stat_names[layer]]
-        n = len(group.index)
-        failed: list[str | None] = [None] * n
-        out = None
-        if not layers:
-            failed = ["missing_stat"] * n
-        else:
-            try:
-                out = _run_group(plan, group, layers, needed, failed, dtype, stacked.chunk_elements)
-            except _ChunkFailed:
-                pass
-        for k in range(n):
-            pos = int(group.index[k])
-            reasons[pos] = failed[k]
-            if failed[k] is None and out is not None:
-                scores[pos] = float(out[k])
+    for blk in stacked.blocks:
+        failed: list[str | None] = [None] * len(blk.index)
+        out = _run_block(plan, blk, needed, failed, dtype, stacked.chunk_elements)
+        for k, pos in enumerate(blk.index):
+            reasons[int(pos)] = failed[k]
+            if failed[k] is None:
+                scores[int(pos)] = float(out[k])
     failures = Counter(r for r in reasons if r is not None)
     failures["nonfinite"] += int(np.sum(~np.isfinite(scores))) - sum(failures.values())
     return scores, +failures
 
 
-def _chunks(group: _Group, layer: str, needed: set[str], chunk_elements: int) -> list[tuple[int, int, bool]]:
-    """Return (start, stop, batched) pieces covering the group's candidates for one layer.
+def _chunks(column: _Column, needed: set[str], chunk_elements: int) -> list[tuple[int, int]]:
+    """Return [start, stop) pieces covering a column's members.
 
     Pieces are sized so one intermediate holds about `chunk_elements` entries (at
     least two networks): the chain of ops on a piece stays in cache and memory is
-    bounded. How a piece is computed never depends on how many candidates the stack
-    holds, so a shard of any size gives the same scores.
+    bounded. How a piece is computed depends only on its block, so a shard of whole
+    blocks gives the same scores.
     """
-    n = len(group.index)
-    widths = [t[0].numel() for s, (t, b) in group.tensors[layer].items() if b and s in needed]
+    m = len(column.members)
+    widths = [t[0].numel() for s, (t, b) in column.tensors.items() if b and s in needed]
     if not widths:
-        return [(0, n, True)]  # nothing per-network in this layer: computed once
+        return [(0, m)]  # nothing per-network in this layer: computed once
     size = max(MIN_BATCH, chunk_elements // max(widths))
-    return [(a, min(n, a + size), True) for a in range(0, n, size)]
+    return [(a, min(m, a + size)) for a in range(0, m, size)]
 
 
-def _run_group(plan: _Plan, group: _Group, layers: list[str], needed: set[str], failed: list[str | None],
-               dtype: torch.dtype, chunk_elements: int) -> np.ndarray:
-    n = len(group.index)
-    per_layer: dict[int, list[Value]] = {nid: [] for nid in plan.to_net}
-    for layer in layers:
-        pieces: dict[int, list[Value]] = {nid: [] for nid in plan.to_net}
-        chunks = _chunks(group, layer, needed, chunk_elements)
-        for start, stop, batched in chunks:
-            part = failed[start:stop]
+def _run_block(plan: _Plan, blk: _Block, needed: set[str], failed: list[str | None], dtype: torch.dtype,
+               chunk_elements: int) -> np.ndarray:
+    """Return the block's scores (failures marked in `failed`): per-layer nodes by column, network nodes by layer count."""
+    n = len(blk.index)
+    usable = [c for c, col in enumerate(blk.columns) if needed <= col.stat_names]
+    # Per column and per-layer node read by an aggregation: its value for each member, [m].
+    flat: dict[int, list[torch.Tensor]] = {nid: [] for nid in plan.to_net}
+    offsets: dict[int, int] = {}
+    size = 0
+    for c in usable:
+        col = blk.columns[c]
+        m = len(col.members)
+        part = [failed[int(k)] for k in col.members]
+        pieces: dict[int, list[torch.Tensor]] = {nid: [] for nid in plan.to_net}
+        for start, stop in _chunks(col, needed, chunk_elements):
+            sub = part[start:stop]
             try:
-                values = _run_layer(plan, group.tensors[layer], start, stop, batched, part, dtype, layer)
+                values = _run_layer(plan, col.tensors, start, stop, True, sub, dtype, col.name)
             except _ChunkFailed:
                 values = {nid: (torch.full((stop - start,), math.nan, dtype=dtype), True) for nid in plan.to_net}
-            failed[start:stop] = part
-            for nid, v in values.items():
-                pieces[nid].append(v)
+            part[start:stop] = sub
+            for nid, (t, b) in values.items():
+                pieces[nid].append(t.reshape(-1) if b else t.reshape(()).expand(stop - start))
+        for k, reason in zip(col.members, part):
+            if reason is not None and failed[int(k)] is None:
+                failed[int(k)] = reason
         for nid, parts in pieces.items():
-            if len(parts) == 1:
-                per_layer[nid].append(parts[0])
-            else:
-                sizes = [stop - start for start, stop, _ in chunks]
-                per_layer[nid].append((torch.cat([t.reshape(-1) if b else t.reshape(()).expand(k)
-                                                  for (t, b), k in zip(parts, sizes)]), True))
-    if all(f is not None for f in failed):
-        raise _ChunkFailed
-    params_t, params_b = group.params
-    columns = [group.layers.index(layer) for layer in layers]
-    params: Value = ((params_t[:, columns] if params_b else params_t[columns]).to(dtype), params_b)
+            flat[nid].append(torch.cat(parts) if len(parts) > 1 else parts[0].reshape(m))
+        offsets[c] = size
+        size += m
+    out = np.full(n, np.nan)
+    # Each candidate's layers that carry the statistics, as positions in the flattened columns.
+    rows = [[offsets[c] + r for c, r in blk.layout[k] if c in offsets] for k in range(n)]
+    for k in range(n):
+        if not rows[k] and failed[k] is None:
+            failed[k] = "missing_stat"
+    if not usable:
+        return out
+    values = {nid: torch.cat(parts).to(dtype) for nid, parts in flat.items()}
+    params = torch.cat([blk.columns[c].params for c in usable]).to(dtype)
+    by_count: dict[int, list[int]] = {}
+    for k in range(n):
+        if rows[k] and failed[k] is None:
+            by_count.setdefault(len(rows[k]), []).append(k)
+    for members in by_count.values():  # networks with as many layers are stacked [networks, layers]
+        gather = torch.tensor([rows[k] for k in members], device=params.device)
+        sub = [None] * len(members)
+        try:
+            result = _run_network(plan, {nid: v[gather] for nid, v in values.items()}, params[gather],
+                                  len(members), sub)
+        except _ChunkFailed:
+            result = None
+        for j, k in enumerate(members):
+            failed[k] = sub[j]
+            if sub[j] is None and result is not None:
+                out[k] = result[j]
+    return out
+
+
+def _run_network(plan: _Plan, per_layer: dict[int, torch.Tensor], params: torch.Tensor, n: int,
+                 failed: list[str | None]) -> np.ndarray:
+    """Evaluate the network nodes on `n` networks; `per_layer[nid]` is [n, layers], `params` [n, layers]."""
     net: dict[int, Value] = {}
     for nid in plan.net_nodes:
         op = get_op(plan.nodes[nid].name)
         if op.is_aggregation:
-            parts = per_layer[plan.args[nid][0]]
-            if any(b for _, b in parts):
-                stacked = (torch.stack([t if b else t.expand(n) for t, b in parts], dim=1), True)
-            else:
-                stacked = (torch.stack([t for t, _ in parts]), False)
-            net[nid] = _apply(op.name, [stacked, params], n, failed, "network")
+            net[nid] = _apply(op.name, [(per_layer[plan.args[nid][0]], True), (params, True)], n, failed, "network")
         else:
             net[nid] = _apply(op.name, [net[a] for a in plan.args[nid]], n, failed, "network")
     t, batched = net[plan.output]

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from emq.errors import EMQUserError
-from emq.evaluate import BLOCK, StackedStats, evaluate_stacked
+from emq.evaluate import StackedStats, block_for, evaluate_stacked
 from emq.proxy import Proxy
 from emq.stats import NetworkStats
 from emq.stats_cache import read_stats, write_stats
@@ -139,16 +139,17 @@ class Shard:
     claim_dir: str | None = None  # where workers claim GPU slots (round-robin)
     parent_pid: int | None = None  # local worker processes exit when this process is gone
     max_bytes: int | None = None  # stream the shard in pieces of at most this many bytes instead of keeping it
-    block: int = BLOCK  # the evaluator's stacking block: shards and pieces are whole blocks
+    block: int = 32  # the evaluator's stacking block of the whole set: shards and pieces are whole blocks
 
 
-def shard_bounds(n: int, shards: int, block: int = BLOCK) -> list[tuple[int, int]]:
+def shard_bounds(n: int, shards: int, block: int | None = None) -> list[tuple[int, int]]:
     """Return at most `shards` contiguous, near-equal, non-empty [start, stop) ranges covering n candidates.
 
     Cuts fall on multiples of `block` (the evaluator's stacking block), so every
     candidate is stacked with the same neighbours whatever the number of shards:
     scores are bit-identical between backends and worker counts.
     """
+    block = block or block_for(n)
     blocks = -(-n // block)
     k = max(1, min(shards, blocks))
     cuts = [min(n, round(i * blocks / k) * block) for i in range(k + 1)]
@@ -380,13 +381,14 @@ class Scoring:
 class EvaluationPool:
     """Scorer of programs on candidates sharded over workers; use as a context manager (or call `close`).
 
-    Shards are whole stacking blocks of `block` candidates (`emq.evaluate.BLOCK`), so a
-    candidate's score is bit-identical whatever the backend and number of workers.
+    Shards are whole stacking blocks of `block` candidates (default: `emq.evaluate.block_for`
+    of the set's size), so a candidate's score is bit-identical whatever the backend and
+    number of workers.
     """
 
     def __init__(self, backend: str = "loky", n_jobs: int | None = None, scheduler: str | None = None,
                  device: str | None = None, spill_dir: str | Path | None = None,
-                 max_shard_bytes: int | None = None, block: int = BLOCK) -> None:
+                 max_shard_bytes: int | None = None, block: int | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if max_shard_bytes is not None and max_shard_bytes < 1:
@@ -445,9 +447,10 @@ class EvaluationPool:
             src = StatsSource.spill(stats_list, Path(self._tmp.name) / f"spill-{self._spills}")
         else:
             raise ValueError("attach needs statistics or a source")
-        shard = Shard(src, self.device, self.claim_dir, self.parent_pid, self.max_shard_bytes, self.block)
+        block = self.block or block_for(src.n)
+        shard = Shard(src, self.device, self.claim_dir, self.parent_pid, self.max_shard_bytes, block)
         return ShardedStats(src, tuple(replace(shard, source=src.part(a, b))
-                                       for a, b in shard_bounds(src.n, self.n_shards, self.block)))
+                                       for a, b in shard_bounds(src.n, self.n_shards, block)))
 
     def detach(self, data: ShardedStats) -> None:
         """Forget an attached set's in-process registration (file shards stay with the workers until they exit)."""

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emq.evaluate import BLOCK, StackedStats, evaluate_stacked
+from emq.evaluate import MIN_BLOCK, StackedStats, block_for, evaluate_stacked
 from emq.program import Node, ProxyFormatError, parse_formula
 from emq.proxy import Proxy
 from emq.simplify import simplify
@@ -127,7 +127,7 @@ def test_shards_of_whole_blocks_score_bit_identically():
         a, _ = evaluate_stacked(proxy, whole)
         b = np.concatenate([evaluate_stacked(proxy, s)[0] for s in shards])
         assert np.array_equal(a.astype(np.float32), b.astype(np.float32), equal_nan=True), proxy.formula()
-    assert BLOCK >= 2
+    assert block_for(len(stats)) == MIN_BLOCK and block_for(10_000) == 256
 
 
 def test_limits_refuse_before_work():

@@ -1,4 +1,4 @@
-"""The stacked (vmapped) evaluator gives the same scores and failures as Proxy.evaluate, one network at a time."""
+"""The one evaluator (stacked, vmapped) gives the scores and failures of the definition: a plain per-network recursion."""
 from __future__ import annotations
 
 import random
@@ -10,8 +10,7 @@ import torch
 from torch.func import vmap
 
 from conftest import make_stats
-from emq.proxy import Proxy, ProxyEvaluationError
-from emq.scoring import proxy_scores
+from emq.proxy import Proxy
 from primitives import OPS, Kind, Op, get_op, list_ops
 from emq.evaluate import StackedStats, evaluate_stacked
 from search.generate import Grammar, random_program
@@ -42,15 +41,62 @@ def _coverage_formulas() -> list[str]:
     return out
 
 
+def reference_scores(proxy: Proxy, stats_list, dtype=torch.float32):
+    """Return (scores, failures) by the definition of a program: per network, per layer, then over layers.
+
+    Written independently of emq.evaluate (no stacking, no vmap), as the oracle it is tested against.
+    """
+    scores, failures = [], Counter()
+    needed = proxy.stats_needed
+    for stats in stats_list:
+        layers = [name for name, d in stats.layers.items() if needed <= d.keys()]
+
+        def apply(op, *args):
+            try:
+                out = op.fn(*args)
+            except Exception:
+                raise LookupError(f"op_error:{op.name}") from None
+            if op.output != Kind.T and out.numel() != 1:
+                raise LookupError(f"shape:{op.name}")
+            return out
+
+        def per_layer(node, layer):
+            if node.is_leaf:
+                return stats.layers[layer][node.name].to(dtype)
+            return apply(get_op(node.name), *[per_layer(c, layer) for c in node.children])
+
+        def network(node):
+            op = get_op(node.name)
+            if op.is_aggregation:
+                values = torch.stack([per_layer(node.children[0], layer).reshape(()) for layer in layers])
+                params = torch.tensor([float(stats.params.get(layer, 0)) for layer in layers], dtype=dtype)
+                return apply(op, values, params)
+            return apply(op, *[network(c) for c in node.children])
+
+        if not layers:
+            scores.append(np.nan)
+            failures["missing_stat"] += 1
+            continue
+        try:
+            value = float(network(proxy.root))
+        except LookupError as err:
+            scores.append(np.nan)
+            failures[str(err.args[0])] += 1
+            continue
+        scores.append(value)
+        failures["nonfinite"] += not np.isfinite(value)
+    return np.array(scores), +failures
+
+
 @pytest.fixture(scope="module")
 def networks():
     return [make_stats(i) for i in range(9)]
 
 
 @pytest.mark.parametrize("formula", _coverage_formulas())
-def test_every_op_matches_proxy_evaluate(formula, networks):
+def test_every_op_matches_the_definition(formula, networks):
     proxy = Proxy.from_formula(formula)
-    expected, expected_fail = proxy_scores(proxy, networks)
+    expected, expected_fail = reference_scores(proxy, networks)
     got, fail = evaluate_stacked(proxy, StackedStats(networks))
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-6)
     assert fail == expected_fail
@@ -65,12 +111,7 @@ def test_random_programs_match_in_float64():
     trials = 150
     for _ in range(trials):
         proxy = Proxy(random_program(rng, grammar))
-        expected = []
-        for s in problem.search:
-            try:
-                expected.append(proxy.evaluate(s, torch.float64))
-            except ProxyEvaluationError:
-                expected.append(np.nan)
+        expected, _ = reference_scores(proxy, problem.search, torch.float64)
         got, _ = evaluate_stacked(proxy, stacked, torch.float64)
         agree += np.allclose(got, expected, rtol=1e-6, atol=1e-9, equal_nan=True)
     # Differences left are catastrophic cancellations (x - x with x ~ 1e16) whose rounding depends on order.
@@ -89,9 +130,10 @@ def test_elementwise_ops_equal_their_vmapped_form(name):
 def test_shared_statistics_stay_unstacked_and_give_constant_scores():
     problem = synthetic_problem(n_search=6, n_heldout=0, probe_size=3)
     stacked = StackedStats(problem.search)
-    (group,) = stacked.groups
-    assert group.tensors["conv1"]["weight"][1] is False  # one weight tensor shared by every network
-    assert group.tensors["conv1"]["bits"][1] is True
+    (block,) = stacked.blocks
+    conv1 = next(col for col in block.columns if col.name == "conv1")
+    assert conv1.tensors["weight"][1] is False  # one weight tensor shared by every network
+    assert conv1.tensors["bits"][1] is True
     scores, fail = evaluate_stacked(Proxy.from_formula("sum_layers(numel(weight))"), stacked)
     assert not fail and np.ptp(scores) == 0
 
@@ -100,7 +142,7 @@ def test_missing_statistic_fails_every_network_with_its_reason(networks):
     proxy = Proxy.from_formula("mean_layers(l2(virtual_grad))")
     scores, fail = evaluate_stacked(proxy, StackedStats(networks))
     assert np.isnan(scores).all() and fail == Counter({"missing_stat": len(networks)})
-    assert proxy_scores(proxy, networks)[1] == fail
+    assert reference_scores(proxy, networks)[1] == fail
 
 
 def test_op_error_on_some_networks_is_counted_per_network(monkeypatch, networks):
@@ -113,20 +155,26 @@ def test_op_error_on_some_networks_is_counted_per_network(monkeypatch, networks)
 
     monkeypatch.setitem(OPS, "neg", Op("neg", picky, base.inputs, base.output, base.group, base.doc))
     proxy = Proxy.from_formula("mean_layers(l2(neg(grad)))")
-    expected, expected_fail = proxy_scores(proxy, networks)
+    expected, expected_fail = reference_scores(proxy, networks)
     got, fail = evaluate_stacked(proxy, StackedStats(networks))
     assert 0 < sum(fail.values()) < len(networks)
     assert fail == expected_fail
     np.testing.assert_allclose(got, expected, rtol=1e-5, equal_nan=True)
 
 
-def test_networks_of_different_layouts_are_grouped(networks):
+def test_networks_of_different_layouts_share_the_columns_of_common_layers(networks):
     other = make_stats(1, layers=(("conv", (2, 3, 3, 3)), ("fc", (10, 2)), ("head", (3, 10))))
     mixed = networks[:3] + [other] + networks[3:5]
     stacked = StackedStats(mixed)
-    assert len(stacked.groups) == 2
-    proxy = Proxy.from_formula("sum_layers(l2(mul(grad, weight)))")
-    np.testing.assert_allclose(evaluate_stacked(proxy, stacked)[0], proxy_scores(proxy, mixed)[0], rtol=1e-5)
+    (block,) = stacked.blocks
+    assert len(block.columns) == len(networks[0].layers) + 3
+    assert max(len(col.members) for col in block.columns) == 5
+    for formula in ("sum_layers(l2(mul(grad, weight)))", "std_layers(mean(act))", "wmean_layers(max(grad))"):
+        proxy = Proxy.from_formula(formula)
+        got, fail = evaluate_stacked(proxy, stacked)
+        expected, expected_fail = reference_scores(proxy, mixed)
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+        assert fail == expected_fail
 
 
 def test_subset_and_small_chunks_give_the_same_scores(networks):
