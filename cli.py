@@ -65,12 +65,33 @@ data_dir_option = click.option(
 )
 
 
-def _set_vit_batch(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    """Choose the ViT-Bench-101 batch source for this process (the source is recorded in every score)."""
-    import os
+BATCH_SOURCE_KEY = "emq.batch_source"
 
-    if value:
-        os.environ["EMQ_VIT_BATCH"] = value
+
+def _set_batch_source(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Remember --batch-source for `_ensure_built`, which passes it to the benchmark as an argument."""
+    ctx.meta[BATCH_SOURCE_KEY] = value
+
+
+class _RegistryHelpOption(click.Option):
+    """An option whose help is read from the registries when shown (not at import: `emq` starts fast)."""
+
+    def __init__(self, *args: Any, help_from: Callable[[], str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help_from = help_from
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        self.help = self.help_from()
+        return super().get_help_record(ctx)
+
+
+def _batch_source_help() -> str:
+    from emq.bench.registry import list_benchmarks
+
+    offered = [f"{e.name} ({'|'.join(dict(e.options)['batch_source'])})" for e in list_benchmarks()
+               if "batch_source" in dict(e.options)]
+    return ("Input batch of benchmarks whose datasets are not offline (recorded with every score): "
+            + "; ".join(offered) + ". Default: the benchmark's own.")
 
 
 STAT_NAMES_KEY = "emq.stat_names"
@@ -127,10 +148,8 @@ def _stats_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Storage dtype of cached statistics (float16 halves memory; programs evaluate in float32)."),
         click.option("--hessian-samples", default=2, show_default=True, type=click.IntRange(1, 1000), help="Hutchinson samples for hessian_diag."),
         click.option("--device", default=None, callback=_check_device, help="torch device for statistics (default: cuda if present, else cpu)."),
-        click.option("--vit-batch", type=click.Choice(["digits", "gaussian"]), default=None, expose_value=False,
-                     callback=_set_vit_batch, is_eager=True,
-                     help="Input batch of ViT-Bench-101 benchmarks (their datasets are not offline): embedded digits "
-                          "upsampled to 224, or Gaussian noise (default: $EMQ_VIT_BATCH, else digits)."),
+        click.option("--batch-source", cls=_RegistryHelpOption, help_from=_batch_source_help, default=None,
+                     expose_value=False, callback=_set_batch_source, is_eager=True),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -275,10 +294,12 @@ def stats(name: str | None, data_dir: Path | None, batch_seed: int, batch_size: 
 
 
 def _ensure_built(name: str, data_dir: Path | None):
-    """Return benchmark `name`, building it first when it is embedded and not built yet."""
+    """Return benchmark `name` (with --batch-source), building it first when it is embedded and not built yet."""
     from emq.bench.registry import open_benchmark
 
-    return open_benchmark(name, data_dir, notify=lambda line: click.echo(line, err=True))
+    ctx = click.get_current_context(silent=True)
+    source = ctx.meta.get(BATCH_SOURCE_KEY) if ctx is not None else None
+    return open_benchmark(name, data_dir, notify=lambda line: click.echo(line, err=True), batch_source=source)
 
 
 # --------------------------------------------------------------------------- score

@@ -10,7 +10,7 @@ log (`job.jsonl` in the output folder), and exit codes for the scheduler:
 
 Sections and fields (all optional except `benchmark.name` and `output.dir`):
 
-    [benchmark]  name, data_dir
+    [benchmark]  name, data_dir, batch_source (benchmarks that offer one: see `emq search --help`)
     [stats]      batch_size, init_seed, dtype ("float16"|"float32"), hessian_samples, device, stats (list)
     [search]     population, generations, seeds (list), batch_seeds (list), targets (list), joint,
                  metric, fitness, hof_size, max_search, max_heldout, seed_proxies (list of files)
@@ -41,7 +41,7 @@ EXIT_INTERRUPTED = 3
 MAX_JOB_BYTES = 100_000
 
 SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "benchmark": {"name": str, "data_dir": str},
+    "benchmark": {"name": str, "data_dir": str, "batch_source": str},
     "stats": {"batch_size": int, "init_seed": int, "dtype": str, "hessian_samples": int, "device": str,
               "stats": list},
     "search": {"population": int, "generations": int, "seeds": list, "batch_seeds": list, "targets": list,
@@ -64,6 +64,7 @@ class Job:
     benchmark: str
     out_dir: Path
     data_dir: Path | None = None
+    batch_source: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Any] = field(default_factory=dict)
     backend: dict[str, Any] = field(default_factory=dict)
@@ -117,6 +118,7 @@ class Job:
             if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
                 raise JobFileError(f"{path}: field search.{key} must be a non-empty list of integers >= 0")
         return cls(path=path, benchmark=name, out_dir=base / out, data_dir=base / data_dir if data_dir else None,
+                   batch_source=data.get("benchmark", {}).get("batch_source"),
                    stats=dict(data.get("stats", {})), search=search, backend=dict(data.get("backend", {})))
 
 
@@ -165,7 +167,7 @@ def run_job(job: Job, progress: bool | None = None) -> JobOutcome:
     progress = sys.stdout.isatty() if progress is None else progress
     start = time.perf_counter()
     log = JobLog(job.out_dir / "job.jsonl")
-    bench = open_benchmark(job.benchmark, job.data_dir)
+    bench = open_benchmark(job.benchmark, job.data_dir, batch_source=job.batch_source)
     s = job.search
     seeds, batch_seeds = list(s.get("seeds", [0])), list(s.get("batch_seeds", [0]))
     population = s.get("population", 48)

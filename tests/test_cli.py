@@ -183,3 +183,10 @@ def test_scoring_a_proxy_on_a_benchmark_without_its_statistic_names_the_statisti
     result = run("score", "vit-digits", "--proxy", str(proxy), "--limit", "4")
     assert result.exit_code != 0 and "quant_error" in result.output and "vit-digits" in result.output
     assert "Traceback" not in result.output
+
+
+@needs_mq_digits
+def test_batch_source_is_an_argument_the_benchmark_checks(run):
+    result = run("score", "mq-digits", "--baseline", "params", "--limit", "3", "--batch-source", "gaussian")
+    assert result.exit_code == 2
+    assert "mq-digits does not take option 'batch_source'" in result.output and "Traceback" not in result.output

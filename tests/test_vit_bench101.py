@@ -10,7 +10,7 @@ import torch
 
 from emq.bench.base import Batch, Candidate
 from emq.bench.vit_bench101 import (
-    ACC_COLUMNS, BATCH_ENV, ViTBench101, find_ground_truth, load_vit_bench_file, vit_batch,
+    ACC_COLUMNS, ViTBench101, find_ground_truth, load_vit_bench_file, vit_batch,
 )
 from emq.errors import InputFileError
 from emq.models.autoformer import count_params
@@ -212,18 +212,25 @@ def test_digits_batch_is_deterministic_224_rgb_and_recorded():
     assert int(a.labels.max()) < 10
 
 
-def test_gaussian_batch_source_is_chosen_by_argument_or_environment(tmp_path, monkeypatch):
+def test_gaussian_batch_source_is_chosen_by_argument_never_by_environment(tmp_path, monkeypatch):
     path = _save(tmp_path, _records(AF_ARCHS))
-    monkeypatch.setenv(BATCH_ENV, "gaussian")
-    bench = ViTBench101(path)
+    monkeypatch.setenv("EMQ_VIT_BATCH", "gaussian")  # the old side channel is ignored
+    assert ViTBench101(path).batch_source == "digits"
+    bench = ViTBench101(path, batch_source="gaussian")
     batch = bench.batch(seed=1, size=3)
     assert bench.batch_source == "gaussian" and batch.source == "gaussian-224x224x3"
     assert batch.inputs.shape == (3, 3, 224, 224) and torch.equal(batch.inputs, bench.batch(seed=1, size=3).inputs)
     assert abs(float(batch.inputs.std()) - 1.0) < 0.01
     assert ViTBench101(path, batch_source="digits").batch(0, 2).source.startswith("digits")
-    monkeypatch.setenv(BATCH_ENV, "imagenet")
     with pytest.raises(ValueError, match="digits, gaussian"):
-        ViTBench101(path)
+        ViTBench101(path, batch_source="imagenet")
+
+
+def test_benchmark_options_are_arguments_checked_against_the_registry():
+    from emq.bench.registry import BenchmarkOptionError, get_benchmark
+
+    with pytest.raises(BenchmarkOptionError, match="does not take option 'batch_source'"):
+        get_benchmark("mq-digits", batch_source="gaussian")
 
 
 def test_cache_token_follows_the_file_content(tmp_path):

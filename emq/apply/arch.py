@@ -11,7 +11,7 @@ Spaces (`ARCH_SPACES`, `get_space`), each with the arch format of its ground-tru
 
 A candidate is scored as the benchmarks score theirs: the network randomly
 initialised from `init_seed`, statistics on the space's fixed batch (ViT-Bench-101:
-the `EMQ_VIT_BATCH` source, digits upsampled by default; vit-digits: the digits train
+the benchmark's batch source, digits upsampled by default; vit-digits: the digits train
 split), then the proxy. Parameters are counted as `emq.models.autoformer.count_params`
 (every trainable parameter), on shape-only ("meta") networks, so counting is free.
 Mutation changes one gene; an arch over the budget is shrunk one random step at a

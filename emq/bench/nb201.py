@@ -334,7 +334,8 @@ class NB201Benchmark(Benchmark):
         return "\n".join(lines)
 
 
-@register_benchmark(BENCH_NAME, "nas", NB201Benchmark.description + " [pip extra nb201]", embedded=False)
-def _make_nb201(data_dir: Path | None = None) -> Benchmark:
+@register_benchmark(BENCH_NAME, "nas", NB201Benchmark.description + " [pip extra nb201]", embedded=False,
+                    options={"batch_source": BATCH_SOURCES})
+def _make_nb201(data_dir: Path | None = None, batch_source: str = DEFAULT_BATCH_SOURCE) -> Benchmark:
     # The ground truth comes from the installed package, whatever the data folder is.
-    return NB201Benchmark()
+    return NB201Benchmark(batch_source=batch_source)

@@ -8,31 +8,45 @@ from typing import Callable
 from emq.bench.base import Benchmark
 from emq.errors import EMQUserError
 
-BenchmarkFactory = Callable[[Path | None], Benchmark]
+BenchmarkFactory = Callable[..., Benchmark]
 
 
 @dataclass(frozen=True)
 class BenchmarkEntry:
+    """A registered benchmark: `factory(data_dir, **options)`; `options` maps each option it takes to its choices."""
+
     name: str
     family: str
     factory: BenchmarkFactory
     doc: str
     embedded: bool
+    options: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 BENCHMARKS: dict[str, BenchmarkEntry] = {}
 
 
-def register_benchmark(name: str, family: str, doc: str, embedded: bool = False) -> Callable[[BenchmarkFactory], BenchmarkFactory]:
-    """Return a decorator registering a factory `f(data_dir) -> Benchmark` under `name`."""
+def register_benchmark(name: str, family: str, doc: str, embedded: bool = False,
+                       options: dict[str, tuple[str, ...]] | None = None
+                       ) -> Callable[[BenchmarkFactory], BenchmarkFactory]:
+    """Return a decorator registering a factory `f(data_dir, **options) -> Benchmark` under `name`.
+
+    `options` names the keyword options the factory takes, with their allowed values
+    (e.g. {"batch_source": ("photos", "digits", "gaussian")}).
+    """
 
     def decorator(factory: BenchmarkFactory) -> BenchmarkFactory:
         if name in BENCHMARKS:
             raise ValueError(f"benchmark {name!r} is registered twice")
-        BENCHMARKS[name] = BenchmarkEntry(name, family, factory, doc, embedded)
+        BENCHMARKS[name] = BenchmarkEntry(name, family, factory, doc, embedded,
+                                          tuple((k, tuple(v)) for k, v in (options or {}).items()))
         return factory
 
     return decorator
+
+
+class BenchmarkOptionError(EMQUserError, ValueError):
+    """An option the benchmark does not take, or a value it does not allow; the message lists what it takes."""
 
 
 class UnknownBenchmarkError(EMQUserError, KeyError):
@@ -69,28 +83,37 @@ def list_benchmarks() -> list[BenchmarkEntry]:
     return sorted(BENCHMARKS.values(), key=lambda e: e.name)
 
 
-def get_benchmark(name: str, data_dir: Path | None = None) -> Benchmark:
-    """Instantiate benchmark `name`, or fail listing the registered names."""
+def get_benchmark(name: str, data_dir: Path | None = None, **options: str | None) -> Benchmark:
+    """Instantiate benchmark `name` with its `options` (None values are left out), or fail naming what is valid."""
     _load_all()
     if name not in BENCHMARKS:
         raise UnknownBenchmarkError(f"unknown benchmark {name!r}; registered: {', '.join(sorted(BENCHMARKS))}")
-    return BENCHMARKS[name].factory(data_dir)
+    entry = BENCHMARKS[name]
+    allowed = dict(entry.options)
+    given = {k: v for k, v in options.items() if v is not None}
+    for key, value in given.items():
+        if key not in allowed:
+            takes = ", ".join(f"{k} ({'|'.join(v)})" for k, v in allowed.items()) or "no options"
+            raise BenchmarkOptionError(f"benchmark {name} does not take option {key!r} (it takes {takes})")
+        if value not in allowed[key]:
+            raise BenchmarkOptionError(f"benchmark {name}: {key} {value!r} is not one of {', '.join(allowed[key])}")
+    return entry.factory(data_dir, **given)
 
 
 def open_benchmark(name: str, data_dir: Path | None = None, build: bool = True,
-                   notify: Callable[[str], None] | None = None) -> Benchmark:
-    """Return benchmark `name`, building it first (once) when it is embedded and not built yet and `build` is set."""
+                   notify: Callable[[str], None] | None = None, **options: str | None) -> Benchmark:
+    """Return benchmark `name` (with `options`), building it first (once) when it is embedded and not built yet."""
     from emq.bench.base import BenchmarkNotBuiltError
 
     try:
-        return get_benchmark(name, data_dir)
+        return get_benchmark(name, data_dir, **options)
     except BenchmarkNotBuiltError:
         if not build or not BENCHMARKS[name].embedded:
             raise
         if notify is not None:
             notify(f"{name} is not built yet: building it now (once; see `emq bench build --help`)")
         get_builder(name)()
-        return get_benchmark(name, data_dir)
+        return get_benchmark(name, data_dir, **options)
 
 
 def _load_all() -> None:

@@ -29,15 +29,14 @@ and recorded in `Batch.source`:
   train split's statistics; labels are the digits 0-9 (valid classes of the 100-way head);
 - `"gaussian"`: N(0, 1) images with labels uniform over the 100 classes.
 
-Choose with the constructor's `batch_source`, else the `EMQ_VIT_BATCH` environment
-variable, else "digits".
+Choose with the constructor's `batch_source` (`emq ... --batch-source`, a job file's
+`benchmark.batch_source`); "digits" by default.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +62,6 @@ ACC_COLUMNS = ("c100_base_acc", "c100_kd_acc", "flower_base_acc", "flower_kd_acc
 NUM_CLASSES = 100
 IMG_SIZE = 224
 BATCH_SOURCES = ("digits", "gaussian")
-BATCH_ENV = "EMQ_VIT_BATCH"
 DATA_HINT = "pass the folder with --data-dir or set the EMQ_DATA_DIR environment variable"
 
 
@@ -245,11 +243,10 @@ def find_ground_truth(data_dir: str | Path | None, space: str) -> Path:
 
 
 def resolve_batch_source(batch_source: str | None) -> str:
-    """Return the batch source: the argument, else $EMQ_VIT_BATCH, else "digits"; fail on unknown names."""
-    source = batch_source or os.environ.get(BATCH_ENV) or "digits"
+    """Return the batch source: the argument, else "digits"; fail on unknown names."""
+    source = batch_source or "digits"
     if source not in BATCH_SOURCES:
-        raise ValueError(f"unknown ViT batch source {source!r} (argument or ${BATCH_ENV}); "
-                         f"choose one of {', '.join(BATCH_SOURCES)}")
+        raise ValueError(f"unknown ViT batch source {source!r}; choose one of {', '.join(BATCH_SOURCES)}")
     return source
 
 
@@ -322,11 +319,13 @@ _DESCRIPTIONS = {
 }
 
 
-@register_benchmark("vit-bench-101-autoformer", "vit", _DESCRIPTIONS["autoformer"], embedded=False)
-def _make_autoformer(data_dir: Path | None = None) -> Benchmark:
-    return ViTBench101(find_ground_truth(data_dir, "autoformer"), "autoformer")
+@register_benchmark("vit-bench-101-autoformer", "vit", _DESCRIPTIONS["autoformer"], embedded=False,
+                    options={"batch_source": BATCH_SOURCES})
+def _make_autoformer(data_dir: Path | None = None, batch_source: str | None = None) -> Benchmark:
+    return ViTBench101(find_ground_truth(data_dir, "autoformer"), "autoformer", batch_source)
 
 
-@register_benchmark("vit-bench-101-pit", "vit", _DESCRIPTIONS["pit"], embedded=False)
-def _make_pit(data_dir: Path | None = None) -> Benchmark:
-    return ViTBench101(find_ground_truth(data_dir, "pit"), "pit")
+@register_benchmark("vit-bench-101-pit", "vit", _DESCRIPTIONS["pit"], embedded=False,
+                    options={"batch_source": BATCH_SOURCES})
+def _make_pit(data_dir: Path | None = None, batch_source: str | None = None) -> Benchmark:
+    return ViTBench101(find_ground_truth(data_dir, "pit"), "pit", batch_source)
