@@ -40,16 +40,14 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Every exception type that reports bad input or environment, not a bug.
 
-    `EMQUserError` covers emq and search; the others come from layers that cannot
-    import it (primitives), from code another change owns (baselines), or from the
-    operating system (a missing file, a folder without write permission).
+    `EMQUserError` (from the leaf module `primitives.errors`) covers every layer of
+    the project; the others come from the operating system (a missing file, a folder
+    without write permission).
     """
-    from emq.baselines import UnknownBaselineError
-    from emq.errors import EMQUserError
-    from primitives import UnknownOpError
+    from primitives.errors import EMQUserError
 
-    return (EMQUserError, UnknownOpError, UnknownBaselineError, FileNotFoundError, PermissionError,
-            NotADirectoryError, IsADirectoryError, FileExistsError)
+    return (EMQUserError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError,
+            FileExistsError)
 
 
 def _describe(err: BaseException) -> str:

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from primitives.errors import Registry, UnknownNameError
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -92,12 +94,11 @@ class Baseline:
         return Proxy.from_formula(self.formula, meta={"baseline": self.name})
 
 
-BASELINES: dict[str, Baseline] = {}
+class UnknownBaselineError(UnknownNameError):
+    """A baseline name that is not registered (or not one of a benchmark's); the message lists valid names."""
 
 
-class UnknownBaselineError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
+BASELINES: Registry[Baseline] = Registry("baseline", UnknownBaselineError)
 
 
 def register_baseline(
@@ -116,14 +117,10 @@ def register_baseline(
     """
 
     def add(fn: ModelBaselineFn | None) -> Baseline:
-        if name in BASELINES:
-            raise ValueError(f"baseline {name!r} is registered twice")
         text = doc
         if not text and fn is not None and fn.__doc__:
             text = fn.__doc__.strip().splitlines()[0]
-        entry = Baseline(name, tuple(families), text, formula, fn, version, trivial)
-        BASELINES[name] = entry
-        return entry
+        return BASELINES.add(name, Baseline(name, tuple(families), text, formula, fn, version, trivial))
 
     if formula is not None:
         return add(None)
@@ -137,8 +134,6 @@ def register_baseline(
 
 def get_baseline(name: str) -> Baseline:
     """Return baseline `name`, or fail listing the registered ones."""
-    if name not in BASELINES:
-        raise UnknownBaselineError(f"unknown baseline {name!r}; registered: {', '.join(sorted(BASELINES))}")
     return BASELINES[name]
 
 

@@ -1,16 +1,18 @@
 """The errors that mean "the input or the environment is wrong, not the code": one line, no traceback.
 
-A leaf module: it imports nothing from the project, so any module of `emq` or
-`search` can raise these without an import cycle. The CLI turns every
+The base class lives in the leaf module `primitives.errors` (it imports nothing from
+the project), so ops, statistics, benchmarks and the search raise one class; this
+module adds the domain's kinds and imports nothing else. The CLI turns every
 `EMQUserError` into one line on stderr and exit code 2 (as click does for bad
 options); any other exception is a bug and keeps its traceback. A message names
 the file, field or option at fault and says how to fix it.
 """
 from __future__ import annotations
 
+from primitives.errors import EMQUserError, UnknownNameError
 
-class EMQUserError(Exception):
-    """Base of every error caused by user input or the environment; the message is the whole report."""
+__all__ = ["EMQUserError", "UnknownNameError", "InputFileError", "BudgetError", "StatUnavailableError",
+           "NotSeparableError", "UnsafeOutputError", "BuildTargetError", "DeviceError", "one_line"]
 
 
 class InputFileError(EMQUserError, ValueError):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from emq.errors import EMQUserError
+from primitives.errors import Registry, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,16 @@ class StatInfo:
     family: str | None = None
 
 
-STATS: dict[str, StatInfo] = {}
+class UnknownStatError(UnknownNameError):
+    """Raised for a statistic name that is not in the catalogue."""
+
+
+STATS: Registry[StatInfo] = Registry("statistic", UnknownStatError)
 
 
 def register_stat(name: str, doc: str, **properties: object) -> StatInfo:
     """Add a statistic to the catalogue (names are what proxy leaves refer to); `properties`: StatInfo fields."""
-    if name in STATS:
-        raise ValueError(f"statistic {name!r} is registered twice")
-    info = StatInfo(name, doc, **properties)  # type: ignore[arg-type]
-    STATS[name] = info
-    return info
+    return STATS.add(name, StatInfo(name, doc, **properties))  # type: ignore[arg-type]
 
 
 register_stat("weight", "layer weight (full precision, as initialised or trained)", layer_local=True)
@@ -94,13 +94,6 @@ BIT_STATS: tuple[str, ...] = tuple(n for n, info in STATS.items() if info.needs_
 TRANSFORMER_STATS: tuple[str, ...] = tuple(n for n, info in STATS.items() if info.family == "vit")
 #: Statistics a benchmark family adds to BASE_STATS (CNN families add none of the transformer ones).
 FAMILY_STATS: dict[str, tuple[str, ...]] = {"vit": TRANSFORMER_STATS}
-
-
-class UnknownStatError(EMQUserError, KeyError):
-    """Raised for a statistic name that is not in the catalogue."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def check_stat_names(names: list[str] | tuple[str, ...]) -> None:

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import torch
 
+from primitives.errors import Registry, UnknownNameError
 from primitives.types import Kind
 
 
@@ -60,14 +61,11 @@ class Op:
         return f"{', '.join(k.value for k in self.inputs)} -> {self.output.value}"
 
 
-class UnknownOpError(KeyError):
+class UnknownOpError(UnknownNameError):
     """Raised for an op name that is not registered; the message lists valid names."""
 
-    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
-        return str(self.args[0])
 
-
-OPS: dict[str, Op] = {}
+OPS: Registry[Op] = Registry("op", UnknownOpError)
 #: How an op's output shape follows from its inputs (see `Op`).
 SHAPE_RULES = ("same", "align", "reduce", "layers", "custom")
 
@@ -100,25 +98,18 @@ def add_op(
     **metadata: Any,
 ) -> Op:
     """Register one op (used directly when one function serves several signatures); `metadata`: `Op` fields."""
-    if name in OPS:
-        raise ValueError(f"op {name!r} is registered twice")
     text = doc if doc is not None else (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
     op = Op(name=name, fn=fn, inputs=tuple(inputs), output=output, group=group, doc=text, commutative=commutative,
             **metadata)
     if op.shape_rule not in SHAPE_RULES:
         raise ValueError(f"op {name!r}: shape_rule {op.shape_rule!r} is not one of {', '.join(SHAPE_RULES)}")
-    OPS[name] = op
-    return op
+    return OPS.add(name, op)
 
 
 def get_op(name: str) -> Op:
     """Return the op registered as `name`, or fail listing the valid names."""
     _load_library()
-    try:
-        return OPS[name]
-    except KeyError:
-        valid = ", ".join(sorted(OPS))
-        raise UnknownOpError(f"unknown op {name!r}; valid ops: {valid}") from None
+    return OPS[name]
 
 
 def list_ops(output: Kind | None = None, inputs: tuple[Kind, ...] | None = None) -> list[Op]:

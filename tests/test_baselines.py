@@ -113,7 +113,7 @@ def test_registry_lists_program_and_model_baselines():
     assert all(get_baseline(n).kind == "program" for n in PROGRAMS)
     vit = {b.name for b in list_baselines("vit")}
     assert "bit_sum" not in vit and "hawq" not in vit and "snip" in vit
-    with pytest.raises(KeyError, match="registered: .*snip"):
+    with pytest.raises(KeyError, match="valid: .*snip"):
         get_baseline("snipp")
     with pytest.raises(ValueError, match="twice"):
         register_baseline("snip", formula="sum_layers(l2(grad))")

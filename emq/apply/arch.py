@@ -38,6 +38,7 @@ from emq.models.pit import pit
 from emq.proxy import Proxy, ProxyEvaluationError
 from emq.stats import STATS
 from emq.stats_compute import compute_stats
+from primitives.errors import Registry
 
 Arch = dict[str, Any]
 
@@ -282,18 +283,15 @@ def _vit_digits_space() -> LayerwiseSpace:
                           num_classes=space.num_classes)
 
 
-ARCH_SPACES: dict[str, Callable[[], ArchSpace]] = {
-    "autoformer": lambda: LayerwiseSpace("autoformer", batch_fn=_vit_bench_batch, num_classes=100,
-                                         **AUTOFORMER_TI_SPACE),
-    "pit": lambda: PiTSpace(_vit_bench_batch),
-    "vit-digits": _vit_digits_space,
-}
+ARCH_SPACES: Registry[Callable[[], ArchSpace]] = Registry("arch space")
+ARCH_SPACES.add("autoformer", lambda: LayerwiseSpace("autoformer", batch_fn=_vit_bench_batch, num_classes=100,
+                                                     **AUTOFORMER_TI_SPACE))
+ARCH_SPACES.add("pit", lambda: PiTSpace(_vit_bench_batch))
+ARCH_SPACES.add("vit-digits", _vit_digits_space)
 
 
 def get_space(name: str) -> ArchSpace:
     """Return arch space `name`, or fail listing the known ones."""
-    if name not in ARCH_SPACES:
-        raise ValueError(f"unknown arch space {name!r}; known: {', '.join(ARCH_SPACES)}")
     return ARCH_SPACES[name]()
 
 

@@ -7,6 +7,7 @@ from typing import Callable
 
 from emq.bench.base import Benchmark
 from emq.errors import EMQUserError
+from primitives.errors import Registry, UnknownNameError
 
 BenchmarkFactory = Callable[..., Benchmark]
 
@@ -23,7 +24,11 @@ class BenchmarkEntry:
     options: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
-BENCHMARKS: dict[str, BenchmarkEntry] = {}
+class UnknownBenchmarkError(UnknownNameError):
+    """A benchmark name that is not registered (or has no builder); the message lists valid names."""
+
+
+BENCHMARKS: Registry[BenchmarkEntry] = Registry("benchmark", UnknownBenchmarkError)
 
 
 def register_benchmark(name: str, family: str, doc: str, embedded: bool = False,
@@ -36,10 +41,8 @@ def register_benchmark(name: str, family: str, doc: str, embedded: bool = False,
     """
 
     def decorator(factory: BenchmarkFactory) -> BenchmarkFactory:
-        if name in BENCHMARKS:
-            raise ValueError(f"benchmark {name!r} is registered twice")
-        BENCHMARKS[name] = BenchmarkEntry(name, family, factory, doc, embedded,
-                                          tuple((k, tuple(v)) for k, v in (options or {}).items()))
+        BENCHMARKS.add(name, BenchmarkEntry(name, family, factory, doc, embedded,
+                                            tuple((k, tuple(v)) for k, v in (options or {}).items())))
         return factory
 
     return decorator
@@ -49,21 +52,16 @@ class BenchmarkOptionError(EMQUserError, ValueError):
     """An option the benchmark does not take, or a value it does not allow; the message lists what it takes."""
 
 
-class UnknownBenchmarkError(EMQUserError, KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
 BenchmarkBuilder = Callable[..., Path]
-BUILDERS: dict[str, BenchmarkBuilder] = {}
+BUILDERS: Registry[BenchmarkBuilder] = Registry("buildable (embedded) benchmark",
+                                                UnknownBenchmarkError)
 
 
 def register_builder(name: str) -> Callable[[BenchmarkBuilder], BenchmarkBuilder]:
     """Register `build(seed=..., progress=..., **options) -> output folder` for an embedded benchmark."""
 
     def decorator(builder: BenchmarkBuilder) -> BenchmarkBuilder:
-        BUILDERS[name] = builder
-        return builder
+        return BUILDERS.add(name, builder)
 
     return decorator
 
@@ -71,10 +69,6 @@ def register_builder(name: str) -> Callable[[BenchmarkBuilder], BenchmarkBuilder
 def get_builder(name: str) -> BenchmarkBuilder:
     """Return the builder of embedded benchmark `name`, or fail naming those that can be built."""
     _load_all()
-    if name not in BUILDERS:
-        raise UnknownBenchmarkError(
-            f"benchmark {name!r} has no builder (it is read from public files); buildable: {', '.join(sorted(BUILDERS))}"
-        )
     return BUILDERS[name]
 
 
@@ -86,8 +80,6 @@ def list_benchmarks() -> list[BenchmarkEntry]:
 def get_benchmark(name: str, data_dir: Path | None = None, **options: str | None) -> Benchmark:
     """Instantiate benchmark `name` with its `options` (None values are left out), or fail naming what is valid."""
     _load_all()
-    if name not in BENCHMARKS:
-        raise UnknownBenchmarkError(f"unknown benchmark {name!r}; registered: {', '.join(sorted(BENCHMARKS))}")
     entry = BENCHMARKS[name]
     allowed = dict(entry.options)
     given = {k: v for k, v in options.items() if v is not None}
