@@ -26,12 +26,11 @@ from emq.fitness import (
     verdict,
 )
 from emq.proxy import Proxy
-from emq.scoring import ScoreReport, rows_for
+from emq.scoring import ScoreReport, rows_for, stream_scores
 from emq.stats_cache import (
     StatsConfig, bench_fields, cache_folder, cache_key, calibration_inputs, load_or_compute, safe_name,
 )
 from search.evolution import SearchConfig, SearchResult, add_heldout, run_search, write_hall_of_fame
-from emq.evaluate import StackedStats, evaluate_stacked
 from search.pool import EvaluationPool, StatsSource, worker_device
 from search.report import plot_scatter, write_summary
 
@@ -119,9 +118,6 @@ def search_benchmark(
     heldout_idx = split.heldout[:max_heldout] if max_heldout else split.heldout
     heldout_cands = [candidates[i] for i in heldout_idx]
     heldout_truth = {t: all_truth[t][heldout_idx] for t in targets}
-    heldout_stats = load_or_compute(bench, heldout_cands, stats_config, progress=progress, cache_root=cache_root)
-    stacked = StackedStats(heldout_stats, worker_device(pool.device if pool is not None else None))
-    del heldout_stats
     names = list(baselines) if baselines is not None else default_baselines(bench.family)
     names += [n for n in trivial_names if n not in names]
     base = baseline_scores(bench, names, stats_config, progress=progress, candidates=heldout_cands,
@@ -131,9 +127,11 @@ def search_benchmark(
     failures: dict[str, dict[str, int]] = {}
     best_scores = None
     metric = get_metric(search_config.metric)
-    for entry in hall:
-        proxy = Proxy.from_formula(entry["formula"])
-        scores, fails = evaluate_stacked(proxy, stacked)
+    # Streamed: the held-out statistics are read a chunk at a time (5,000 NB201 cells would be 12 GB at once).
+    heldout_scores = stream_scores([Proxy.from_formula(e["formula"]) for e in hall], bench, heldout_cands,
+                                   stats_config, device=worker_device(pool.device if pool is not None else None),
+                                   progress=progress, cache_root=cache_root)
+    for entry, (scores, fails) in zip(hall, heldout_scores):
         add_heldout(entry, scores, heldout_truth, search_config.metric, dict(fails), n_boot)
         entry.update(against_trivial(scores, choices, base, heldout_truth, metric, search_config.joint, n_boot))
         name = f"evolved #{entry['rank']}"

@@ -133,3 +133,20 @@ def test_shards_of_whole_blocks_score_bit_identically():
 def test_limits_refuse_before_work():
     with pytest.raises(ProxyFormatError, match="deeper than"):
         Proxy.from_formula("mean_layers(l2(" + "tanh(" * 70 + "grad" + ")" * 72)
+
+
+def test_streamed_scores_equal_whole_set_scores(monkeypatch):
+    import emq.scoring
+    from emq.stats_cache import StatsConfig
+
+    stats = synthetic_problem(n_search=70, n_heldout=0, probe_size=4).search
+    monkeypatch.setattr(emq.scoring, "iter_stats", lambda bench, cands, *a, **k: iter(stats[c] for c in cands))
+    names = sorted(set.intersection(*(s.available() for s in stats)))
+    rng = random.Random(2)
+    programs = [Proxy(random_program(rng, Grammar(names))) for _ in range(12)]
+    streamed = emq.scoring.stream_scores(programs, None, list(range(len(stats))), StatsConfig(), chunk=32,
+                                         progress=False)
+    whole = StackedStats(stats)
+    for proxy, (scores, failures) in zip(programs, streamed):
+        expected, expected_failures = evaluate_stacked(proxy, whole)
+        assert np.array_equal(scores, expected, equal_nan=True) and failures == expected_failures

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import emq.baselines
+import emq.scoring
 import search.benchmark
 from emq.bench.base import Batch, Benchmark, Candidate
 from emq.fitness import heldout_split
@@ -50,6 +51,7 @@ def bench(monkeypatch):
 
     monkeypatch.setattr(search.benchmark, "load_or_compute", fake_load)
     monkeypatch.setattr(emq.baselines, "iter_stats", lambda *args, **kwargs: iter(fake_load(*args, **kwargs)))
+    monkeypatch.setattr(emq.scoring, "iter_stats", lambda *args, **kwargs: iter(fake_load(*args, **kwargs)))
     bench.seen = seen
     return bench
 
