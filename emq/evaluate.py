@@ -1,24 +1,23 @@
 """The one evaluator of proxy programs: statistics stacked across candidates, ops applied once per layer.
 
 Every score in EMQ comes from here: the search, `emq score`, `emq apply`, program
-baselines, and `Proxy.evaluate` (one network is the n = 1 case). Each statistic of
-each layer is stacked into one tensor with a leading candidate dimension, and each
-distinct subprogram is computed once per layer and piece of candidates (a subtree
-used twice is evaluated once: work is linear in the program's distinct nodes).
-Ops marked `elementwise` in the registry run directly on the stacked tensor, the
-others through `torch.func.vmap` over the candidate dimension. Statistics equal in every
-candidate (the full-precision weights of a mixed-precision benchmark) stay
-unstacked, so the subprograms that only read them are computed once.
+baselines, and `Proxy.evaluate` (one network is the n = 1 case). Each layer of the
+candidates of a block is one column, its statistics stacked along a leading candidate
+dimension, and each distinct subprogram is computed once per column and piece of
+candidates (a subtree used twice is evaluated once: work is linear in the program's
+distinct nodes). Ops marked `elementwise` in the registry run directly on the stacked
+tensor, the others through `torch.func.vmap` over the candidate dimension. Statistics
+equal in every member of a column (the full-precision weights of a mixed-precision
+benchmark) stay unstacked, so the subprograms that only read them are computed once.
 
-Pieces hold about CHUNK_ELEMENTS entries per intermediate, so a chain of ops on a
-piece stays in cache and memory is bounded; where fewer than MIN_BATCH networks
-fit (large activations), each network runs on its own. An
-op that fails under vmap is retried network by network for that node only, which
-also tells which networks fail.
+Pieces hold about CHUNK_ELEMENTS entries per intermediate (and at least MIN_BATCH
+networks), so a chain of ops on a piece stays in cache and memory is bounded. An op
+that fails under vmap is retried network by network for that node only, which also
+tells which networks fail.
 
-A candidate's score does not depend on which other candidates share its stack
-(shards of any size give the same float32 scores; tested), and failures are
-reported per candidate with a countable reason.
+A candidate's score depends only on its block (shards made of whole blocks give the
+same float32 scores as the whole set; tested), and failures are reported per
+candidate with a countable reason.
 """
 from __future__ import annotations
 
@@ -26,9 +25,7 @@ import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass
-from typing import Sequence
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -59,7 +56,7 @@ def block_for(n: int) -> int:
     while block * 2 <= min(MAX_BLOCK, n // 8):
         block *= 2
     return block
-#: Fewest networks in a piece (a lone network is computed as a piece of two copies, see `_call`).
+#: Fewest networks in a piece (a lone network is computed as a piece of two copies, see `_apply`).
 MIN_BATCH = 2
 Value = tuple[torch.Tensor, bool]  # (tensor, batched: has the leading candidate dimension)
 
@@ -270,7 +267,7 @@ def _run_block(plan: _Plan, blk: _Block, needed: set[str], failed: list[str | No
         for start, stop in _chunks(col, needed, chunk_elements):
             sub = part[start:stop]
             try:
-                values = _run_layer(plan, col.tensors, start, stop, True, sub, dtype, col.name)
+                values = _run_layer(plan, col.tensors, start, stop, sub, dtype, col.name)
             except _ChunkFailed:
                 values = {nid: (torch.full((stop - start,), math.nan, dtype=dtype), True) for nid in plan.to_net}
             part[start:stop] = sub
@@ -327,16 +324,14 @@ def _run_network(plan: _Plan, per_layer: dict[int, torch.Tensor], params: torch.
     return t.detach().to(torch.float64).cpu().numpy()
 
 
-def _run_layer(plan: _Plan, tensors: dict[str, Value], start: int, stop: int, batched: bool,
+def _run_layer(plan: _Plan, tensors: dict[str, Value], start: int, stop: int,
                failed: list[str | None], dtype: torch.dtype, layer: str) -> dict[int, Value]:
-    """Evaluate the per-layer nodes on networks [start, stop) (one network unbatched when `batched` is False)."""
+    """Evaluate the per-layer nodes on the column's networks [start, stop)."""
     count = stop - start
 
     def leaf(v: Value) -> Value:
         t, b = v
-        if not b:
-            return t.to(dtype), False
-        return (t[start:stop].to(dtype), True) if batched else (t[start].to(dtype), False)
+        return (t[start:stop].to(dtype), True) if b else (t.to(dtype), False)
 
     values: dict[int, Value] = {}
     left = dict(plan.uses)
@@ -459,6 +454,20 @@ def _fail_all(failed: list[str | None], reason: str) -> None:
         if r is None:
             failed[i] = reason
     raise _ChunkFailed
+
+
+def evaluate_pieces(programs: Sequence["Proxy | Node"], pieces: Iterable[tuple[int, StackedStats]],
+                    n: int) -> tuple[np.ndarray, list[Counter]]:
+    """Return scores [program, candidate] of `programs` over `pieces` ((offset, stack) covering n candidates), and
+    each program's failures; one piece is held at a time when `pieces` is a generator (streaming, shards)."""
+    scores = np.full((len(programs), n), np.nan)
+    failures = [Counter() for _ in programs]
+    for offset, stacked in pieces:
+        for k, program in enumerate(programs):
+            values, failed = evaluate_stacked(program, stacked)
+            scores[k, offset: offset + stacked.n] = values
+            failures[k].update(failed)
+    return scores, failures
 
 
 def proxy_scores(proxy: "Proxy | Node", stats_list: Sequence[NetworkStats],

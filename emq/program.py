@@ -123,12 +123,6 @@ class Node:
         for i, child in enumerate(self.children):
             yield from child.walk(path + (i,))
 
-    def get(self, path: Path) -> "Node":
-        node = self
-        for i in path:
-            node = node.children[i]
-        return node
-
     def replace(self, path: Path, new: "Node") -> "Node":
         """Return a copy with the subtree at `path` replaced by `new` (of the same kind)."""
         if not path:

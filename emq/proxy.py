@@ -138,10 +138,6 @@ class Proxy:
             raise ProxyFormatError(f"{path}: {describe_json_error(err)}") from None
         return cls.from_json(data, source=str(path))
 
-    def with_meta(self, meta: dict[str, Any]) -> "Proxy":
-        """Return the same program with other `meta`."""
-        return Proxy(self.root, meta)
-
     # ------------------------------------------------------------ serialisation
     def to_json(self) -> dict[str, Any]:
         """Return the `emq-proxy/1` dict: distinct subtrees as nodes, children before parents."""

@@ -5,7 +5,7 @@ import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from emq.degeneracy import (
     INPUT_INDEPENDENT, TRIVIAL_EQUIVALENT, degeneracy_flags, hyperparameter_function, is_input_independent, trivial_match,
 )
 from emq.fitness import bootstrap_interval, heldout_split, kendall, spearman
-from emq.evaluate import StackedStats, block_for, evaluate_stacked, proxy_scores
+from emq.evaluate import StackedStats, block_for, evaluate_pieces, proxy_scores
 from emq.proxy import Proxy
 from emq.stats_cache import StatsConfig, iter_stats, load_or_compute
 
@@ -40,25 +40,21 @@ def stream_scores(
     n = len(candidates)
     block = block_for(n)
     size = max(block, chunk // block * block)
-    parts: list[list[np.ndarray]] = [[] for _ in programs]
-    failures: list[Counter] = [Counter() for _ in programs]
-    held: list[Any] = []
 
-    def flush() -> None:
-        stacked = StackedStats(held, device, block=block)
-        for k, proxy in enumerate(programs):
-            scores, fails = evaluate_stacked(proxy, stacked)
-            parts[k].append(scores)
-            failures[k].update(fails)
-        held.clear()
+    def pieces() -> Iterator[tuple[int, StackedStats]]:
+        held: list[Any] = []
+        offset = 0
+        for stats in iter_stats(bench, candidates, config, progress=progress, cache_root=cache_root):
+            held.append(stats)
+            if len(held) == size:
+                yield offset, StackedStats(held, device, block=block)
+                offset += len(held)
+                held = []
+        if held:
+            yield offset, StackedStats(held, device, block=block)
 
-    for stats in iter_stats(bench, candidates, config, progress=progress, cache_root=cache_root):
-        held.append(stats)
-        if len(held) == size:
-            flush()
-    if held:
-        flush()
-    return [(np.concatenate(p) if p else np.zeros(0), +f) for p, f in zip(parts, failures)]
+    scores, failures = evaluate_pieces(programs, pieces(), n)
+    return [(scores[k], +failures[k]) for k in range(len(programs))]
 
 
 @dataclass

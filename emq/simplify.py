@@ -30,8 +30,7 @@ def simplify(node: Node) -> Node:
     done: dict[Node, Node] = {}
     for sub in node.unique():  # children first: each distinct subtree is simplified once
         kids = tuple(done[c] for c in sub.children)
-        new = sub if kids == sub.children and all(a is b for a, b in zip(kids, sub.children)) else \
-            Node(sub.name, sub.kind, kids)
+        new = sub if all(a is b for a, b in zip(kids, sub.children)) else Node(sub.name, sub.kind, kids)
         done[sub] = _rewrite(new)
     return done[node]
 

@@ -108,22 +108,14 @@ def add_op(
 
 def get_op(name: str) -> Op:
     """Return the op registered as `name`, or fail listing the valid names."""
-    _load_library()
     return OPS[name]
 
 
 def list_ops(output: Kind | None = None, inputs: tuple[Kind, ...] | None = None) -> list[Op]:
     """Return registered ops, optionally only those with the given output / input kinds."""
-    _load_library()
     ops = sorted(OPS.values(), key=lambda op: (op.group, op.name))
     if output is not None:
         ops = [op for op in ops if op.output == output]
     if inputs is not None:
         ops = [op for op in ops if op.inputs == tuple(inputs)]
     return ops
-
-
-def _load_library() -> None:
-    # Importing the op modules runs their decorators; done lazily so the registry
-    # module itself has no import cycle with them.
-    import primitives.library  # noqa: F401

@@ -181,7 +181,7 @@ def run_job(job: Job, progress: bool | None = None) -> JobOutcome:
         given = {"batch_size": job.stats.get("batch_size"), "init_seed": job.stats.get("init_seed"),
                  "store_dtype": job.stats.get("dtype"), "hessian_samples": job.stats.get("hessian_samples"),
                  "stat_names": tuple(job.stats["stats"]) if job.stats.get("stats") else None}
-        stats_config = StatsConfig(batch_seed=batch_seeds[0], device=job.stats.get("device", _default_device()),
+        stats_config = StatsConfig(batch_seed=batch_seeds[0], device=job.stats.get("device"),
                                    **{k: v for k, v in given.items() if v is not None})
     except (ValueError, TypeError) as err:
         raise JobFileError(f"{job.path}: {err}") from None
@@ -204,9 +204,3 @@ def run_job(job: Job, progress: bool | None = None) -> JobOutcome:
     log.write("done", verdict=study["verdict"], runs=len(study["runs"]), seconds=round(seconds, 3))
     write_text_atomic(job.out_dir / "job-outcome.json", json.dumps({"verdict": study["verdict"]}) + "\n")
     return JobOutcome(EXIT_DONE, f"done: {study['verdict']}", job.out_dir, study["verdict"], seconds)
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from emq.errors import EMQUserError
-from emq.evaluate import StackedStats, block_for, evaluate_stacked
+from emq.evaluate import StackedStats, block_for, evaluate_pieces
 from emq.proxy import Proxy
 from emq.stats import NetworkStats
 from emq.stats_cache import read_stats, write_stats
@@ -275,15 +275,9 @@ def evaluate_shard(shard: Shard, programs: Sequence[Proxy]) -> tuple[np.ndarray,
     """Return the scores [program, candidate] of `programs` on the shard's candidates, and each program's failures."""
     watch_parent(shard.parent_pid)
     device = worker_device(shard.device, shard.claim_dir)
-    scores = np.full((len(programs), shard.source.n), np.nan)
-    failures = [Counter() for _ in programs]
     # no_grad is scoped: a global switch would leak into the caller's process (serial, threading)
     with torch.no_grad(), one_thread():
-        for offset, stacked in _pieces(shard, device):
-            for k, program in enumerate(programs):
-                values, failed = evaluate_stacked(program, stacked)
-                scores[k, offset: offset + stacked.n] = values
-                failures[k].update(failed)
+        scores, failures = evaluate_pieces(programs, _pieces(shard, device), shard.source.n)
     return scores, [dict(f) for f in failures]
 
 

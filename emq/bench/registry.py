@@ -68,18 +68,15 @@ def register_builder(name: str) -> Callable[[BenchmarkBuilder], BenchmarkBuilder
 
 def get_builder(name: str) -> BenchmarkBuilder:
     """Return the builder of embedded benchmark `name`, or fail naming those that can be built."""
-    _load_all()
     return BUILDERS[name]
 
 
 def list_benchmarks() -> list[BenchmarkEntry]:
-    _load_all()
     return sorted(BENCHMARKS.values(), key=lambda e: e.name)
 
 
 def get_benchmark(name: str, data_dir: Path | None = None, **options: str | None) -> Benchmark:
     """Instantiate benchmark `name` with its `options` (None values are left out), or fail naming what is valid."""
-    _load_all()
     entry = BENCHMARKS[name]
     allowed = dict(entry.options)
     given = {k: v for k, v in options.items() if v is not None}
@@ -106,7 +103,3 @@ def open_benchmark(name: str, data_dir: Path | None = None, build: bool = True,
             notify(f"{name} is not built yet: building it now (once; see `emq bench build --help`)")
         get_builder(name)()
         return get_benchmark(name, data_dir, **options)
-
-
-def _load_all() -> None:
-    """Nothing to load: importing `emq.bench` (which this module's import implies) registered every benchmark."""
