@@ -20,7 +20,7 @@ from emq.atomic import write_json_atomic, write_text_atomic
 from emq.bench.base import Benchmark
 from emq.fitness import PairedDifference, verdict
 from emq.stats_cache import StatsConfig
-from search.evolution import SearchConfig, load_hall_of_fame
+from search.evolution import RunFolderError, SearchConfig, load_hall_of_fame
 
 STUDY_FORMAT = "emq-study/1"
 
@@ -49,17 +49,44 @@ def run_study(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
+    previous = _previous_seconds(out_dir)
     for batch_seed in batch_seeds:
         for seed in seeds:
             folder = run_folder(out_dir, seed, batch_seed)
+            run_config = dataclasses.replace(search_config, seed=seed)
+            if search_options.get("resume") and finished_run(folder, run_config, batch_seed):
+                runs.append(_run_row(folder, seed, batch_seed, previous.get(folder.name, 0.0)))
+                continue
             start = time.perf_counter()
-            result = run_one(bench, dataclasses.replace(stats_config, batch_seed=batch_seed),
-                             dataclasses.replace(search_config, seed=seed), folder, command=command, **search_options)
+            result = run_one(bench, dataclasses.replace(stats_config, batch_seed=batch_seed), run_config, folder, command=command, **search_options)
             if not result.finished:
                 break
             runs.append(_run_row(folder, seed, batch_seed, time.perf_counter() - start))
             write_study(out_dir, bench.name, command, runs, len(seeds) * len(batch_seeds))
     return write_study(out_dir, bench.name, command, runs, len(seeds) * len(batch_seeds))
+
+
+def finished_run(folder: Path, config: SearchConfig, batch_seed: int) -> bool:
+    """Whether `folder` holds a finished run (held-out verdict written) of exactly this config and batch seed.
+
+    A resumed study keeps such runs instead of repeating them; a run of other settings is
+    left to `run_search`, which refuses it with the contradicting fields.
+    """
+    try:
+        hall = load_hall_of_fame(folder)
+        saved = json.loads((folder / "config.json").read_text(encoding="utf-8"))["search"]
+    except (OSError, ValueError, KeyError, TypeError, RunFolderError):
+        return False
+    return ("verdict" in hall and saved == config.to_json()
+            and (hall.get("batch") or {}).get("seed") == batch_seed)
+
+
+def _previous_seconds(out_dir: Path) -> dict[str, float]:
+    """Return the wall seconds per run folder recorded by an earlier pass of this study (kept on resume)."""
+    try:
+        return {r["folder"]: float(r["seconds"]) for r in load_study(out_dir)["runs"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _run_row(folder: Path, seed: int, batch_seed: int, seconds: float) -> dict[str, Any]:
