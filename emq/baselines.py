@@ -237,16 +237,22 @@ def nwot(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: Baselin
     return float(torch.linalg.slogdet(kernel)[1])
 
 
-@register_baseline("jacov", doc="Jacobian covariance (Mellor et al. 2020): -sum(log(v + k) + 1/(v + k)) over eigenvalues of the input-Jacobian correlation")
+@register_baseline("jacov", doc="Jacobian covariance (Mellor et al. 2020): -sum(log(v + k) + 1/(v + k)) over eigenvalues of the input-Jacobian correlation",
+                   version=2)
 def jacov(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: BaselineContext) -> float:
-    """Return the JacobCov score of the per-input Jacobians of the summed logits (k = 1e-5)."""
+    """Return the JacobCov score of the per-input Jacobians of the summed logits (k = 1e-5).
+
+    A network whose Jacobian is constant for some input (no path from input to output,
+    as in NAS-Bench-201's disconnected cells) scores -inf: ranked last, like NASWOT's
+    singular kernel, instead of a NaN that leaves the whole correlation undefined.
+    """
     x = batch.inputs.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         (jac,) = torch.autograd.grad(network_logits(net, x).sum(), x)
     rows = jac.reshape(jac.shape[0], -1).to(torch.float64)
     corr = torch.corrcoef(rows)
     if not bool(torch.isfinite(corr).all()):
-        return math.nan  # an input with a constant Jacobian has no correlation
+        return -math.inf  # an input with a constant Jacobian: nothing of it reaches the output
     eig = torch.linalg.eigvalsh(corr)
     k = 1e-5
     return float(-torch.sum(torch.log(eig + k) + 1.0 / (eig + k)))

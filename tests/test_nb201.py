@@ -215,6 +215,17 @@ def test_a_degenerate_cell_network_ignores_its_input():
     assert torch.equal(a, b)
 
 
+def test_jacov_ranks_a_cell_that_ignores_its_input_last_instead_of_undefined():
+    from emq.baselines import BaselineContext, get_baseline
+    from emq.bench.base import Batch
+
+    batch = Batch(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]), "test", 0)
+    fn = get_baseline("jacov").fn
+    ctx = BaselineContext(torch.device("cpu"), 0, None)
+    dead, alive = fn(nb201((2, 2, 1, 2, 1, 1)), batch, None, ctx), fn(nb201((2, 2, 2, 2, 2, 2)), batch, None, ctx)
+    assert dead == -math.inf and math.isfinite(alive)
+
+
 def test_the_same_init_seed_gives_the_same_weights_whatever_ran_before():
     first = nb201((2, 3, 4, 0, 2, 3), init_seed=5).state_dict()
     torch.randn(100)
