@@ -36,6 +36,7 @@ from emq.stats import NetworkStats
 from primitives import Kind, get_op
 
 if TYPE_CHECKING:  # the Proxy class evaluates through this module
+    from emq.layer_weights import LayerWeights
     from emq.proxy import Proxy
 
 #: Entries one intermediate tensor of a piece of candidates may hold (bounds memory, keeps pieces in cache).
@@ -215,16 +216,19 @@ def evaluate_stacked(proxy: "Proxy | Node", stacked: StackedStats,
 
     A candidate that fails is counted under the op that failed (`op_error:<op>`,
     `shape:<op>`), `missing_stat` when none of its entries carries every statistic
-    the program reads, or `nonfinite` (its score is then kept as computed).
+    the program reads, or `nonfinite` (its score is then kept as computed). A proxy
+    with fitted layer weights (`emq fit`) has its layer aggregations read each layer's
+    term times the layer's weight.
     """
     root = proxy if isinstance(proxy, Node) else proxy.root
+    weights = None if isinstance(proxy, Node) else proxy.layer_weights
     scores = np.full(stacked.n, np.nan)
     reasons: list[str | None] = [None] * stacked.n
     plan = _Plan.of(root)
     needed = root.stats()
     for blk in stacked.blocks:
         failed: list[str | None] = [None] * len(blk.index)
-        out = _run_block(plan, blk, needed, failed, dtype, stacked.chunk_elements)
+        out = _run_block(plan, blk, needed, failed, dtype, stacked.chunk_elements, weights)
         for k, pos in enumerate(blk.index):
             reasons[int(pos)] = failed[k]
             if failed[k] is None:
@@ -250,8 +254,42 @@ def _chunks(column: _Column, needed: set[str], chunk_elements: int) -> list[tupl
     return [(a, min(m, a + size)) for a in range(0, m, size)]
 
 
+@dataclass
+class LayerGroup:
+    """Candidates of one block with as many layers: the per-layer terms a program's aggregations read.
+
+    `positions` index the whole candidate list; `names[j]` are candidate j's layer
+    names in its layer order; `terms[nid]` and `params` are [candidates, layers].
+    """
+
+    positions: np.ndarray
+    names: list[list[str]]
+    terms: dict[int, torch.Tensor]
+    params: torch.Tensor
+
+
+def layer_groups(proxy: "Proxy | Node", stacked: StackedStats,
+                 dtype: torch.dtype = torch.float32) -> tuple[_Plan, list[LayerGroup], np.ndarray]:
+    """Return the program's plan, its per-layer terms grouped for `network_tensor`, and the unweighted scores.
+
+    This is the evaluator stopped before the network part, so `emq fit` can weight the
+    terms and differentiate the rest; candidates that failed are in no group.
+    """
+    root = proxy if isinstance(proxy, Node) else proxy.root
+    plan = _Plan.of(root)
+    needed = root.stats()
+    groups: list[LayerGroup] = []
+    scores = np.full(stacked.n, np.nan)
+    for blk in stacked.blocks:
+        failed: list[str | None] = [None] * len(blk.index)
+        out = _run_block(plan, blk, needed, failed, dtype, stacked.chunk_elements, capture=groups)
+        scores[blk.index] = out
+    return plan, groups, scores
+
+
 def _run_block(plan: _Plan, blk: _Block, needed: set[str], failed: list[str | None], dtype: torch.dtype,
-               chunk_elements: int) -> np.ndarray:
+               chunk_elements: int, layer_weights: "LayerWeights | None" = None,
+               capture: list[LayerGroup] | None = None) -> np.ndarray:
     """Return the block's scores (failures marked in `failed`): per-layer nodes by column, network nodes by layer count."""
     n = len(blk.index)
     usable = [c for c, col in enumerate(blk.columns) if needed <= col.stat_names]
@@ -297,11 +335,23 @@ def _run_block(plan: _Plan, blk: _Block, needed: set[str], failed: list[str | No
     for members in by_count.values():  # networks with as many layers are stacked [networks, layers]
         gather = torch.tensor([rows[k] for k in members], device=params.device)
         sub = [None] * len(members)
+        per_layer = {nid: v[gather] for nid, v in values.items()}
+        if layer_weights is not None or capture is not None:
+            names = [[blk.columns[c].name for c, _ in blk.layout[k] if c in offsets] for k in members]
+            if layer_weights is not None:
+                w = torch.tensor(np.stack([layer_weights.for_layers(nm) for nm in names]), dtype=dtype,
+                                 device=params.device)
+                per_layer = {nid: v * w for nid, v in per_layer.items()}
         try:
-            result = _run_network(plan, {nid: v[gather] for nid, v in values.items()}, params[gather],
-                                  len(members), sub)
+            result = _run_network(plan, per_layer, params[gather], len(members), sub)
         except _ChunkFailed:
             result = None
+        if capture is not None:
+            ok = [j for j, k in enumerate(members) if sub[j] is None and failed[k] is None]
+            if ok:
+                keep = torch.tensor(ok, device=params.device)
+                capture.append(LayerGroup(blk.index[[members[j] for j in ok]], [names[j] for j in ok],
+                                          {nid: v[keep] for nid, v in per_layer.items()}, params[gather][keep]))
         for j, k in enumerate(members):
             failed[k] = sub[j]
             if sub[j] is None and result is not None:
@@ -312,6 +362,12 @@ def _run_block(plan: _Plan, blk: _Block, needed: set[str], failed: list[str | No
 def _run_network(plan: _Plan, per_layer: dict[int, torch.Tensor], params: torch.Tensor, n: int,
                  failed: list[str | None]) -> np.ndarray:
     """Evaluate the network nodes on `n` networks; `per_layer[nid]` is [n, layers], `params` [n, layers]."""
+    return network_tensor(plan, per_layer, params, n, failed).detach().to(torch.float64).cpu().numpy()
+
+
+def network_tensor(plan: _Plan, per_layer: dict[int, torch.Tensor], params: torch.Tensor, n: int,
+                   failed: list[str | None]) -> torch.Tensor:
+    """Return the network part's scores [n] as a tensor (differentiable in `per_layer`; used by `emq fit`)."""
     net: dict[int, Value] = {}
     for nid in plan.net_nodes:
         op = get_op(plan.nodes[nid].name)
@@ -320,8 +376,7 @@ def _run_network(plan: _Plan, per_layer: dict[int, torch.Tensor], params: torch.
         else:
             net[nid] = _apply(op.name, [net[a] for a in plan.args[nid]], n, failed, "network")
     t, batched = net[plan.output]
-    t = t.reshape(n) if batched else t.reshape(()).expand(n)
-    return t.detach().to(torch.float64).cpu().numpy()
+    return t.reshape(n) if batched else t.reshape(()).expand(n)
 
 
 def _run_layer(plan: _Plan, tensors: dict[str, Value], start: int, stop: int,

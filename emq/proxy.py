@@ -6,6 +6,8 @@ printing it, simplifying it (`emq.simplify`), its canonical form and hash (equal
 programs equal up to commutative argument order and the registered identities),
 its JSON form `emq-proxy/1` (a DAG with op *names*; shared subtrees stored once), and
 its size and depth. Evaluation goes through the one evaluator, `emq.evaluate`.
+A proxy may carry fitted layer weights (`emq fit`, `emq.layer_weights`): an optional
+`layer_weights` field of the file, applied by every scorer.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 from emq.atomic import write_json_atomic
 from emq.errors import EMQUserError
 from emq.evaluate import StackedStats, evaluate_stacked
+from emq.layer_weights import LayerWeights
 from emq.program import (
     MAX_DEPTH, MAX_FORMULA_CHARS, MAX_NODES, MAX_TREE_SIZE, Node, ProxyFormatError, check_limits, leaf, op_node,
     parse_formula,
@@ -53,9 +56,10 @@ class MissingStatError(ProxyEvaluationError):
 class Proxy:
     """A typed program ending in N (one number per network), immutable, with `meta` (how it was found)."""
 
-    __slots__ = ("root", "meta", "_simple")
+    __slots__ = ("root", "meta", "layer_weights", "_simple")
 
-    def __init__(self, root: Node, meta: dict[str, Any] | None = None, source: str = "<proxy>") -> None:
+    def __init__(self, root: Node, meta: dict[str, Any] | None = None, source: str = "<proxy>",
+                 layer_weights: LayerWeights | None = None) -> None:
         if not isinstance(root, Node):
             raise TypeError(f"a Proxy is built from a program Node, got {type(root).__name__}; "
                             "use Proxy.from_formula or Proxy.from_json")
@@ -66,6 +70,7 @@ class Proxy:
                 "e.g. wrap it in mean_layers(...)")
         self.root = root
         self.meta: dict[str, Any] = dict(meta or {})
+        self.layer_weights = layer_weights
         self._simple: Node | None = None
 
     # ----------------------------------------------------------------- building
@@ -114,7 +119,9 @@ class Proxy:
         unused = sorted(set(specs) - _feeding(specs, output))
         if unused:
             raise ProxyFormatError(f"{source}: node(s) {unused} do not feed the output")
-        return cls(built[output], meta, source)
+        weights = data.get("layer_weights")
+        return cls(built[output], meta, source,
+                   None if weights is None else LayerWeights.from_json(weights, source))
 
     @classmethod
     def load(cls, path: str | Path) -> "Proxy":
@@ -153,6 +160,7 @@ class Proxy:
             "nodes": nodes,
             "output": ids[self.root],
             "meta": self.meta,
+            **({"layer_weights": self.layer_weights.to_json()} if self.layer_weights is not None else {}),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -166,7 +174,11 @@ class Proxy:
     def simplified(self) -> "Proxy":
         """Return the program simplified by the registered identities (`emq.simplify`), same meta."""
         simple = self._simplified_root()
-        return self if simple is self.root else Proxy(simple, self.meta)
+        return self if simple is self.root else Proxy(simple, self.meta, layer_weights=self.layer_weights)
+
+    def with_layer_weights(self, weights: LayerWeights | None) -> "Proxy":
+        """Return the same program and meta with `weights` on its per-layer terms (None: unweighted)."""
+        return Proxy(self.root, self.meta, layer_weights=weights)
 
     def canonical(self) -> str:
         """Return the canonical formula: simplified, commutative arguments sorted."""
@@ -197,19 +209,20 @@ class Proxy:
         return self.formula()
 
     def __repr__(self) -> str:
-        return f"Proxy({self.formula()!r})"
+        weighted = ", layer-weighted" if self.layer_weights is not None else ""
+        return f"Proxy({self.formula()!r}{weighted})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Proxy) and self.root == other.root
+        return isinstance(other, Proxy) and self.root == other.root and self.layer_weights == other.layer_weights
 
     def __hash__(self) -> int:
         return hash(self.root)
 
     def __getstate__(self) -> tuple:
-        return (self.root, self.meta)
+        return (self.root, self.meta, self.layer_weights)
 
     def __setstate__(self, state: tuple) -> None:
-        self.root, self.meta = state
+        self.root, self.meta, self.layer_weights = state
         self._simple = None
 
     def _simplified_root(self) -> Node:

@@ -1,0 +1,155 @@
+"""`emq fit`: learn a run's best program's layer weights on its search split, then judge it on held-out.
+
+The source is a search run folder (its best program, split, targets and statistics
+settings) or an exported proxy file (the same facts from its `meta`). Weights are
+fitted on the run's search candidates only (`emq.fit`), and the held-out split then
+measures the fitted program against the unfitted one and against the best trivial
+predictor (chosen on the search split), each by a paired bootstrap: the verdict
+protocol of the honest bar, applied to the fitted program.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from emq.atomic import write_text_atomic
+from emq.baselines import baseline_scores, trivial_baselines
+from emq.bench.base import Benchmark
+from emq.fit import FitError, FitSettings, describe_fit, fit_layer_weights
+from emq.fitness import choose_best_trivial, get_metric, heldout_split, paired_bootstrap_difference, verdict
+from emq.proxy import Proxy
+from emq.scoring import stream_scores
+from emq.stats_cache import StatsConfig, load_or_compute
+from search.evolution import json_finite, load_hall_of_fame
+
+
+@dataclass(frozen=True)
+class FitSource:
+    """What `emq fit` needs from a run or proxy file: the program, its benchmark, split, targets and stat settings."""
+
+    proxy: Proxy
+    benchmark: str
+    targets: tuple[str, ...]
+    metric: str
+    joint: str
+    split_seed: int
+    heldout_fraction: float
+    n_search: int | None
+    n_heldout: int | None
+    stat_names: tuple[str, ...] | None
+    stats: Mapping[str, Any]
+
+
+def read_fit_source(path: Path, rank: int = 1) -> FitSource:
+    """Return the fit source of a run folder (its program of `rank`) or of an exported proxy file."""
+    if path.is_dir():
+        hall = load_hall_of_fame(path)
+        programs = hall["programs"]
+        if not 1 <= rank <= len(programs):
+            raise FitError(f"{path}: --rank {rank} but the hall of fame holds {len(programs)} program(s)")
+        proxy = Proxy.from_json(programs[rank - 1]["proxy"], source=f"{path}/hall_of_fame.json")
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        search = config["search"]
+        split = hall.get("split", {})
+        return FitSource(proxy, hall["benchmark"], tuple(search.get("targets") or config.get("targets") or ()),
+                         search["metric"], search["joint"], search["split_seed"], search["heldout_fraction"],
+                         split.get("search"), split.get("heldout"), tuple(config.get("stats") or ()) or None,
+                         hall.get("stats", {}))
+    proxy = Proxy.load(path)
+    meta = proxy.meta
+    if "benchmark" not in meta or "split" not in meta:
+        raise FitError(f"{path}: the proxy's meta does not name its benchmark and split; fit a run folder "
+                       "(emq fit runs/NAME-seed0) or a file written by `emq export`")
+    split = meta["split"]
+    return FitSource(proxy, meta["benchmark"], tuple(meta.get("best_trivial", {})) or tuple(meta["fitness"]["search"]),
+                     meta.get("fitness", {}).get("metric", "kendall"), "mean", split["seed"], split["heldout_fraction"],
+                     split.get("search"), split.get("heldout"), None, meta.get("stats", {}))
+
+
+def stats_config_of(source: FitSource, device: str | None = None) -> StatsConfig:
+    """Return the statistics settings the source's program was found with (so its cache is reused)."""
+    s = source.stats
+    names = source.stat_names or tuple(sorted(source.proxy.stats_needed))
+    return StatsConfig(stat_names=names, batch_seed=int(s.get("batch_seed", 0)), batch_size=int(s.get("batch_size", 16)),
+                       init_seed=int(s.get("init_seed", 0)), hessian_samples=int(s.get("hessian_samples", 2)),
+                       device=device)
+
+
+def fit_run(bench: Benchmark, source: FitSource, stats_config: StatsConfig, settings: FitSettings, out_file: Path,
+            command: str, n_boot: int = 1000, progress: bool = True,
+            cache_root: str | Path | None = None) -> dict[str, Any]:
+    """Fit, score held-out before/after, write the fitted proxy (`out_file`) and its report (`.md`); return the record."""
+    start = time.perf_counter()
+    truth = bench.ground_truth()
+    targets = list(source.targets) or list(truth)
+    missing = [t for t in targets if t not in truth]
+    if missing:
+        raise FitError(f"targets {missing} are not columns of {bench.name} ({', '.join(truth)})")
+    candidates = bench.candidates()
+    split = heldout_split([c.id for c in candidates], source.heldout_fraction, source.split_seed)
+    search_idx = split.search[:source.n_search] if source.n_search else split.search
+    heldout_idx = split.heldout[:source.n_heldout] if source.n_heldout else split.heldout
+    search_cands = [candidates[i] for i in search_idx]
+    search_stats = load_or_compute(bench, search_cands, stats_config, progress=progress, cache_root=cache_root)
+    result = fit_layer_weights(source.proxy, search_stats, {t: truth[t][search_idx] for t in targets}, settings)
+    del search_stats
+    fitted = source.proxy.with_layer_weights(result.weights)
+    metric = get_metric(source.metric)
+    names = trivial_baselines(bench)
+    on_search = baseline_scores(bench, names, stats_config, progress=progress, candidates=search_cands,
+                                cache_root=cache_root)
+    choices = choose_best_trivial(on_search, {t: truth[t][search_idx] for t in targets}, metric)
+    heldout_cands = [candidates[i] for i in heldout_idx]
+    held_truth = {t: truth[t][heldout_idx] for t in targets}
+    (before, _), (after, fails) = stream_scores([source.proxy, fitted], bench, heldout_cands, stats_config,
+                                                progress=progress, cache_root=cache_root)
+    trivial = baseline_scores(bench, sorted({c.name for c in choices.values()}), stats_config, progress=progress,
+                              candidates=heldout_cands, cache_root=cache_root)
+    control = {t: c.oriented(trivial[c.name]) for t, c in choices.items()}
+    vs_before = paired_bootstrap_difference(after, before, held_truth, metric, source.joint, n_boot)
+    vs_trivial = (paired_bootstrap_difference(after, control, held_truth, metric, source.joint, n_boot)
+                  if len(control) == len(targets) else None)
+    record = {
+        "benchmark": bench.name, "formula": source.proxy.formula(), "targets": targets,
+        "split": {"search": len(search_idx), "heldout": len(heldout_idx), "seed": source.split_seed},
+        "stats": stats_config.describe(), "fit": describe_fit(result),
+        "heldout_before": {t: metric(before, c) for t, c in held_truth.items()},
+        "heldout_after": {t: metric(after, c) for t, c in held_truth.items()},
+        "best_trivial": {t: c.label for t, c in choices.items()},
+        "trivial_heldout": {t: metric(control[t], held_truth[t]) for t in control},
+        "after_minus_before": vs_before.to_json(),
+        "after_minus_trivial": vs_trivial.to_json() if vs_trivial else None,
+        "verdict": verdict([vs_trivial]) if vs_trivial else "no discovery",
+        "failures": dict(fails), "seconds": round(time.perf_counter() - start, 1), "command": command,
+    }
+    meta = {**fitted.meta, "fit": json_finite({k: record[k] for k in ("heldout_before", "heldout_after",
+                                                                        "after_minus_before", "after_minus_trivial")})}
+    Proxy(fitted.root, meta, layer_weights=fitted.layer_weights).save(out_file)
+    write_text_atomic(out_file.with_suffix(".md"), fit_markdown(record, result.weights.weights, out_file))
+    return json_finite(record)
+
+
+def fit_markdown(record: Mapping[str, Any], weights: Mapping[str, float], out_file: Path) -> str:
+    """Return the fit report: before/after on held-out, the comparison with the best trivial predictor, the weights."""
+    def diff(d: Mapping[str, Any] | None) -> str:
+        return "n/a" if not d else f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+    lines = [f"# emq fit: `{record['formula']}` on {record['benchmark']}", "", "Produced by:", "",
+             f"    {record['command']}", "",
+             f"Fitted on {record['fit']['keys']} layer keys, {record['split']['search']} search candidates "
+             f"(best validation step {record['fit']['best_step']}); judged on {record['split']['heldout']} held-out "
+             f"candidates ({record['seconds']:.0f} s). Fitted proxy: `{out_file.name}`.", "",
+             "| target | held-out before | held-out after | best trivial (search split) | trivial held-out |",
+             "|---|---|---|---|---|"]
+    for t in record["targets"]:
+        lines.append(f"| {t} | {record['heldout_before'][t]:+.3f} | {record['heldout_after'][t]:+.3f} | "
+                     f"`{record['best_trivial'].get(t, '-')}` | {record['trivial_heldout'].get(t, float('nan')):+.3f} |")
+    lines += ["", f"After minus before (paired 95% CI): {diff(record['after_minus_before'])}.",
+              f"After minus best trivial (paired 95% CI): {diff(record['after_minus_trivial'])}: "
+              f"**{record['verdict']}** for this run.", "", "## Weights (exp(phi), 1 = unfitted)", "",
+              "| layer key | weight |", "|---|---|"]
+    lines += [f"| `{k}` | {w:.3f} |" for k, w in sorted(weights.items(), key=lambda kv: -kv[1])]
+    return "\n".join(lines) + "\n"
