@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from primitives.errors import Registry, UnknownNameError
+from primitives.errors import EMQUserError, Registry, UnknownNameError
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,6 +43,7 @@ from emq.stats_cache import (
     StatsConfig, bench_fields, calibration_inputs, config_key, iter_stats, safe_name,
 )
 from emq.stats_compute import network_logits, prepare_network, virtual_grads
+from emq.teacher import Teacher
 
 MODEL_SCORES_FORMAT = "emq-baseline-scores/1"
 
@@ -53,7 +54,8 @@ class BaselineContext:
 
     `float_model` is the candidate's network before quantization (on `device`),
     `calibration` the benchmark's calibration images with labels (None when it has
-    none), and `memo` a dict shared by the candidates of one scoring call, for work
+    none), `teacher` the benchmark's distillation teacher (None when it has none), and
+    `memo` a dict shared by the candidates of one scoring call, for work
     that does not depend on the candidate (e.g. the full-precision Hessian of an MQ
     benchmark's one network).
     """
@@ -63,6 +65,7 @@ class BaselineContext:
     act_bits: int | None
     float_model: nn.Module | None = None
     calibration: Batch | None = None
+    teacher: Teacher | None = None
     memo: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
 
@@ -82,6 +85,12 @@ class Baseline:
     version: int = 1
     #: A trivial predictor (size, bit count, quantized loss): the bar a discovery must clear.
     trivial: bool = False
+    #: Applies only to benchmarks that name a distillation teacher (`Benchmark.teacher`).
+    needs_teacher: bool = False
+
+    def applies_to(self, bench: Benchmark) -> bool:
+        """Whether this baseline can score `bench`'s candidates (its family; its teacher when needed)."""
+        return bench.family in self.families and (not self.needs_teacher or bench.teacher() is not None)
 
     @property
     def kind(self) -> str:
@@ -92,6 +101,10 @@ class Baseline:
         if self.formula is None:
             raise TypeError(f"baseline {self.name!r} is a model baseline; it has no formula")
         return Proxy.from_formula(self.formula, meta={"baseline": self.name})
+
+
+class BaselineNotApplicableError(EMQUserError, ValueError):
+    """A named baseline cannot score this benchmark (other family, or no distillation teacher)."""
 
 
 class UnknownBaselineError(UnknownNameError):
@@ -109,6 +122,7 @@ def register_baseline(
     formula: str | None = None,
     version: int = 1,
     trivial: bool = False,
+    needs_teacher: bool = False,
 ) -> Any:
     """Register a baseline under `name`.
 
@@ -120,7 +134,7 @@ def register_baseline(
         text = doc
         if not text and fn is not None and fn.__doc__:
             text = fn.__doc__.strip().splitlines()[0]
-        return BASELINES.add(name, Baseline(name, tuple(families), text, formula, fn, version, trivial))
+        return BASELINES.add(name, Baseline(name, tuple(families), text, formula, fn, version, trivial, needs_teacher))
 
     if formula is not None:
         return add(None)
@@ -162,7 +176,7 @@ def arch_baseline_names(bench: Benchmark) -> list[str]:
 
 def benchmark_baselines(bench: Benchmark) -> list[str]:
     """Return every baseline that applies to `bench`: the registered ones of its family, then its arch ones."""
-    return applicable_baselines(bench.family) + arch_baseline_names(bench)
+    return [b.name for b in list_baselines(bench.family) if b.applies_to(bench)] + arch_baseline_names(bench)
 
 
 def trivial_baselines(bench: Benchmark) -> list[str]:
@@ -256,6 +270,21 @@ def jacov(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: Baseli
     eig = torch.linalg.eigvalsh(corr)
     k = 1e-5
     return float(-torch.sum(torch.log(eig + k) + 1.0 / (eig + k)))
+
+
+@register_baseline("diswot", ("vit", "nas"), needs_teacher=True,
+                   doc="DisWOT (Dong et al. CVPR 2023): -(||G_t - G_s|| + ||R_t - R_s||), semantic (class activation) "
+                   "and sample-relation similarity with the benchmark's randomly initialised teacher")
+def diswot(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: BaselineContext) -> float:
+    """Return minus the DisWOT distance between the student and the teacher (computed once per scoring call)."""
+    from emq.diswot import diswot_distance, diswot_matrices
+
+    if ctx.teacher is None:
+        raise BaselineNotApplicableError("diswot needs the benchmark's distillation teacher")
+    key = ("diswot-teacher", ctx.teacher.name, ctx.teacher.init_seed)
+    if key not in ctx.memo:
+        ctx.memo[key] = diswot_matrices(ctx.teacher.model(ctx.device), ctx.teacher.inputs(batch.inputs))
+    return -diswot_distance(diswot_matrices(net, batch.inputs), ctx.memo[key])
 
 
 #: Zen-score's perturbation scale (Lin et al. 2021, alpha).
@@ -492,10 +521,12 @@ def baseline_scores(
     cands = list(candidates) if candidates is not None else bench.candidates()
     arch = {n: arch_scores(bench, n, cands) for n in names if n.startswith(ARCH_PREFIX)}
     entries = [get_baseline(n) for n in names if n not in arch]
-    wrong = [e.name for e in entries if bench.family not in e.families]
+    wrong = [e.name for e in entries if not e.applies_to(bench)]
     if wrong:
-        fitting = ", ".join(b.name for b in list_baselines(bench.family))
-        raise ValueError(f"baseline(s) {wrong} do not apply to {bench.family!r} benchmarks; applicable: {fitting}")
+        fitting = ", ".join(b.name for b in list_baselines(bench.family) if b.applies_to(bench))
+        why = " (it needs a benchmark with a distillation teacher)" if all(
+            bench.family in get_baseline(n).families for n in wrong) else ""
+        raise BaselineNotApplicableError(f"baseline(s) {wrong} do not apply to {bench.name}{why}; applicable: {fitting}")
     out: dict[str, np.ndarray] = {}
     programs = {e.name: e.proxy() for e in entries if e.kind == "program"}
     if programs:
@@ -567,7 +598,7 @@ def model_baseline_scores(
     calib = calibration_inputs(bench)
     act_bits = getattr(bench, "act_bits", 8)
     ctx = BaselineContext(device=device, seed=config.batch_seed, act_bits=act_bits,
-                          calibration=bench.calibration_batch())
+                          calibration=bench.calibration_batch(), teacher=bench.teacher())
     todo = [c for c in candidates if c.id not in cached]
     last_save = time.monotonic()
     try:

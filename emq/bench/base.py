@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from emq.errors import EMQUserError
+
+if TYPE_CHECKING:
+    from emq.teacher import Teacher
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,10 @@ class Benchmark(ABC):
         stages; it differs from the mean when the list length varies). Benchmarks may override it.
         """
         return arch_features(candidate.arch)
+
+    def teacher(self) -> "Teacher | None":
+        """Return the distillation teacher of the benchmark's KD columns (None: it has none)."""
+        return None
 
     def calibration_batch(self) -> Batch | None:
         """Return the images (and labels) the benchmark calibrates quantization on, or None when it has none."""

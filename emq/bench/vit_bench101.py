@@ -53,6 +53,8 @@ from emq.bench.safe_pickle import describe_torch_load_error
 from emq.errors import InputFileError
 from emq.models.autoformer import autoformer, count_params
 from emq.models.pit import NUM_STAGES, pit
+from emq.models.resnet_cifar import resnet56
+from emq.teacher import Teacher
 
 SUBDIR = "vit-bench-101"
 SPACES = ("autoformer", "pit")
@@ -263,6 +265,10 @@ def vit_batch(source: str, seed: int, size: int, num_classes: int = NUM_CLASSES,
     return Batch(inputs=x, labels=y, source=f"gaussian-{resolution}x{resolution}x3", seed=seed)
 
 
+#: Seed of the randomly initialised distillation teacher (documented; recorded with DisWOT scores' cache key).
+TEACHER_INIT_SEED = 0
+
+
 class ViTBench101(Benchmark):
     """Auto-Prox's ViT-Bench-101 (AutoFormer or PiT subnets) with their published accuracies."""
 
@@ -295,6 +301,15 @@ class ViTBench101(Benchmark):
 
     def batch(self, seed: int = 0, size: int = 16) -> Batch:
         return vit_batch(self.batch_source, seed, size)
+
+    def teacher(self) -> Teacher:
+        """The `_kd` columns' teacher: a CIFAR ResNet-56, random init (seed TEACHER_INIT_SEED), at 32x32.
+
+        The students were distilled from a trained ResNet-56 on each dataset; training-free
+        scoring (DisWOT) pairs randomly initialised networks. It sees the batch area-resized
+        to its native 32x32, and has the students' 100-way head so the class matrices match.
+        """
+        return Teacher("resnet56-cifar", lambda seed: resnet56(NUM_CLASSES, seed), 32, TEACHER_INIT_SEED)
 
     def describe_models(self, limit: int = 3) -> str:
         """Return a few lines: the file, missing values, and the parameter counts of the first archs."""

@@ -16,6 +16,7 @@ the BatchNorm becomes `nn.Identity`, which keeps every conv/linear name unchange
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -27,16 +28,17 @@ RESNET18_WIDTHS = (64, 128, 256, 512)
 class BasicBlock(nn.Module):
     """Two 3x3 convs with a residual; a 1x1 conv `downsample` when stride or width change."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1,
+                 norm: Callable[[int], nn.Module] = nn.BatchNorm2d) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm(planes)
         self.downsample: nn.Sequential | None = None
         if stride != 1 or in_planes != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), norm(planes))
 
     def conv_bn_pairs(self, prefix: str) -> list[tuple[str, str]]:
         pairs = [(f"{prefix}conv1", f"{prefix}bn1"), (f"{prefix}conv2", f"{prefix}bn2")]
@@ -51,10 +53,11 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-def make_stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+def make_stage(in_planes: int, planes: int, blocks: int, stride: int,
+               norm: Callable[[int], nn.Module] = nn.BatchNorm2d) -> nn.Sequential:
     """Return `blocks` BasicBlocks, the first one strided."""
-    layers = [BasicBlock(in_planes, planes, stride)]
-    layers += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
+    layers = [BasicBlock(in_planes, planes, stride, norm)]
+    layers += [BasicBlock(planes, planes, 1, norm) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 
 
