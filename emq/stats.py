@@ -33,7 +33,10 @@ class StatInfo:
     - `needs_output`: needs the layer's output on the batch (forward hooks kept);
     - `layer_local`: a function of the layer alone (its weight and bits), not of the
       rest of the network or the batch, so one layer's bits change only its own value;
-    - `family`: the benchmark family that has it ("vit"), or None for every family.
+    - `family`: the benchmark family that has it ("vit"), or None for every family;
+    - `needs_teacher`: needs the benchmark's distillation teacher (`Benchmark.teacher`);
+    - `head_entry`: one matrix per network, on the classifier's entry (the last linear
+      layer), not one per layer.
     """
 
     name: str
@@ -43,6 +46,8 @@ class StatInfo:
     needs_output: bool = False
     layer_local: bool = False
     family: str | None = None
+    needs_teacher: bool = False
+    head_entry: bool = False
 
 
 class UnknownStatError(UnknownNameError):
@@ -76,6 +81,18 @@ register_stat("head_out", "(ViT) per-head attention outputs attn @ v, batch x he
               "entry: the attention module", family="vit")
 register_stat("mlp_hidden", "(ViT) MLP hidden activations after the GELU, batch x tokens x hidden; "
               "entry: the MLP's first linear layer, e.g. blocks.3.mlp.fc1", family="vit")
+register_stat("logits", "network logits on the batch, batch x classes; entry: the classifier (last linear layer)",
+              head_entry=True)
+register_stat("relation", "sample-relation matrix of the features feeding the classifier, batch x batch, "
+              "Frobenius-normalised (DisWOT); entry: the classifier", head_entry=True)
+register_stat("semantic", "class-similarity matrix of the class activation maps, classes x classes, "
+              "Frobenius-normalised (DisWOT); entry: the classifier", head_entry=True)
+register_stat("teacher_logits", "the distillation teacher's logits on the same batch, batch x classes; entry: "
+              "the student's classifier (benchmarks with a teacher)", head_entry=True, needs_teacher=True)
+register_stat("teacher_relation", "the teacher's `relation` matrix on the same batch; entry: the student's "
+              "classifier", head_entry=True, needs_teacher=True)
+register_stat("teacher_semantic", "the teacher's `semantic` matrix; entry: the student's classifier",
+              head_entry=True, needs_teacher=True)
 register_stat("ln_out", "(ViT) LayerNorm output, batch x tokens x width; entry: the LayerNorm, e.g. blocks.3.norm1",
               family="vit")
 

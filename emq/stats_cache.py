@@ -234,7 +234,7 @@ def iter_stats(
             stats = compute_stats(
                 model, batch, cand.bits, config.stats_for(cand, bench.family),
                 act_bits=act_bits, calib_inputs=calib, hessian_samples=config.hessian_samples,
-                seed=config.batch_seed, device=device, store_dtype=config.torch_dtype(),
+                seed=config.batch_seed, device=device, store_dtype=config.torch_dtype(), teacher=bench.teacher(),
             )
             write_stats(path, key, cand.id, stats, seconds=time.perf_counter() - start)
             computed += 1

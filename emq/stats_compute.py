@@ -42,12 +42,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from emq.bench.base import Batch
+from emq.diswot import diswot_matrices
 from emq.quant.fake_quant import quantize_weight, quantized_model
 from emq.quant.layers import check_bit_assignment, quantizable_layers
 from emq.stats import (
     BASE_STATS, BIT_STATS, FAMILY_STATS, STATS, TRANSFORMER_STATS, NetworkStats, check_stat_names, stats_with,
 )
 from emq.stats_transformer import HookPoint, attention_macs, entry_params, has_transformer_parts, hook_points
+from emq.teacher import Teacher
 
 #: Largest finite float16 and smallest normal float16.
 F16_MAX = 65504.0
@@ -118,6 +120,7 @@ def compute_stats(
     seed: int = 0,
     device: torch.device | str = "cpu",
     store_dtype: torch.dtype = torch.float32,
+    teacher: Teacher | None = None,
 ) -> NetworkStats:
     """Return the requested statistics of every conv/linear layer (and transformer entry) of `model` on `batch`.
 
@@ -137,6 +140,9 @@ def compute_stats(
     fp_layers = quantizable_layers(model)
     if not fp_layers:
         raise ValueError("the model has no conv/linear layer to compute statistics for")
+    lacking = [n for n in names if STATS[n].needs_teacher]
+    if lacking and teacher is None:
+        raise ValueError(f"statistic(s) {lacking} need a benchmark with a distillation teacher; this one has none")
     transformer = [n for n in names if n in TRANSFORMER_STATS]
     if transformer and not has_transformer_parts(model):
         raise ValueError(f"statistic(s) {transformer} exist only for transformers (attention modules); "
@@ -199,10 +205,37 @@ def compute_stats(
             elif stat in TRANSFORMER_STATS:
                 if name in run.transformer.get(stat, {}):  # mlp_hidden, on an MLP's first layer
                     tensors[stat] = _store(run.transformer[stat][name], store_dtype)
+            elif STATS[stat].head_entry:
+                continue  # added to the classifier's entry below
             else:  # a statistic registered in the catalogue without code here
                 raise NotImplementedError(f"no code computes statistic {stat!r}")
         out[name] = tensors
+    wanted_head = [n for n in names if STATS[n].head_entry]
+    if wanted_head:
+        head = [n for n in order if n in layers and isinstance(layers[n], nn.Linear)][-1]
+        out[head].update({k: _store(v, store_dtype)
+                          for k, v in head_stats(net, inputs, wanted_head, teacher, device).items()})
     return NetworkStats(out, params, flops)
+
+
+def head_stats(net: nn.Module, inputs: torch.Tensor, wanted: Sequence[str], teacher: Teacher | None,
+               device: torch.device) -> dict[str, torch.Tensor]:
+    """Return the network-level statistics (logits, DisWOT matrices; the teacher's, on the same batch)."""
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        if "logits" in wanted:
+            out["logits"] = network_logits(net, inputs).detach()
+        if {"relation", "semantic"} & set(wanted):
+            mine = diswot_matrices(net, inputs)
+            out.update({"relation": mine.relation, "semantic": mine.semantic})
+        if teacher is not None and any(STATS[n].needs_teacher for n in wanted):
+            tnet, tin = teacher.model(device), teacher.inputs(inputs)
+            if "teacher_logits" in wanted:
+                out["teacher_logits"] = network_logits(tnet, tin).detach()
+            if {"teacher_relation", "teacher_semantic"} & set(wanted):
+                theirs = diswot_matrices(tnet, tin)
+                out.update({"teacher_relation": theirs.relation, "teacher_semantic": theirs.semantic})
+    return {k: v for k, v in out.items() if k in wanted}
 
 
 class _Run:

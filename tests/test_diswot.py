@@ -77,3 +77,32 @@ def test_diswot_applies_only_to_benchmarks_with_a_teacher(tmp_path):
 
 def test_diswot_is_registered_as_a_teacher_baseline():
     assert BASELINES["diswot"].needs_teacher and BASELINES["diswot"].kind == "model"
+
+
+def test_teacher_statistics_sit_on_the_classifier_entry_and_a_program_expresses_diswot():
+    from emq.diswot import diswot_distance, diswot_matrices
+    from emq.proxy import Proxy
+    from emq.stats_compute import compute_stats
+
+    teacher = Teacher("resnet56-cifar", lambda seed: resnet56(100, seed), 32, 0)
+    batch = Batch(torch.randn(4, 3, 64, 64), torch.arange(4), "test", 0)
+    net = autoformer(TINY_VIT, img_size=64)
+    names = ["weight", "logits", "relation", "semantic", "teacher_logits", "teacher_relation", "teacher_semantic"]
+    stats = compute_stats(net, batch, None, names, teacher=teacher)
+    assert {n for n, d in stats.layers.items() if "teacher_relation" in d} == {"head"}
+    assert stats.layers["head"]["teacher_semantic"].shape == (100, 100)
+    assert stats.layers["head"]["teacher_logits"].shape == (4, 100)
+    program = Proxy.from_formula(
+        "sum_layers(s_add(l2(sub(semantic, teacher_semantic)), l2(sub(relation, teacher_relation))))")
+    expected = diswot_distance(diswot_matrices(net, batch.inputs), diswot_matrices(teacher.model(), teacher.inputs(batch.inputs)))
+    assert program.evaluate(stats) == pytest.approx(expected, rel=2e-3)  # statistics stored as float16
+
+
+def test_teacher_statistics_without_a_teacher_fail_naming_them():
+    from emq.stats_compute import compute_stats
+
+    batch = Batch(torch.randn(2, 3, 32, 32), torch.arange(2), "test", 0)
+    with pytest.raises(ValueError, match=r"teacher_relation.*distillation teacher"):
+        compute_stats(nb201((2, 2, 2, 2, 2, 2)), batch, None, ["teacher_relation"])
+    stats = compute_stats(nb201((2, 2, 2, 2, 2, 2)), batch, None, ["relation", "semantic"])  # student-only: fine
+    assert stats.layers["classifier"]["semantic"].shape == (10, 10)
