@@ -1,4 +1,4 @@
-"""The evolutionary search for proxy programs (DEAP): variation, screening, niche selection, elitism, resume.
+"""The evolutionary search for proxy programs: variation, screening, niche selection, elitism, resume.
 
 One generation: the hall of fame (best distinct programs, at most one per niche)
 is carried over unchanged; parents are drawn by tournament among niche
@@ -40,7 +40,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from deap import base, creator
 from tqdm.auto import tqdm
 
 from emq.atomic import check_not_inputs, check_output_path, write_json_atomic, write_text_atomic
@@ -179,39 +178,34 @@ class SearchConfig:
 
 # ------------------------------------------------------------- individuals
 class Program:
-    """An individual's genotype: a (simplified) program, its canonical hash, and the evaluation record."""
+    """An individual: a (simplified) program, its canonical hash, its evaluation record and fitness (`emq.ga`)."""
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.hash = proxy.canonical_hash()
         self.record: dict[str, Any] | None = None
+        self.fitness: float | None = None
         self.ranks: np.ndarray | None = None
 
     def __repr__(self) -> str:
-        return f"Program({self.proxy.formula()!r}, fitness={self.record and self.record.get('fitness')})"
+        return f"Program({self.proxy.formula()!r}, fitness={self.fitness})"
 
 
-if not hasattr(creator, "EMQFitness"):
-    creator.create("EMQFitness", base.Fitness, weights=(1.0,))
-if not hasattr(creator, "EMQIndividual"):
-    creator.create("EMQIndividual", Program, fitness=creator.EMQFitness)
-
-
-def make_individual(proxy: Proxy, record: dict[str, Any] | None = None) -> Any:
-    ind = creator.EMQIndividual(proxy)
+def make_individual(proxy: Proxy, record: dict[str, Any] | None = None) -> Program:
+    ind = Program(proxy)
     if record is not None:
         apply_record(ind, record)
     return ind
 
 
-def apply_record(ind: Any, record: dict[str, Any]) -> None:
+def apply_record(ind: Program, record: dict[str, Any]) -> None:
     """Set an individual's fitness and behaviour from its evaluation record."""
     ind.record = record
     if record.get("fitness") is not None:
-        ind.fitness.values = (float(record["fitness"]),)
+        ind.fitness = float(record["fitness"])
         ind.ranks = rank_vector(np.asarray(record["probe"], dtype=np.float64))
     else:
-        del ind.fitness.values
+        ind.fitness = None
         ind.ranks = None
 
 
@@ -427,7 +421,7 @@ class _Engine:
         cfg, rng = self.config, state.rng
         elites = [make_individual(m.proxy, m.record) for m in state.hof]
         seen = {e.hash for e in elites}
-        valid = [ind for ind in state.population if ind.fitness.valid]
+        valid = [ind for ind in state.population if ind.fitness is not None]
         reps = representatives(valid, cfg.niche_threshold)
         clock.lap("selection")
         n_fresh = int(round(cfg.fresh_share * cfg.population)) if reps else cfg.population - len(elites)
@@ -552,14 +546,14 @@ class _Engine:
     def _advance(self, state: _State, population: list[Any], stats: dict[str, Any], clock: "_Clock") -> dict[str, Any]:
         state.generation += 1
         state.population = population
-        valid = [ind for ind in population if ind.fitness.valid]
+        valid = [ind for ind in population if ind.fitness is not None]
         state.hof.update(valid)
-        values = [ind.fitness.values[0] for ind in valid]
+        values = [ind.fitness for ind in valid]
         row = {
             "gen": state.generation,
             "best": max(values) if values else None,
             "median": float(np.median(values)) if values else None,
-            "best_ever": state.hof[0].fitness.values[0] if len(state.hof) else None,
+            "best_ever": state.hof[0].fitness if len(state.hof) else None,
             "best_formula": state.hof[0].proxy.formula() if len(state.hof) else None,
             "population": len(population),
             "valid": len(valid),

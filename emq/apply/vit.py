@@ -74,8 +74,9 @@ class ViTComparison:
                       "cores, mostly training):", "", f"    {command}", ""]
         s = self.search
         lines += [
-            f"Search: DEAP GA, population {s['population']}, {s['generations']} generations, seed {s['seed']}, over "
-            "the tiny-ViT space of the benchmark (embed dim, depth, per-layer heads and MLP ratio); networks "
+            f"Search: seeded GA (tournament selection, elitism), population {s['population']}, "
+            f"{s['generations']} generations, seed {s['seed']}, over the tiny-ViT space of the benchmark (embed dim, "
+            "depth, per-layer heads and MLP ratio); networks "
             f"randomly initialised (init seed {s['init_seed']}), statistics on batch {self.batch.get('source')} "
             f"seed {self.batch.get('seed')} size {self.batch.get('size')}. Budget: trainable parameters.",
             "",
