@@ -225,7 +225,7 @@ def test_vit_digits_comparison_trains_new_archs_and_reads_known_ones(monkeypatch
 # ------------------------------------------------------------------------------ CLI
 @needs_mq_digits
 def test_cli_apply_mq_allocates_within_a_tiny_budget_with_a_search_run_folder_as_proxy(run, tmp_path):
-    from search.evolution import HOF_FORMAT
+    from search.hall_of_fame import HOF_FORMAT
 
     folder = tmp_path / "search-run"
     folder.mkdir()
