@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emq.atomic import check_output_path, write_text_atomic
+from emq.atomic import write_text_atomic
 from emq.errors import BuildTargetError, EMQUserError, UnsafeOutputError
 from emq.paths import results_dir
 from emq.proxy import MAX_DEPTH, MAX_FILE_BYTES, MAX_FORMULA_CHARS, MAX_TREE_SIZE, Proxy, ProxyFormatError
