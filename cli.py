@@ -452,7 +452,7 @@ def search(name: str, data_dir: Path | None, targets: str | None, joint: str, me
     from emq.paths import data_dir as resolve
     from emq.proxy import Proxy
     from search.benchmark import search_benchmark
-    from search.evolution import SearchConfig
+    from search.config import SearchConfig
     from search.pool import EvaluationPool
     from search.run_lock import run_folder_lock
 
@@ -603,7 +603,7 @@ def verdict(run_dir: Path, data_dir: Path | None, n_boot: int, batch_seed: int, 
       emq verdict results/search-vit-autoformer --batch-size 8 --stats grad,params
     """
     from emq.paths import data_dir as resolve
-    from search.evolution import load_hall_of_fame
+    from search.hall_of_fame import load_hall_of_fame
     from search.rescore import rescore_run
     from search.benchmark import verdict_line
 
@@ -630,7 +630,7 @@ def export(run_dir: Path, top: int, out_file: Path) -> None:
                       emq search OTHER_BENCH --seed-proxies proxy.json
                       emq apply mq mq-digits --proxy proxy.json --budget 0.06
     """
-    from search.evolution import export_run
+    from search.hall_of_fame import export_run
 
     for path in export_run(run_dir, top=top, out=out_file):
         click.echo(f"wrote {path}")
@@ -649,7 +649,7 @@ def _load_proxies(proxy_files: tuple[Path, ...], formulas: tuple[str, ...]) -> d
     proxies: dict[str, Any] = {}
     for path in proxy_files:
         if path.is_dir():  # a search run folder: its best program
-            from search.evolution import export_proxies
+            from search.hall_of_fame import export_proxies
 
             best = export_proxies(path, 1)
             if not best:

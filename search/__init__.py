@@ -4,15 +4,18 @@ Entry points:
 - `search.benchmark.search_benchmark(bench, stats_config, search_config, run_dir, pool=...)`:
   a whole run on a benchmark (split, cached statistics, evolution, held-out
   comparison with baselines, summary.md).
-- `search.evolution.run_search(search_stats, probe_stats_other_batch, truth, config, run_dir, ...)`:
+- `search.engine.run_search(search_stats, probe_stats_other_batch, truth, config, run_dir, ...)`:
   the loop on plain inputs (lists of NetworkStats and truth arrays).
-- `search.evolution.export_proxies(run_dir, top)`: the best programs of a run as Proxy objects.
+- `search.hall_of_fame.export_proxies(run_dir, top)`: the best programs of a run as Proxy objects.
 - `search.pool.EvaluationPool(backend, n_jobs, scheduler, max_shard_bytes=...)`: scoring on
   candidates sharded over workers, one shard each (serial, threading, loky, dask, ray).
 
-Modules: `generate` (random programs as `emq.program.Node` trees),
+Modules: `config` (SearchConfig, run-folder errors), `engine` (the generation loop),
+`checkpoint` (resumable state, log.jsonl, config.json), `hall_of_fame` (hall_of_fame.json,
+held-out scores, export), `individual` (a program in the population),
+`generate` (random programs as `emq.program.Node` trees),
 `operators` (mutation, crossover), `screening` (cheap rejections with reasons),
-`niches` (behavioural niches, selection, hall of fame), `emq.evaluate` (stacked,
+`niches` (behavioural niches, selection, hall of fame on `emq.ga`), `emq.evaluate` (stacked,
 vmapped evaluation), `pool`, `rng` (checkpointable random streams), `report`
 (plots, summary), `synthetic` (a problem with known answer for tests and demos).
 """

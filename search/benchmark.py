@@ -30,7 +30,9 @@ from emq.scoring import ScoreReport, rows_for, stream_scores
 from emq.stats_cache import (
     StatsConfig, bench_fields, cache_folder, cache_key, calibration_inputs, load_or_compute, safe_name,
 )
-from search.evolution import SearchConfig, SearchResult, add_heldout, run_search, write_hall_of_fame
+from search.config import SearchConfig
+from search.engine import SearchResult, run_search
+from search.hall_of_fame import add_heldout, write_hall_of_fame
 from search.pool import EvaluationPool, StatsSource, worker_device
 from search.report import plot_scatter, write_summary
 

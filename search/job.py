@@ -159,7 +159,7 @@ def run_job(job: Job, progress: bool | None = None) -> JobOutcome:
     from emq.proxy import Proxy
     from emq.stats_cache import StatsConfig
     from search.benchmark import search_benchmark
-    from search.evolution import SearchConfig
+    from search.config import SearchConfig
     from search.pool import EvaluationPool
     from search.run_lock import run_folder_lock
     from search.study import run_study

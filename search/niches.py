@@ -13,10 +13,10 @@ import random
 from typing import Any, Sequence
 
 import numpy as np
-from deap import tools
 from scipy.stats import rankdata
 
-from emq.global_random import as_global_random
+from emq.ga import HallOfFame
+from emq.ga import tournament as ga_tournament
 
 DEFAULT_THRESHOLD = 0.98
 
@@ -45,7 +45,7 @@ def assign_niches(individuals: Sequence[Any], threshold: float = DEFAULT_THRESHO
     one that resembles no representative so far founds a niche. Ids number the
     niches in order of their representatives' fitness.
     """
-    order = sorted(range(len(individuals)), key=lambda i: (-individuals[i].fitness.values[0], individuals[i].hash))
+    order = sorted(range(len(individuals)), key=lambda i: (-individuals[i].fitness, individuals[i].hash))
     reps: list[int] = []
     niche = [0] * len(individuals)
     for i in order:
@@ -67,7 +67,7 @@ def representatives(individuals: Sequence[Any], threshold: float = DEFAULT_THRES
     niche = assign_niches(individuals, threshold)
     best: dict[int, Any] = {}
     for ind, k in zip(individuals, niche):
-        if k not in best or (ind.fitness.values[0], ind.hash) > (best[k].fitness.values[0], best[k].hash):
+        if k not in best or (ind.fitness, ind.hash) > (best[k].fitness, best[k].hash):
             best[k] = ind
     return [best[k] for k in sorted(best)]
 
@@ -78,19 +78,18 @@ def count_niches(individuals: Sequence[Any], threshold: float = DEFAULT_THRESHOL
 
 
 def tournament(candidates: Sequence[Any], k: int, rng: random.Random, tournsize: int = 3) -> list[Any]:
-    """Return `k` winners of DEAP's selTournament among `candidates`, drawing from `rng`'s stream."""
+    """Return `k` tournament winners among `candidates` (at most all of them per tournament), drawing from `rng`."""
     if not candidates:
         return []
-    with as_global_random(rng):
-        return tools.selTournament(list(candidates), k, tournsize=min(tournsize, len(candidates)))
+    return ga_tournament(list(candidates), k, rng, min(tournsize, len(candidates)))
 
 
-class NicheHallOfFame(tools.HallOfFame):
-    """DEAP hall of fame holding the best `maxsize` programs, at most one per niche.
+class NicheHallOfFame(HallOfFame[Any]):
+    """The hall of fame of the best `maxsize` programs, at most one per niche.
 
-    DEAP's own `update` skips a newcomer similar to a member even when it is better;
-    here the better one replaces the member of its niche, so the best program ever
-    seen is always kept.
+    The generic rule (`emq.ga.HallOfFame.update`) skips a newcomer similar to a
+    member even when it is better; here the better one replaces the member of its
+    niche, so the best program ever seen is always kept.
     """
 
     def __init__(self, maxsize: int, threshold: float = DEFAULT_THRESHOLD) -> None:
@@ -99,11 +98,11 @@ class NicheHallOfFame(tools.HallOfFame):
 
     def update(self, population: Sequence[Any]) -> None:
         for ind in population:
-            if not ind.fitness.valid:
+            if ind.fitness is None:
                 continue
-            clash = [i for i, member in enumerate(self.items) if self.similar(ind, member)]
+            clash = [i for i, member in enumerate(self.members) if self.similar(ind, member)]
             if clash:
-                if all(ind.fitness > self.items[i].fitness for i in clash):
+                if all(ind.fitness > self.members[i].fitness for i in clash):
                     for i in sorted(clash, reverse=True):
                         self.remove(i)
                     self.insert(ind)
@@ -113,8 +112,3 @@ class NicheHallOfFame(tools.HallOfFame):
             elif ind.fitness > self[-1].fitness:
                 self.remove(-1)
                 self.insert(ind)
-
-    def restore(self, items: Sequence[Any]) -> None:
-        """Set the members (best first) exactly as saved, without re-sorting ties."""
-        self.items = list(items)
-        self.keys = [ind.fitness for ind in reversed(self.items)]

@@ -23,7 +23,7 @@ from emq.proxy import Proxy
 from emq.scoring import check_proxies_fit
 from emq.stats_cache import StatsConfig, load_or_compute
 from search.benchmark import against_trivial, run_verdict, verdict_line
-from search.evolution import json_finite, load_hall_of_fame
+from search.hall_of_fame import json_finite, load_hall_of_fame
 from emq.evaluate import StackedStats, evaluate_stacked
 
 VERDICT_FORMAT = "emq-verdict/1"

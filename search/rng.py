@@ -1,8 +1,8 @@
 """The search's random streams (python, numpy, torch), seeded once and saved as plain data.
 
-Nothing in the search reads a global random state it does not own: DEAP's
-selection tools draw from the global `random` module, so they run inside
-`emq.global_random.as_global_random`, which lends them this stream and takes the advanced state back.
+Nothing in the search reads a global random state: selection, variation and fresh
+programs all draw from `SearchRNG.py` (tournaments through `emq.ga.tournament`), so
+a saved stream resumes the run exactly.
 """
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ from emq.atomic import write_json_atomic, write_text_atomic
 from emq.bench.base import Benchmark
 from emq.fitness import PairedDifference, verdict
 from emq.stats_cache import StatsConfig
-from search.evolution import RunFolderError, SearchConfig, load_hall_of_fame
+from search.config import RunFolderError, SearchConfig
+from search.hall_of_fame import load_hall_of_fame
 
 STUDY_FORMAT = "emq-study/1"
 

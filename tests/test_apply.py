@@ -202,12 +202,12 @@ def test_a_bit_statistic_in_a_vit_proxy_is_named_in_the_error():
 def test_vit_digits_comparison_trains_new_archs_and_reads_known_ones(monkeypatch):
     from types import SimpleNamespace
 
-    import emq.bench.vit_digits as vit_digits
+    import emq.bench.vit_digits_train as vit_digits_train
     from emq.apply.vit import compare_vit_digits
     from emq.bench.registry import get_benchmark
 
     real = get_benchmark("vit-digits")
-    monkeypatch.setattr(vit_digits, "train_and_test", lambda *args, **kwargs: 0.5)
+    monkeypatch.setattr(vit_digits_train, "train_and_test", lambda *args, **kwargs: 0.5)
     bench = SimpleNamespace(gt={**real.gt, "candidates": real.gt["candidates"][:4]}, space=real.space)
     budget = max(c["params"] for c in bench.gt["candidates"])
     result = compare_vit_digits(bench, {"snip": Proxy.from_formula("sum_layers(l2(mul(weight, grad)))")}, [budget],
@@ -225,7 +225,7 @@ def test_vit_digits_comparison_trains_new_archs_and_reads_known_ones(monkeypatch
 # ------------------------------------------------------------------------------ CLI
 @needs_mq_digits
 def test_cli_apply_mq_allocates_within_a_tiny_budget_with_a_search_run_folder_as_proxy(run, tmp_path):
-    from search.evolution import HOF_FORMAT
+    from search.hall_of_fame import HOF_FORMAT
 
     folder = tmp_path / "search-run"
     folder.mkdir()

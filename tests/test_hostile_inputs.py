@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -24,11 +23,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emq.atomic import check_output_path, write_text_atomic
+from emq.atomic import write_text_atomic
 from emq.errors import BuildTargetError, EMQUserError, UnsafeOutputError
 from emq.paths import results_dir
 from emq.proxy import MAX_DEPTH, MAX_FILE_BYTES, MAX_FORMULA_CHARS, MAX_TREE_SIZE, Proxy, ProxyFormatError
-from search.evolution import ResumeError, SearchConfig, SeedProxyError, export_run, run_search, write_hall_of_fame
+from search.config import ResumeError, SearchConfig, SeedProxyError
+from search.engine import run_search
+from search.hall_of_fame import export_run, write_hall_of_fame
 from search.run_lock import RunLockedError, StaleLockWarning, acquire, release
 from search.synthetic import synthetic_problem
 from emq.program import parse_formula

@@ -10,10 +10,9 @@ import torch
 
 from emq.bench import digits
 from emq.bench.base import Batch, BenchmarkNotBuiltError, Candidate
-from emq.bench.mq_digits import (
-    GT_FILE, README_FILE, WEIGHTS_FILE, GroundTruthError, MQDigitsBenchmark, TrainConfig, build_mq_digits,
-    load_ground_truth, ptq_accuracy, sample_bit_configs,
-)
+from emq.bench.mq_digits import MQDigitsBenchmark, build_mq_digits, readme_text, sample_bit_configs
+from emq.bench.mq_digits_load import GT_FILE, README_FILE, WEIGHTS_FILE, GroundTruthError, load_ground_truth
+from emq.bench.mq_digits_train import TrainConfig, ptq_accuracy
 from emq.models.digits_cnn import DigitsResNet, digits_resnet
 from emq.models.resnet import fold_batchnorm
 from emq.paths import REPO_ROOT
@@ -167,6 +166,18 @@ def test_two_tiny_builds_give_identical_files(tiny_build, tmp_path):
     assert a == b
 
 
+def test_built_readme_is_the_template_filled_from_the_built_ground_truth(tiny_build):
+    gt = json.loads((tiny_build / GT_FILE).read_text())
+    assert (tiny_build / README_FILE).read_text() == readme_text(gt)
+
+
+def test_readme_template_ships_as_package_data():
+    from importlib.resources import files
+
+    assert files("emq.bench").joinpath("templates", "mq-digits.md").is_file()
+    assert '"templates/*.md"' in (REPO_ROOT / "pyproject.toml").read_text()
+
+
 # ----------------------------------------------------------------------------- benchmark
 
 
@@ -272,3 +283,9 @@ def test_committed_benchmark_is_valid_trained_and_spread():
     assert len(bench.candidates()) == 500
     assert bench.gt["float_test_acc"] >= 0.985
     assert acc.max() - acc.min() > 0.3 and np.quantile(acc, 0.75) - np.quantile(acc, 0.25) > 0.05
+
+
+@pytest.mark.skipif(not (COMMITTED / GT_FILE).is_file(), reason="results/mq-digits not built")
+def test_committed_readme_is_the_template_filled_from_the_committed_ground_truth():
+    gt = json.loads((COMMITTED / GT_FILE).read_text())
+    assert (COMMITTED / README_FILE).read_text() == readme_text(gt)

@@ -13,7 +13,8 @@ from emq.bench.base import Batch, Benchmark, Candidate
 from emq.fitness import heldout_split
 from emq.stats_cache import StatsConfig
 from search.benchmark import default_baselines, search_benchmark
-from search.evolution import SearchConfig, export_proxies, load_hall_of_fame
+from search.config import SearchConfig
+from search.hall_of_fame import export_proxies, load_hall_of_fame
 from search.synthetic import SyntheticNetworks
 
 

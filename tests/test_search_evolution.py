@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from emq.proxy import Proxy
-from search.evolution import ResumeError, SearchConfig, export_proxies, export_run, load_hall_of_fame, run_search
+from search.config import ResumeError, SearchConfig
+from search.engine import run_search
+from search.hall_of_fame import export_proxies, export_run, load_hall_of_fame
 from search.synthetic import synthetic_problem
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,7 +97,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(problem, reference, tmp_
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(f"""
         import time
-        from search.evolution import SearchConfig, run_search
+        from search.config import SearchConfig
+        from search.engine import run_search
         from search.synthetic import synthetic_problem
         p = synthetic_problem(n_search=24, n_heldout=16, probe_size=8)
         config = SearchConfig(**{CONFIG.to_json()!r})

@@ -9,7 +9,8 @@ import pytest
 from emq.evaluate import StackedStats, evaluate_stacked
 from emq.proxy import Proxy
 from search import pool as pool_module
-from search.evolution import SearchConfig, run_search
+from search.config import SearchConfig
+from search.engine import run_search
 from search.pool import BackendUnavailableError, EvaluationPool, StatsSource, shard_bounds
 from search.synthetic import synthetic_problem
 

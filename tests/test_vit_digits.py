@@ -11,10 +11,10 @@ import torch
 
 from emq.bench import digits
 from emq.bench.base import Batch, BenchmarkNotBuiltError, Candidate
-from emq.bench.vit_digits import (
-    BUILD_COMMAND, GT_FILE, GT_FORMAT, README_FILE, Recipe, TinyViTSpace, ViTDigitsBenchmark, build_vit_digits,
-    load_ground_truth, low_data_indices, params_kendall, sample_archs, tiny_vit,
-)
+from emq.bench.vit_digits import ViTDigitsBenchmark, build_vit_digits, readme_text
+from emq.bench.vit_digits_load import BUILD_COMMAND, GT_FILE, GT_FORMAT, README_FILE, load_ground_truth, params_kendall
+from emq.bench.vit_digits_space import TinyViTSpace, sample_archs, tiny_vit
+from emq.bench.vit_digits_train import Recipe, low_data_indices
 from emq.errors import InputFileError
 from emq.models.autoformer import count_params
 from emq.paths import REPO_ROOT
@@ -102,6 +102,19 @@ def test_two_tiny_builds_give_identical_files_whatever_the_worker_count(tiny_bui
         return re.sub(r"[\d.]+ s wall, [\d.]+ s CPU\s+with \d+ worker", "T", text)
 
     assert untimed(tmp_path / README_FILE) == untimed(tiny_build / README_FILE)
+
+
+def test_built_readme_is_the_template_filled_from_the_built_ground_truth(tiny_build):
+    gt = json.loads((tiny_build / GT_FILE).read_text())
+    gt["space"] = {k: tuple(v) if isinstance(v, list) else v for k, v in gt["space"].items()}  # as the build held it
+    assert (tiny_build / README_FILE).read_text() == readme_text(gt)
+
+
+def test_readme_template_ships_as_package_data():
+    from importlib.resources import files
+
+    assert files("emq.bench").joinpath("templates", "vit-digits.md").is_file()
+    assert '"templates/*.md"' in (REPO_ROOT / "pyproject.toml").read_text()
 
 
 # ----------------------------------------------------------------------------- benchmark
@@ -217,3 +230,11 @@ def test_committed_benchmark_is_large_spread_and_not_ranked_by_size():
         assert values.max() - values.min() > 0.1, col
     assert all(tau <= 0.8 for tau in params_kendall(bench.gt).values())
     assert (root / README_FILE).is_file()
+
+
+def test_committed_readme_is_the_template_filled_from_the_committed_ground_truth():
+    root = REPO_ROOT / "results" / "vit-digits"
+    if not (root / GT_FILE).is_file():
+        pytest.skip(f"vit-digits not built here ({root}); run `{BUILD_COMMAND} --seed 0`")
+    gt = json.loads((root / GT_FILE).read_text())
+    assert (root / README_FILE).read_text() == readme_text(gt)

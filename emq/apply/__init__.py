@@ -7,7 +7,7 @@
 - `emq.apply.mq` / `emq.apply.vit`: the comparisons on the embedded benchmarks, by real
   PTQ accuracy (mq-digits) and by training with the benchmark's recipe (vit-digits);
 - `emq.apply.decompose`: recognising proxies that are sums of per-layer terms;
-- `emq.apply.evolve`: the small DEAP genetic algorithm both searches share.
+- `emq.apply.evolve`: the small seeded genetic algorithm both searches share (on `emq.ga`).
 """
 from __future__ import annotations
 

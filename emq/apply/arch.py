@@ -6,7 +6,7 @@ Spaces (`ARCH_SPACES`, `get_space`), each with the arch format of its ground-tru
   "mlp_ratio": [per layer], "num_heads": [per layer]}`; 224x224x3 input, 100 classes;
 - `pit`: ViT-Bench-101's PiT subnets, `{"base_dim", "mlp_ratio", "depth": [3 stages],
   "num_heads": [3 stages]}`, depth and heads drawn from Auto-Prox's fixed triples;
-- `vit-digits`: the embedded tiny-ViT space (`emq.bench.vit_digits.TinyViTSpace`,
+- `vit-digits`: the embedded tiny-ViT space (`emq.bench.vit_digits_space.TinyViTSpace`,
   the same arch format as `autoformer`), 16x16x1 digits, 10 classes.
 
 A candidate is scored as the benchmarks score theirs: the network randomly
@@ -267,7 +267,8 @@ def _vit_bench_batch(seed: int, size: int) -> Batch:
 def _vit_digits_space() -> LayerwiseSpace:
     """Return the tiny-ViT space of the built vit-digits benchmark (its defaults when not built)."""
     from emq.bench import digits
-    from emq.bench.vit_digits import GT_FILE, TinyViTSpace, default_out_dir, load_ground_truth, space_from_json
+    from emq.bench.vit_digits_load import GT_FILE, default_out_dir, load_ground_truth
+    from emq.bench.vit_digits_space import TinyViTSpace, space_from_json
 
     path = default_out_dir() / GT_FILE
     gt = load_ground_truth(path) if path.is_file() else None

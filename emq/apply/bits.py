@@ -30,7 +30,7 @@ How the best configuration is found (`allocate`):
 - `milp`: when the proxy is a monotone function of a sum of per-layer terms
   (`emq.apply.decompose`), the separable model makes the problem a multiple-choice
   knapsack, solved to proven optimality with `scipy.optimize.milp` (HiGHS, gap 0);
-- `ga`: a seeded DEAP genetic algorithm over configurations; an over-budget child
+- `ga`: a seeded genetic algorithm (`emq.apply.evolve`) over configurations; an over-budget child
   is repaired by lowering the bits of random layers (chosen with probability
   proportional to their weights) until it fits;
 - `auto`: milp when the proxy is separable (and statistics are not exact), else ga.

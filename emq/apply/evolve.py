@@ -1,10 +1,9 @@
-"""A small seeded genetic algorithm (DEAP) over any genome: bit configurations, architectures.
+"""A small seeded genetic algorithm over any genome: bit configurations, architectures.
 
 The caller supplies the genome operators (sample, mutate, crossover, repair into the
-budget) and the fitness; every random draw comes from one `random.Random(seed)`.
-DEAP's tournament selection draws from the global `random` module, so it runs with
-that stream lent to it (`as_global_random`): the same seed gives the same run, and the
-caller's global random state is left as it was.
+budget) and the fitness; every random draw, tournament selection included
+(`emq.ga.tournament`), comes from one `random.Random(seed)`, so the same seed gives
+the same run and the global random state is never read or changed.
 """
 from __future__ import annotations
 
@@ -14,25 +13,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Hashable, TypeVar
 
-from deap import base, creator, tools
-
-from emq.global_random import as_global_random
+from emq.ga import HallOfFame, tournament as select_tournament
 
 G = TypeVar("G")
 
 
-class Genome:
-    """A DEAP individual's payload: one genome value and its hashable key."""
+@dataclass
+class Genome(Generic[G]):
+    """An individual: one genome value, its hashable key and its fitness (non-finite scores rank last as -inf)."""
 
-    def __init__(self, value: Any, key: Hashable) -> None:
-        self.value = value
-        self.key = key
-
-
-if not hasattr(creator, "EMQApplyFitness"):
-    creator.create("EMQApplyFitness", base.Fitness, weights=(1.0,))
-if not hasattr(creator, "EMQApplyIndividual"):
-    creator.create("EMQApplyIndividual", Genome, fitness=creator.EMQApplyFitness)
+    value: G
+    key: Hashable
+    fitness: float
 
 
 @dataclass
@@ -85,26 +77,24 @@ def evolve(
     rng = random.Random(seed)
     cache: dict[Hashable, float] = {}
 
-    def make(value: G) -> Any:
+    def make(value: G) -> Genome[G]:
         value = ops.repair(value, rng)
-        ind = creator.EMQApplyIndividual(value, ops.key(value))
-        if ind.key not in cache:
+        key = ops.key(value)
+        if key not in cache:
             score = float(fitness(value))
-            cache[ind.key] = score if math.isfinite(score) else -math.inf
-        ind.fitness.values = (cache[ind.key],)
-        return ind
+            cache[key] = score if math.isfinite(score) else -math.inf
+        return Genome(value, key, cache[key])
 
     pop = [make(s) for s in list(seeds)[:population]]
     while len(pop) < population:
         pop.append(make(ops.sample(rng)))
-    hof = tools.HallOfFame(max(top, elite), similar=lambda a, b: a.key == b.key)
+    hof: HallOfFame[Genome[G]] = HallOfFame(max(top, elite), similar=lambda a, b: a.key == b.key)
     hof.update(pop)
     history = [_row(0, pop, len(cache))]
     if progress:
-        progress(0, hof[0].fitness.values[0])
+        progress(0, hof[0].fitness)
     for gen in range(1, generations + 1):
-        with as_global_random(rng):
-            parents = tools.selTournament(pop, population - elite, tournsize=tournament)
+        parents = select_tournament(pop, population - elite, rng, tournament)
         children = [p.value for p in parents]
         for i in range(1, len(children), 2):
             if rng.random() < cx_prob:
@@ -114,14 +104,14 @@ def evolve(
         hof.update(pop)
         history.append(_row(gen, pop, len(cache)))
         if progress:
-            progress(gen, hof[0].fitness.values[0])
+            progress(gen, hof[0].fitness)
     best = hof[0]
-    return Evolution(best.value, best.fitness.values[0], len(cache), time.perf_counter() - start, history,
-                     [(h.value, h.fitness.values[0]) for h in hof[:top]])
+    return Evolution(best.value, best.fitness, len(cache), time.perf_counter() - start, history,
+                     [(h.value, h.fitness) for h in hof[:top]])
 
 
-def _row(gen: int, pop: list[Any], evaluations: int) -> dict[str, float]:
-    scores = [ind.fitness.values[0] for ind in pop]
+def _row(gen: int, pop: list[Genome[Any]], evaluations: int) -> dict[str, float]:
+    scores = [ind.fitness for ind in pop]
     finite = [s for s in scores if math.isfinite(s)]
     return {"generation": gen, "best": max(scores), "mean": sum(finite) / len(finite) if finite else math.nan,
             "evaluations": evaluations}

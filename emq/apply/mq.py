@@ -4,7 +4,7 @@
 choices) and a proxy into a `BitObjective`. `compare_mq` allocates under each budget
 with every proxy and with the usual alternatives, then measures each configuration's
 real post-training-quantization accuracy on the benchmark's test split (mq-digits:
-`emq.bench.mq_digits.ptq_accuracy`, exactly as its ground truth was measured):
+`emq.bench.mq_digits_train.ptq_accuracy`, exactly as its ground truth was measured):
 
 - each proxy, maximised exactly (MILP) when separable, else by the GA; with `ga_too`,
   a separable proxy is also given to the GA (`NAME (ga)`), to show how close it gets;
@@ -114,7 +114,7 @@ class AccuracyMeter:
         self._cache: dict[tuple[int, ...], float] = {}
 
     def __call__(self, bits: dict[str, int]) -> float:
-        from emq.bench.mq_digits import ptq_accuracy
+        from emq.bench.mq_digits_train import ptq_accuracy
 
         key = tuple(bits[n] for n in self.bench.layers)
         if key not in self._cache:

@@ -74,8 +74,9 @@ class ViTComparison:
                       "cores, mostly training):", "", f"    {command}", ""]
         s = self.search
         lines += [
-            f"Search: DEAP GA, population {s['population']}, {s['generations']} generations, seed {s['seed']}, over "
-            "the tiny-ViT space of the benchmark (embed dim, depth, per-layer heads and MLP ratio); networks "
+            f"Search: seeded GA (tournament selection, elitism), population {s['population']}, "
+            f"{s['generations']} generations, seed {s['seed']}, over the tiny-ViT space of the benchmark (embed dim, "
+            "depth, per-layer heads and MLP ratio); networks "
             f"randomly initialised (init seed {s['init_seed']}), statistics on batch {self.batch.get('source')} "
             f"seed {self.batch.get('seed')} size {self.batch.get('size')}. Budget: trainable parameters.",
             "",
@@ -118,7 +119,7 @@ def _short_arch(arch: dict[str, Any]) -> str:
 
 def benchmark_recipe(gt: dict[str, Any]) -> Any:
     """Return the `Recipe` the benchmark's ground truth was trained with (read back from its file)."""
-    from emq.bench.vit_digits import Recipe, Task
+    from emq.bench.vit_digits_train import Recipe, Task
 
     r = gt["recipe"]
     return Recipe(lr=float(r["lr"]), weight_decay=float(r["weight_decay"]), betas=tuple(r["betas"]),
@@ -127,7 +128,7 @@ def benchmark_recipe(gt: dict[str, Any]) -> Any:
 
 def trained_accuracy(bench: Any, arch: dict[str, Any]) -> tuple[dict[str, float], str, str | None]:
     """Return (accuracy per column, where it came from, benchmark id or None) of `arch` after the benchmark's recipe."""
-    from emq.bench.vit_digits import train_and_test, train_seed
+    from emq.bench.vit_digits_train import train_and_test, train_seed
 
     gt = bench.gt
     keys = [arch_key(c["arch"]) for c in gt["candidates"]]
@@ -218,7 +219,7 @@ def compare_vit_digits(
 
 
 def _noise(gt: dict[str, Any]) -> dict[str, dict[str, float]]:
-    from emq.bench.vit_digits import repeat_agreement
+    from emq.bench.vit_digits_load import repeat_agreement
 
     try:
         return repeat_agreement(gt) if gt.get("repeat", {}).get("ids") else {}

@@ -14,121 +14,41 @@ Build (`build_mq_digits`, CLI `emq bench build mq-digits --seed 0`):
    fraction in [0, 1]. These are `ground_truth.json`'s `test_acc`.
 
 Everything is deterministic given the seed. The results live in
-`results_dir()/mq-digits/` (`model.safetensors`, `ground_truth.json`, `README.md`).
+`results_dir()/mq-digits/` (`model.safetensors`, `ground_truth.json`, `README.md`,
+filled in from `templates/mq-digits.md`). Training and accuracy are in
+`emq.bench.mq_digits_train`, reading a build back in `emq.bench.mq_digits_load`.
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from emq.atomic import write_atomic, write_json_atomic, write_text_atomic
 from emq.bench import digits
 from emq.bench.base import Batch, Benchmark, BenchmarkNotBuiltError, Candidate
 from emq.bench.build_target import check_build_target
-from emq.bench.gt_json import read_gt_json
+from emq.bench.mq_digits_load import (
+    BENCH_NAME, BUILD_COMMAND, GT_FILE, GT_FORMAT, README_FILE, WEIGHTS_FILE, default_out_dir, load_ground_truth,
+    load_weights,
+)
+from emq.bench.mq_digits_train import ACT_BITS, TrainConfig, accuracy, deterministic, ptq_accuracy, train_digits_cnn
+from emq.bench.readme import render_readme
 from emq.bench.registry import register_benchmark, register_builder
-from emq.errors import EMQUserError
-from emq.models.digits_cnn import DigitsResNet, digits_resnet
-from emq.models.resnet import fold_batchnorm
-from emq.paths import results_dir
-from emq.quant.fake_quant import quantized_model
-from emq.quant.layers import MAX_WEIGHT_BITS, MIN_WEIGHT_BITS, quantizable_layers, valid_weight_bits
+from emq.models.digits_cnn import digits_resnet
+from emq.quant.layers import quantizable_layers
 
-BENCH_NAME = "mq-digits"
-GT_FORMAT = "emq-mq-gt/1"
-GT_FILE = "ground_truth.json"
-WEIGHTS_FILE = "model.safetensors"
-README_FILE = "README.md"
-BUILD_COMMAND = "emq bench build mq-digits"
 WEIGHT_BIT_CHOICES = (2, 3, 4, 8)
-ACT_BITS = 8
 LOW_BITS = 2
 BATCH_SOURCE = "digits-train-16x16"
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """How the digits network is trained (SGD + one-cycle; +-1 px random shifts)."""
-
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    max_shift: int = 1
-
-
-def default_out_dir() -> Path:
-    return results_dir() / BENCH_NAME
-
-
 # ----------------------------------------------------------------------------- build
-
-
-def train_digits_cnn(seed: int = 0, config: TrainConfig = TrainConfig(), progress: bool = False) -> DigitsResNet:
-    """Return the trained network with BatchNorm folded, in eval mode (deterministic given `seed`)."""
-    x_train, y_train = digits.train_split(seed)
-    with _deterministic(seed):
-        model = DigitsResNet()
-        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                              weight_decay=config.weight_decay, nesterov=True)
-        steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch)
-        g = torch.Generator().manual_seed(seed)
-        epochs = range(config.epochs)
-        if progress:
-            from tqdm import tqdm
-
-            epochs = tqdm(epochs, desc="train digits CNN", unit="epoch")
-        for _ in epochs:
-            model.train()
-            perm = torch.randperm(len(x_train), generator=g)
-            for i in range(0, len(x_train), config.batch_size):
-                idx = perm[i:i + config.batch_size]
-                x = _random_shift(x_train[idx], config.max_shift, g)
-                loss = F.cross_entropy(model(x), y_train[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-    model.eval()
-    return fold_batchnorm(model)
-
-
-def _random_shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
-    """Shift the whole batch by up to `max_shift` pixels (edge-replicated), a cheap augmentation."""
-    if max_shift <= 0:
-        return x
-    padded = F.pad(x, (max_shift,) * 4, mode="replicate")
-    dx, dy = torch.randint(0, 2 * max_shift + 1, (2,), generator=g).tolist()
-    return padded[:, :, dy:dy + x.shape[2], dx:dx + x.shape[3]]
-
-
-class _deterministic:
-    """Seed torch and force deterministic kernels for a block, restoring the previous setting after."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def __enter__(self) -> None:
-        self._fork = torch.random.fork_rng(devices=[])
-        self._fork.__enter__()
-        torch.manual_seed(self.seed)
-        self._was = torch.are_deterministic_algorithms_enabled()
-        self._warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-        torch.use_deterministic_algorithms(True)
-
-    def __exit__(self, *exc: Any) -> None:
-        torch.use_deterministic_algorithms(self._was, warn_only=self._warn_only)
-        self._fork.__exit__(*exc)
 
 
 def sample_bit_configs(layers: list[str], num: int, seed: int = 0,
@@ -165,22 +85,6 @@ def sample_bit_configs(layers: list[str], num: int, seed: int = 0,
     return configs
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
-    """Return top-1 accuracy (a fraction) of `model` on (`x`, `y`)."""
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-    return correct / len(x)
-
-
-def ptq_accuracy(model: nn.Module, bits: dict[str, int], calib: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                 act_bits: int = ACT_BITS) -> float:
-    """Return the test accuracy of `model` after post-training quantization to `bits` (weights) and `act_bits`."""
-    return accuracy(quantized_model(model, bits, act_bits=act_bits, calib_inputs=calib), x, y)
-
-
 def build_mq_digits(seed: int = 0, num_configs: int = 500, out_dir: str | Path | None = None, progress: bool = True,
                     train_config: TrainConfig = TrainConfig(), overwrite: bool = False) -> dict[str, Any]:
     """Build the benchmark into `out_dir` (default `results_dir()/mq-digits`); return a short summary.
@@ -209,7 +113,7 @@ def build_mq_digits(seed: int = 0, num_configs: int = 500, out_dir: str | Path |
 
         items = tqdm(configs, desc="PTQ accuracy", unit="cfg")
     candidates = []
-    with _deterministic(seed):
+    with deterministic(seed):
         for i, bits in enumerate(items):
             acc = ptq_accuracy(model, bits, calib, x_test, y_test)
             candidates.append({"id": f"cfg-{i:04d}", "bits": bits, "test_acc": acc})
@@ -246,7 +150,7 @@ def build_mq_digits(seed: int = 0, num_configs: int = 500, out_dir: str | Path |
     write_json_atomic(out / GT_FILE, gt)
     summary = {"out_dir": str(out), "num_configs": len(candidates), "float_test_acc": float_acc,
                "test_acc_quantiles": _quantiles(accs), "build_seconds": seconds, "build_cpu_seconds": cpu_seconds}
-    write_text_atomic(out / README_FILE, _readme(gt, summary))
+    write_text_atomic(out / README_FILE, readme_text(gt))
     return summary
 
 
@@ -267,75 +171,26 @@ def _quantiles(accs: np.ndarray) -> dict[str, float]:
     return dict(zip(["min", "q25", "median", "q75", "max"], (round(float(v), 4) for v in q)))
 
 
-def _readme(gt: dict[str, Any], summary: dict[str, Any]) -> str:
-    q = summary["test_acc_quantiles"]
+def readme_text(gt: dict[str, Any]) -> str:
+    """Return the build's README.md, filled in from its ground truth (`templates/mq-digits.md`)."""
+    q = _quantiles(np.array([c["test_acc"] for c in gt["candidates"]]))
     n_low = [sum(b == LOW_BITS for b in c["bits"].values()) for c in gt["candidates"]]
     sizes = gt["data"]["split_sizes"]
     taus = baseline_taus(gt)
-    rows = "\n".join(f"| `{name}` | {gt['params'][name]} |" for name in gt["layers"])
-    return f"""# mq-digits: embedded mixed-precision quantization benchmark
-
-Ground truth made by this project, offline, from data inside the scikit-learn wheel.
-Rebuild (deterministic given the seed):
-
-    emq bench build mq-digits --seed {gt['seed']}
-
-(library call: `emq.bench.mq_digits.build_mq_digits(seed={gt['seed']}, num_configs={len(gt['candidates'])})`).
-
-Build time of these files: {summary['build_seconds']} s wall-clock, {summary['build_cpu_seconds']} s CPU time
-(torch's default threads; wall-clock grows when other jobs share the cores).
-
-## How it was made
-
-- Data: `sklearn.datasets.load_digits` (1797 grey 8x8 digits), scaled to [0, 1],
-  upsampled bilinearly to 16x16, normalised with the train split's mean/std.
-  Stratified split (seed {gt['seed']}): {sizes['train']} train, {sizes['calib']} calibration,
-  {sizes['test']} test images. Proxies see train images only; calibration images only
-  set activation ranges; accuracies are on the test images.
-- Network: `DigitsResNet` (emq/models/digits_cnn.py), a ResNet with a 3x3 stem, three
-  stages of two basic blocks (16/32/64 channels), global average pooling and a
-  linear head: {len(gt['layers'])} quantizable layers, {sum(gt['params'].values())} weights.
-  Trained {gt['train']['epochs']} epochs (SGD, one-cycle lr {gt['train']['lr']}, +-1 px shifts),
-  then BatchNorm folded into the convs (so quantized weights include BatchNorm, as in
-  a deployed model). `model.safetensors` holds the folded weights.
-- Float test accuracy: **{gt['float_test_acc']:.4f}**.
-- Candidates: {len(gt['candidates'])} distinct per-layer weight bit-widths from
-  {gt['weight_bit_choices']}; activations at {gt['act_bits']} bits. Even ids are uniform per
-  layer; odd ids put a uniformly drawn number k in 0..{len(gt['layers']) // 2} of random layers at 2 bits
-  and the others uniformly at 3/4/8 bits (2-bit layers per config: min {min(n_low)},
-  median {int(np.median(n_low))}, max {max(n_low)}).
-- Quantization: post-training, `emq.quant.quantized_model` — weights symmetric per
-  output channel (min/max scale), activations asymmetric per tensor with ranges
-  calibrated on the calibration split. `test_acc` is top-1 on the test split, a
-  fraction in [0, 1].
-
-## Accuracy spread (test_acc over the candidates)
-
-| min | 25% | median | 75% | max |
-|-----|-----|--------|-----|-----|
-| {q['min']:.4f} | {q['q25']:.4f} | {q['median']:.4f} | {q['q75']:.4f} | {q['max']:.4f} |
-
-## How hard it is for bit-counting baselines
-
-Kendall tau of test_acc with (scipy.stats.kendalltau over all candidates):
-
-| average bits | bit-weighted params (sum bits x weights) | minus the number of 2-bit layers |
-|--------------|------------------------------------------|----------------------------------|
-| {taus['avg_bits']:.3f} | {taus['bit_params']:.3f} | {taus['neg_num_2bit']:.3f} |
-
-## Layers (bit assignments are keyed by these names)
-
-| layer | weights |
-|-------|---------|
-{rows}
-
-## Files
-
-- `ground_truth.json` — format `{GT_FORMAT}`: layers, params, float accuracy, candidates
-  (`id`, `bits`, `test_acc`), build time and the command.
-- `model.safetensors` — trained weights, BatchNorm folded (load into
-  `emq.models.digits_cnn.digits_resnet(folded=True)`).
-"""
+    return render_readme(BENCH_NAME, {
+        "seed": gt["seed"], "num_configs": len(gt["candidates"]),
+        "build_seconds": gt["build_seconds"], "build_cpu_seconds": gt["build_cpu_seconds"],
+        "train_images": sizes["train"], "calib_images": sizes["calib"], "test_images": sizes["test"],
+        "num_layers": len(gt["layers"]), "num_weights": sum(gt["params"].values()),
+        "epochs": gt["train"]["epochs"], "lr": gt["train"]["lr"], "float_test_acc": f"{gt['float_test_acc']:.4f}",
+        "weight_bit_choices": gt["weight_bit_choices"], "act_bits": gt["act_bits"],
+        "max_low_layers": len(gt["layers"]) // 2,
+        "low_min": min(n_low), "low_median": int(np.median(n_low)), "low_max": max(n_low),
+        **{f"acc_{k}": f"{q[k]:.4f}" for k in ("min", "q25", "median", "q75", "max")},
+        **{f"tau_{k}": f"{taus[k]:.3f}" for k in ("avg_bits", "bit_params", "neg_num_2bit")},
+        "layer_rows": "\n".join(f"| `{name}` | {gt['params'][name]} |" for name in gt["layers"]),
+        "gt_format": GT_FORMAT,
+    })
 
 
 def baseline_taus(gt: dict[str, Any]) -> dict[str, float]:
@@ -354,67 +209,7 @@ def baseline_taus(gt: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-# ----------------------------------------------------------------------------- load
-
-
-class GroundTruthError(EMQUserError, ValueError):
-    """A ground-truth file is malformed; the message names the file and the field."""
-
-
-def load_ground_truth(path: str | Path) -> dict[str, Any]:
-    """Return the validated content of an `emq-mq-gt/1` ground_truth.json."""
-    path = Path(path)
-    gt = read_gt_json(path, GT_FORMAT, ("layers", "params", "float_test_acc", "act_bits", "weight_bit_choices", "candidates"),
-                      GroundTruthError, f"rebuild with `{BUILD_COMMAND} --seed 0`")
-
-    def fail(field: str, why: str) -> GroundTruthError:
-        return GroundTruthError(f"{path}: field {field!r} {why}")
-
-    layers = gt["layers"]
-    if not isinstance(layers, list) or not layers or not all(isinstance(n, str) for n in layers) \
-            or len(set(layers)) != len(layers):
-        raise fail("layers", "must be a non-empty list of distinct layer names")
-    params = gt["params"]
-    if not isinstance(params, dict) or set(params) != set(layers) or \
-            not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in params.values()):
-        raise fail("params", "must map every name in 'layers' (and nothing else) to a positive integer")
-    if not _is_fraction(gt["float_test_acc"]):
-        raise fail("float_test_acc", "must be a number in [0, 1]")
-    if not isinstance(gt["act_bits"], int) or not 2 <= gt["act_bits"] <= 32:
-        raise fail("act_bits", "must be an integer in 2..32")
-    choices = gt["weight_bit_choices"]
-    if not isinstance(choices, list) or not choices or not all(valid_weight_bits(b) for b in choices):
-        raise fail("weight_bit_choices", f"must be a non-empty list of integers in {MIN_WEIGHT_BITS}..{MAX_WEIGHT_BITS}")
-    cands = gt["candidates"]
-    if not isinstance(cands, list) or not cands:
-        raise fail("candidates", "must be a non-empty list")
-    ids: set[str] = set()
-    layer_set = set(layers)
-    for i, c in enumerate(cands):
-        where = f"candidates[{i}]"
-        if not isinstance(c, dict):
-            raise fail(where, "must be an object with 'id', 'bits' and 'test_acc'")
-        cid = c.get("id")
-        if not isinstance(cid, str) or not cid:
-            raise fail(f"{where}.id", "must be a non-empty string")
-        if cid in ids:
-            raise fail(f"{where}.id", f"repeats id {cid!r}")
-        ids.add(cid)
-        bits = c.get("bits")
-        if not isinstance(bits, dict) or set(bits) != layer_set:
-            missing = sorted(layer_set - set(bits)) if isinstance(bits, dict) else layers
-            extra = sorted(set(bits) - layer_set) if isinstance(bits, dict) else []
-            raise fail(f"{where}.bits", f"(id {cid!r}) must give one width per layer; missing {missing}, unknown {extra}")
-        bad = {k: v for k, v in bits.items() if v not in choices or isinstance(v, bool)}
-        if bad:
-            raise fail(f"{where}.bits", f"(id {cid!r}) has widths outside weight_bit_choices {choices}: {bad}")
-        if not _is_fraction(c.get("test_acc")):
-            raise fail(f"{where}.test_acc", f"(id {cid!r}) must be a number in [0, 1], got {c.get('test_acc')!r}")
-    return gt
-
-
-def _is_fraction(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0.0 <= v <= 1.0
+# ----------------------------------------------------------------------------- the benchmark
 
 
 class MQDigitsBenchmark(Benchmark):
@@ -437,7 +232,7 @@ class MQDigitsBenchmark(Benchmark):
         self.gt = load_ground_truth(gt_path)
         self.seed: int = self.gt["seed"]
         self.act_bits = int(self.gt["act_bits"])
-        self._state = _load_weights(w_path, self.gt["layers"])
+        self._state = load_weights(w_path, self.gt["layers"])
         self._candidates = [Candidate(c["id"], bits=dict(c["bits"])) for c in self.gt["candidates"]]
         self._acc = np.array([c["test_acc"] for c in self.gt["candidates"]], dtype=np.float64)
 
@@ -478,22 +273,6 @@ class MQDigitsBenchmark(Benchmark):
         """Return the calibration split with its labels (what the trivial predictor `qloss_calib` is measured on)."""
         x, y = digits.calibration_split(self.seed)
         return Batch(inputs=x, labels=y, source="digits-calib-16x16", seed=self.seed)
-
-
-def _load_weights(path: Path, layers: list[str]) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise GroundTruthError(f"{path}: cannot read safetensors weights ({exc})") from exc
-    expected = digits_resnet(folded=True).state_dict()
-    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
-        raise GroundTruthError(f"{path}: tensors do not match DigitsResNet (folded); rebuild with `{BUILD_COMMAND} --seed 0`")
-    model_layers = list(quantizable_layers(digits_resnet(folded=True)))
-    if model_layers != layers:
-        raise GroundTruthError(f"{path.parent / GT_FILE}: field 'layers' {layers} does not match the network's {model_layers}")
-    return state
 
 
 @register_benchmark(BENCH_NAME, "mq", MQDigitsBenchmark.description, embedded=True)

@@ -1,4 +1,4 @@
-"""The evolutionary search for proxy programs (DEAP): variation, screening, niche selection, elitism, resume.
+"""The evolutionary search for proxy programs: variation, screening, niche selection, elitism, resume.
 
 One generation: the hall of fame (best distinct programs, at most one per niche)
 is carried over unchanged; parents are drawn by tournament among niche
@@ -21,17 +21,13 @@ process, while the pool already scores the survivors of earlier batches),
 `programs_per_s` (evaluations / seconds). Timings are the only values that differ
 between runs of the same seed.
 
-Everything a generation depends on (population, hall of fame, evaluated programs,
-random streams, log) is saved atomically after each generation, as JSON plus one
-torch tensor file, so `resume=True` continues with exactly the results an
-uninterrupted run would have produced.
+After each generation the state is checkpointed (`search.checkpoint`), so
+`resume=True` continues with exactly the results an uninterrupted run would have
+produced; at the end the hall of fame is written (`search.hall_of_fame`).
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import pickle
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -40,187 +36,26 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from deap import base, creator
 from tqdm.auto import tqdm
 
-from emq.atomic import check_not_inputs, check_output_path, write_json_atomic, write_text_atomic
-from emq.errors import EMQUserError, StatUnavailableError
-from emq.fitness import (
-    TrivialChoice, beyond_trivial, bootstrap_interval, choose_best_trivial, get_metric, joint, partial_correlation,
-)
+from emq.errors import StatUnavailableError
+from emq.evaluate import StackedStats, evaluate_stacked
+from emq.fitness import TrivialChoice, beyond_trivial, choose_best_trivial, get_metric, joint, partial_correlation
 from emq.proxy import Proxy
 from emq.stats import NetworkStats
-from emq.strict_json import loads_strict
 from search import run_lock
-from search.interrupt import stop_requested
-from emq.evaluate import StackedStats, evaluate_stacked
+from search.checkpoint import SearchState, load_checkpoint, save_checkpoint, state_path, write_log, write_run_config
+from search.config import ResumeError, SearchConfig, SeedProxyError
 from search.generate import Grammar, GrowConfig, random_program
-from search.niches import NicheHallOfFame, count_niches, rank_vector, representatives, tournament
+from search.hall_of_fame import add_heldout, hall_entry, write_hall_of_fame
+from search.individual import Program
+from search.interrupt import stop_requested
+from search.niches import NicheHallOfFame, count_niches, representatives, tournament
 from search.operators import Limits, crossover, mutate, program
 from search.pool import EvaluationPool, ShardedStats, StatsSource, one_thread, worker_device
 from search.report import plot_evolution, plot_scatter
 from search.rng import SearchRNG
 from search.screening import UNDEFINED_FITNESS, Outcome, ProbeInputs, ScreenLimits, score_outcome, screen_probe
-
-ENGINE = "emq-search/1"
-STATE_FORMAT = "emq-search-state/1"
-HOF_FORMAT = "emq-hall-of-fame/1"
-CHECKPOINT_DIR = "checkpoint"
-#: "partial" (default): min(plain, partialled on the best trivial predictor) (`emq.fitness.beyond_trivial`);
-#: "residual": the partial correlation alone (rewards complements of the trivial predictor); "plain": the correlation.
-FITNESS_MODES = ("partial", "residual", "plain")
-
-
-class RunFolderError(EMQUserError, ValueError):
-    """A run folder's hall_of_fame.json is not one this engine wrote; the message names the file."""
-
-
-class ResumeError(EMQUserError, ValueError):
-    """A run folder cannot be started or resumed as asked (it holds a run, or one with another config)."""
-
-
-class SeedProxyError(EMQUserError, ValueError):
-    """A `--seed-proxies` program the search cannot use (too large, or reads statistics it lacks)."""
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """Everything that decides a search's results (with the statistics and ground truth it runs on).
-
-    `targets` None means every ground-truth column. `stats` None means every
-    statistic present in all search networks. `fresh_share` of each generation are
-    new random programs; the hall of fame (`hof_size`) is carried over whole.
-    `time_budget_s` bounds the projected seconds to score one program on the search
-    split (the only timing-dependent rule: keep it generous for reproducible runs).
-    `trivial_tau_limit` rejects programs whose probe ranking matches a trivial
-    predictor (#params, bit counts, quantized loss: |Kendall| at or above it; 1
-    disables), `arch_eta_limit` those whose probe scores are a function of one
-    architecture hyperparameter (eta squared of the ranks; above 1 disables).
-    `fitness` "partial" (the default) pays only for what a program adds beyond the
-    best trivial predictor of each target, chosen on the search split, and never more
-    than it ranks on its own: min(plain, partialled) Kendall or Spearman
-    (`emq.fitness.beyond_trivial`); "residual" is the partialled value alone
-    (`emq.fitness.partial_correlation`: it finds complements that rank badly alone);
-    "plain" the plain rank correlation. Without trivial predictors all are the same.
-    """
-
-    population: int = 64
-    generations: int = 20
-    seed: int = 0
-    metric: str = "kendall"
-    joint: str = "mean"
-    targets: tuple[str, ...] | None = None
-    hof_size: int = 10
-    fresh_share: float = 0.1
-    cx_prob: float = 0.3
-    mut_prob: float = 0.6
-    tournament: int = 3
-    max_size: int = 20
-    max_depth: int = 7
-    probe_size: int = 32
-    time_budget_s: float = 60.0
-    niche_threshold: float = 0.98
-    reject_input_independent: bool = True
-    trivial_tau_limit: float = 0.95
-    arch_eta_limit: float = 0.99
-    fitness: str = "partial"
-    stats: tuple[str, ...] | None = None
-    op_weights: tuple[tuple[str, float], ...] = ()
-    heldout_fraction: float = 0.5
-    split_seed: int = 0
-    memo_size: int = 20000
-    seed_formulas: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        for name in ("targets", "stats", "seed_formulas"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, tuple):
-                object.__setattr__(self, name, tuple(value))
-        weights = self.op_weights.items() if isinstance(self.op_weights, Mapping) else self.op_weights
-        object.__setattr__(self, "op_weights", tuple((str(k), float(v)) for k, v in weights))
-        get_metric(self.metric)
-        if self.joint not in ("mean", "min"):
-            raise ValueError(f"joint must be 'mean' or 'min', got {self.joint!r}")
-        if self.fitness not in FITNESS_MODES:
-            raise ValueError(f"fitness must be one of {', '.join(FITNESS_MODES)}, got {self.fitness!r}")
-        if self.population < 2:
-            raise ValueError("population must be >= 2")
-        if not 0 <= self.hof_size < self.population:
-            raise ValueError("hof_size must be in [0, population)")
-        if not 0 <= self.fresh_share <= 1 or not 0 <= self.cx_prob <= 1 or not 0 <= self.mut_prob <= 1:
-            raise ValueError("fresh_share, cx_prob and mut_prob must be in [0, 1]")
-        if self.cx_prob + self.mut_prob > 1:
-            raise ValueError("cx_prob + mut_prob must be <= 1 (the rest is reproduction)")
-        if self.probe_size < 3:
-            raise ValueError("probe_size must be >= 3")
-        GrowConfig(self.max_depth, self.max_size)  # validates the limits
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["op_weights"] = dict(self.op_weights)
-        for name in ("targets", "stats", "seed_formulas"):
-            if data[name] is not None:
-                data[name] = list(data[name])
-        return data
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "SearchConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown search config field(s): {sorted(unknown)}")
-        return cls(**dict(data))
-
-    def resume_conflicts(self, saved: "SearchConfig") -> list[str]:
-        """Return the fields (other than `generations`, which may grow) that differ from a saved run's."""
-        mine, theirs = self.to_json(), saved.to_json()
-        return [k for k in mine if k != "generations" and mine[k] != theirs[k]]
-
-
-# ------------------------------------------------------------- individuals
-class Program:
-    """An individual's genotype: a (simplified) program, its canonical hash, and the evaluation record."""
-
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
-        self.hash = proxy.canonical_hash()
-        self.record: dict[str, Any] | None = None
-        self.ranks: np.ndarray | None = None
-
-    def __repr__(self) -> str:
-        return f"Program({self.proxy.formula()!r}, fitness={self.record and self.record.get('fitness')})"
-
-
-if not hasattr(creator, "EMQFitness"):
-    creator.create("EMQFitness", base.Fitness, weights=(1.0,))
-if not hasattr(creator, "EMQIndividual"):
-    creator.create("EMQIndividual", Program, fitness=creator.EMQFitness)
-
-
-def make_individual(proxy: Proxy, record: dict[str, Any] | None = None) -> Any:
-    ind = creator.EMQIndividual(proxy)
-    if record is not None:
-        apply_record(ind, record)
-    return ind
-
-
-def apply_record(ind: Any, record: dict[str, Any]) -> None:
-    """Set an individual's fitness and behaviour from its evaluation record."""
-    ind.record = record
-    if record.get("fitness") is not None:
-        ind.fitness.values = (float(record["fitness"]),)
-        ind.ranks = rank_vector(np.asarray(record["probe"], dtype=np.float64))
-    else:
-        del ind.fitness.values
-        ind.ranks = None
-
-
-def _entry(ind: Any) -> dict[str, Any]:
-    return {"formula": ind.proxy.formula(), "record": ind.record}
-
-
-def _individual(entry: Mapping[str, Any]) -> Any:
-    return make_individual(Proxy.from_formula(entry["formula"]).simplified(), entry["record"])
 
 
 @dataclass
@@ -238,16 +73,6 @@ class SearchResult:
     @property
     def best(self) -> dict[str, Any] | None:
         return self.hall_of_fame[0] if self.hall_of_fame else None
-
-
-@dataclass
-class _State:
-    generation: int
-    population: list[Any]
-    hof: NicheHallOfFame
-    memo: "OrderedDict[str, dict[str, Any]]"
-    rng: SearchRNG
-    log: list[dict[str, Any]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------- the search
@@ -400,19 +225,23 @@ class _Engine:
         self.limits = Limits(config.max_size, config.max_depth)
 
     # ------------------------------------------------------------ start
-    def start(self, resume: bool) -> _State:
-        state_path = self.run_dir / CHECKPOINT_DIR / "state.json"
-        if state_path.exists():
+    def start(self, resume: bool) -> SearchState:
+        """Return the state after generation 0, or the checkpointed one when resuming."""
+        if state_path(self.run_dir).exists():
             if not resume:
                 raise ResumeError(f"{self.run_dir} already holds a search; resume it (resume=True / --resume) "
                                   "or choose another folder")
-            return self._restore(state_path)
+            state, saved = load_checkpoint(self.run_dir, self.config)
+            if self.config.generations != saved.generations:
+                self._write_config()
+            return state
         seen: set[str] = set()
         population = self._seeded(seen)  # checked before the first write: a bad seed leaves no half-started run
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         rng = SearchRNG.from_seed(self.config.seed)
-        state = _State(-1, [], NicheHallOfFame(self.config.hof_size, self.config.niche_threshold), OrderedDict(), rng)
+        state = SearchState(-1, [], NicheHallOfFame(self.config.hof_size, self.config.niche_threshold), OrderedDict(),
+                            rng)
         clock = _Clock()
         population += self._fresh(state, self.config.population - len(population), seen)
         clock.lap("variation")
@@ -421,18 +250,18 @@ class _Engine:
         return state
 
     # ------------------------------------------------------------- step
-    def step(self, state: _State) -> dict[str, Any]:
+    def step(self, state: SearchState) -> dict[str, Any]:
         """Breed, evaluate and select one generation; checkpoint; return its log row."""
         clock = _Clock()
         cfg, rng = self.config, state.rng
-        elites = [make_individual(m.proxy, m.record) for m in state.hof]
+        elites = [Program(m.proxy, m.record) for m in state.hof]
         seen = {e.hash for e in elites}
-        valid = [ind for ind in state.population if ind.fitness.valid]
+        valid = [ind for ind in state.population if ind.fitness is not None]
         reps = representatives(valid, cfg.niche_threshold)
         clock.lap("selection")
         n_fresh = int(round(cfg.fresh_share * cfg.population)) if reps else cfg.population - len(elites)
         n_off = max(0, cfg.population - len(elites) - n_fresh)
-        offspring: list[Any] = []
+        offspring: list[Program] = []
         attempts = 0
         while reps and len(offspring) < n_off and attempts < 20 * max(1, n_off):
             attempts += 1
@@ -447,7 +276,7 @@ class _Engine:
                 (a,) = tournament(reps, 1, rng.py, cfg.tournament)
                 kids = [a.proxy]
             for kid in kids:
-                ind = make_individual(kid)
+                ind = Program(kid)
                 known = state.memo.get(ind.hash)
                 if known is not None and known["fitness"] is None:
                     continue  # already screened out: do not spend a population slot on it again
@@ -460,7 +289,7 @@ class _Engine:
         stats = self._evaluate(state, offspring + fresh, clock)
         return self._advance(state, population, stats, clock)
 
-    def _seeded(self, seen: set[str]) -> list[Any]:
+    def _seeded(self, seen: set[str]) -> list[Program]:
         """Return the individuals of `config.seed_formulas` (programs reused from other searches), deduplicated."""
         out = []
         for formula in self.config.seed_formulas[: self.config.population]:
@@ -473,18 +302,18 @@ class _Engine:
             if missing:
                 raise StatUnavailableError(f"seed proxy {formula!r} uses statistic(s) {missing} that this search's networks "
                                  f"lack; available: {', '.join(self.grammar.stats)}")
-            ind = make_individual(tree)
+            ind = Program(tree)
             if ind.hash not in seen:
                 seen.add(ind.hash)
                 out.append(ind)
         return out
 
-    def _fresh(self, state: _State, k: int, seen: set[str]) -> list[Any]:
+    def _fresh(self, state: SearchState, k: int, seen: set[str]) -> list[Program]:
         out = []
         for _ in range(k):
             ind = None
             for _ in range(20):  # prefer programs never evaluated before
-                ind = make_individual(program(random_program(state.rng.py, self.grammar)))
+                ind = Program(program(random_program(state.rng.py, self.grammar)))
                 if ind.hash not in seen and ind.hash not in state.memo:
                     break
             if ind.hash in seen:
@@ -494,8 +323,8 @@ class _Engine:
         return out
 
     # ------------------------------------------------------- evaluation
-    def _evaluate(self, state: _State, individuals: Sequence[Any], clock: "_Clock") -> dict[str, Any]:
-        todo: dict[str, Any] = {}
+    def _evaluate(self, state: SearchState, individuals: Sequence[Program], clock: "_Clock") -> dict[str, Any]:
+        todo: dict[str, Program] = {}
         for ind in individuals:
             if ind.hash not in state.memo and ind.hash not in todo:
                 todo[ind.hash] = ind
@@ -526,7 +355,7 @@ class _Engine:
                 rejections[record["reason"]] += 1
         for ind in individuals:
             state.memo.move_to_end(ind.hash)
-            apply_record(ind, state.memo[ind.hash])
+            ind.set_record(state.memo[ind.hash])
         while len(state.memo) > self.config.memo_size:
             state.memo.popitem(last=False)
         clock.lap("evaluation")
@@ -549,17 +378,18 @@ class _Engine:
                 "probe": [float(x) for x in outcome.probe]}
 
     # ------------------------------------------------- bookkeeping
-    def _advance(self, state: _State, population: list[Any], stats: dict[str, Any], clock: "_Clock") -> dict[str, Any]:
+    def _advance(self, state: SearchState, population: list[Program], stats: dict[str, Any],
+                 clock: "_Clock") -> dict[str, Any]:
         state.generation += 1
         state.population = population
-        valid = [ind for ind in population if ind.fitness.valid]
+        valid = [ind for ind in population if ind.fitness is not None]
         state.hof.update(valid)
-        values = [ind.fitness.values[0] for ind in valid]
+        values = [ind.fitness for ind in valid]
         row = {
             "gen": state.generation,
             "best": max(values) if values else None,
             "median": float(np.median(values)) if values else None,
-            "best_ever": state.hof[0].fitness.values[0] if len(state.hof) else None,
+            "best_ever": state.hof[0].fitness if len(state.hof) else None,
             "best_formula": state.hof[0].proxy.formula() if len(state.hof) else None,
             "population": len(population),
             "valid": len(valid),
@@ -571,82 +401,21 @@ class _Engine:
         clock.lap("selection")
         state.log.append(row)
         clock.fill(row)  # provisional in the checkpoint (no checkpoint time yet); final in log.jsonl
-        self._checkpoint(state)
+        save_checkpoint(self.run_dir, state, self.config)
         clock.lap("checkpoint")
         clock.fill(row)
-        self._write_log(state)
+        write_log(self.run_dir, state.log)
         return row
 
-    def _checkpoint(self, state: _State) -> None:
-        folder = self.run_dir / CHECKPOINT_DIR
-        torch_file = f"rng_torch-{state.generation:05d}.pt"
-        # The torch file is written first and named by the state: state.json is the single commit point.
-        state.rng.save_torch(folder / torch_file)
-        data = {
-            "format": STATE_FORMAT,
-            "engine": ENGINE,
-            "generation": state.generation,
-            "config": self.config.to_json(),
-            "population": [_entry(ind) for ind in state.population],
-            "hall_of_fame": [_entry(ind) for ind in state.hof],
-            "memo": [[h, r] for h, r in state.memo.items()],
-            "rng": state.rng.state_json(),
-            "torch_rng": torch_file,
-            "log": state.log,
-        }
-        write_json_atomic(folder / "state.json", data)
-        for old in folder.glob("rng_torch-*.pt"):
-            if old.name != torch_file:
-                old.unlink(missing_ok=True)
-
-    def _write_log(self, state: _State) -> None:
-        write_text_atomic(self.run_dir / "log.jsonl", "".join(json.dumps(row) + "\n" for row in state.log))
-
-    def _restore(self, path: Path) -> _State:
-        """Return the checkpointed state; a damaged checkpoint or a contradicting config is a ResumeError."""
-        try:
-            return self._restore_checked(path)
-        except ResumeError:
-            raise
-        except pickle.UnpicklingError:
-            raise ResumeError(f"{path.parent}: the random-state file was refused: it holds more than plain tensors "
-                              "(nothing in it was run); restore the run folder from a copy or start a new one") from None
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError, EOFError, OSError) as err:
-            detail = str(err).splitlines()[0][:160] if str(err) else ""
-            raise ResumeError(f"{path.parent}: the checkpoint is damaged ({type(err).__name__}: {detail}); "
-                              "restore the run folder from a copy, or start a new run folder") from None
-
-    def _restore_checked(self, path: Path) -> _State:
-        data = loads_strict(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
-            raise ResumeError(f"{path}: not an {STATE_FORMAT} checkpoint; restore the run folder or start a new one")
-        saved = SearchConfig.from_json(data["config"])
-        conflicts = self.config.resume_conflicts(saved)
-        if conflicts:
-            mine, theirs = self.config.to_json(), saved.to_json()
-            diff = "; ".join(f"{k}: checkpoint {theirs[k]!r}, asked {mine[k]!r}" for k in conflicts)
-            raise ResumeError(f"cannot resume {self.run_dir}: the settings contradict its checkpoint ({diff}); "
-                              "only `generations` may change: drop the contradicting options or start a new run folder")
-        rng = SearchRNG.restore(data["rng"], path.parent / data["torch_rng"])
-        hof = NicheHallOfFame(self.config.hof_size, self.config.niche_threshold)
-        hof.restore([_individual(e) for e in data["hall_of_fame"]])
-        memo = OrderedDict((h, r) for h, r in data["memo"])
-        state = _State(int(data["generation"]), [_individual(e) for e in data["population"]], hof, memo, rng,
-                       list(data["log"]))
-        if self.config.generations != saved.generations:
-            self._write_config()
-        return state
-
     def _write_config(self) -> None:
-        write_json_atomic(self.run_dir / "config.json", {
-            "search": self.config.to_json(), "stats": self.grammar.stats, "targets": list(self.truth),
-            "engine": ENGINE, "best_trivial": {t: c.to_json() for t, (c, _) in self.controls.items()}})
+        write_run_config(self.run_dir, self.config, self.grammar.stats, list(self.truth),
+                         {t: c for t, (c, _) in self.controls.items()})
 
     # ------------------------------------------------------------ finish
-    def finish(self, state: _State, heldout: tuple[Sequence[NetworkStats], Mapping[str, np.ndarray]] | None,
+    def finish(self, state: SearchState, heldout: tuple[Sequence[NetworkStats], Mapping[str, np.ndarray]] | None,
                command: str | None) -> list[dict[str, Any]]:
         """Write hall_of_fame.json and evolution.png (and scatter.png with held-out data); return the hall."""
-        hall = [self.hall_entry(rank, ind) for rank, ind in enumerate(state.hof, start=1)]
+        hall = [hall_entry(rank, ind) for rank, ind in enumerate(state.hof, start=1)]
         if heldout is not None and hall:
             stats_list, truth = heldout
             stacked = StackedStats(stats_list, worker_device(self.pool.device))
@@ -662,98 +431,3 @@ class _Engine:
         write_hall_of_fame(self.run_dir, hall, self.config, command)
         plot_evolution(state.log, self.run_dir / "evolution.png", self.config.metric)
         return hall
-
-    def hall_entry(self, rank: int, ind: Any) -> dict[str, Any]:
-        rec = ind.record
-        return {"rank": rank, "formula": ind.proxy.formula(), "hash": ind.hash, "fitness": rec["fitness"],
-                "search": dict(rec["targets"]), "search_plain": dict(rec.get("plain", rec["targets"])),
-                "size": ind.proxy.size}
-
-
-def add_heldout(entry: dict[str, Any], scores: np.ndarray, truth: Mapping[str, np.ndarray], metric: str,
-                failures: dict[str, int] | None = None, n_boot: int = 1000) -> None:
-    """Add held-out correlations (with 95% bootstrap intervals) per target to a hall-of-fame entry."""
-    fn = get_metric(metric)
-    entry["heldout"] = {t: fn(scores, np.asarray(col)) for t, col in truth.items()}
-    entry["heldout_ci"] = {t: list(bootstrap_interval(scores, np.asarray(col), fn, n_boot)) for t, col in truth.items()}
-    if failures:
-        entry["heldout_failures"] = failures
-
-
-def write_hall_of_fame(run_dir: Path, hall: list[dict[str, Any]], config: SearchConfig, command: str | None,
-                       meta: Mapping[str, Any] | None = None) -> Path:
-    """Write hall_of_fame.json: each program with its fitness per target and its `emq-proxy/1` JSON."""
-    programs = []
-    for entry in hall:
-        clean = {k: v for k, v in entry.items() if k != "heldout_scores"}
-        proxy_meta = {"fitness": {"metric": config.metric, "search": entry["search"]}, "seed": config.seed,
-                      "engine": ENGINE, "rank": entry["rank"], **dict(meta or {})}
-        if "heldout" in entry:
-            proxy_meta["fitness"]["heldout"] = entry["heldout"]
-        clean["proxy"] = Proxy.from_formula(entry["formula"], meta=proxy_meta).to_json()
-        programs.append(json_finite(clean))
-    data = {"format": HOF_FORMAT, "engine": ENGINE, "metric": config.metric, "joint": config.joint,
-            "seed": config.seed, "command": command, **dict(meta or {}), "programs": programs}
-    return write_json_atomic(run_dir / "hall_of_fame.json", data)
-
-
-def json_finite(value: Any) -> Any:
-    """Return `value` with non-finite floats replaced by None (JSON has no NaN: undefined correlations are null)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_finite(v) for v in value]
-    return value
-
-
-def load_hall_of_fame(run_dir: str | Path) -> dict[str, Any]:
-    """Return the content of a run's hall_of_fame.json."""
-    path = Path(run_dir) / "hall_of_fame.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a finished `emq search` run folder?")
-    try:
-        data = loads_strict(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:  # syntax, duplicate keys, nesting, not UTF-8
-        raise RunFolderError(f"{path}: not valid JSON ({err}); the file is damaged, rerun or restore it") from None
-    if not isinstance(data, dict) or data.get("format") != HOF_FORMAT:
-        found = repr(data.get("format")) if isinstance(data, dict) else f"absent: the file holds a {type(data).__name__}"
-        raise RunFolderError(f"{path}: not an {HOF_FORMAT} file (field 'format' is {found}); "
-                             "point to a folder written by `emq search`")
-    programs = data.get("programs")
-    if not isinstance(programs, list) or not all(isinstance(p, dict) and "proxy" in p for p in programs):
-        raise RunFolderError(f"{path}: field 'programs' must be a list of objects with a 'proxy'; the file is "
-                             "damaged, rerun or restore it")
-    return data
-
-
-def export_run(run_dir: str | Path, top: int = 1, out: str | Path = "proxy.json") -> list[Path]:
-    """Save the `top` best programs of a run as proxy JSON files and return their paths.
-
-    With `top` 1 the file is `out`; with more, `out`'s stem gets the rank
-    (`proxy-1.json`, `proxy-2.json`, ...).
-    """
-    out = Path(out)
-    if top < 1:
-        raise RunFolderError(f"top must be at least 1, got {top}")
-    proxies = export_proxies(run_dir, top)
-    if not proxies:
-        raise RunFolderError(f"{run_dir}: the hall of fame is empty (no program passed screening)")
-    if len(proxies) == 1 and top == 1:
-        paths = [out]
-    else:
-        paths = [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, len(proxies) + 1)]
-    # Everything is checked before the first write, so a refused export leaves no partial set behind,
-    # and no output may land on a file of the run folder it reads (its hall of fame, config, checkpoint).
-    for path in paths:
-        check_output_path(path)
-    check_not_inputs(paths, [p for p in Path(run_dir).rglob("*") if p.is_file()])
-    return [p.save(path) for p, path in zip(proxies, paths)]
-
-
-def export_proxies(run_dir: str | Path, top: int = 1) -> list[Proxy]:
-    """Return the `top` best programs of a run as Proxy objects (meta: fitness per target, seed, engine)."""
-    data = load_hall_of_fame(run_dir)
-    programs = data["programs"][: max(0, top)]
-    return [Proxy.from_json(p["proxy"], source=f"{run_dir}/hall_of_fame.json") for p in programs]

@@ -1,0 +1,124 @@
+"""What decides a proxy search's results (`SearchConfig`), and the errors a run folder or a seed can raise."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from emq.errors import EMQUserError
+from emq.fitness import get_metric
+from search.generate import GrowConfig
+
+#: The engine that wrote a run folder (recorded in its config, checkpoint and hall of fame).
+ENGINE = "emq-search/1"
+#: "partial" (default): min(plain, partialled on the best trivial predictor) (`emq.fitness.beyond_trivial`);
+#: "residual": the partial correlation alone (rewards complements of the trivial predictor); "plain": the correlation.
+FITNESS_MODES = ("partial", "residual", "plain")
+
+
+class RunFolderError(EMQUserError, ValueError):
+    """A run folder's hall_of_fame.json is not one this engine wrote; the message names the file."""
+
+
+class ResumeError(EMQUserError, ValueError):
+    """A run folder cannot be started or resumed as asked (it holds a run, or one with another config)."""
+
+
+class SeedProxyError(EMQUserError, ValueError):
+    """A `--seed-proxies` program the search cannot use (too large, or reads statistics it lacks)."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything that decides a search's results (with the statistics and ground truth it runs on).
+
+    `targets` None means every ground-truth column. `stats` None means every
+    statistic present in all search networks. `fresh_share` of each generation are
+    new random programs; the hall of fame (`hof_size`) is carried over whole.
+    `time_budget_s` bounds the projected seconds to score one program on the search
+    split (the only timing-dependent rule: keep it generous for reproducible runs).
+    `trivial_tau_limit` rejects programs whose probe ranking matches a trivial
+    predictor (#params, bit counts, quantized loss: |Kendall| at or above it; 1
+    disables), `arch_eta_limit` those whose probe scores are a function of one
+    architecture hyperparameter (eta squared of the ranks; above 1 disables).
+    `fitness` "partial" (the default) pays only for what a program adds beyond the
+    best trivial predictor of each target, chosen on the search split, and never more
+    than it ranks on its own: min(plain, partialled) Kendall or Spearman
+    (`emq.fitness.beyond_trivial`); "residual" is the partialled value alone
+    (`emq.fitness.partial_correlation`: it finds complements that rank badly alone);
+    "plain" the plain rank correlation. Without trivial predictors all are the same.
+    """
+
+    population: int = 64
+    generations: int = 20
+    seed: int = 0
+    metric: str = "kendall"
+    joint: str = "mean"
+    targets: tuple[str, ...] | None = None
+    hof_size: int = 10
+    fresh_share: float = 0.1
+    cx_prob: float = 0.3
+    mut_prob: float = 0.6
+    tournament: int = 3
+    max_size: int = 20
+    max_depth: int = 7
+    probe_size: int = 32
+    time_budget_s: float = 60.0
+    niche_threshold: float = 0.98
+    reject_input_independent: bool = True
+    trivial_tau_limit: float = 0.95
+    arch_eta_limit: float = 0.99
+    fitness: str = "partial"
+    stats: tuple[str, ...] | None = None
+    op_weights: tuple[tuple[str, float], ...] = ()
+    heldout_fraction: float = 0.5
+    split_seed: int = 0
+    memo_size: int = 20000
+    seed_formulas: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("targets", "stats", "seed_formulas"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        weights = self.op_weights.items() if isinstance(self.op_weights, Mapping) else self.op_weights
+        object.__setattr__(self, "op_weights", tuple((str(k), float(v)) for k, v in weights))
+        get_metric(self.metric)
+        if self.joint not in ("mean", "min"):
+            raise ValueError(f"joint must be 'mean' or 'min', got {self.joint!r}")
+        if self.fitness not in FITNESS_MODES:
+            raise ValueError(f"fitness must be one of {', '.join(FITNESS_MODES)}, got {self.fitness!r}")
+        if self.population < 2:
+            raise ValueError("population must be >= 2")
+        if not 0 <= self.hof_size < self.population:
+            raise ValueError("hof_size must be in [0, population)")
+        if not 0 <= self.fresh_share <= 1 or not 0 <= self.cx_prob <= 1 or not 0 <= self.mut_prob <= 1:
+            raise ValueError("fresh_share, cx_prob and mut_prob must be in [0, 1]")
+        if self.cx_prob + self.mut_prob > 1:
+            raise ValueError("cx_prob + mut_prob must be <= 1 (the rest is reproduction)")
+        if self.probe_size < 3:
+            raise ValueError("probe_size must be >= 3")
+        GrowConfig(self.max_depth, self.max_size)  # validates the limits
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the config as JSON-ready data (tuples as lists, `op_weights` as an object)."""
+        data = dataclasses.asdict(self)
+        data["op_weights"] = dict(self.op_weights)
+        for name in ("targets", "stats", "seed_formulas"):
+            if data[name] is not None:
+                data[name] = list(data[name])
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "SearchConfig":
+        """Return the config `to_json` wrote; an unknown field is a ValueError (a newer or damaged file)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown search config field(s): {sorted(unknown)}")
+        return cls(**dict(data))
+
+    def resume_conflicts(self, saved: "SearchConfig") -> list[str]:
+        """Return the fields (other than `generations`, which may grow) that differ from a saved run's."""
+        mine, theirs = self.to_json(), saved.to_json()
+        return [k for k in mine if k != "generations" and mine[k] != theirs[k]]
