@@ -23,7 +23,7 @@ from emq.fitness import choose_best_trivial, get_metric, heldout_split, paired_b
 from emq.proxy import Proxy
 from emq.scoring import stream_scores
 from emq.stats_cache import StatsConfig, load_or_compute
-from search.evolution import json_finite, load_hall_of_fame
+from search.hall_of_fame import json_finite, load_hall_of_fame
 
 
 @dataclass(frozen=True)
