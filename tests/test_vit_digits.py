@@ -76,16 +76,48 @@ def test_low_data_subset_is_stratified_and_fixed_by_the_seed():
 def test_tiny_build_writes_ground_truth_and_readme(tiny_build):
     gt = json.loads((tiny_build / GT_FILE).read_text())
     assert gt["format"] == GT_FORMAT and gt["seed"] == 0
-    assert gt["columns"] == ["test_acc", "test_acc_low_data"]
+    assert gt["columns"] == ["test_acc", "test_acc_low_data", "test_acc_kd"]
     assert [c["id"] for c in gt["candidates"]] == ["vit-000", "vit-001"]
     for c in gt["candidates"]:
-        assert 0.0 <= c["test_acc"] <= 1.0 and 0.0 <= c["test_acc_low_data"] <= 1.0
+        assert 0.0 <= c["test_acc"] <= 1.0 and 0.0 <= c["test_acc_low_data"] <= 1.0 and 0.0 <= c["test_acc_kd"] <= 1.0
         assert c["params"] == count_params(tiny_vit(c["arch"]))
+    assert gt["recipe"]["distillation"]["alpha"] == 0.5 and "mq-digits" in gt["recipe"]["distillation"]["teacher"]
     assert gt["repeat"]["ids"] == ["vit-000"] and len(gt["repeat"]["test_acc"]) == 1
     assert gt["command"] == "emq bench build vit-digits --seed 0"
     assert {"space", "recipe", "build_seconds"} <= set(gt)
     readme = (tiny_build / README_FILE).read_text()
     assert "emq bench build vit-digits --seed 0" in readme and "tau(#params)" in readme
+
+
+def test_a_rebuild_keeps_columns_made_the_same_way_and_trains_only_the_changed_one(tiny_build, tmp_path, monkeypatch):
+    import shutil
+
+    from emq.bench import vit_digits_train
+
+    for name in (GT_FILE, README_FILE):
+        shutil.copy(tiny_build / name, tmp_path / name)
+    trained: list[str] = []
+    real = vit_digits_train.train_and_test
+
+    def spy(arch, task, *args, **kwargs):
+        trained.append(task.column)
+        return real(arch, task, *args, **kwargs)
+
+    monkeypatch.setattr(vit_digits_train, "train_and_test", spy)
+    recipe = Recipe(kd_alpha=0.9).with_epochs(1)
+    build_vit_digits(seed=0, num_archs=2, out_dir=tmp_path, progress=False, recipe=recipe, workers=1,
+                     repeat_archs=1, overwrite=True)
+    assert set(trained) == {"test_acc_kd"} and len(trained) == 3  # 2 archs + 1 repeat, the KD column only
+    a, b = (json.loads((d / GT_FILE).read_text()) for d in (tmp_path, tiny_build))
+    assert a["reused_columns"] == ["test_acc", "test_acc_low_data"]
+    assert [c["test_acc"] for c in a["candidates"]] == [c["test_acc"] for c in b["candidates"]]
+
+
+def test_a_distilled_task_without_teacher_logits_is_refused():
+    from emq.bench.vit_digits_train import Task, train_and_test
+
+    with pytest.raises(ValueError, match="teacher's logits"):
+        train_and_test(sample_archs(1, 0)[0], Task("kd", None, 1, 64, distill=True), TINY_RECIPE, 0, 0)
 
 
 def test_two_tiny_builds_give_identical_files_whatever_the_worker_count(tiny_build, tmp_path):
@@ -128,7 +160,7 @@ def test_benchmark_candidates_align_with_ground_truth(tiny_build):
     assert all(isinstance(c, Candidate) and c.bits is None for c in cands)
     assert [c.arch for c in cands] == [c["arch"] for c in gt["candidates"]]
     truth = bench.ground_truth()
-    assert list(truth) == ["test_acc", "test_acc_low_data"]
+    assert list(truth) == ["test_acc", "test_acc_low_data", "test_acc_kd"]
     assert truth["test_acc"].tolist() == [c["test_acc"] for c in gt["candidates"]]
     assert bench.default_target == "test_acc"
 

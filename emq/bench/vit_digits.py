@@ -32,11 +32,12 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from emq.atomic import write_json_atomic, write_text_atomic
@@ -52,6 +53,7 @@ from emq.bench.vit_digits_load import (
 from emq.bench.vit_digits_space import TinyViTSpace, sample_archs, space_from_json, tiny_vit
 from emq.bench.vit_digits_train import Recipe, run_jobs, train_seed
 from emq.models.autoformer import count_params
+from emq.teacher import Teacher
 
 BATCH_SOURCE = "digits-train-16x16"
 DEFAULT_NUM_ARCHS = 120
@@ -69,7 +71,9 @@ def build_vit_digits(seed: int = 0, num_archs: int = DEFAULT_NUM_ARCHS, out_dir:
 
     `workers` processes (default: up to 2, one thread each) train archs in parallel;
     the result does not depend on it. Writes `ground_truth.json` and `README.md` atomically,
-    after all the work; an existing build is replaced only with `overwrite=True`.
+    after all the work; an existing build is replaced only with `overwrite=True`, and then
+    its columns made with the same seed, space, archs and task settings are kept rather
+    than retrained (training is deterministic, so they are what a retraining would give).
     """
     t0, cpu0 = time.perf_counter(), time.process_time()
     out = Path(out_dir) if out_dir is not None else default_out_dir()
@@ -78,21 +82,27 @@ def build_vit_digits(seed: int = 0, num_archs: int = DEFAULT_NUM_ARCHS, out_dir:
         workers = max(1, min(2, os.cpu_count() or 1))
     repeat_archs = max(0, min(repeat_archs, num_archs))
     archs = sample_archs(num_archs, seed, space)
-    jobs = [(i, 0, a, recipe, seed, train_seed(seed, i), space) for i, a in enumerate(archs)]
-    jobs += [(i, 1, archs[i], recipe, seed, train_seed(seed, i, 1), space) for i in range(repeat_archs)]
+    kept = reusable_columns(out / GT_FILE, seed, space, archs, recipe, repeat_archs) if overwrite else {}
+    todo = replace(recipe, tasks=tuple(t for t in recipe.tasks if t.column not in kept))
+    soft = teacher_logits(seed) if any(t.distill for t in todo.tasks) else None
+    jobs = [(i, 0, a, todo, seed, train_seed(seed, i), space, soft) for i, a in enumerate(archs)]
+    jobs += [(i, 1, archs[i], todo, seed, train_seed(seed, i, 1), space, soft) for i in range(repeat_archs)]
+    if not todo.tasks:
+        jobs = []
     # Largest first, so the pool does not end waiting on one big arch (results do not depend on order).
     size = [count_params(tiny_vit(a, space=space)) for a in archs]
     jobs.sort(key=lambda j: (-size[j[0]], j[0], j[1]))
-    results: dict[tuple[int, int], dict[str, float]] = {}
+    results: dict[tuple[int, int], dict[str, float]] = {
+        (i, r): {c: kept[c][r][i] for c in kept} for r in (0, 1) for i in range(num_archs if r == 0 else repeat_archs)}
     worker_cpu = 0.0
     for index, repeat, accs, cpu in run_jobs(jobs, workers, progress):
-        results[(index, repeat)] = accs
+        results[(index, repeat)].update(accs)
         worker_cpu += cpu
 
     candidates = []
     for i, arch in enumerate(archs):
         row: dict[str, Any] = {"id": f"vit-{i:03d}", "arch": arch}
-        row.update(results[(i, 0)])
+        row.update({c: results[(i, 0)][c] for c in recipe.columns})
         row["params"] = size[i]
         candidates.append(row)
     repeat = {"train_seed_repeat": 1, "ids": [f"vit-{i:03d}" for i in range(repeat_archs)]}
@@ -113,7 +123,12 @@ def build_vit_digits(seed: int = 0, num_archs: int = DEFAULT_NUM_ARCHS, out_dir:
             "tasks": [asdict(t) for t in recipe.tasks],
             "train_seed": "numpy SeedSequence([seed, arch index, repeat]); it seeds both the initialisation "
                           "and the batch order",
+            **({"distillation": {"teacher": TEACHER_DESCRIPTION, "alpha": recipe.kd_alpha,
+                                 "temperature": recipe.kd_temperature,
+                                 "loss": "(1 - alpha) CE + alpha T^2 KL(softmax(teacher/T) || softmax(student/T))"}}
+               if any(t.distill for t in recipe.tasks) else {}),
         },
+        "reused_columns": sorted(kept),
         "columns": recipe.columns,
         "data": {
             "source": "sklearn.datasets.load_digits, /16, bilinear 8x8 -> 16x16, train-split mean/std",
@@ -133,6 +148,69 @@ def build_vit_digits(seed: int = 0, num_archs: int = DEFAULT_NUM_ARCHS, out_dir:
     return {"out_dir": str(out), "num_archs": len(candidates), "build_seconds": seconds,
             "build_cpu_seconds": cpu_seconds, "columns": {c: _quantiles(column(gt, c)) for c in recipe.columns},
             "params_kendall": params_kendall(gt)}
+
+
+#: The distillation teacher of the `_kd` columns (its trained weights: results/mq-digits/model.safetensors).
+TEACHER_DESCRIPTION = "the trained mq-digits ResNet (results/mq-digits/model.safetensors), BatchNorm folded"
+
+
+def trained_teacher() -> nn.Module:
+    """Return the trained digits ResNet of the embedded mq-digits build (the `_kd` columns' teacher), in eval mode."""
+    from emq.bench.mq_digits import MQDigitsBenchmark
+
+    bench = MQDigitsBenchmark()  # raises BenchmarkNotBuiltError naming `emq bench build mq-digits`
+    return bench.build_model(bench.candidates()[0])
+
+
+def teacher_logits(split_seed: int) -> torch.Tensor:
+    """Return the teacher's logits on the whole digits train split (the soft targets of distillation)."""
+    x_train, _ = digits.train_split(split_seed)
+    with torch.no_grad():
+        return trained_teacher()(x_train).detach()
+
+
+def reusable_columns(path: Path, seed: int, space: TinyViTSpace, archs: list[dict[str, Any]], recipe: Recipe,
+                     repeat_archs: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Return {column: (accuracies, repeat accuracies)} of an existing build made exactly as `recipe` asks now.
+
+    A column is kept when the seed, space, archs, the recipe's shared settings and the
+    column's own task settings are all unchanged; anything else is retrained.
+    """
+    try:
+        gt = load_ground_truth(path)
+    except Exception:  # no build, or a damaged one: nothing to keep
+        return {}
+    r = gt.get("recipe", {})
+    same = (gt.get("seed") == seed and gt.get("space") == json_space(space)
+            and [c["arch"] for c in gt["candidates"]] == json_archs(archs)
+            and (r.get("lr"), r.get("weight_decay"), list(r.get("betas", [])), r.get("grad_clip"))
+            == (recipe.lr, recipe.weight_decay, list(recipe.betas), recipe.grad_clip)
+            and len(gt.get("repeat", {}).get("ids", [])) == repeat_archs)
+    if not same:
+        return {}
+    old_tasks = {t["column"]: {**t, "distill": t.get("distill", False)} for t in r.get("tasks", [])}
+    kd = r.get("distillation", {})
+    kept = {}
+    for task in recipe.tasks:
+        if old_tasks.get(task.column) != asdict(task):
+            continue
+        if task.distill and (kd.get("alpha"), kd.get("temperature")) != (recipe.kd_alpha, recipe.kd_temperature):
+            continue
+        kept[task.column] = ([c[task.column] for c in gt["candidates"]], list(gt["repeat"][task.column]))
+    return kept
+
+
+def json_space(space: TinyViTSpace) -> dict[str, Any]:
+    """Return the space as its ground-truth JSON holds it (lists, not tuples)."""
+    import json
+
+    return json.loads(json.dumps(asdict(space)))
+
+
+def json_archs(archs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    import json
+
+    return json.loads(json.dumps(archs))
 
 
 @register_builder(BENCH_NAME)
@@ -172,7 +250,15 @@ def readme_text(gt: dict[str, Any]) -> str:
     sizes = gt["data"]["split_sizes"]
 
     def images(t: dict[str, Any]) -> str:
-        return f"all {sizes['train']}" if t["train_images"] is None else f"{t['train_images']} (stratified)"
+        text = f"all {sizes['train']}" if t["train_images"] is None else f"{t['train_images']} (stratified)"
+        return text + (", distilled" if t.get("distill") else "")
+
+    kd = r.get("distillation")
+    distillation = "" if not kd else (
+        f"\n\n  Distilled columns (`{'`, `'.join(c for c, t in tasks.items() if t.get('distill'))}`) train on the "
+        f"same images with the loss {kd['loss']}, alpha {kd['alpha']}, T {kd['temperature']}; the teacher is "
+        f"{kd['teacher']}, whose logits on the train split are computed once. They are the offline ground truth "
+        "of distillation-aware proxies (DisWOT, teacher statistics).")
 
     task_rows = "\n".join(f"| `{c}` | {images(t)} | {t['epochs']} | {t['batch_size']} |" for c, t in tasks.items())
     cross = kendall(column(gt, cols[0]), column(gt, cols[1])) if len(cols) > 1 else float("nan")
@@ -193,7 +279,8 @@ def readme_text(gt: dict[str, Any]) -> str:
         "params_min": int(params.min()), "params_max": int(params.max()),
         "optimizer": r["optimizer"], "lr": r["lr"], "weight_decay": r["weight_decay"], "betas": r["betas"],
         "schedule": r["schedule"], "grad_clip": r["grad_clip"],
-        "task_rows": task_rows, "cross_kendall": f"{cross:.3f}", "spread_rows": spread_rows,
+        "task_rows": task_rows, "cross_kendall": f"{cross:.3f}", "distillation": distillation,
+        "spread_rows": spread_rows,
         "num_repeated": len(gt["repeat"]["ids"]), "tau_rows": tau_rows, "verdict": verdict,
         "width_kendall": ", ".join(f"`{c}` {kendall(width, column(gt, c)):.3f}" for c in cols),
         "depth_kendall": ", ".join(f"`{c}` {kendall(depth, column(gt, c)):.3f}" for c in cols),
@@ -210,7 +297,8 @@ class ViTDigitsBenchmark(Benchmark):
     name = BENCH_NAME
     family = "vit"
     description = ("tiny AutoFormer-style ViTs (embed 32-64, depth 2-5, per-layer heads / MLP ratio) trained on "
-                   "the digits: test accuracy on the full train split and on 200 images; random-init networks")
+                   "the digits: test accuracy on the full train split, on 200 images, and distilled from the trained "
+                   "digits ResNet; random-init networks")
     trained_weights = False
 
     def __init__(self, root: str | Path | None = None) -> None:
@@ -239,6 +327,14 @@ class ViTDigitsBenchmark(Benchmark):
         if candidate.arch is None:
             raise ValueError(f"candidate {candidate.id!r} carries no arch")
         return tiny_vit(candidate.arch, init_seed=init_seed, space=self.space)
+
+    def teacher(self) -> Teacher | None:
+        """The `_kd` column's teacher, the trained mq-digits ResNet (trained weights: used as they are), if built."""
+        from emq.bench.mq_digits_load import default_out_dir as mq_dir
+
+        if not (mq_dir() / "model.safetensors").is_file():
+            return None
+        return Teacher("mq-digits-resnet-trained", lambda _seed: trained_teacher(), None, 0)
 
     def batch(self, seed: int = 0, size: int = 16) -> Batch:
         x, y = digits.batch(seed, size, split_seed=self.seed, resolution=self.space.img_size,

@@ -28,6 +28,8 @@ class Task:
     train_images: int | None  # None: the whole train split; else a stratified subset of this size
     epochs: int
     batch_size: int
+    #: Distil from the teacher's logits (the trained mq-digits ResNet) instead of plain cross-entropy.
+    distill: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,13 @@ class Recipe:
     betas: tuple[float, float] = (0.9, 0.99)
     warmup_fraction: float = 0.1
     grad_clip: float = 1.0
+    #: Knowledge distillation (Hinton et al. 2015): (1 - alpha) CE + alpha T^2 KL(teacher_T || student_T).
+    kd_alpha: float = 0.5
+    kd_temperature: float = 4.0
     tasks: tuple[Task, ...] = field(default_factory=lambda: (
         Task("test_acc", None, 20, 64),
         Task("test_acc_low_data", 200, 50, 25),
+        Task("test_acc_kd", None, 20, 64, distill=True),
     ))
 
     def with_epochs(self, epochs: int) -> Recipe:
@@ -87,12 +93,19 @@ class _single_thread_deterministic:
 
 
 def train_and_test(arch: dict[str, Any], task: Task, recipe: Recipe, split_seed: int, seed: int,
-                   space: TinyViTSpace = TinyViTSpace()) -> float:
-    """Return the test accuracy (fraction) of `arch` trained on `task` with `recipe`, from `seed`."""
+                   space: TinyViTSpace = TinyViTSpace(), teacher_logits: torch.Tensor | None = None) -> float:
+    """Return the test accuracy (fraction) of `arch` trained on `task` with `recipe`, from `seed`.
+
+    A distillation task needs `teacher_logits`, the teacher's logits on the whole train split.
+    """
     x_train, y_train = digits.train_split(split_seed)
+    soft = teacher_logits
+    if task.distill and soft is None:
+        raise ValueError(f"task {task.column!r} distils: give the teacher's logits on the train split")
     if task.train_images is not None:
         idx = torch.from_numpy(low_data_indices(task.train_images, split_seed))
         x_train, y_train = x_train[idx], y_train[idx]
+        soft = soft[idx] if soft is not None else None
     x_test, y_test = digits.test_split(split_seed)
     with _single_thread_deterministic(), torch.random.fork_rng(devices=[]):
         model = tiny_vit(arch, init_seed=seed, space=space)
@@ -107,7 +120,13 @@ def train_and_test(arch: dict[str, Any], task: Task, recipe: Recipe, split_seed:
             perm = torch.randperm(len(x_train), generator=g)
             for i in range(0, len(x_train), task.batch_size):
                 batch = perm[i:i + task.batch_size]
-                loss = F.cross_entropy(model(x_train[batch]), y_train[batch])
+                logits = model(x_train[batch])
+                loss = F.cross_entropy(logits, y_train[batch])
+                if task.distill:
+                    t = recipe.kd_temperature
+                    kl = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(soft[batch] / t, dim=1),
+                                  reduction="batchmean", log_target=True)
+                    loss = (1 - recipe.kd_alpha) * loss + recipe.kd_alpha * t * t * kl
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
@@ -119,15 +138,15 @@ def train_and_test(arch: dict[str, Any], task: Task, recipe: Recipe, split_seed:
     return correct / len(y_test)
 
 
-Job = tuple[int, int, dict[str, Any], Recipe, int, int, TinyViTSpace]
+Job = tuple[int, int, dict[str, Any], Recipe, int, int, TinyViTSpace, "torch.Tensor | None"]
 JobResult = tuple[int, int, dict[str, float], float]
 
 
 def _train_job(job: Job) -> JobResult:
-    """Train one arch on every task; return (index, repeat, {column: accuracy}, CPU seconds)."""
-    index, repeat, arch, recipe, split_seed, seed, space = job
+    """Train one arch on every task of the job's recipe; return (index, repeat, {column: accuracy}, CPU seconds)."""
+    index, repeat, arch, recipe, split_seed, seed, space, teacher_logits = job
     start = time.process_time()
-    accs = {t.column: train_and_test(arch, t, recipe, split_seed, seed, space) for t in recipe.tasks}
+    accs = {t.column: train_and_test(arch, t, recipe, split_seed, seed, space, teacher_logits) for t in recipe.tasks}
     return index, repeat, accs, time.process_time() - start
 
 
