@@ -259,6 +259,10 @@ def readme_text(gt: dict[str, Any]) -> str:
         f"same images with the loss {kd['loss']}, alpha {kd['alpha']}, T {kd['temperature']}; the teacher is "
         f"{kd['teacher']}, whose logits on the train split are computed once. They are the offline ground truth "
         "of distillation-aware proxies (DisWOT, teacher statistics).")
+    if gt.get("reused_columns"):
+        distillation += (f" This build kept the columns `{'`, `'.join(gt['reused_columns'])}` of the build before it "
+                         "(same seed, space, archs and settings; training is deterministic) and trained the others: "
+                         "the times above cover those only.")
 
     task_rows = "\n".join(f"| `{c}` | {images(t)} | {t['epochs']} | {t['batch_size']} |" for c, t in tasks.items())
     cross = kendall(column(gt, cols[0]), column(gt, cols[1])) if len(cols) > 1 else float("nan")
