@@ -55,6 +55,19 @@ def check_output_path(path: str | Path) -> Path:
     return path
 
 
+def check_report_path(path: str | Path | None, inputs: Iterable[str | Path] = ()) -> None:
+    """Fail before any work if report `path` cannot be written safely or would overwrite one of `inputs`.
+
+    An input folder (a search run read as a proxy) counts as every file under it.
+    """
+    if path is None:
+        return
+    check_output_path(path)
+    files = [Path(p) for p in inputs]
+    check_not_inputs([path], [p for p in files if not p.is_dir()]
+                     + [q for p in files if p.is_dir() for q in p.rglob("*") if q.is_file()])
+
+
 def check_not_inputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path]) -> None:
     """Raise UnsafeOutputError if any output path is the same file as one of the command's inputs."""
     inputs = [Path(p) for p in inputs]

@@ -91,9 +91,14 @@ class ScoreReport:
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_markdown(self) -> str:
-        """Return a table a person can read: one line per scorer and target."""
-        lines = [
+    def to_text(self) -> str:
+        return self.to_markdown()
+
+    def to_markdown(self, command: str = "") -> str:
+        """Return a table a person can read: one line per scorer and target; with `command`, headed as a report."""
+        lines = [f"# Scores on `{self.benchmark}`", "", f"Reproduce: `{command}`", "",
+                 "Statistics: " + ", ".join(f"{k}={v}" for k, v in self.stats_config.items()), ""] if command else []
+        lines += [
             f"Benchmark `{self.benchmark}`, split `{self.split}` ({self.n_candidates} candidates), "
             f"batch {self.batch.get('source')} seed {self.batch.get('seed')} size {self.batch.get('size')}.",
             "",
@@ -194,24 +199,25 @@ def score_benchmark(
     probe_size: int = 16,
     limit: int | None = None,
     progress: bool = True,
+    all_baselines: bool = False,
 ) -> ScoreReport:
     """Score proxy programs and named baselines on `bench` and return the report.
 
     Input independence is checked on a probe of `probe_size` candidates whose
     statistics are also computed on a second batch (batch seed + 1). `limit` keeps
-    only the first N candidates of the split (quick looks and tests).
+    only the first N candidates of the split (quick looks and tests). `all_baselines`
+    adds every baseline that applies to `bench` after the named ones.
     """
     # baselines build on scoring's neighbours; keep the import local
-    from emq.baselines import baseline_costs, baseline_scores, trivial_baselines
+    from emq.baselines import baseline_costs, baseline_scores, benchmark_baselines, trivial_baselines
 
     proxies = proxies or {}
-    baselines = baselines or []
+    baselines = list(baselines or [])
+    if all_baselines:
+        baselines += [b for b in benchmark_baselines(bench) if b not in baselines]
     config = config or StatsConfig()
     all_truth = bench.ground_truth()
-    targets = targets or list(all_truth)
-    unknown = [t for t in targets if t not in all_truth]
-    if unknown:
-        raise KeyError(f"unknown target(s) {unknown} for benchmark {bench.name}; available: {', '.join(all_truth)}")
+    targets = bench.check_targets(targets) or list(all_truth)
     check_proxies_fit(bench, proxies, config)
     idx = select_split(bench, split)[:limit]
     cands = [bench.candidates()[i] for i in idx]

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from emq.atomic import save_tensors_atomic, write_json_atomic
 from emq.bench.base import Batch, Benchmark, Candidate
+from emq.errors import DeviceError
 from emq.paths import cache_dir
 from emq.stats import NetworkStats, check_stat_names
 from emq.stats_compute import applicable_stats, compute_stats
@@ -102,6 +103,24 @@ class StatsConfig:
         data = self.describe()
         data.pop("device")
         return data
+
+
+def check_device(name: str | None) -> str | None:
+    """Return `name` if this machine can compute statistics on that torch device (None: the default), else fail."""
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"{name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"{name!r}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"{name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise DeviceError(f"{name!r}: EMQ computes statistics on cpu or cuda devices only")
+    return name
 
 
 # ------------------------------------------------------------------------ keys

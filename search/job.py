@@ -155,52 +155,42 @@ def run_job(job: Job, progress: bool | None = None) -> JobOutcome:
 
     SIGTERM stops after the current generation (checkpointed) and gives exit code 3.
     """
-    from emq.bench.registry import open_benchmark
-    from emq.proxy import Proxy
     from emq.stats_cache import StatsConfig
-    from search.benchmark import search_benchmark
-    from search.config import SearchConfig
-    from search.pool import EvaluationPool
-    from search.run_lock import run_folder_lock
-    from search.study import run_study
+    from search.session import SearchRequest, SearchSettingsError, execute_search, plan_search
 
     progress = sys.stdout.isatty() if progress is None else progress
     start = time.perf_counter()
     log = JobLog(job.out_dir / "job.jsonl")
-    bench = open_benchmark(job.benchmark, job.data_dir, batch_source=job.batch_source)
     s = job.search
-    seeds, batch_seeds = list(s.get("seeds", [0])), list(s.get("batch_seeds", [0]))
-    population = s.get("population", 48)
     try:
-        search_config = SearchConfig(
-            population=population, generations=s.get("generations", 15), seed=seeds[0],
-            metric=s.get("metric", "kendall"), joint=s.get("joint", "mean"),
-            targets=tuple(s["targets"]) if s.get("targets") else None,
-            hof_size=min(s.get("hof_size", 10), population - 1), fitness=s.get("fitness", "partial"),
-            seed_formulas=tuple(Proxy.load(p).formula() for p in s.get("seed_proxies", [])))
         given = {"batch_size": job.stats.get("batch_size"), "init_seed": job.stats.get("init_seed"),
                  "store_dtype": job.stats.get("dtype"), "hessian_samples": job.stats.get("hessian_samples"),
                  "stat_names": tuple(job.stats["stats"]) if job.stats.get("stats") else None}
-        stats_config = StatsConfig(batch_seed=batch_seeds[0], device=job.stats.get("device"),
-                                   **{k: v for k, v in given.items() if v is not None})
+        stats = StatsConfig(device=job.stats.get("device"), **{k: v for k, v in given.items() if v is not None})
     except (ValueError, TypeError) as err:
         raise JobFileError(f"{job.path}: {err}") from None
-    backend = job.backend.get("name", "loky")
-    options = dict(max_search=s.get("max_search"), max_heldout=s.get("max_heldout"), progress=progress, resume=True)
-    command = f"emq run {job.path}"
-    log.write("start", job=str(job.path), benchmark=job.benchmark, seeds=seeds, batch_seeds=batch_seeds,
-              backend=backend, search=search_config.to_json(), stats=dataclasses.asdict(stats_config))
-    with stop_on_signals(), run_folder_lock(job.out_dir):
-        with EvaluationPool(backend, n_jobs=job.backend.get("workers"), scheduler=job.backend.get("scheduler"),
-                            device=job.backend.get("device", stats_config.device)) as pool:
-            study = run_study(bench, stats_config, search_config, job.out_dir, seeds, batch_seeds, search_benchmark,
-                              command, pool=pool, **options)
+    request = SearchRequest(
+        job.benchmark, out=job.out_dir, data_dir=job.data_dir, batch_source=job.batch_source, stats=stats,
+        seed_proxies=tuple(Path(p) for p in s.get("seed_proxies", [])), backend=job.backend.get("name", "loky"),
+        scheduler=job.backend.get("scheduler"), workers=job.backend.get("workers"),
+        pool_device=job.backend.get("device"), study=True, resume=True, progress=progress,
+        command=f"emq run {job.path}",
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in s.items() if k != "seed_proxies"})
+    try:
+        plan = plan_search(request)
+    except SearchSettingsError as err:
+        raise JobFileError(f"{job.path}: {err}") from None
+    log.write("start", job=str(job.path), benchmark=job.benchmark, seeds=list(plan.seeds),
+              batch_seeds=list(plan.batch_seeds), backend=request.backend, search=plan.search_config.to_json(),
+              stats=dataclasses.asdict(plan.stats_config))
+    with stop_on_signals():
+        outcome = execute_search(plan)
     seconds = time.perf_counter() - start
-    planned = len(seeds) * len(batch_seeds)
-    if stop_requested() or len(study["runs"]) < planned:
-        log.write("interrupted", runs_done=len(study["runs"]), planned=planned, seconds=round(seconds, 3))
-        return JobOutcome(EXIT_INTERRUPTED, f"interrupted after {len(study['runs'])} of {planned} run(s); rerun the "
-                          "same job to resume", job.out_dir, None, seconds)
-    log.write("done", verdict=study["verdict"], runs=len(study["runs"]), seconds=round(seconds, 3))
-    write_text_atomic(job.out_dir / "job-outcome.json", json.dumps({"verdict": study["verdict"]}) + "\n")
-    return JobOutcome(EXIT_DONE, f"done: {study['verdict']}", job.out_dir, study["verdict"], seconds)
+    if stop_requested() or not outcome.finished:
+        log.write("interrupted", runs_done=outcome.finished_runs, planned=outcome.planned_runs,
+                  seconds=round(seconds, 3))
+        return JobOutcome(EXIT_INTERRUPTED, f"interrupted after {outcome.finished_runs} of {outcome.planned_runs} "
+                          "run(s); rerun the same job to resume", job.out_dir, None, seconds)
+    log.write("done", verdict=outcome.verdict, runs=outcome.finished_runs, seconds=round(seconds, 3))
+    write_text_atomic(job.out_dir / "job-outcome.json", json.dumps({"verdict": outcome.verdict}) + "\n")
+    return JobOutcome(EXIT_DONE, f"done: {outcome.verdict}", job.out_dir, outcome.verdict, seconds)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -93,3 +93,17 @@ def _append_verdict(path: Path, record: dict[str, Any]) -> None:
                        "chosen by the search, against the best trivial predictor, chosen on the search split):", "",
                        *rows, "", verdict_line(record["verdict"])]) + "\n"
     write_text_atomic(path, text)
+
+
+def judge_run(run_dir: str | Path, stats_config: StatsConfig, data_dir: str | Path | None = None,
+              batch_source: str | None = None, n_boot: int = 1000,
+              notify: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Return (and write) the verdict of `run_dir` as `rescore_run` does, on the benchmark its hall of fame names."""
+    from emq.bench.registry import open_benchmark
+    from search.config import RunFolderError
+
+    name = load_hall_of_fame(run_dir).get("benchmark")
+    if not name:
+        raise RunFolderError(f"{run_dir}/hall_of_fame.json does not name its benchmark; it predates held-out scoring")
+    bench = open_benchmark(name, Path(data_dir) if data_dir else None, notify=notify, batch_source=batch_source)
+    return rescore_run(bench, run_dir, stats_config, n_boot=n_boot)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -190,3 +191,56 @@ def test_batch_source_is_an_argument_the_benchmark_checks(run):
     result = run("score", "mq-digits", "--baseline", "params", "--limit", "3", "--batch-source", "gaussian")
     assert result.exit_code == 2
     assert "mq-digits does not take option 'batch_source'" in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------- --json on every command that reports
+def _json_of(result) -> object:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("args, keys", [
+    (["bench", "list", "--json"], {"name", "family", "embedded", "doc", "options"}),
+    (["stats", "--list", "--json"], {"name", "doc", "needs_bits", "needs_loss", "layer_local", "family"}),
+    (["ops", "--json"], {"name", "signature", "group", "doc"}),
+], ids=["bench-list", "stats-list", "ops"])
+def test_listing_commands_print_a_json_list_of_records(run, args, keys):
+    data = _json_of(run(*args))
+    assert isinstance(data, list) and data and all(keys <= set(item) for item in data)
+
+
+@needs_mq_digits
+def test_bench_show_json_is_the_summary_the_text_is_made_from(run):
+    data = _json_of(run("bench", "show", "mq-digits", "--limit", "2", "--json"))
+    assert data["name"] == "mq-digits" and data["candidates"] == 500 and len(data["first"]) == 2
+    assert set(data["columns"]["test_acc"]) == {"n", "missing", "min", "q1", "median", "q3", "max"}
+    text = run("bench", "show", "mq-digits", "--limit", "2").output
+    assert f"median {data['columns']['test_acc']['median']:.4g}" in text
+
+
+@needs_mq_digits
+def test_stats_json_reports_candidates_and_settings(run):
+    data = _json_of(run("stats", "mq-digits", "--limit", "2", "--batch-size", "4", "--stats", "weight", "--json"))
+    assert data["benchmark"] == "mq-digits" and data["candidates"] == 2
+    assert data["stats"]["batch_size"] == 4 and data["stats"]["stat_names"] == ["weight"]
+
+
+@needs_mq_digits
+def test_search_export_and_verdict_json(run, tmp_path):
+    out = tmp_path / "run"
+    data = _json_of(run("search", "mq-digits", "--population", "4", "--generations", "1", "--max-search", "12",
+                        "--max-heldout", "12", "--backend", "serial", "--batch-size", "8", "--out", str(out), "--json"))
+    assert data["run_dir"] == str(out) and data["finished"] and not data["study"] and data["best_formula"]
+    paths = _json_of(run("export", str(out), "--top", "2", "-o", str(tmp_path / "p.json"), "--json"))
+    assert paths and all(Path(p).is_file() for p in paths)
+    record = _json_of(run("verdict", str(out), "--batch-size", "8", "--bootstrap", "20", "--json"))
+    assert record["format"] == "emq-verdict/1" and record["verdict"]["verdict"] in ("discovery", "no discovery")
+
+
+def test_no_benchmark_name_is_tested_in_the_cli():
+    from emq.bench.registry import BENCHMARKS
+
+    code = "\n".join(line for line in (Path(__file__).resolve().parent.parent / "cli.py").read_text().splitlines()
+                     if not line.startswith("      emq ") and "#" not in line)  # help examples may name them
+    names = set(BENCHMARKS) | {"autoformer", "pit"}
+    assert [n for n in names if f'"{n}"' in code or f"'{n}'" in code] == []

@@ -137,6 +137,15 @@ def test_score_out_onto_its_own_proxy_file_is_refused(run, tmp_path):
     assert proxy.read_text() == before
 
 
+def test_a_report_may_not_land_inside_a_run_folder_read_as_a_proxy(run_folder):
+    from emq.atomic import check_report_path
+
+    with pytest.raises(UnsafeOutputError, match="input of this command"):
+        check_report_path(run_folder / "hall_of_fame.json", [run_folder])
+    check_report_path(run_folder / "report.json", [run_folder])  # a new file beside them is fine
+    check_report_path(None, [run_folder])
+
+
 @pytest.mark.parametrize("name", ["hall_of_fame.json", "config.json"])
 def test_export_never_overwrites_the_run_it_reads(run, run_folder, name):
     before = (run_folder / name).read_bytes()
@@ -300,15 +309,14 @@ def test_workers_are_bounded(run, workers, message):
 
 
 def test_crashed_pool_workers_are_reported_in_one_line():
-    import click
     from joblib.externals.loky.process_executor import TerminatedWorkerError
 
-    from cli import _worker_crashes
+    from search.session import PoolWorkerDiedError, worker_crashes
 
-    with pytest.raises(click.ClickException, match="pool worker died") as err:
-        with _worker_crashes("loky"):
+    with pytest.raises(PoolWorkerDiedError, match="pool worker died") as err:
+        with worker_crashes("loky"):
             raise TerminatedWorkerError("A worker process managed by the executor was unexpectedly terminated.")
-    assert err.value.exit_code == 2
+    assert isinstance(err.value, EMQUserError) and "\n" not in str(err.value)  # the CLI's one line, exit code 2
 
 
 def _state(pid: int) -> str | None:

@@ -6,6 +6,8 @@
   `search_arch` (seeded GA under a parameter budget);
 - `emq.apply.mq` / `emq.apply.vit`: the comparisons on the embedded benchmarks, by real
   PTQ accuracy (mq-digits) and by training with the benchmark's recipe (vit-digits);
+- `emq.apply.requests`: what `emq apply mq` / `emq apply vit` ask for (`BitRequest`,
+  `ArchRequest`) and the one call each makes (`apply_bits`, `apply_arch`);
 - `emq.apply.decompose`: recognising proxies that are sums of per-layer terms;
 - `emq.apply.evolve`: the small seeded genetic algorithm both searches share (on `emq.ga`).
 """

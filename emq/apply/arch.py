@@ -52,6 +52,9 @@ class ArchSpace(ABC):
     """A family of ViT archs: sampling, one-gene mutation, crossover, shrinking, building and the scoring batch."""
 
     name: str = ""
+    #: The registered benchmark whose training recipe and test split can train this space's archs
+    #: (`emq apply vit --train`), or None.
+    trained_by: str | None = None
 
     def __init__(self) -> None:
         self._params: dict[str, int] = {}
@@ -267,7 +270,7 @@ def _vit_bench_batch(seed: int, size: int) -> Batch:
 def _vit_digits_space() -> LayerwiseSpace:
     """Return the tiny-ViT space of the built vit-digits benchmark (its defaults when not built)."""
     from emq.bench import digits
-    from emq.bench.vit_digits_load import GT_FILE, default_out_dir, load_ground_truth
+    from emq.bench.vit_digits_load import BENCH_NAME, GT_FILE, default_out_dir, load_ground_truth
     from emq.bench.vit_digits_space import TinyViTSpace, space_from_json
 
     path = default_out_dir() / GT_FILE
@@ -279,9 +282,11 @@ def _vit_digits_space() -> LayerwiseSpace:
         x, y = digits.batch(seed, size, split_seed=split_seed, resolution=space.img_size, channels=space.in_chans)
         return Batch(inputs=x, labels=y, source="digits-train-16x16", seed=seed)
 
-    return LayerwiseSpace("vit-digits", space.hidden_dim, space.depth, space.mlp_ratio, space.num_heads, batch_fn,
-                          img_size=space.img_size, patch_size=space.patch_size, in_chans=space.in_chans,
-                          num_classes=space.num_classes)
+    layerwise = LayerwiseSpace("vit-digits", space.hidden_dim, space.depth, space.mlp_ratio, space.num_heads,
+                               batch_fn, img_size=space.img_size, patch_size=space.patch_size, in_chans=space.in_chans,
+                               num_classes=space.num_classes)
+    layerwise.trained_by = BENCH_NAME
+    return layerwise
 
 
 ARCH_SPACES: Registry[Callable[[], ArchSpace]] = Registry("arch space")

@@ -163,6 +163,9 @@ class MQComparison:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_text(self) -> str:
+        return self.to_markdown()
+
     def to_markdown(self, command: str = "") -> str:
         """Return the report: how to regenerate it, the setup, the accuracy table and the bits per layer."""
         lines = [f"# Bit allocation with exported proxies: `{self.benchmark}`", ""]

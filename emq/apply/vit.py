@@ -66,6 +66,9 @@ class ViTComparison:
                 r["score"] = str(r["score"])
         return data
 
+    def to_text(self) -> str:
+        return self.to_markdown()
+
     def to_markdown(self, command: str = "") -> str:
         """Return the report: how to regenerate it, the setup, and the accuracy table."""
         lines = ["# Architecture search with exported proxies: `vit-digits`", ""]

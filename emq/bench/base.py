@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from emq.errors import EMQUserError
+from emq.errors import EMQUserError, UnknownNameError
 
 if TYPE_CHECKING:
     from emq.teacher import Teacher
@@ -42,6 +42,10 @@ class BenchmarkNotBuiltError(EMQUserError, RuntimeError):
     """Raised when an embedded benchmark's ground truth has not been built yet."""
 
 
+class UnknownTargetError(UnknownNameError):
+    """A ground-truth column the benchmark does not have; the message lists the columns it has."""
+
+
 class Benchmark(ABC):
     """A set of candidates with ground-truth accuracies (higher is better)."""
 
@@ -50,6 +54,9 @@ class Benchmark(ABC):
     description: str = ""
     #: Whether candidate networks carry trained weights (else: random init, seeded).
     trained_weights: bool = False
+    #: Whether the real post-training-quantization test accuracy of any bit configuration can be measured here
+    #: (its trained network, calibration and test images ship with it), as `emq apply mq --compare` does.
+    measures_ptq_accuracy: bool = False
 
     @abstractmethod
     def candidates(self) -> list[Candidate]:
@@ -73,6 +80,17 @@ class Benchmark(ABC):
 
     def candidate_ids(self) -> list[str]:
         return [c.id for c in self.candidates()]
+
+    def check_targets(self, targets: Sequence[str] | None) -> list[str] | None:
+        """Return `targets` as a list (None: every column), or fail naming the unknown ones and the columns there are."""
+        if not targets:
+            return None
+        columns = list(self.ground_truth())
+        unknown = [t for t in targets if t not in columns]
+        if unknown:
+            raise UnknownTargetError(f"targets: unknown column(s) {', '.join(unknown)} for {self.name}; "
+                                     f"available: {', '.join(columns)}")
+        return list(targets)
 
     def arch_features(self, candidate: Candidate) -> dict[str, float]:
         """Return the candidate's numeric architecture hyperparameters (empty for bit configurations).

@@ -219,6 +219,7 @@ class MQDigitsBenchmark(Benchmark):
     family = "mq"
     description = "digits ResNet (16 layers, 175k weights), per-layer weight bits in {2,3,4,8}, A8, PTQ test accuracy"
     trained_weights = True
+    measures_ptq_accuracy = True
     act_bits = ACT_BITS
 
     def __init__(self, root: str | Path | None = None) -> None:

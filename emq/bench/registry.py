@@ -91,9 +91,15 @@ def get_benchmark(name: str, data_dir: Path | None = None, **options: str | None
 
 def open_benchmark(name: str, data_dir: Path | None = None, build: bool = True,
                    notify: Callable[[str], None] | None = None, **options: str | None) -> Benchmark:
-    """Return benchmark `name` (with `options`), building it first (once) when it is embedded and not built yet."""
-    from emq.bench.base import BenchmarkNotBuiltError
+    """Return benchmark `name` (with `options`), building it first (once) when it is embedded and not built yet.
 
+    `data_dir` None is resolved as `emq.paths.data_dir` does (EMQ_DATA_DIR, else ../shared/benchmarks), so the
+    CLI and batch jobs find public ground truth in the same place.
+    """
+    from emq.bench.base import BenchmarkNotBuiltError
+    from emq.paths import data_dir as resolve_data_dir
+
+    data_dir = resolve_data_dir(data_dir)
     try:
         return get_benchmark(name, data_dir, **options)
     except BenchmarkNotBuiltError:

@@ -1,32 +1,52 @@
-"""A human-readable summary of a benchmark: size, ground-truth spread, a few candidates."""
+"""A summary of a benchmark: size, ground-truth spread, a few candidates; as plain data or as lines to read."""
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from emq.bench.base import Benchmark
 
+QUANTILES = {"min": 0.0, "q1": 0.25, "median": 0.5, "q3": 0.75, "max": 1.0}
+
+
+def benchmark_summary(bench: Benchmark, limit: int = 5) -> dict[str, Any]:
+    """Return `bench`'s candidate count, the spread of each accuracy column and its first `limit` candidates."""
+    cands = bench.candidates()
+    truth = bench.ground_truth()
+    columns: dict[str, dict[str, Any]] = {}
+    for col, values in truth.items():
+        v = values[np.isfinite(values)]
+        spread = dict(zip(QUANTILES, map(float, np.quantile(v, list(QUANTILES.values()))))) if v.size else {}
+        columns[col] = {"n": int(v.size), "missing": int(values.size - v.size), **spread}
+    first = [{"id": c.id, "truth": {col: float(truth[col][i]) for col in truth},
+              "config": c.bits if c.bits is not None else c.arch} for i, c in enumerate(cands[:limit])]
+    extra = getattr(bench, "describe_models", None)
+    return {"name": bench.name, "family": bench.family, "candidates": len(cands),
+            "trained_weights": bench.trained_weights, "description": bench.description, "columns": columns,
+            "first": first, "models": extra() if callable(extra) else None}
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """Return the lines of `benchmark_summary`'s record a person reads."""
+    weights = "trained weights" if summary["trained_weights"] else "random initialisation (seeded)"
+    lines = [f"{summary['name']} ({summary['family']}): {summary['candidates']} candidates; {weights}"]
+    if summary["description"]:
+        lines.append(summary["description"])
+    for col, s in summary["columns"].items():
+        if not s["n"]:
+            lines.append(f"  {col}: no values")
+            continue
+        lines.append(f"  {col}: n={s['n']} min {s['min']:.4g}  q1 {s['q1']:.4g}  median {s['median']:.4g}  "
+                     f"q3 {s['q3']:.4g}  max {s['max']:.4g}" + (f"  ({s['missing']} missing)" if s["missing"] else ""))
+    for cand in summary["first"]:
+        accs = ", ".join(f"{c}={v:.4g}" for c, v in cand["truth"].items())
+        lines.append(f"  {cand['id']}: {accs}  {cand['config']}")
+    if summary["models"] is not None:
+        lines.append(summary["models"])
+    return "\n".join(lines)
+
 
 def summarize_benchmark(bench: Benchmark, limit: int = 5) -> str:
     """Return lines describing `bench`: candidate count, spread of each accuracy column, first candidates."""
-    cands = bench.candidates()
-    truth = bench.ground_truth()
-    lines = [f"{bench.name} ({bench.family}): {len(cands)} candidates; "
-             f"{'trained weights' if bench.trained_weights else 'random initialisation (seeded)'}"]
-    if bench.description:
-        lines.append(bench.description)
-    for col, values in truth.items():
-        v = values[np.isfinite(values)]
-        if v.size == 0:
-            lines.append(f"  {col}: no values")
-            continue
-        q = np.quantile(v, [0, 0.25, 0.5, 0.75, 1])
-        lines.append(f"  {col}: n={v.size} min {q[0]:.4g}  q1 {q[1]:.4g}  median {q[2]:.4g}  q3 {q[3]:.4g}  max {q[4]:.4g}"
-                     + (f"  ({values.size - v.size} missing)" if v.size < values.size else ""))
-    for i, cand in enumerate(cands[:limit]):
-        desc = cand.bits if cand.bits is not None else cand.arch
-        accs = ", ".join(f"{c}={truth[c][i]:.4g}" for c in truth)
-        lines.append(f"  {cand.id}: {accs}  {desc}")
-    extra = getattr(bench, "describe_models", None)
-    if callable(extra):
-        lines.append(extra())
-    return "\n".join(lines)
+    return summary_text(benchmark_summary(bench, limit))

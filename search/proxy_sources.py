@@ -1,0 +1,33 @@
+"""Proxies named by a user: proxy files (emq-proxy/1), search run folders (their best program), formulas."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from emq.proxy import Proxy
+from search.config import RunFolderError
+from search.hall_of_fame import export_proxies
+
+
+def load_proxies(paths: Sequence[str | Path] = (), formulas: Sequence[str] = ()) -> dict[str, Proxy]:
+    """Return the proxies by name, in order: files and run folders by file stem or folder name, then formulas.
+
+    A formula may be named, `NAME=FORMULA`; unnamed ones are `formula`, or `formula1`,
+    `formula2` ... when there are several. Every proxy is parsed here, so a bad one
+    fails before any heavy work.
+    """
+    proxies: dict[str, Proxy] = {}
+    for path in map(Path, paths):
+        if path.is_dir():
+            best = export_proxies(path, 1)
+            if not best:
+                raise RunFolderError(f"{path}: the hall of fame is empty (no program passed screening)")
+            proxies[path.name] = best[0]
+        else:
+            proxies[path.stem] = Proxy.load(path)
+    for i, text in enumerate(formulas):
+        name, sep, formula = text.partition("=")
+        if not sep:
+            name, formula = (f"formula{i + 1}" if len(formulas) > 1 else "formula"), text
+        proxies[name.strip()] = Proxy.from_formula(formula)
+    return proxies

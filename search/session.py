@@ -1,0 +1,227 @@
+"""One search as a person or a batch job asks for it: `SearchRequest` -> `plan_search` -> `execute_search`.
+
+`emq search` and `emq run JOB.toml` both fill a `SearchRequest` and run it here, so
+the two cannot drift apart. `plan_search` does everything that can fail fast (the
+benchmark, its target columns, the seed proxies, the settings, the worker count);
+`execute_search` runs the plan:
+
+- a single run, or a study (one run per search seed x batch seed, then the verdict
+  over all of them: `search.study`) when more than one run is asked for or the
+  request says `study=True` (jobs always write a study folder);
+- in the run folder `out` (default `runs/NAME-seedS`, or `runs/NAME-study`), locked
+  before the statistics are computed, so a second search on it fails at once;
+- with the evaluation pool of the request (backend, workers, scheduler, device,
+  resident shard size); a worker that dies is reported as one line.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from emq.bench.base import Benchmark
+from emq.errors import EMQUserError
+from emq.stats_cache import StatsConfig
+from search.config import SearchConfig
+
+#: Resident memory of a worker after importing torch and the project (about 230 MB measured with the CPU wheel,
+#: rounded up for its working buffers).
+WORKER_BASE_MB = 300
+
+
+class SearchSettingsError(EMQUserError, ValueError):
+    """Search settings that cannot run (as given, or on this machine); the message names the setting."""
+
+
+class PoolWorkerDiedError(EMQUserError, RuntimeError):
+    """A pool worker died during the search (killed, often out of memory); the run resumes from its checkpoint."""
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """Everything one search asks for. `batch_seeds` None: the statistics' own batch seed; `study` None: a study
+    when `seeds` x `batch_seeds` is more than one run; `pool_device` None: the statistics' device."""
+
+    benchmark: str
+    out: Path | None = None
+    data_dir: Path | None = None
+    batch_source: str | None = None
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    seeds: tuple[int, ...] = (0,)
+    batch_seeds: tuple[int, ...] | None = None
+    population: int = 48
+    generations: int = 15
+    targets: tuple[str, ...] | None = None
+    joint: str = "mean"
+    metric: str = "kendall"
+    fitness: str = "partial"
+    hof_size: int = 10
+    seed_proxies: tuple[Path, ...] = ()
+    max_search: int | None = None
+    max_heldout: int | None = None
+    baselines: tuple[str, ...] | None = None
+    backend: str = "loky"
+    scheduler: str | None = None
+    workers: int | None = None
+    force_workers: bool = False
+    pool_device: str | None = None
+    shard_memory_mb: float | None = None
+    study: bool | None = None
+    resume: bool = False
+    progress: bool = True
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """A checked request: the open benchmark, the configs of the first run, the seeds and the run folder."""
+
+    request: SearchRequest
+    bench: Benchmark
+    search_config: SearchConfig
+    stats_config: StatsConfig
+    seeds: tuple[int, ...]
+    batch_seeds: tuple[int, ...]
+    run_dir: Path
+    study: bool
+    workers: int | None
+
+
+@dataclass
+class SearchOutcome:
+    """What a search did: its folder, how many runs finished, the verdict, and the folder's summary text."""
+
+    run_dir: Path
+    study: bool
+    planned_runs: int
+    finished_runs: int
+    verdict: str | None
+    best_formula: str | None
+    seconds: float
+    report: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_runs == self.planned_runs
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.update(run_dir=str(self.run_dir), seconds=round(self.seconds, 3), finished=self.finished)
+        data.pop("report")
+        return data
+
+    def to_text(self) -> str:
+        if self.study:
+            return f"{self.report}\ndone in {self.seconds:.0f} s; study folder {self.run_dir}: {self.verdict}"
+        return (f"{self.report}\nbest proxy: {self.best_formula}\ndone in {self.seconds:.0f} s; run folder "
+                f"{self.run_dir} (export: emq export {self.run_dir} --top 1 -o proxy.json)")
+
+
+def plan_search(request: SearchRequest, notify: Callable[[str], None] | None = None) -> SearchPlan:
+    """Return the checked plan of `request`; fail (one line) before any statistics are computed.
+
+    Opens the benchmark (building an embedded one first, once: `notify` hears of it).
+    """
+    from emq.bench.registry import open_benchmark
+    from emq.proxy import Proxy
+
+    seed_formulas = tuple(Proxy.load(p).formula() for p in request.seed_proxies)
+    bench = open_benchmark(request.benchmark, request.data_dir, notify=notify, batch_source=request.batch_source)
+    targets = bench.check_targets(request.targets)
+    seeds = tuple(request.seeds)
+    batch_seeds = tuple(request.batch_seeds or (request.stats.batch_seed,))
+    study = request.study if request.study is not None else len(seeds) * len(batch_seeds) > 1
+    name = request.benchmark
+    run_dir = request.out or Path("runs") / (f"{name}-study" if study else f"{name}-seed{seeds[0]}")
+    try:
+        search_config = SearchConfig(
+            population=request.population, generations=request.generations, seed=seeds[0], metric=request.metric,
+            joint=request.joint, targets=tuple(targets) if targets else None,
+            hof_size=min(request.hof_size, request.population - 1), seed_formulas=seed_formulas,
+            fitness=request.fitness)
+        stats_config = dataclasses.replace(request.stats, batch_seed=batch_seeds[0])
+    except (ValueError, TypeError, KeyError) as err:  # KeyError: an unknown metric name
+        raise SearchSettingsError(str(err.args[0]) if err.args else type(err).__name__) from None
+    workers = check_workers(request.backend, request.workers, request.force_workers, notify)
+    return SearchPlan(request, bench, search_config, stats_config, seeds, batch_seeds, Path(run_dir), study, workers)
+
+
+def execute_search(plan: SearchPlan) -> SearchOutcome:
+    """Run `plan` (one run or a study) in its locked run folder and return what it did."""
+    from search.benchmark import search_benchmark
+    from search.hall_of_fame import load_hall_of_fame
+    from search.pool import EvaluationPool
+    from search.run_lock import run_folder_lock
+    from search.study import run_study
+
+    r = plan.request
+    options = dict(baselines=list(r.baselines) if r.baselines else None, max_search=r.max_search or None,
+                   max_heldout=r.max_heldout, progress=r.progress, resume=r.resume)
+    start = time.perf_counter()
+    with run_folder_lock(plan.run_dir), worker_crashes(r.backend):
+        with EvaluationPool(r.backend, n_jobs=plan.workers, scheduler=r.scheduler,
+                            device=r.pool_device or plan.stats_config.device,
+                            max_shard_bytes=int(r.shard_memory_mb * 2**20) if r.shard_memory_mb else None) as pool:
+            if plan.study:
+                study = run_study(plan.bench, plan.stats_config, plan.search_config, plan.run_dir, plan.seeds,
+                                  plan.batch_seeds, search_benchmark, r.command, pool=pool, **options)
+            else:
+                result = search_benchmark(plan.bench, plan.stats_config, plan.search_config, plan.run_dir, pool=pool,
+                                          command=r.command, **options)
+    seconds = time.perf_counter() - start
+    if plan.study:
+        return SearchOutcome(plan.run_dir, True, len(plan.seeds) * len(plan.batch_seeds), len(study["runs"]),
+                             study["verdict"], None, seconds, _read(plan.run_dir / "study.md"))
+    best = result.hall_of_fame[0]["formula"] if result.hall_of_fame else None
+    verdict = load_hall_of_fame(plan.run_dir).get("verdict", {}).get("verdict") if result.finished else None
+    return SearchOutcome(plan.run_dir, False, 1, int(result.finished), verdict, best, seconds,
+                         _read(plan.run_dir / "summary.md"))
+
+
+def run_search_request(request: SearchRequest, notify: Callable[[str], None] | None = None) -> SearchOutcome:
+    """Plan and run `request`: one search or a study (see the module docstring)."""
+    return execute_search(plan_search(request, notify))
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.exists() else ""
+
+
+def check_workers(backend: str, workers: int | None, force: bool = False,
+                  notify: Callable[[str], None] | None = None) -> int | None:
+    """Return `workers` after checking it against the usable cores; tell `notify` what local workers will cost.
+
+    Each local worker process imports torch and holds its shard of the search
+    statistics, so more workers than cores only add torch's memory and contention.
+    """
+    from search.pool import usable_cores
+
+    if backend not in ("loky", "threading"):
+        return workers
+    cores = usable_cores()
+    if workers is not None and workers > cores and not force:
+        raise SearchSettingsError(f"--workers {workers}: {workers} workers for {cores} usable core(s): more workers "
+                                  f"than cores only add memory; use at most {cores}, or add --force-workers")
+    n = workers or cores
+    if backend == "loky" and notify is not None:
+        notify(f"pool: {n} worker process(es); each needs about {WORKER_BASE_MB} MB for torch plus its shard "
+               f"(1/{n}) of the search statistics (ViT statistics: tens to hundreds of MB per network; see "
+               "--max-search and --shard-memory)")
+    return workers
+
+
+@contextlib.contextmanager
+def worker_crashes(backend: str) -> Iterator[None]:
+    """Report a pool worker that died (killed, out of memory) as one line instead of exiting silently."""
+    try:
+        yield
+    except Exception as err:
+        name = type(err).__name__
+        if name in ("TerminatedWorkerError", "BrokenProcessPool") or (name == "KilledWorker" and backend == "dask"):
+            raise PoolWorkerDiedError(
+                f"a {backend} pool worker died during the search ({name}: often out of memory); rerun with fewer "
+                "--workers or --backend serial, adding --resume to continue the run") from None
+        raise
