@@ -104,6 +104,8 @@ class Proxy:
                 raise ProxyFormatError(f"{where}: duplicate node id {nid}")
             if ("stat" in node) == ("op" in node):
                 raise ProxyFormatError(f"{where} (id {nid}) needs exactly one of 'stat' or 'op'")
+            if "stat" in node and "inputs" in node:
+                raise ProxyFormatError(f"{where} (stat {node['stat']!r}) is a leaf: drop its 'inputs'")
             if "op" in node:
                 inputs = node.get("inputs")
                 if not isinstance(inputs, list) or not all(isinstance(x, int) for x in inputs):
