@@ -483,6 +483,58 @@ def verdict(run_dir: Path, data_dir: Path | None, n_boot: int, config: Any, batc
 
 
 @main.command()
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--rank", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Which program of a run's hall of fame (1 = the best, as chosen by the search).")
+@click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Fitted proxy file (default: RUN/fitted-proxy.json or PROXY-fitted.json); a .md report beside it.")
+@click.option("--mode", type=click.Choice(["type", "name"]), default="type", show_default=True,
+              help="Layer keys: type = layer type + depth bucket (transfers across depths), name = exact layer name.")
+@click.option("--buckets", default=3, show_default=True, type=click.IntRange(1, 64), help="Depth buckets (--mode type).")
+@click.option("--steps", default=300, show_default=True, type=click.IntRange(min=1), help="Adam steps.")
+@click.option("--lr", default=0.05, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--temperature", default=0.25, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Smooth-Kendall temperature on standardised scores (smaller: closer to Kendall, rougher).")
+@click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Share of the search split kept for early stopping (held-out candidates are never seen).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the validation split.")
+@click.option("--bootstrap", "n_boot", default=1000, show_default=True, help="Paired bootstrap resamples.")
+@_data_dir
+@click.option("--batch-source", default=None, help="The run's --batch-source, if it used one.")
+@click.option("--device", default=None, help="torch device for statistics (default: cuda if present, else cpu).")
+@_json
+def fit(source: Path, rank: int, out_file: Path | None, mode: str, buckets: int, steps: int, lr: float,
+        temperature: float, val_fraction: float, seed: int, n_boot: int, data_dir: Path | None,
+        batch_source: str | None, device: str | None, as_json: bool) -> None:
+    """Learn per-layer weights of a run's best program (or a proxy file's) with a smooth Kendall loss (ParZC-style).
+
+    Fitted on the run's search split only, with the run's statistics settings; then the
+    held-out split compares the fitted program with the unfitted one and with the best
+    trivial predictor (paired bootstrap). The weights go into the proxy file, and
+    `emq score` / `emq apply` use them.
+
+    \b
+    Examples:
+      emq fit results/nas-bench-201/study-fp_acc-v2/seed0-batch0
+      emq fit proxy.json --mode name --steps 500 -o proxy-fitted.json
+    """
+    from emq.fit import FitSettings
+    from search.fit_run import fit_source
+
+    settings = FitSettings(mode=mode, buckets=buckets, steps=steps, lr=lr, temperature=temperature,
+                           val_fraction=val_fraction, seed=seed)
+    record = fit_source(source, settings, out_file, _command_line(), rank, data_dir, batch_source, device, n_boot,
+                        notify=_note)
+    before = ", ".join(f"{t} {v:+.3f}" for t, v in record["heldout_before"].items())
+    after = ", ".join(f"{t} {v:+.3f}" for t, v in record["heldout_after"].items())
+    d = record["after_minus_trivial"]
+    text = (f"held-out before: {before}; after: {after}; after - best trivial: "
+            + (f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d else "n/a")
+            + f" -> {record['verdict']} ({record['seconds']:.0f} s)")
+    _echo(record, text, as_json)
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--top", default=1, show_default=True, type=click.IntRange(min=1),
               help="How many of the hall of fame's best programs to export.")

@@ -153,3 +153,16 @@ def fit_markdown(record: Mapping[str, Any], weights: Mapping[str, float], out_fi
               "| layer key | weight |", "|---|---|"]
     lines += [f"| `{k}` | {w:.3f} |" for k, w in sorted(weights.items(), key=lambda kv: -kv[1])]
     return "\n".join(lines) + "\n"
+
+
+def fit_source(path: Path, settings: FitSettings, out_file: Path | None, command: str, rank: int = 1,
+               data_dir: Path | None = None, batch_source: str | None = None, device: str | None = None,
+               n_boot: int = 1000, notify: Any = None) -> dict[str, Any]:
+    """`emq fit` as one call: read the run or proxy file, open its benchmark, fit, judge, write; return the record."""
+    from emq.bench.registry import open_benchmark
+
+    source = read_fit_source(path, rank)
+    bench = open_benchmark(source.benchmark, data_dir, notify=notify, batch_source=batch_source)
+    if out_file is None:
+        out_file = path / "fitted-proxy.json" if path.is_dir() else path.with_name(f"{path.stem}-fitted.json")
+    return fit_run(bench, source, stats_config_of(source, device), settings, out_file, command, n_boot=n_boot)

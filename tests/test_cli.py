@@ -244,3 +244,23 @@ def test_no_benchmark_name_is_tested_in_the_cli():
                      if not line.startswith("      emq ") and "#" not in line)  # help examples may name them
     names = set(BENCHMARKS) | {"autoformer", "pit"}
     assert [n for n in names if f'"{n}"' in code or f"'{n}'" in code] == []
+
+
+@needs_mq_digits
+def test_fit_a_run_then_score_the_fitted_proxy_end_to_end(run, tmp_path):
+    out = tmp_path / "run"
+    result = run("search", "mq-digits", "--population", "6", "--generations", "1", "--max-search", "40",
+                 "--backend", "serial", "--hof-size", "2", "--out", str(out), "--batch-size", "8", "--max-heldout", "40")
+    assert result.exit_code == 0, result.output
+    result = run("fit", str(out), "--steps", "20", "--bootstrap", "50", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output[result.output.index("{"):])
+    assert record["split"] == {"search": 40, "heldout": 40, "seed": 0}
+    assert set(record["heldout_before"]) == set(record["heldout_after"]) and record["verdict"] in (
+        "discovery", "no discovery")
+    fitted = out / "fitted-proxy.json"
+    data = json.loads(fitted.read_text())
+    assert data["layer_weights"]["weights"] and "fit" in data["meta"]
+    assert (out / "fitted-proxy.md").read_text().startswith("# emq fit:")
+    result = run("score", "mq-digits", "--proxy", str(fitted), "--limit", "10", "--bootstrap", "20", "--batch-size", "8")
+    assert result.exit_code == 0, result.output
