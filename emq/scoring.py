@@ -131,9 +131,9 @@ def _fmt(value: float, ci: tuple[float, float]) -> str:
 def check_proxies_fit(bench: Benchmark, proxies: dict[str, Proxy], config: StatsConfig) -> None:
     """Fail before any statistics are computed when a proxy needs a statistic this benchmark (or --stats) lacks."""
     from emq.errors import StatUnavailableError
-    from emq.stats_compute import applicable_stats
+    from emq.stats_compute import offered_stats
 
-    offered = applicable_stats(bench.family == "mq", bench.family)
+    offered = offered_stats(bench.family == "mq", bench.family, bench.teacher() is not None)
     available = [n for n in offered if config.stat_names is None or n in config.stat_names]
     for name, proxy in proxies.items():
         missing = sorted(set(proxy.stats_needed) - set(available))

@@ -67,6 +67,13 @@ def applicable_stats(has_bits: bool, family: str | None = None) -> tuple[str, ..
     return BASE_STATS + (BIT_STATS if has_bits else ()) + FAMILY_STATS.get(family or "", ())
 
 
+def offered_stats(has_bits: bool, family: str | None = None, has_teacher: bool = False) -> tuple[str, ...]:
+    """Return every statistic that can be asked for: the default set (`applicable_stats`), the classifier-entry
+    ones (`logits`, `relation`, `semantic`), and the teacher's when the benchmark has a teacher (opt-in by --stats)."""
+    head = tuple(n for n, info in STATS.items() if info.head_entry and (has_teacher or not info.needs_teacher))
+    return applicable_stats(has_bits, family) + head
+
+
 def prepare_network(
     model: nn.Module,
     bits: dict[str, int] | None,

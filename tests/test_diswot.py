@@ -106,3 +106,21 @@ def test_teacher_statistics_without_a_teacher_fail_naming_them():
         compute_stats(nb201((2, 2, 2, 2, 2, 2)), batch, None, ["teacher_relation"])
     stats = compute_stats(nb201((2, 2, 2, 2, 2, 2)), batch, None, ["relation", "semantic"])  # student-only: fine
     assert stats.layers["classifier"]["semantic"].shape == (10, 10)
+
+
+def test_teacher_statistics_are_offered_only_where_a_teacher_exists():
+    from emq.errors import StatUnavailableError
+    from emq.proxy import Proxy
+    from emq.scoring import check_proxies_fit
+    from emq.stats_cache import StatsConfig
+
+    proxy = {"kd": Proxy.from_formula("sum_layers(l2(sub(relation, teacher_relation)))")}
+    config = StatsConfig(stat_names=("relation", "teacher_relation"))
+    with pytest.raises(StatUnavailableError, match="teacher_relation.*does not exist"):
+        check_proxies_fit(_NoTeacherViTs(), proxy, config)
+
+    class WithTeacher(_NoTeacherViTs):
+        def teacher(self):
+            return Teacher("resnet56-cifar", lambda seed: resnet56(100, seed), 32, 0)
+
+    check_proxies_fit(WithTeacher(), proxy, config)
