@@ -519,19 +519,13 @@ def fit(source: Path, rank: int, out_file: Path | None, mode: str, buckets: int,
       emq fit proxy.json --mode name --steps 500 -o proxy-fitted.json
     """
     from emq.fit import FitSettings
-    from search.fit_run import fit_source
+    from search.fit_run import fit_source, fit_summary
 
     settings = FitSettings(mode=mode, buckets=buckets, steps=steps, lr=lr, temperature=temperature,
                            val_fraction=val_fraction, seed=seed)
     record = fit_source(source, settings, out_file, _command_line(), rank, data_dir, batch_source, device, n_boot,
                         notify=_note)
-    before = ", ".join(f"{t} {v:+.3f}" for t, v in record["heldout_before"].items())
-    after = ", ".join(f"{t} {v:+.3f}" for t, v in record["heldout_after"].items())
-    d = record["after_minus_trivial"]
-    text = (f"held-out before: {before}; after: {after}; after - best trivial: "
-            + (f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d else "n/a")
-            + f" -> {record['verdict']} ({record['seconds']:.0f} s)")
-    _echo(record, text, as_json)
+    _echo(record, fit_summary(record), as_json)
 
 
 @main.command()

@@ -166,3 +166,13 @@ def fit_source(path: Path, settings: FitSettings, out_file: Path | None, command
     if out_file is None:
         out_file = path / "fitted-proxy.json" if path.is_dir() else path.with_name(f"{path.stem}-fitted.json")
     return fit_run(bench, source, stats_config_of(source, device), settings, out_file, command, n_boot=n_boot)
+
+
+def fit_summary(record: Mapping[str, Any]) -> str:
+    """Return the one-line summary of a fit record (held-out before/after, against the best trivial predictor)."""
+    before = ", ".join(f"{t} {v:+.3f}" for t, v in record["heldout_before"].items())
+    after = ", ".join(f"{t} {v:+.3f}" for t, v in record["heldout_after"].items())
+    d = record["after_minus_trivial"]
+    against = f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d else "n/a"
+    return (f"held-out before: {before}; after: {after}; after - best trivial: {against} -> {record['verdict']} "
+            f"({record['seconds']:.0f} s)")
