@@ -35,7 +35,7 @@ from emq.atomic import save_tensors_atomic, write_json_atomic
 from emq.bench.base import Batch, Benchmark, Candidate
 from emq.errors import DeviceError
 from emq.paths import cache_dir
-from emq.stats import NetworkStats, check_stat_names
+from emq.stats import STATS, NetworkStats, check_stat_names
 from emq.stats_compute import applicable_stats, compute_stats
 
 #: Bump whenever a statistic's definition or the file layout changes: old cache folders are then ignored.
@@ -70,7 +70,9 @@ class StatsConfig:
         if self.stat_names is not None:
             names = tuple(dict.fromkeys(self.stat_names))
             check_stat_names(names)
-            object.__setattr__(self, "stat_names", names)
+            # Catalogue order: the same set is the same cache whatever order --stats named it in.
+            order = {n: i for i, n in enumerate(STATS)}
+            object.__setattr__(self, "stat_names", tuple(sorted(names, key=order.__getitem__)))
         if self.store_dtype not in STORE_DTYPES:
             raise ValueError(f"store_dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
         if self.batch_size < 1:

@@ -406,3 +406,12 @@ def test_iter_stats_yields_one_candidate_at_a_time_from_the_same_cache(tmp_path)
     assert bench.builds == 4  # the stream filled the cache load_or_compute reads
     for a, b in zip([first] + rest, loaded):
         assert all(torch.equal(a.layers[n][k], b.layers[n][k]) for n in a.layers for k in a.layers[n])
+
+
+def test_the_same_statistics_named_in_another_order_share_one_cache_key():
+    from emq.stats_cache import StatsConfig, config_key
+
+    a = StatsConfig(stat_names=("flops", "grad", "weight"))
+    b = StatsConfig(stat_names=("weight", "grad", "flops", "grad"))
+    assert a.stat_names == b.stat_names == ("weight", "grad", "flops")
+    assert config_key("x", a) == config_key("x", b)
