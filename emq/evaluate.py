@@ -269,8 +269,8 @@ class LayerGroup:
 
 
 def layer_groups(proxy: "Proxy | Node", stacked: StackedStats,
-                 dtype: torch.dtype = torch.float32) -> tuple[_Plan, list[LayerGroup], np.ndarray]:
-    """Return the program's plan, its per-layer terms grouped for `network_tensor`, and the unweighted scores.
+                 dtype: torch.dtype = torch.float32) -> tuple[_Plan, list[LayerGroup]]:
+    """Return the program's plan and its per-layer terms, grouped for `network_tensor`.
 
     This is the evaluator stopped before the network part, so `emq fit` can weight the
     terms and differentiate the rest; candidates that failed are in no group.
@@ -279,12 +279,10 @@ def layer_groups(proxy: "Proxy | Node", stacked: StackedStats,
     plan = _Plan.of(root)
     needed = root.stats()
     groups: list[LayerGroup] = []
-    scores = np.full(stacked.n, np.nan)
     for blk in stacked.blocks:
         failed: list[str | None] = [None] * len(blk.index)
-        out = _run_block(plan, blk, needed, failed, dtype, stacked.chunk_elements, capture=groups)
-        scores[blk.index] = out
-    return plan, groups, scores
+        _run_block(plan, blk, needed, failed, dtype, stacked.chunk_elements, capture=groups)
+    return plan, groups
 
 
 def _run_block(plan: _Plan, blk: _Block, needed: set[str], failed: list[str | None], dtype: torch.dtype,

@@ -81,7 +81,7 @@ def fit_layer_weights(proxy: Proxy, stats_list: Sequence[NetworkStats], truth: M
     The loss is the mean over targets of minus the smooth Kendall tau. Candidates whose
     unweighted score is not finite are left out of the fit.
     """
-    plan, groups, _ = layer_groups(proxy, StackedStats(stats_list))
+    plan, groups = layer_groups(proxy, StackedStats(stats_list))
     keys: dict[str, int] = {}
     prepared = []
     for g in groups:

@@ -19,10 +19,13 @@ from emq.atomic import write_text_atomic
 from emq.baselines import baseline_scores, trivial_baselines
 from emq.bench.base import Benchmark
 from emq.fit import FitError, FitSettings, describe_fit, fit_layer_weights
-from emq.fitness import choose_best_trivial, get_metric, heldout_split, paired_bootstrap_difference, verdict
+from emq.fitness import (
+    PairedDifference, choose_best_trivial, get_metric, heldout_split, paired_bootstrap_difference, verdict,
+)
 from emq.proxy import Proxy
 from emq.scoring import stream_scores
 from emq.stats_cache import StatsConfig, load_or_compute
+from search.benchmark import against_trivial
 from search.hall_of_fame import json_finite, load_hall_of_fame
 
 
@@ -108,10 +111,9 @@ def fit_run(bench: Benchmark, source: FitSource, stats_config: StatsConfig, sett
                                                 progress=progress, cache_root=cache_root)
     trivial = baseline_scores(bench, sorted({c.name for c in choices.values()}), stats_config, progress=progress,
                               candidates=heldout_cands, cache_root=cache_root)
-    control = {t: c.oriented(trivial[c.name]) for t, c in choices.items()}
     vs_before = paired_bootstrap_difference(after, before, held_truth, metric, source.joint, n_boot)
-    vs_trivial = (paired_bootstrap_difference(after, control, held_truth, metric, source.joint, n_boot)
-                  if len(control) == len(targets) else None)
+    against = against_trivial(after, choices, trivial, held_truth, metric, source.joint, n_boot)
+    vs_trivial = against.get("vs_best_trivial")
     record = {
         "benchmark": bench.name, "formula": source.proxy.formula(), "targets": targets,
         "split": {"search": len(search_idx), "heldout": len(heldout_idx), "seed": source.split_seed},
@@ -119,15 +121,15 @@ def fit_run(bench: Benchmark, source: FitSource, stats_config: StatsConfig, sett
         "heldout_before": {t: metric(before, c) for t, c in held_truth.items()},
         "heldout_after": {t: metric(after, c) for t, c in held_truth.items()},
         "best_trivial": {t: c.label for t, c in choices.items()},
-        "trivial_heldout": {t: metric(control[t], held_truth[t]) for t in control},
+        "trivial_heldout": against["trivial_heldout"],
         "after_minus_before": vs_before.to_json(),
-        "after_minus_trivial": vs_trivial.to_json() if vs_trivial else None,
-        "verdict": verdict([vs_trivial]) if vs_trivial else "no discovery",
+        "after_minus_trivial": vs_trivial,
+        "verdict": verdict([PairedDifference(**vs_trivial)]) if vs_trivial else "no discovery",
         "failures": dict(fails), "seconds": round(time.perf_counter() - start, 1), "command": command,
     }
     meta = {**fitted.meta, "fit": json_finite({k: record[k] for k in ("heldout_before", "heldout_after",
                                                                         "after_minus_before", "after_minus_trivial")})}
-    Proxy(fitted.root, meta, layer_weights=fitted.layer_weights).save(out_file)
+    Proxy(fitted.root, meta, layer_weights=result.weights).save(out_file)
     write_text_atomic(out_file.with_suffix(".md"), fit_markdown(record, result.weights.weights, out_file))
     return json_finite(record)
 

@@ -30,6 +30,7 @@ published training-free ViT proxies use; the batch comes from the digits train s
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from dataclasses import asdict, replace
@@ -181,8 +182,8 @@ def reusable_columns(path: Path, seed: int, space: TinyViTSpace, archs: list[dic
     except Exception:  # no build, or a damaged one: nothing to keep
         return {}
     r = gt.get("recipe", {})
-    same = (gt.get("seed") == seed and gt.get("space") == json_space(space)
-            and [c["arch"] for c in gt["candidates"]] == json_archs(archs)
+    same = (gt.get("seed") == seed and gt.get("space") == as_json(asdict(space))
+            and [c["arch"] for c in gt["candidates"]] == as_json(archs)
             and (r.get("lr"), r.get("weight_decay"), list(r.get("betas", [])), r.get("grad_clip"))
             == (recipe.lr, recipe.weight_decay, list(recipe.betas), recipe.grad_clip)
             and len(gt.get("repeat", {}).get("ids", [])) == repeat_archs)
@@ -200,17 +201,9 @@ def reusable_columns(path: Path, seed: int, space: TinyViTSpace, archs: list[dic
     return kept
 
 
-def json_space(space: TinyViTSpace) -> dict[str, Any]:
-    """Return the space as its ground-truth JSON holds it (lists, not tuples)."""
-    import json
-
-    return json.loads(json.dumps(asdict(space)))
-
-
-def json_archs(archs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    import json
-
-    return json.loads(json.dumps(archs))
+def as_json(value: Any) -> Any:
+    """Return `value` as its ground-truth JSON holds it (tuples become lists), to compare with a read build."""
+    return json.loads(json.dumps(value))
 
 
 @register_builder(BENCH_NAME)
