@@ -93,6 +93,11 @@ register_stat("teacher_relation", "the teacher's `relation` matrix on the same b
               "classifier", head_entry=True, needs_teacher=True)
 register_stat("teacher_semantic", "the teacher's `semantic` matrix; entry: the student's classifier",
               head_entry=True, needs_teacher=True)
+register_stat("stage_relation", "sample-relation matrices at the network's 3 feature stages (stage outputs, or "
+              "blocks at 1/3, 2/3 and all of the depth), 3 x batch x batch, each Frobenius-normalised "
+              "(emq.stage_features); entry: the classifier", head_entry=True)
+register_stat("teacher_stage_relation", "the teacher's `stage_relation` (its 3 stage outputs) on the same batch; "
+              "entry: the student's classifier", head_entry=True, needs_teacher=True)
 register_stat("ln_out", "(ViT) LayerNorm output, batch x tokens x width; entry: the LayerNorm, e.g. blocks.3.norm1",
               family="vit")
 

@@ -43,6 +43,7 @@ from torch import nn
 
 from emq.bench.base import Batch
 from emq.diswot import diswot_matrices
+from emq.stage_features import stage_relations
 from emq.quant.fake_quant import quantize_weight, quantized_model
 from emq.quant.layers import check_bit_assignment, quantizable_layers
 from emq.stats import (
@@ -227,7 +228,7 @@ def compute_stats(
 
 def head_stats(net: nn.Module, inputs: torch.Tensor, wanted: Sequence[str], teacher: Teacher | None,
                device: torch.device) -> dict[str, torch.Tensor]:
-    """Return the network-level statistics (logits, DisWOT matrices; the teacher's, on the same batch)."""
+    """Return the network-level statistics (logits, DisWOT and stage relation matrices; the teacher's, on the same batch)."""
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         if "logits" in wanted:
@@ -235,6 +236,8 @@ def head_stats(net: nn.Module, inputs: torch.Tensor, wanted: Sequence[str], teac
         if {"relation", "semantic"} & set(wanted):
             mine = diswot_matrices(net, inputs)
             out.update({"relation": mine.relation, "semantic": mine.semantic})
+        if "stage_relation" in wanted:
+            out["stage_relation"] = stage_relations(net, inputs)
         if teacher is not None and any(STATS[n].needs_teacher for n in wanted):
             tnet, tin = teacher.model(device), teacher.inputs(inputs)
             if "teacher_logits" in wanted:
@@ -242,6 +245,8 @@ def head_stats(net: nn.Module, inputs: torch.Tensor, wanted: Sequence[str], teac
             if {"teacher_relation", "teacher_semantic"} & set(wanted):
                 theirs = diswot_matrices(tnet, tin)
                 out.update({"teacher_relation": theirs.relation, "teacher_semantic": theirs.semantic})
+            if "teacher_stage_relation" in wanted:
+                out["teacher_stage_relation"] = stage_relations(tnet, tin)
     return {k: v for k, v in out.items() if k in wanted}
 
 
