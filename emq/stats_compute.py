@@ -6,8 +6,10 @@ Conventions every statistic follows (the cache key's CODE_VERSION changes with t
   assignment is given (fake-quantized weights, activation quantizers calibrated on
   the calibration inputs), else `copy.deepcopy(model)`. The caller's model is never
   modified.
-- Everything runs in eval mode: BatchNorm uses its running statistics, dropout is
-  off, so a statistic does not depend on how the batch is composed beyond its values.
+- Everything runs in eval mode (dropout off). BatchNorm uses running statistics where
+  the network keeps them (the trained MQ networks); randomly initialised networks built
+  with `track_running_stats=False` (NB201, the ResNet-56 teacher) normalise with the
+  batch's own statistics, the state at the start of training.
 - Loss-derived statistics (`grad`, `act_grad`, `hessian_diag`) are derivatives of
   the mean cross-entropy on the batch of the network that is run; with bits, the
   gradients w.r.t. the quantized weights are the straight-through gradients.
