@@ -49,8 +49,9 @@ def rescore_run(bench: Benchmark, run_dir: str | Path, stats_config: StatsConfig
     targets = list(search.get("targets") or truth)
     candidates = bench.candidates()
     split = heldout_split([c.id for c in candidates], search["heldout_fraction"], search["split_seed"])
-    n_search = hall.get("split", {}).get("search")
+    n_search, n_heldout = (hall.get("split", {}).get(k) for k in ("search", "heldout"))
     search_idx = split.search[:n_search] if n_search else split.search
+    heldout_idx = split.heldout[:n_heldout] if n_heldout else split.heldout  # the run's own --max-heldout cut
     names = trivial_baselines(bench)
 
     best = hall["programs"][0]
@@ -60,8 +61,8 @@ def rescore_run(bench: Benchmark, run_dir: str | Path, stats_config: StatsConfig
     on_search = baseline_scores(bench, names, config, progress=progress, candidates=[candidates[i] for i in search_idx],
                                 cache_root=cache_root)
     choices = choose_best_trivial(on_search, {t: truth[t][search_idx] for t in targets}, metric)
-    heldout_cands = [candidates[i] for i in split.heldout]
-    heldout_truth = {t: truth[t][split.heldout] for t in targets}
+    heldout_cands = [candidates[i] for i in heldout_idx]
+    heldout_truth = {t: truth[t][heldout_idx] for t in targets}
     stats = load_or_compute(bench, heldout_cands, config, progress=progress, cache_root=cache_root)
     scores, failures = evaluate_stacked(proxy, StackedStats(stats, "cpu"))
     on_heldout = baseline_scores(bench, [c.name for c in choices.values()], config, progress=progress,

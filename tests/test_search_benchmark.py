@@ -113,13 +113,29 @@ def test_verdict_of_a_finished_run_matches_the_runs_own_and_closes_its_summary(b
     monkeypatch.setattr(search.rescore, "load_or_compute", search.benchmark.load_or_compute)
     monkeypatch.setattr(search.rescore, "trivial_baselines", lambda b: ["params", "bit_sum", "bparams", "bops"])
     config = SearchConfig(population=12, generations=2, seed=0, probe_size=8, hof_size=3, targets=("test_acc",))
-    search_benchmark(bench, StatsConfig(), config, tmp_path / "run", progress=False, n_boot=40,
+    search_benchmark(bench, StatsConfig(), config, tmp_path / "run", progress=False, n_boot=40, max_heldout=20,
                      trivial=["params", "bit_sum", "bparams", "bops"], command="emq search synthetic-mq")
     own = load_hall_of_fame(tmp_path / "run")
     record = rescore_run(bench, tmp_path / "run", StatsConfig(), n_boot=40, progress=False)
+    # judged on the run's own held-out cut (--max-heldout), not on the whole held-out half
+    assert own["split"]["heldout"] == 20
+    assert record["heldout"]["test_acc"] == pytest.approx(own["programs"][0]["heldout"]["test_acc"])
     assert record["verdict"]["difference"] == pytest.approx(own["verdict"]["difference"])
     assert record["best_trivial"]["test_acc"]["label"] == own["best_trivial"]["test_acc"]["label"]
     summary = (tmp_path / "run" / "summary.md").read_text()
     assert summary.count("## Verdict") == 1 and summary.rstrip().endswith(").")
     rescore_run(bench, tmp_path / "run", StatsConfig(), n_boot=40, progress=False)  # idempotent
     assert (tmp_path / "run" / "summary.md").read_text().count("## Verdict") == 1
+
+
+def test_study_table_lists_the_best_trivial_per_target_in_target_order():
+    from search.study import study_markdown
+
+    run = {"seed": 0, "batch_seed": 0, "formula": "params", "heldout": {"fp_acc": 0.1, "ptq_drop": 0.0},
+           "best_trivial": {"fp_acc": "flops", "ptq_drop": "-flops"}, "trivial_heldout": {"fp_acc": 0.57, "ptq_drop": 0.40},
+           "difference": {"value": -0.4, "low": -0.5, "high": -0.3}, "verdict": "no discovery", "seconds": 1.0}
+    same = {**run, "best_trivial": {"fp_acc": "flops", "ptq_drop": "flops"}}
+    study = {"benchmark": "b", "command": "emq search b", "runs": [run, same], "planned_runs": 2, "verdict": "no discovery"}
+    rows = [line for line in study_markdown(study).splitlines() if line.startswith("| 0 |")]
+    assert "`flops, -flops` | +0.570, +0.400" in rows[0]  # aligned with the held-out columns, not sorted
+    assert "`flops` | +0.570, +0.400" in rows[1]
