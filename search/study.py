@@ -124,7 +124,8 @@ def study_markdown(study: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in study["runs"]:
         held = ", ".join(f"{v:+.3f}" for v in (r["heldout"] or {}).values() if v is not None) or "n/a"
-        triv = ", ".join(sorted(set(r["best_trivial"].values()))) or "none"
+        labels = list(r["best_trivial"].values())  # in target order, aligned with the held-out columns
+        triv = (labels[0] if len(set(labels)) == 1 else ", ".join(labels)) if labels else "none"
         triv_held = ", ".join(f"{v:+.3f}" for v in r.get("trivial_heldout", {}).values()) or "n/a"
         d = r["difference"]
         diff = f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d else "n/a"
