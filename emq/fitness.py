@@ -8,6 +8,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
+from emq.kendall_resamples import MAX_PAIRWISE_N, kendall_of_resamples, resample_counts
+
 Metric = Callable[[np.ndarray, np.ndarray], float]
 
 
@@ -53,6 +55,20 @@ def get_metric(name: str) -> Metric:
     return METRICS[name]
 
 
+def _draws(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """Return the (n_boot, n) bootstrap draws of `seed`, row by row as the per-resample loop drew them."""
+    rng = np.random.default_rng(seed)
+    return np.array([rng.integers(0, n, n) for _ in range(n_boot)], dtype=np.int64).reshape(n_boot, n)
+
+
+def _joint_rows(values: np.ndarray, mode: str) -> np.ndarray:
+    """Return `joint` of each row of a (resamples, targets) array."""
+    if mode not in ("mean", "min"):
+        raise ValueError(f"unknown joint mode {mode!r}; use 'mean' or 'min'")
+    out = values.mean(axis=1) if mode == "mean" else values.min(axis=1)
+    return np.where(np.isfinite(values).all(axis=1), out, np.nan)
+
+
 def bootstrap_interval(
     scores: np.ndarray, truth: np.ndarray, metric: Metric = kendall, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
@@ -60,13 +76,12 @@ def bootstrap_interval(
     s, t = _valid(scores, truth)
     if len(s) < 3:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(s), len(s))
-        v = metric(s[idx], t[idx])
-        if np.isfinite(v):
-            values.append(v)
+    draws = _draws(len(s), n_boot, seed)
+    if metric is kendall and len(s) <= MAX_PAIRWISE_N:  # all resamples at once, same values (emq.kendall_resamples)
+        taus = kendall_of_resamples(s, t, resample_counts(len(s), draws))
+        values = taus[np.isfinite(taus)].tolist()
+    else:
+        values = [v for v in (metric(s[idx], t[idx]) for idx in draws) if np.isfinite(v)]
     if not values:
         return float("nan"), float("nan")
     alpha = (1 - level) / 2
@@ -177,9 +192,16 @@ def paired_bootstrap_difference(
             joint([metric(b_by[t][idx], cols[t][idx]) for t in targets], mode)
 
     value = diff(slice(None))
-    rng = np.random.default_rng(seed)
     n = len(a)
-    values = [v for v in (diff(rng.integers(0, n, n)) for _ in range(n_boot)) if np.isfinite(v)]
+    draws = _draws(n, n_boot, seed)
+    if metric is kendall and n <= MAX_PAIRWISE_N:  # all resamples at once, same values (emq.kendall_resamples)
+        counts = resample_counts(n, draws)
+        per_row = [np.stack([kendall_of_resamples(x[t], cols[t], counts) for t in targets], axis=1)
+                   for x in ({t: a for t in targets}, b_by)]
+        diffs = _joint_rows(per_row[0], mode) - _joint_rows(per_row[1], mode)
+        values = diffs[np.isfinite(diffs)].tolist()
+    else:
+        values = [v for v in (diff(idx) for idx in draws) if np.isfinite(v)]
     if not values or not np.isfinite(value):
         return PairedDifference(value, float("nan"), float("nan"), n_boot)
     alpha = (1 - level) / 2
