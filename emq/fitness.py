@@ -61,12 +61,9 @@ def _draws(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.array([rng.integers(0, n, n) for _ in range(n_boot)], dtype=np.int64).reshape(n_boot, n)
 
 
-def _joint_rows(values: np.ndarray, mode: str) -> np.ndarray:
-    """Return `joint` of each row of a (resamples, targets) array."""
-    if mode not in ("mean", "min"):
-        raise ValueError(f"unknown joint mode {mode!r}; use 'mean' or 'min'")
-    out = values.mean(axis=1) if mode == "mean" else values.min(axis=1)
-    return np.where(np.isfinite(values).all(axis=1), out, np.nan)
+def _all_at_once(metric: Metric, n: int) -> bool:
+    """Whether bootstrap resamples of `n` candidates are scored together (emq.kendall_resamples: same values)."""
+    return metric is kendall and n <= MAX_PAIRWISE_N
 
 
 def bootstrap_interval(
@@ -77,7 +74,7 @@ def bootstrap_interval(
     if len(s) < 3:
         return float("nan"), float("nan")
     draws = _draws(len(s), n_boot, seed)
-    if metric is kendall and len(s) <= MAX_PAIRWISE_N:  # all resamples at once, same values (emq.kendall_resamples)
+    if _all_at_once(metric, len(s)):
         taus = kendall_of_resamples(s, t, resample_counts(len(s), draws))
         values = taus[np.isfinite(taus)].tolist()
     else:
@@ -194,12 +191,12 @@ def paired_bootstrap_difference(
     value = diff(slice(None))
     n = len(a)
     draws = _draws(n, n_boot, seed)
-    if metric is kendall and n <= MAX_PAIRWISE_N:  # all resamples at once, same values (emq.kendall_resamples)
+    if _all_at_once(metric, n):
         counts = resample_counts(n, draws)
-        per_row = [np.stack([kendall_of_resamples(x[t], cols[t], counts) for t in targets], axis=1)
-                   for x in ({t: a for t in targets}, b_by)]
-        diffs = _joint_rows(per_row[0], mode) - _joint_rows(per_row[1], mode)
-        values = diffs[np.isfinite(diffs)].tolist()
+        a_taus = np.stack([kendall_of_resamples(a, cols[t], counts) for t in targets], axis=1)
+        b_taus = np.stack([kendall_of_resamples(b_by[t], cols[t], counts) for t in targets], axis=1)
+        diffs = [joint(ra, mode) - joint(rb, mode) for ra, rb in zip(a_taus, b_taus)]
+        values = [v for v in diffs if np.isfinite(v)]
     else:
         values = [v for v in (diff(idx) for idx in draws) if np.isfinite(v)]
     if not values or not np.isfinite(value):
