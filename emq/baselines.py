@@ -599,7 +599,7 @@ def model_baseline_scores(
     act_bits = getattr(bench, "act_bits", 8)
     ctx = BaselineContext(device=device, seed=config.batch_seed, act_bits=act_bits,
                           calibration=bench.calibration_batch(), teacher=bench.teacher())
-    todo = [c for c in candidates if c.id not in cached]
+    todo = [c for c in candidates if _score_key(c) not in cached]
     last_save = time.monotonic()
     try:
         for cand in tqdm(todo, desc=f"{baseline.name} {bench.name}", unit="net", disable=not progress or not todo,
@@ -610,18 +610,23 @@ def model_baseline_scores(
                                   fallback_calib=batch.inputs, device=device)
             cand_ctx = dataclasses.replace(ctx, float_model=model.to(device), memo=ctx.memo)
             try:
-                cached[cand.id] = float(baseline.fn(net, run_batch, cand.bits, cand_ctx))
+                cached[_score_key(cand)] = float(baseline.fn(net, run_batch, cand.bits, cand_ctx))
             except (torch.linalg.LinAlgError, FloatingPointError, ZeroDivisionError) as err:
                 warnings.warn(f"baseline {baseline.name} failed on candidate {cand.id}: {err}; scored NaN", stacklevel=2)
-                cached[cand.id] = math.nan
-            cached.seconds[cand.id] = time.perf_counter() - start
+                cached[_score_key(cand)] = math.nan
+            cached.seconds[_score_key(cand)] = time.perf_counter() - start
             if time.monotonic() - last_save > save_every_s:
                 _write_model_scores(path, key, baseline, batch, cached)
                 last_save = time.monotonic()
     finally:
         if todo:
             _write_model_scores(path, key, baseline, batch, cached)
-    return np.array([cached[c.id] for c in candidates], dtype=np.float64)
+    return np.array([cached[_score_key(c)] for c in candidates], dtype=np.float64)
+
+
+def _score_key(candidate: Candidate) -> str:
+    """Return a candidate's key in a model baseline's score file: its id and its fingerprint (bits or arch)."""
+    return f"{candidate.id}@{candidate.fingerprint()}"
 
 
 def baseline_costs(bench: Benchmark, names: Sequence[str], config: StatsConfig,

@@ -6,7 +6,9 @@ candidate (a plain dict of tensors / ints / strings, written atomically, read wi
 batch. The config key hashes everything a statistic depends on: CODE_VERSION, the
 benchmark (name, weights: its `cache_token` attribute, else for trained weights a
 digest of one built model's state dict; activation bits), the batch and
-calibration tensors' contents, and the config fields except `device`.
+calibration tensors' contents, and the config fields except `device`. Each file's
+key adds the candidate's id and `Candidate.fingerprint` (its bits or arch), so a
+ground-truth file that reuses an id for another configuration never reads a stale file.
 
 Integrity: each file carries a checksum of its content (`content_checksum`), verified on
 every read; a file that fails it (or has none) is recomputed with a warning, never used.
@@ -183,9 +185,13 @@ def config_key(bench_name: str, config: StatsConfig, extra: dict[str, Any] | Non
     return _hash({"code_version": CODE_VERSION, "bench": bench_name, "config": config.key_fields(), "extra": extra or {}})
 
 
-def cache_key(bench_name: str, candidate_id: str, config: StatsConfig, extra: dict[str, Any] | None = None) -> str:
-    """Return the key of one candidate's statistics (stored in its file and checked on load)."""
-    return f"{config_key(bench_name, config, extra)}/{candidate_id}"
+def cache_key(bench_name: str, candidate: Candidate, config: StatsConfig, extra: dict[str, Any] | None = None) -> str:
+    """Return the key of one candidate's statistics (stored in its file and checked on load).
+
+    It names the candidate by id and by `Candidate.fingerprint` (its bits or arch): a file
+    written for another network under the same id is stale and recomputed.
+    """
+    return f"{config_key(bench_name, config, extra)}/{candidate.id}@{candidate.fingerprint()}"
 
 
 def safe_name(text: str) -> str:
@@ -247,7 +253,7 @@ def iter_stats(
     bar = tqdm(candidates, desc=f"stats {bench.name}", unit="net", disable=not progress, leave=False)
     for cand in bar:
         path = folder / f"{safe_name(cand.id)}.pt"
-        key = cache_key(bench.name, cand.id, config, extra)
+        key = cache_key(bench.name, cand, config, extra)
         stats = read_stats(path, key) if path.exists() else None
         if stats is None:
             start = time.perf_counter()

@@ -55,7 +55,7 @@ def cache_source(bench: Benchmark, candidates: Sequence[Candidate], config: Stat
     extra = bench_fields(bench, batch)
     folder = cache_folder(bench, config, cache_root)
     return StatsSource.from_files([folder / f"{safe_name(c.id)}.pt" for c in candidates],
-                                  [cache_key(bench.name, c.id, config, extra) for c in candidates])
+                                  [cache_key(bench.name, c, config, extra) for c in candidates])
 
 
 def search_benchmark(

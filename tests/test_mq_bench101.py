@@ -291,3 +291,55 @@ def test_registered_as_a_public_mq_benchmark():
 
     entry = BENCHMARKS["mq-bench-101"]
     assert entry.family == "mq" and not entry.embedded
+
+
+# ----------------------------------------------------------------------------- statistics cache keys
+class _CountingCompute:
+    """Wraps `compute_stats` in the cache module and counts the candidates it computes."""
+
+    def __init__(self, monkeypatch) -> None:
+        import emq.stats_cache as stats_cache
+
+        self.calls = 0
+        real = stats_cache.compute_stats
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(stats_cache, "compute_stats", counted)
+
+
+def _quant_error(tmp_path, data_dir, config) -> float:
+    from emq.stats_cache import load_or_compute
+
+    bench = MQBench101(data_dir)
+    stats = load_or_compute(bench, bench.candidates()[:1], config, progress=False, cache_root=tmp_path / "cache")
+    return float(stats[0].layers["layer1.0.conv1"]["quant_error"].float().abs().sum())
+
+
+def test_each_input_of_the_statistics_changes_the_cache_key(tmp_path, monkeypatch):
+    """A second file reusing record ids, new weights, or other settings is recomputed, never read stale."""
+    from emq.stats_cache import StatsConfig
+
+    counter = _CountingCompute(monkeypatch)
+    config = StatsConfig(batch_size=2, stat_names=("weight", "quant_error"), store_dtype="float32")
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write_pickle(a, {0: {"bit_cfg": str([8] * 18), "acc": 70.0}})
+    _write_pickle(b, {0: {"bit_cfg": str([2] * 18), "acc": 70.0}})  # the same id, another configuration
+    at_8 = _quant_error(tmp_path, a, config)
+    assert counter.calls == 1
+    assert _quant_error(tmp_path, a, config) == at_8 and counter.calls == 1  # a hit: nothing computed
+    at_2 = _quant_error(tmp_path, b, config)
+    assert counter.calls == 2 and at_2 > at_8 * 4  # 2 bits err far more than 8: b's own statistics
+    _write_pickle(b, {0: {"bit_cfg": str([2] * 18), "acc": 10.0}})  # the file's content changed
+    _quant_error(tmp_path, b, config)
+    assert counter.calls == 3
+    torch.save(resnet18(init_seed=5, fold_bn=False).state_dict(), b / "mq-bench-101" / "resnet18.pth")
+    _quant_error(tmp_path, b, config)  # trained weights beside the file
+    assert counter.calls == 4
+    for changed in (dict(batch_seed=1), dict(init_seed=1), dict(batch_size=3), dict(store_dtype="float16"),
+                    dict(stat_names=("weight", "quant_error", "params"))):
+        before = counter.calls
+        _quant_error(tmp_path, b, StatsConfig(**{**config.__dict__, **changed}))
+        assert counter.calls == before + 1, changed

@@ -361,7 +361,11 @@ def test_cache_key_depends_on_config_and_code_version(monkeypatch):
                   StatsConfig(store_dtype="float32"), StatsConfig(hessian_samples=3), StatsConfig(init_seed=2)):
         assert config_key("b", other) != base
     assert config_key("c", StatsConfig()) != base
-    assert stats_cache.cache_key("b", "x", StatsConfig()) != stats_cache.cache_key("b", "y", StatsConfig())
+    key = stats_cache.cache_key
+    assert key("b", Candidate("x"), StatsConfig()) != key("b", Candidate("y"), StatsConfig())
+    # the same id for another network (another file reusing ids) is another key
+    assert key("b", Candidate("x", bits={"fc": 4}), StatsConfig()) != key("b", Candidate("x", bits={"fc": 8}), StatsConfig())
+    assert key("b", Candidate("x", arch={"d": 1}), StatsConfig()) != key("b", Candidate("x", arch={"d": 2}), StatsConfig())
     monkeypatch.setattr(stats_cache, "CODE_VERSION", stats_cache.CODE_VERSION + 1)
     assert config_key("b", StatsConfig()) != base
 

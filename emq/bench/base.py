@@ -1,6 +1,8 @@
 """Benchmark contract: candidates, their ground truth, a model factory and a fixed batch."""
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
@@ -22,6 +24,15 @@ class Candidate:
     id: str
     bits: dict[str, int] | None = None
     arch: dict[str, Any] | None = field(default=None, hash=False)
+
+    def fingerprint(self) -> str:
+        """Return a short hash of what defines the network (bits, arch), not of its id.
+
+        Part of every cache key: two ground-truth files may reuse an id for another
+        configuration, and a cache keyed by id alone would hand one the other's statistics.
+        """
+        text = json.dumps({"bits": self.bits, "arch": self.arch}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

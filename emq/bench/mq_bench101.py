@@ -42,6 +42,7 @@ batch is the embedded digits, upsampled to 224x224 and replicated to 3 channels
 from __future__ import annotations
 
 import ast
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,12 @@ def load_mq_bench101(path: str | Path) -> list[MQBenchRecord]:
     return records
 
 
+def _file_digest(path: Path) -> str:
+    """Return the sha256 of a file's content (streamed), shortened."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+
+
 def _short(v: Any) -> str:
     text = repr(v)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -201,6 +208,9 @@ class MQBench101(Benchmark):
         self.weights = Path(weights) if weights is not None else None
         self._state = load_state_dict(self.weights) if self.weights is not None else None
         self.trained_weights = self._state is not None
+        # What the statistics depend on beyond each candidate's bits (which its cache key holds): the ground-truth
+        # file it was read from and the weights. Another file reusing the same ids never reads these statistics.
+        self.cache_token = f"gt:{_file_digest(self.path)}:weights:{_file_digest(self.weights) if self.weights else 'init'}"
         accs = np.array([r.acc for r in self.records], dtype=np.float64)
         self.acc_unit = accuracy_unit(accs, f"{self.path}: field 'acc'", MQBenchFileError)
         self._acc = accs
