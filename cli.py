@@ -108,8 +108,29 @@ def _with(options: Iterable[Callable[..., Any]]) -> Callable[..., Any]:
     return lambda fn: functools.reduce(lambda f, option: option(f), reversed(list(options)), fn)
 
 
-#: Largest --batch-size: statistics keep per-image activations, and the digits splits hold a few hundred images.
-MAX_BATCH_SIZE = 1024
+def _setting(name: str, show_default: bool = True, **overrides: Any) -> Callable[..., Any]:
+    """Return the click option of search setting `name`: flag, default, bounds and help from `search.settings`.
+
+    The same entry checks job files, so an option and its job-file field accept the same values.
+    """
+    from search.settings import SETTINGS
+
+    s = SETTINGS[name]
+    if s.kind == "int":
+        kind: Any = click.IntRange(s.low, s.high)
+    elif s.kind == "float":
+        kind = click.FloatRange(s.low, s.high)
+    elif s.kind == "ints":
+        kind = _Listed(int, s.low if s.low is not None else -math.inf)
+    elif s.kind == "names":
+        kind = _Listed()
+    elif s.choices is not None:
+        kind = _Names(s.choices) if isinstance(s.choices, str) else click.Choice(list(s.choices))
+    else:
+        kind = str
+    default = None if s.kind in ("ints", "names") else s.default
+    attrs = dict(type=kind, default=default, show_default=show_default and default is not None, help=s.help)
+    return click.option(s.cli, name, **{**attrs, **overrides})
 
 
 def _stats_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -117,30 +138,24 @@ def _stats_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def command(*args: Any, stat_names: tuple[str, ...] | None, batch_seed: int, batch_size: int, init_seed: int,
-                dtype: str, hessian_samples: int, device: str | None, **kwargs: Any) -> Any:
+                store_dtype: str, hessian_samples: int, device: str | None, **kwargs: Any) -> Any:
         from emq.stats_cache import StatsConfig
 
         config = StatsConfig(batch_seed=batch_seed, batch_size=batch_size, init_seed=init_seed, stat_names=stat_names,
-                             hessian_samples=hessian_samples, store_dtype=dtype, device=device)
+                             hessian_samples=hessian_samples, store_dtype=store_dtype, device=device)
         return fn(*args, config=dataclasses.replace(config, device=config.resolved_device()), **kwargs)
 
     return _with([
-        click.option("--stats", "stat_names", type=_Listed(), default=None,
-                     help="Comma-separated statistics to compute and cache, e.g. weight,grad,virtual_grad (default: "
-                          "every applicable one; on 224x224 ViTs name a few: see `emq stats --list` and README 'ViT "
-                          "statistics and memory'). Baselines add what they need."),
-        click.option("--batch-seed", default=0, show_default=True, type=click.IntRange(min=0),
+        _setting("stat_names", help="Comma-separated statistics to compute and cache, e.g. weight,grad,virtual_grad "
+                 "(default: every applicable one; on 224x224 ViTs name a few: see `emq stats --list` and README 'ViT "
+                 "statistics and memory'). Baselines add what they need."),
+        click.option("--batch-seed", default=0, show_default=True, type=click.IntRange(0, 2**31 - 1),
                      help="Seed of the fixed input batch (recorded with every score)."),
-        click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, MAX_BATCH_SIZE),
-                     help="Images in the batch the statistics are computed on."),
-        click.option("--init-seed", default=0, show_default=True, type=click.IntRange(min=0),
-                     help="Seed of random initialisation (benchmarks without trained weights)."),
-        click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-                     help="Storage dtype of cached statistics (float16 halves memory; programs evaluate in float32)."),
-        click.option("--hessian-samples", default=2, show_default=True, type=click.IntRange(1, 1000),
-                     help="Hutchinson samples for hessian_diag."),
-        click.option("--device", callback=_device,
-                     help="torch device for statistics (default: cuda if present, else cpu)."),
+        _setting("batch_size"),
+        _setting("init_seed"),
+        _setting("store_dtype"),
+        _setting("hessian_samples"),
+        _setting("device", callback=_device),
         click.option("--batch-source", cls=_BatchSourceOption),
     ])(command)
 
@@ -160,12 +175,10 @@ _proxy_options = _with([
 
 def _ga_options(population: int, generations: int, seed_help: str = "") -> Callable[..., Any]:
     return _with([
-        click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+        click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**31 - 1),
                      help=f"Seed of the genetic search{seed_help}."),
-        click.option("--population", default=population, show_default=True, type=click.IntRange(min=2),
-                     help="Genetic search population."),
-        click.option("--generations", default=generations, show_default=True, type=click.IntRange(min=1),
-                     help="Genetic search generations."),
+        _setting("population", default=population, help="Genetic search population."),
+        _setting("generations", default=generations, help="Genetic search generations."),
     ])
 
 
@@ -213,8 +226,7 @@ def _open(name: str, data_dir: Path | None, batch_source: str | None = None) -> 
 
 def _proxies(files: tuple[Path, ...], formulas: tuple[str, ...], out_file: Path | None, required: bool = True) -> Any:
     """Return the proxies of --proxy / --formula, parsed (and --out checked) before any heavy work."""
-    from emq.atomic import check_report_path
-    from search.proxy_sources import load_proxies
+    from search.proxy_sources import check_report_path, load_proxies
 
     if required and not files and not formulas:
         raise click.UsageError("give the proxy to apply: --proxy FILE (emq-proxy/1 JSON) or --formula TEXT")
@@ -372,47 +384,29 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
 @main.command()
 @click.argument("name")
 @_data_dir
-@click.option("--targets", type=_Listed(),
-              help="Comma-separated ground-truth columns the proxy must rank (default: all).")
-@click.option("--joint", type=click.Choice(["mean", "min"]), default="mean", show_default=True,
-              help="How per-column fitness values combine into one (min = the worst column counts).")
-@click.option("--metric", type=click.Choice(["kendall", "spearman"]), default="kendall", show_default=True,
-              help="Rank correlation used as fitness.")
-@click.option("--population", default=48, show_default=True, type=click.IntRange(min=2),
-              help="Programs per generation.")
-@click.option("--generations", default=15, show_default=True, type=click.IntRange(min=1),
-              help="Generations (a resumed run may raise it).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+@_setting("targets", help="Comma-separated ground-truth columns the proxy must rank (default: all).")
+@_setting("joint")
+@_setting("metric")
+@_setting("population")
+@_setting("generations")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**31 - 1),
               help="Seed of the search (same seed + config = same hall of fame).")
-@click.option("--seeds", type=_Listed(int, 0),
-              help="Comma-separated search seeds for a study, e.g. 0,1,2: one run per seed x batch seed in --out, "
-                   "then study.md with the discovery verdict over all runs (overrides --seed).")
-@click.option("--batch-seeds", type=_Listed(int, 0),
-              help="Comma-separated batch seeds for a study, e.g. 0,1 (overrides --batch-seed).")
-@click.option("--fitness", type=_Names("search.config:FITNESS_MODES"), default="partial", show_default=True,
-              help="partial: min(plain, partialled on the best trivial predictor chosen on the search split), so "
-                   "disguised size counts and quantized losses earn nothing and backwards rankers earn less; "
-                   "residual: the partialled value alone (finds complements); plain: the rank correlation itself.")
-@click.option("--hof-size", default=10, show_default=True, type=click.IntRange(min=0),
-              help="Elite programs carried into every generation.")
-@click.option("--max-search", default=160, show_default=True, type=click.IntRange(min=0),
-              help="Use at most N networks of the search split (bounds memory and time; 0 = all). "
-                   "The held-out split is always scored whole.")
-@click.option("--max-heldout", type=click.IntRange(min=3),
-              help="Score at most N held-out networks (default: all; quick looks and tests: a verdict on fewer "
-                   "candidates has wider intervals).")
-@click.option("--seed-proxies", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Proxy JSON file(s) (e.g. exported from another search) placed in the first population; repeatable.")
-@click.option("--backend", type=_Names("search.pool:BACKENDS"), default="loky", show_default=True,
-              help="Evaluation pool: the search candidates are sharded over its workers (one shard each); "
-                   "dask needs --scheduler or starts a LocalCluster.")
-@click.option("--scheduler", help="Dask scheduler address (tcp://host:8786) for --backend dask.")
-@click.option("--workers", type=click.IntRange(min=1),
-              help="Pool workers (default: usable CPU cores; more needs --force-workers).")
+@_setting("seeds", help="Comma-separated search seeds for a study, e.g. 0,1,2: one run per seed x batch seed in "
+          "--out, then study.md with the discovery verdict over all runs (overrides --seed).")
+@_setting("batch_seeds", help="Comma-separated batch seeds for a study, e.g. 0,1 (overrides --batch-seed).")
+@_setting("fitness")
+@_setting("hof_size")
+@_setting("max_search", help="Use at most N networks of the search split (bounds memory and time; 0 = all).")
+@_setting("max_heldout")
+@_setting("seed_proxies", multiple=True, type=click.Path(dir_okay=False, path_type=Path), default=(),
+          help="Proxy JSON file(s) (e.g. exported from another search) placed in the first population; repeatable.")
+@_setting("backend", help="Evaluation pool: the search candidates are sharded over its workers (one shard each); "
+          "dask needs --scheduler or starts a LocalCluster.")
+@_setting("scheduler")
+@_setting("workers", help="Pool workers (default: usable CPU cores; more needs --force-workers).")
 @click.option("--force-workers", is_flag=True, help="Allow more --workers than usable cores.")
-@click.option("--shard-memory", "shard_memory_mb", type=click.FloatRange(min=1),
-              help="MB of statistics a worker may keep resident; a larger shard is streamed from the cache files "
-                   "on every generation instead (slower; for caches larger than memory). Default: keep it.")
+@_setting("shard_memory_mb", help="MB of statistics a worker may keep resident; a larger shard is streamed from the "
+          "cache files on every generation instead (slower; for caches larger than memory). Default: keep it.")
 @click.option("--baseline", "baselines", multiple=True,
               help="Baselines to compare on held-out (repeatable; default: every cheap program baseline).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),

@@ -10,8 +10,8 @@ A rename replaces whatever sits at the target, so the target is checked first
   would leave its target stale, and following it would write somewhere the user
   did not name; either surprises. Write to the target itself instead.
 
-Refusals are `UnsafeOutputError` (one line in the CLI). `check_not_inputs` keeps
-a command from writing over the files it reads.
+Refusals are `UnsafeOutputError` (one line in the CLI). `check_writes` is the one
+rule every writer applies before any work: safe output paths, none of them an input.
 """
 from __future__ import annotations
 
@@ -55,27 +55,43 @@ def check_output_path(path: str | Path) -> Path:
     return path
 
 
-def check_report_path(path: str | Path | None, inputs: Iterable[str | Path] = ()) -> None:
-    """Fail before any work if report `path` cannot be written safely or would overwrite one of `inputs`.
+def check_output_folder(path: str | Path) -> Path:
+    """Return `path` if outputs may be written into it (absent, or a real folder); refuse a link or a file.
 
-    An input folder (a search run read as a proxy) counts as every file under it.
+    A folder given as a symbolic link would send every output of a run somewhere the
+    user did not name, as a file link would: give the real path.
     """
-    if path is None:
-        return
-    check_output_path(path)
-    files = [Path(p) for p in inputs]
-    check_not_inputs([path], [p for p in files if not p.is_dir()]
-                     + [q for p in files if p.is_dir() for q in p.rglob("*") if q.is_file()])
+    path = Path(path)
+    if path.is_symlink():
+        raise UnsafeOutputError(f"{path}: is a symbolic link (to {os.readlink(path)}); EMQ does not write into "
+                                "linked folders: give the real folder's path or a new one")
+    if path.exists() and not path.is_dir():
+        raise UnsafeOutputError(f"{path}: is a file, not a folder; give a folder path for this output")
+    return path
 
 
-def check_not_inputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path]) -> None:
-    """Raise UnsafeOutputError if any output path is the same file as one of the command's inputs."""
-    inputs = [Path(p) for p in inputs]
-    for out in map(Path, outputs):
-        for src in inputs:
+def check_writes(outputs: Iterable[str | Path | None], inputs: Iterable[str | Path] = ()) -> list[Path]:
+    """Return `outputs` (None entries dropped) if each may be written; else raise UnsafeOutputError naming it.
+
+    The one rule every writer follows, before any work starts: each output is a path
+    `check_output_path` accepts, and none is one of the command's `inputs`. An input
+    folder counts as every file under it; callers that read a run folder pass
+    `search.run_folder.run_folder_files`, which adds the files a run folder may hold
+    but does not hold yet. A new file beside an input is fine.
+    """
+    paths = [check_output_path(p) for p in outputs if p is not None]
+    files: list[Path] = []
+    for src in map(Path, inputs):
+        files += [q for q in src.rglob("*") if q.is_file() or q.is_symlink()] if src.is_dir() else [src]
+    for out in paths:
+        for src in files:
             if _same_file(out, src):
                 raise UnsafeOutputError(f"{out}: is an input of this command ({src}); writing it would destroy "
                                         "that input: choose another output path")
+    if len({p.resolve() for p in paths}) < len(paths):
+        raise UnsafeOutputError(f"{', '.join(map(str, paths))}: this command would write two of its outputs to the "
+                                "same file; choose another output path")
+    return paths
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from emq.atomic import write_json_atomic
+from emq.safe_read import read_bytes_limited
 from emq.errors import EMQUserError
 from emq.evaluate import StackedStats, evaluate_stacked
 from emq.layer_weights import LayerWeights
@@ -129,15 +130,9 @@ class Proxy:
     def load(cls, path: str | Path) -> "Proxy":
         """Read a proxy JSON file (never a pickle): UTF-8, at most MAX_FILE_BYTES, no duplicate keys."""
         path = Path(path)
+        raw = read_bytes_limited(path, MAX_FILE_BYTES, "proxy file", ProxyFormatError)
         try:
-            if path.stat().st_size > MAX_FILE_BYTES:
-                raise ProxyFormatError(f"{path}: {path.stat().st_size} bytes; a proxy file may have at most "
-                                       f"{MAX_FILE_BYTES} (is this a proxy file?)")
-            text = path.read_bytes().decode("utf-8")
-        except FileNotFoundError:
-            raise ProxyFormatError(f"{path}: no such proxy file") from None
-        except IsADirectoryError:
-            raise ProxyFormatError(f"{path}: is a folder; give a proxy JSON file") from None
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise ProxyFormatError(f"{path}: not UTF-8 text (a binary or UTF-16 file?); proxy files are UTF-8 "
                                    "JSON, e.g. written by `emq export`") from None

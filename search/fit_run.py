@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from emq.atomic import write_text_atomic
+from emq.atomic import check_writes, write_text_atomic
 from emq.baselines import baseline_scores, trivial_baselines
 from emq.bench.base import Benchmark
 from emq.fit import FitError, FitSettings, describe_fit, fit_layer_weights
@@ -27,6 +27,10 @@ from emq.scoring import stream_scores
 from emq.stats_cache import StatsConfig, load_or_compute
 from search.benchmark import against_trivial
 from search.hall_of_fame import json_finite, load_hall_of_fame
+from search.run_folder import run_folder_files
+
+#: `emq fit`'s output in a run folder it fits (with its report, fitted-proxy.md).
+FITTED_PROXY = "fitted-proxy.json"
 
 
 @dataclass(frozen=True)
@@ -164,10 +168,21 @@ def fit_source(path: Path, settings: FitSettings, out_file: Path | None, command
     from emq.bench.registry import open_benchmark
 
     source = read_fit_source(path, rank)
-    bench = open_benchmark(source.benchmark, data_dir, notify=notify, batch_source=batch_source)
     if out_file is None:
-        out_file = path / "fitted-proxy.json" if path.is_dir() else path.with_name(f"{path.stem}-fitted.json")
+        out_file = path / FITTED_PROXY if path.is_dir() else path.with_name(f"{path.stem}-fitted.json")
+    check_fit_outputs(path, out_file)
+    bench = open_benchmark(source.benchmark, data_dir, notify=notify, batch_source=batch_source)
     return fit_run(bench, source, stats_config_of(source, device), settings, out_file, command, n_boot=n_boot)
+
+
+def check_fit_outputs(source: Path, out_file: Path) -> None:
+    """Fail before any work if the fitted proxy or its `.md` report would replace the source or a run-folder file.
+
+    In a run folder only `emq fit`'s own files (fitted-proxy.json / .md) may be replaced.
+    """
+    own = (FITTED_PROXY, Path(FITTED_PROXY).with_suffix(".md").name)
+    inputs = run_folder_files(source, except_names=own) if source.is_dir() else [source]
+    check_writes([out_file, out_file.with_suffix(".md")], inputs)
 
 
 def fit_summary(record: Mapping[str, Any]) -> str:

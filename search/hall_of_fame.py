@@ -13,12 +13,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from emq.atomic import check_not_inputs, check_output_path, write_json_atomic
+from emq.atomic import check_writes, write_json_atomic
 from emq.fitness import bootstrap_interval, get_metric
 from emq.proxy import Proxy
 from emq.strict_json import loads_strict
 from search.config import ENGINE, RunFolderError, SearchConfig
 from search.individual import Program
+from search.run_folder import run_folder_files
 
 HOF_FORMAT = "emq-hall-of-fame/1"
 
@@ -108,9 +109,7 @@ def export_run(run_dir: str | Path, top: int = 1, out: str | Path = "proxy.json"
         paths = [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, len(proxies) + 1)]
     # Everything is checked before the first write, so a refused export leaves no partial set behind,
     # and no output may land on a file of the run folder it reads (its hall of fame, config, checkpoint).
-    for path in paths:
-        check_output_path(path)
-    check_not_inputs(paths, [p for p in Path(run_dir).rglob("*") if p.is_file()])
+    check_writes(paths, run_folder_files(run_dir))
     return [p.save(path) for p, path in zip(proxies, paths)]
 
 

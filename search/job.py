@@ -14,10 +14,14 @@ Sections and fields (all optional except `benchmark.name` and `output.dir`):
     [stats]      batch_size, init_seed, dtype ("float16"|"float32"), hessian_samples, device, stats (list)
     [search]     population, generations, seeds (list), batch_seeds (list), targets (list), joint,
                  metric, fitness, hof_size, max_search, max_heldout, seed_proxies (list of files)
-    [backend]    name ("serial"|"loky"|"dask"|"ray"), scheduler (address), workers, device
+    [backend]    name ("serial"|"threading"|"loky"|"dask"|"ray"), scheduler (address), workers, device,
+                 shard_memory_mb
     [output]     dir
 
-Relative paths are read from the job file's folder. See examples/job-*.toml.
+Every field but the four of `OTHER_FIELDS` is a search setting owned by `search.settings`:
+the same default, bounds and names as its `emq search` option (a job file without
+`max_search` searches 160 networks, as the command does). Relative paths are read from
+the job file's folder. See examples/job-*.toml.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from emq.atomic import write_text_atomic
-from emq.errors import EMQUserError
+from emq.errors import DeviceError, EMQUserError
 from search.interrupt import stop_on_signals, stop_requested
 
 EXIT_DONE = 0
@@ -40,16 +44,19 @@ EXIT_INTERRUPTED = 3
 #: Bytes of a job file (it is a few lines; anything larger is not a job file).
 MAX_JOB_BYTES = 100_000
 
-SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "benchmark": {"name": str, "data_dir": str, "batch_source": str},
-    "stats": {"batch_size": int, "init_seed": int, "dtype": str, "hessian_samples": int, "device": str,
-              "stats": list},
-    "search": {"population": int, "generations": int, "seeds": list, "batch_seeds": list, "targets": list,
-               "joint": str, "metric": str, "fitness": str, "hof_size": int, "max_search": int, "max_heldout": int,
-               "seed_proxies": list},
-    "backend": {"name": str, "scheduler": str, "workers": int, "device": str},
-    "output": {"dir": str},
-}
+#: Fields of a job file beyond the search settings (`search.settings.SETTINGS`, which own the rest).
+OTHER_FIELDS = ("benchmark.name", "benchmark.data_dir", "benchmark.batch_source", "output.dir")
+
+
+def job_fields() -> dict[str, dict[str, str]]:
+    """Return section -> field -> setting name (or the field itself for OTHER_FIELDS): what a job file may hold."""
+    from search.settings import SETTINGS
+
+    out: dict[str, dict[str, str]] = {}
+    for where, name in [*((s.job, s.name) for s in SETTINGS.values() if s.job), *((f, f) for f in OTHER_FIELDS)]:
+        section, key = where.split(".")
+        out.setdefault(section, {})[key] = name
+    return out
 
 
 class JobFileError(EMQUserError, ValueError):
@@ -65,61 +72,74 @@ class Job:
     out_dir: Path
     data_dir: Path | None = None
     batch_source: str | None = None
+    #: StatsConfig fields, and SearchRequest fields (search and backend settings), as checked values.
     stats: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Any] = field(default_factory=dict)
-    backend: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path) -> "Job":
-        """Read and check a TOML job file (unknown sections or fields and wrong types are refused)."""
+        """Read and check a TOML job file (a regular file of at most MAX_JOB_BYTES; fields as `from_mapping`)."""
+        from emq.safe_read import read_text_limited
+
         path = Path(path)
+        text = read_text_limited(path, MAX_JOB_BYTES, "job file (TOML, see examples/job-*.toml)", JobFileError)
         try:
-            if path.stat().st_size > MAX_JOB_BYTES:
-                raise JobFileError(f"{path}: {path.stat().st_size} bytes; a job file may have at most {MAX_JOB_BYTES}")
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise JobFileError(f"{path}: no such job file") from None
-        except IsADirectoryError:
-            raise JobFileError(f"{path}: is a folder; give a TOML job file (see examples/job-*.toml)") from None
-        except UnicodeDecodeError:
-            raise JobFileError(f"{path}: not UTF-8 text; job files are TOML") from None
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise JobFileError(f"{path}: not valid TOML ({err})") from None
+        except RecursionError:
+            raise JobFileError(f"{path}: nested too deeply to be a job file (arrays or tables inside one "
+                               "another); a job file holds flat fields") from None
         return cls.from_mapping(data, path)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], path: Path) -> "Job":
-        for section, values in data.items():
-            if section not in SECTIONS:
-                raise JobFileError(f"{path}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
-            if not isinstance(values, dict):
+        """Return the job of parsed TOML `data`: every field checked by its owner in `search.settings`.
+
+        Unknown sections or fields, wrong kinds, values out of their documented bounds and
+        devices this machine lacks are JobFileError, naming the file and the field.
+        """
+        from emq.stats_cache import check_device
+        from search.settings import SETTINGS, SettingError, check_value
+
+        known = job_fields()
+        values: dict[str, Any] = {}
+        for section, fields in data.items():
+            if section not in known:
+                raise JobFileError(f"{path}: unknown section [{section}]; known: {', '.join(known)}")
+            if not isinstance(fields, dict):
                 raise JobFileError(f"{path}: [{section}] must be a table of fields")
-            for key, value in values.items():
-                if key not in SECTIONS[section]:
-                    raise JobFileError(f"{path}: unknown field {section}.{key}; known: "
-                                       f"{', '.join(SECTIONS[section])}")
-                expected = SECTIONS[section][key]
-                if not isinstance(value, expected) or isinstance(value, bool):
-                    raise JobFileError(f"{path}: field {section}.{key} must be a {expected.__name__}, got "
-                                       f"{type(value).__name__} {value!r}")
-        name = data.get("benchmark", {}).get("name")
-        out = data.get("output", {}).get("dir")
-        if not name:
+            for key, value in fields.items():
+                if key not in known[section]:
+                    raise JobFileError(f"{path}: unknown field {section}.{key}; known: {', '.join(known[section])}")
+                name, where = known[section][key], f"{path}: field {section}.{key}"
+                try:
+                    if name in SETTINGS:
+                        values[name] = check_value(SETTINGS[name], value, where)
+                        if name in ("device", "pool_device"):
+                            check_device(value)
+                    elif not isinstance(value, str) or not value:
+                        raise JobFileError(f"{where} must be a non-empty string, got {value!r}")
+                    else:
+                        values[name] = value
+                except (SettingError, DeviceError) as err:
+                    raise JobFileError(f"{where}: {err}" if isinstance(err, DeviceError) else str(err)) from None
+        if "benchmark.name" not in values:
             raise JobFileError(f"{path}: field benchmark.name is missing; e.g. name = \"mq-digits\"")
-        if not out:
+        if "output.dir" not in values:
             raise JobFileError(f"{path}: field output.dir is missing; e.g. dir = \"runs/job\"")
         base = path.parent
-        data_dir = data.get("benchmark", {}).get("data_dir")
-        search = dict(data.get("search", {}))
-        if "seed_proxies" in search:
-            search["seed_proxies"] = [str(base / p) for p in search["seed_proxies"]]
-        for key in ("seeds", "batch_seeds"):
-            values = search.get(key, [0])
-            if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-                raise JobFileError(f"{path}: field search.{key} must be a non-empty list of integers >= 0")
-        return cls(path=path, benchmark=name, out_dir=base / out, data_dir=base / data_dir if data_dir else None,
-                   batch_source=data.get("benchmark", {}).get("batch_source"),
-                   stats=dict(data.get("stats", {})), search=search, backend=dict(data.get("backend", {})))
+        data_dir = values.pop("benchmark.data_dir", None)
+        if "seed_proxies" in values:
+            values["seed_proxies"] = tuple(base / p for p in values["seed_proxies"])
+        stats = {k: values.pop(k) for k in STATS_FIELDS if k in values}
+        return cls(path=path, benchmark=values.pop("benchmark.name"), out_dir=base / values.pop("output.dir"),
+                   data_dir=base / data_dir if data_dir else None, batch_source=values.pop("benchmark.batch_source", None),
+                   stats=stats, search=values)
+
+
+#: Job settings that configure the statistics (`StatsConfig` fields); the others go to the SearchRequest.
+STATS_FIELDS = ("batch_size", "init_seed", "hessian_samples", "store_dtype", "stat_names", "device")
 
 
 @dataclass
@@ -160,26 +180,18 @@ def run_job(job: Job, progress: bool | None = None) -> JobOutcome:
 
     progress = sys.stdout.isatty() if progress is None else progress
     start = time.perf_counter()
-    log = JobLog(job.out_dir / "job.jsonl")
-    s = job.search
     try:
-        given = {"batch_size": job.stats.get("batch_size"), "init_seed": job.stats.get("init_seed"),
-                 "store_dtype": job.stats.get("dtype"), "hessian_samples": job.stats.get("hessian_samples"),
-                 "stat_names": tuple(job.stats["stats"]) if job.stats.get("stats") else None}
-        stats = StatsConfig(device=job.stats.get("device"), **{k: v for k, v in given.items() if v is not None})
-    except (ValueError, TypeError) as err:
-        raise JobFileError(f"{job.path}: {err}") from None
-    request = SearchRequest(
-        job.benchmark, out=job.out_dir, data_dir=job.data_dir, batch_source=job.batch_source, stats=stats,
-        seed_proxies=tuple(Path(p) for p in s.get("seed_proxies", [])), backend=job.backend.get("name", "loky"),
-        scheduler=job.backend.get("scheduler"), workers=job.backend.get("workers"),
-        pool_device=job.backend.get("device"), study=True, resume=True, progress=progress,
-        command=f"emq run {job.path}",
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in s.items() if k != "seed_proxies"})
+        stats = StatsConfig(**job.stats)
+    except (ValueError, TypeError, KeyError) as err:  # KeyError: an unknown statistic name
+        raise JobFileError(f"{job.path}: field stats.stats: {err.args[0] if err.args else err}") from None
+    request = SearchRequest(job.benchmark, out=job.out_dir, data_dir=job.data_dir, batch_source=job.batch_source,
+                            stats=stats, study=True, resume=True, progress=progress, command=f"emq run {job.path}",
+                            read_files=(job.path,), **job.search)
     try:
         plan = plan_search(request)
     except SearchSettingsError as err:
         raise JobFileError(f"{job.path}: {err}") from None
+    log = JobLog(job.out_dir / "job.jsonl")
     log.write("start", job=str(job.path), benchmark=job.benchmark, seeds=list(plan.seeds),
               batch_seeds=list(plan.batch_seeds), backend=request.backend, search=plan.search_config.to_json(),
               stats=dataclasses.asdict(plan.stats_config))

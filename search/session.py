@@ -26,14 +26,12 @@ from emq.bench.base import Benchmark
 from emq.errors import EMQUserError
 from emq.stats_cache import StatsConfig
 from search.config import SearchConfig
+from search.settings import SETTINGS, check_settings, default
+from search.settings import SettingError as SearchSettingsError
 
 #: Resident memory of a worker after importing torch and the project (about 230 MB measured with the CPU wheel,
 #: rounded up for its working buffers).
 WORKER_BASE_MB = 300
-
-
-class SearchSettingsError(EMQUserError, ValueError):
-    """Search settings that cannot run (as given, or on this machine); the message names the setting."""
 
 
 class PoolWorkerDiedError(EMQUserError, RuntimeError):
@@ -50,29 +48,31 @@ class SearchRequest:
     data_dir: Path | None = None
     batch_source: str | None = None
     stats: StatsConfig = field(default_factory=StatsConfig)
-    seeds: tuple[int, ...] = (0,)
-    batch_seeds: tuple[int, ...] | None = None
-    population: int = 48
-    generations: int = 15
-    targets: tuple[str, ...] | None = None
-    joint: str = "mean"
-    metric: str = "kendall"
-    fitness: str = "partial"
-    hof_size: int = 10
-    seed_proxies: tuple[Path, ...] = ()
-    max_search: int | None = None
-    max_heldout: int | None = None
+    seeds: tuple[int, ...] = default("seeds")
+    batch_seeds: tuple[int, ...] | None = default("batch_seeds")
+    population: int = default("population")
+    generations: int = default("generations")
+    targets: tuple[str, ...] | None = default("targets")
+    joint: str = default("joint")
+    metric: str = default("metric")
+    fitness: str = default("fitness")
+    hof_size: int = default("hof_size")
+    seed_proxies: tuple[Path, ...] = default("seed_proxies")
+    max_search: int | None = default("max_search")
+    max_heldout: int | None = default("max_heldout")
     baselines: tuple[str, ...] | None = None
-    backend: str = "loky"
-    scheduler: str | None = None
-    workers: int | None = None
+    backend: str = default("backend")
+    scheduler: str | None = default("scheduler")
+    workers: int | None = default("workers")
     force_workers: bool = False
-    pool_device: str | None = None
-    shard_memory_mb: float | None = None
+    pool_device: str | None = default("pool_device")
+    shard_memory_mb: float | None = default("shard_memory_mb")
     study: bool | None = None
     resume: bool = False
     progress: bool = True
     command: str = ""
+    #: Other files the request reads (a job file): no output of the search may replace them.
+    read_files: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,7 @@ def plan_search(request: SearchRequest, notify: Callable[[str], None] | None = N
     from emq.bench.registry import open_benchmark
     from emq.proxy import Proxy
 
+    check_request(request)
     seed_formulas = tuple(Proxy.load(p).formula() for p in request.seed_proxies)
     bench = open_benchmark(request.benchmark, request.data_dir, notify=notify, batch_source=request.batch_source)
     targets = bench.check_targets(request.targets)
@@ -135,7 +136,9 @@ def plan_search(request: SearchRequest, notify: Callable[[str], None] | None = N
     batch_seeds = tuple(request.batch_seeds or (request.stats.batch_seed,))
     study = request.study if request.study is not None else len(seeds) * len(batch_seeds) > 1
     name = request.benchmark
-    run_dir = request.out or Path("runs") / (f"{name}-study" if study else f"{name}-seed{seeds[0]}")
+    run_dir = Path(request.out or Path("runs") / (f"{name}-study" if study else f"{name}-seed{seeds[0]}"))
+    check_run_outputs(run_dir, [(s, b) for s in seeds for b in batch_seeds] if study else [],
+                      (*request.seed_proxies, *request.read_files))
     try:
         search_config = SearchConfig(
             population=request.population, generations=request.generations, seed=seeds[0], metric=request.metric,
@@ -146,7 +149,30 @@ def plan_search(request: SearchRequest, notify: Callable[[str], None] | None = N
     except (ValueError, TypeError, KeyError) as err:  # KeyError: an unknown metric name
         raise SearchSettingsError(str(err.args[0]) if err.args else type(err).__name__) from None
     workers = check_workers(request.backend, request.workers, request.force_workers, notify)
-    return SearchPlan(request, bench, search_config, stats_config, seeds, batch_seeds, Path(run_dir), study, workers)
+    return SearchPlan(request, bench, search_config, stats_config, seeds, batch_seeds, run_dir, study, workers)
+
+
+def check_request(request: SearchRequest) -> None:
+    """Fail (SettingError, one line naming the option) when a setting of `request` is outside its documented bounds.
+
+    The CLI and job files check the same bounds (`search.settings`) as they parse; this is
+    the library's own check, for requests built in Python.
+    """
+    values = {name: getattr(request, name) for name in SETTINGS if hasattr(request, name)}
+    values.update({name: getattr(request.stats, name) for name in SETTINGS if hasattr(request.stats, name)})
+    values.pop("seed_proxies", None)  # paths, checked when read
+    check_settings(values, lambda s: s.cli or s.name)
+
+
+def check_run_outputs(run_dir: Path, study_runs: list[tuple[int, int]], inputs: tuple[Path, ...]) -> None:
+    """Fail before any work if the run folder is a link or a file, or a file it would write is one of `inputs`."""
+    from emq.atomic import check_output_folder, check_writes
+    from search.run_folder import RUN_FILES
+    from search.study import run_folder
+
+    check_output_folder(run_dir)
+    folders = [run_dir, *(run_folder(run_dir, s, b) for s, b in study_runs)]
+    check_writes([folder / name for folder in folders for name in RUN_FILES], inputs)
 
 
 def execute_search(plan: SearchPlan) -> SearchOutcome:

@@ -138,7 +138,7 @@ def test_score_out_onto_its_own_proxy_file_is_refused(run, tmp_path):
 
 
 def test_a_report_may_not_land_inside_a_run_folder_read_as_a_proxy(run_folder):
-    from emq.atomic import check_report_path
+    from search.proxy_sources import check_report_path
 
     with pytest.raises(UnsafeOutputError, match="input of this command"):
         check_report_path(run_folder / "hall_of_fame.json", [run_folder])

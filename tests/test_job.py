@@ -73,7 +73,7 @@ def test_tiny_job_runs_end_to_end(run, tmp_path):
     ("[benchmark]\nname = 'mq-digits'\n[output]\ndir = 'x'\n[serch]\n", "unknown section [serch]"),
     ("[benchmark]\nname = 'mq-digits'\n[output]\ndir = 'x'\n[search]\npopulaton = 3\n", "unknown field search.populaton"),
     ("[benchmark]\nname = 'mq-digits'\n[output]\ndir = 'x'\n[search]\npopulation = 'big'\n",
-     "search.population must be a int"),
+     "search.population must be an integer"),
     ("[benchmark]\nname = 'mq-digits'\n[output]\ndir = 'x'\n[search]\nseeds = []\n", "search.seeds must be"),
     ("[benchmark\nname = 1", "not valid TOML"),
 ])
