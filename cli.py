@@ -163,6 +163,8 @@ def _stats_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 _data_dir = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
                          help="Folder of public ground-truth files (default: $EMQ_DATA_DIR, else ../shared/benchmarks "
                               "beside the repo).")
+_bootstrap = click.option("--bootstrap", "n_boot", default=1000, show_default=True, type=click.IntRange(10, 1_000_000),
+                          help="Bootstrap resamples for the 95% intervals (paired ones for the verdict).")
 _json = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 _proxy_options = _with([
     click.option("--proxy", "proxy_files", multiple=True, type=click.Path(path_type=Path),
@@ -355,8 +357,7 @@ def stats(name: str | None, data_dir: Path | None, config: Any, batch_source: st
 @click.option("--split", type=_Names("emq.scoring:SPLITS"), default="all", show_default=True,
               help="Candidates to score: all, or the search / held-out half of the fixed split.")
 @click.option("--targets", type=_Listed(), help="Comma-separated ground-truth columns (default: all).")
-@click.option("--bootstrap", "n_boot", default=1000, show_default=True, type=click.IntRange(10, 1_000_000),
-              help="Bootstrap resamples for the 95% intervals.")
+@_bootstrap
 @click.option("--limit", type=click.IntRange(min=3),
               help="Only the first N candidates of the split (a quick look; a rank correlation needs at least 3).")
 @_stats_options
@@ -458,7 +459,7 @@ def run_job_command(job_file: Path, as_json: bool) -> None:
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_data_dir
-@click.option("--bootstrap", "n_boot", default=1000, show_default=True, help="Paired bootstrap resamples.")
+@_bootstrap
 @_stats_options
 @_json
 def verdict(run_dir: Path, data_dir: Path | None, n_boot: int, config: Any, batch_source: str | None,
@@ -492,7 +493,7 @@ def verdict(run_dir: Path, data_dir: Path | None, n_boot: int, config: Any, batc
 @click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Share of the search split kept for early stopping (held-out candidates are never seen).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the validation split.")
-@click.option("--bootstrap", "n_boot", default=1000, show_default=True, help="Paired bootstrap resamples.")
+@_bootstrap
 @_data_dir
 @click.option("--batch-source", default=None, help="The run's --batch-source, if it used one.")
 @click.option("--device", default=None, help="torch device for statistics (default: cuda if present, else cpu).")

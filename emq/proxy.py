@@ -285,6 +285,7 @@ class Proxy:
         """
         # Imported here: the statistics code sits above this module (it imports the quantizers).
         from emq.bench.base import Batch
+        from emq.quant.fake_quant import check_act_bits
         from emq.stats_compute import compute_stats
 
         if isinstance(batch, Batch):
@@ -303,6 +304,8 @@ class Proxy:
         act_bits = act_bits if act_bits is not None else found.get("act_bits", 8)
         hessian_samples = hessian_samples if hessian_samples is not None else found.get("hessian_samples", 2)
         calibration = found.get("calibration", "batch")
+        if bits is not None:
+            check_act_bits(act_bits)
         if bits is not None and act_bits is not None and calib_inputs is None and calibration != "batch":
             raise ValueError(f"this proxy was found with activations calibrated on {calibration}; pass those images "
                              "as calib_inputs= (e.g. bench.calibration_inputs()) so it sees the statistics it was "

@@ -8,15 +8,18 @@ uninterrupted run would have produced.
 from __future__ import annotations
 
 import json
+import math
 import pickle
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from emq.atomic import write_json_atomic, write_text_atomic
 from emq.fitness import TrivialChoice
 from emq.proxy import Proxy
+from emq.safe_read import MAX_CHECKPOINT_BYTES, MAX_SMALL_TENSOR_BYTES, read_text_limited
 from emq.strict_json import loads_strict
 from search.config import ENGINE, ResumeError, SearchConfig
 from search.individual import Program
@@ -90,23 +93,85 @@ def load_checkpoint(run_dir: Path, config: SearchConfig) -> tuple[SearchState, S
 
 
 def _load_checked(path: Path, run_dir: Path, config: SearchConfig) -> tuple[SearchState, SearchConfig]:
-    data = loads_strict(path.read_text(encoding="utf-8"))
+    data = loads_strict(read_text_limited(path, MAX_CHECKPOINT_BYTES, "checkpoint (state.json)", ResumeError))
     if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
         raise ResumeError(f"{path}: not an {STATE_FORMAT} checkpoint; restore the run folder or start a new one")
     saved = SearchConfig.from_json(data["config"])
+    _check_state(data, saved, path)
     conflicts = config.resume_conflicts(saved)
     if conflicts:
         mine, theirs = config.to_json(), saved.to_json()
         diff = "; ".join(f"{k}: checkpoint {theirs[k]!r}, asked {mine[k]!r}" for k in conflicts)
         raise ResumeError(f"cannot resume {run_dir}: the settings contradict its checkpoint ({diff}); "
                           "only `generations` may change: drop the contradicting options or start a new run folder")
-    rng = SearchRNG.restore(data["rng"], path.parent / data["torch_rng"])
+    rng = SearchRNG.restore(data["rng"], path.parent / data["torch_rng"], max_bytes=MAX_SMALL_TENSOR_BYTES)
     hof = NicheHallOfFame(config.hof_size, config.niche_threshold)
     hof.restore([_individual(e) for e in data["hall_of_fame"]])
     memo = OrderedDict((h, r) for h, r in data["memo"])
     state = SearchState(int(data["generation"]), [_individual(e) for e in data["population"]], hof, memo, rng,
                         list(data["log"]))
     return state, saved
+
+
+#: The torch random-state file a checkpoint may name: a plain file beside state.json, never a path elsewhere.
+TORCH_RNG_NAME = re.compile(r"rng_torch-\d{5,}\.pt")
+
+
+def _check_state(data: Mapping[str, Any], config: SearchConfig, path: Path) -> None:
+    """Raise ResumeError naming the field when a checkpoint's content is not what `save_checkpoint` writes.
+
+    Checked before anything is rebuilt from it, so a damaged or hand-edited state.json is one line,
+    not a traceback in the middle of the next generation.
+    """
+    def bad(field: str, why: str) -> ResumeError:
+        return ResumeError(f"{path}: field {field!r} {why}; the checkpoint is damaged: restore the run folder "
+                           "from a copy, or start a new run folder")
+
+    generation, log = data.get("generation"), data.get("log")
+    if not isinstance(log, list) or not all(isinstance(row, dict) for row in log):
+        raise bad("log", "must be a list of objects (one per generation)")
+    if not isinstance(generation, int) or isinstance(generation, bool) or not 0 <= generation < config.generations:
+        raise bad("generation", f"must be an integer in 0..{config.generations - 1} (the run's generations), "
+                                f"got {generation!r}")
+    if len(log) != generation + 1:
+        raise bad("log", f"has {len(log)} rows for generation {generation} (one per finished generation)")
+    population = data.get("population")
+    if not isinstance(population, list) or not 1 <= len(population) <= config.population:
+        raise bad("population", f"must list 1..{config.population} programs")
+    hall = data.get("hall_of_fame")
+    if not isinstance(hall, list) or len(hall) > config.hof_size:
+        raise bad("hall_of_fame", f"must list at most {config.hof_size} programs")
+    for name, entries, scored in (("population", population, False), ("hall_of_fame", hall, True)):
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not isinstance(entry.get("formula"), str):
+                raise bad(f"{name}[{i}]", "must be an object with a 'formula'")
+            _check_record(entry.get("record"), scored, lambda why: bad(f"{name}[{i}].record", why))
+    memo = data.get("memo")
+    if not isinstance(memo, list) or not all(isinstance(m, list) and len(m) == 2 and isinstance(m[0], str)
+                                             for m in memo):
+        raise bad("memo", "must be a list of [hash, record] pairs")
+    for i, (_, record) in enumerate(memo):
+        _check_record(record, False, lambda why: bad(f"memo[{i}]", why))
+    if not isinstance(data.get("torch_rng"), str) or not TORCH_RNG_NAME.fullmatch(data["torch_rng"]):
+        raise bad("torch_rng", f"must name a file rng_torch-NNNNN.pt beside state.json, got {data.get('torch_rng')!r}")
+
+
+def _check_record(record: Any, scored: bool, bad: Callable[[str], ResumeError]) -> None:
+    """Check one evaluation record: a scored one has a finite fitness and probe scores; a rejected one a reason."""
+    if not isinstance(record, dict):
+        raise bad("must be an evaluation record (an object)")
+    fitness = record.get("fitness")
+    if fitness is None:
+        if scored or not isinstance(record.get("reason"), str):
+            raise bad("has no fitness" + ("" if scored else " and no rejection reason"))
+        return
+    if isinstance(fitness, bool) or not isinstance(fitness, (int, float)) or not math.isfinite(fitness):
+        raise bad(f"fitness must be a finite number, got {fitness!r}")
+    probe = record.get("probe")
+    if not isinstance(probe, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in probe):
+        raise bad("must carry its probe scores (a list of numbers)")
+    if not isinstance(record.get("targets"), dict):
+        raise bad("must carry its fitness per target (an object)")
 
 
 def _entry(ind: Program) -> dict[str, Any]:

@@ -148,7 +148,10 @@ def run_search(
         choices = choose_best_trivial(predictors, {t: truth[t] for t in targets}, get_metric(config.metric))
         engine = _Engine(config, grammar, {t: truth[t] for t in targets}, pool, search_set, probe, limits, run_dir,
                          {t: (c, c.oriented(predictors[c.name])) for t, c in choices.items()})
-        state = engine.start(resume)
+        try:
+            state = engine.start(resume)
+        except GenerationStopped:  # SIGTERM during the first generation: nothing was checkpointed yet
+            return SearchResult(run_dir, [], [], -1, False, choices)
         bar = tqdm(total=config.generations, initial=min(state.generation + 1, config.generations),
                    desc="search", unit="gen", disable=not progress, leave=False)
         try:
@@ -157,7 +160,10 @@ def run_search(
                     break
                 if stop_requested():  # SIGTERM in a batch job: the last generation is checkpointed
                     break
-                row = engine.step(state)
+                try:
+                    row = engine.step(state)
+                except GenerationStopped:  # SIGTERM mid-generation: the last checkpoint is the resume point
+                    break
                 bar.update(1)
                 bar.set_postfix(best=_short(row["best_ever"]), median=_short(row["median"]), niches=row["niches"],
                                 rejected=sum(row["rejections"].values()))
@@ -178,6 +184,15 @@ def run_search(
 
 #: Programs screened before their survivors are sent to the pool (the pool scores while the next batch is screened).
 SCREEN_BATCH = 8
+
+
+class GenerationStopped(Exception):
+    """SIGTERM arrived while a generation was being evaluated: it is abandoned, the previous checkpoint stands.
+
+    A generation of a large population can take long; stopping between screening batches
+    bounds the wait after SIGTERM to one batch (`SCREEN_BATCH` programs) and the pool's
+    work already sent, whatever the population size.
+    """
 
 
 class _Clock:
@@ -335,6 +350,10 @@ class _Engine:
         items = list(todo.values())
         with torch.no_grad(), one_thread():
             for start in range(0, len(items), SCREEN_BATCH):
+                if stop_requested():
+                    for _, job in jobs:
+                        job.result()  # let the workers finish what they were sent before the pool closes
+                    raise GenerationStopped
                 batch = [screen_probe(ind.proxy, self.probe, self.screen_limits)
                          for ind in items[start: start + SCREEN_BATCH]]
                 outcomes += batch

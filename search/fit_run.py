@@ -9,7 +9,6 @@ protocol of the honest bar, applied to the fitted program.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,8 @@ from emq.proxy import Proxy
 from emq.scoring import stream_scores
 from emq.stats_cache import StatsConfig, load_or_compute
 from search.benchmark import against_trivial
-from search.hall_of_fame import json_finite, load_hall_of_fame
-from search.run_folder import run_folder_files
+from search.hall_of_fame import json_finite
+from search.run_folder import read_run, run_folder_files
 
 #: `emq fit`'s output in a run folder it fits (with its report, fitted-proxy.md).
 FITTED_PROXY = "fitted-proxy.json"
@@ -53,18 +52,10 @@ class FitSource:
 def read_fit_source(path: Path, rank: int = 1) -> FitSource:
     """Return the fit source of a run folder (its program of `rank`) or of an exported proxy file."""
     if path.is_dir():
-        hall = load_hall_of_fame(path)
-        programs = hall["programs"]
-        if not 1 <= rank <= len(programs):
-            raise FitError(f"{path}: --rank {rank} but the hall of fame holds {len(programs)} program(s)")
-        proxy = Proxy.from_json(programs[rank - 1]["proxy"], source=f"{path}/hall_of_fame.json")
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        search = config["search"]
-        split = hall.get("split", {})
-        return FitSource(proxy, hall["benchmark"], tuple(search.get("targets") or config.get("targets") or ()),
-                         search["metric"], search["joint"], search["split_seed"], search["heldout_fraction"],
-                         split.get("search"), split.get("heldout"), tuple(config.get("stats") or ()) or None,
-                         hall.get("stats", {}))
+        run = read_run(path)
+        c = run.config
+        return FitSource(run.program(rank), run.benchmark, run.targets, c.metric, c.joint, c.split_seed,
+                         c.heldout_fraction, run.n_search, run.n_heldout, run.stat_names, run.stats)
     proxy = Proxy.load(path)
     meta = proxy.meta
     if "benchmark" not in meta or "split" not in meta:

@@ -16,6 +16,7 @@ import numpy as np
 from emq.atomic import check_writes, write_json_atomic
 from emq.fitness import bootstrap_interval, get_metric
 from emq.proxy import Proxy
+from emq.safe_read import MAX_JSON_BYTES, read_text_limited
 from emq.strict_json import loads_strict
 from search.config import ENGINE, RunFolderError, SearchConfig
 from search.individual import Program
@@ -74,11 +75,12 @@ def json_finite(value: Any) -> Any:
 def load_hall_of_fame(run_dir: str | Path) -> dict[str, Any]:
     """Return the content of a run's hall_of_fame.json."""
     path = Path(run_dir) / "hall_of_fame.json"
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a finished `emq search` run folder?")
+    text = read_text_limited(path, MAX_JSON_BYTES, "hall of fame (hall_of_fame.json)", RunFolderError)
     try:
-        data = loads_strict(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:  # syntax, duplicate keys, nesting, not UTF-8
+        data = loads_strict(text)
+    except ValueError as err:  # syntax, duplicate keys, nesting
         raise RunFolderError(f"{path}: not valid JSON ({err}); the file is damaged, rerun or restore it") from None
     if not isinstance(data, dict) or data.get("format") != HOF_FORMAT:
         found = repr(data.get("format")) if isinstance(data, dict) else f"absent: the file holds a {type(data).__name__}"
@@ -88,6 +90,11 @@ def load_hall_of_fame(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(programs, list) or not all(isinstance(p, dict) and "proxy" in p for p in programs):
         raise RunFolderError(f"{path}: field 'programs' must be a list of objects with a 'proxy'; the file is "
                              "damaged, rerun or restore it")
+    for i, entry in enumerate(programs):
+        proxy = Proxy.from_json(entry["proxy"], source=f"{path}: programs[{i}].proxy")
+        if "formula" in entry and entry["formula"] != proxy.formula():
+            raise RunFolderError(f"{path}: programs[{i}] has formula {entry.get('formula')!r} but its proxy is "
+                                 f"{proxy.formula()!r}; the file was edited or damaged: rerun or restore it")
     return data
 
 

@@ -1,9 +1,11 @@
-"""SIGTERM (what a batch scheduler sends) as a request to stop after the current generation, checkpointed.
+"""SIGTERM (what a batch scheduler sends) as a request to stop the search soon, at a checkpointed point.
 
 `stop_on_signals()` installs the handler for the duration of a job; `run_search`
-checks `stop_requested()` after each generation (its checkpoint is already on
-disk), ends the run unfinished, and the job exits with code 3: rerunning the same
-job resumes it. Only the main thread can install handlers; elsewhere it does nothing.
+checks `stop_requested()` after each generation and between the screening batches of
+one, so the wait is bounded whatever the population: a generation under way is
+abandoned and the last checkpoint stands. The run ends unfinished and the job exits
+with code 3: rerunning the same job resumes it. Only the main thread can install
+handlers; elsewhere it does nothing.
 """
 from __future__ import annotations
 

@@ -185,7 +185,7 @@ def run_job(job: Job, progress: bool | None = None) -> JobOutcome:
     except (ValueError, TypeError, KeyError) as err:  # KeyError: an unknown statistic name
         raise JobFileError(f"{job.path}: field stats.stats: {err.args[0] if err.args else err}") from None
     request = SearchRequest(job.benchmark, out=job.out_dir, data_dir=job.data_dir, batch_source=job.batch_source,
-                            stats=stats, study=True, resume=True, progress=progress, command=f"emq run {job.path}",
+                            stats=stats, study=True, resume="auto", progress=progress, command=f"emq run {job.path}",
                             read_files=(job.path,), **job.search)
     try:
         plan = plan_search(request)

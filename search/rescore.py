@@ -9,7 +9,6 @@ bootstrap difference gives the run's verdict. The result is written to
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,11 +18,12 @@ from emq.atomic import write_json_atomic, write_text_atomic
 from emq.baselines import baseline_scores, trivial_baselines
 from emq.bench.base import Benchmark
 from emq.fitness import choose_best_trivial, get_metric, heldout_split
-from emq.proxy import Proxy
 from emq.scoring import check_proxies_fit
 from emq.stats_cache import StatsConfig, load_or_compute
 from search.benchmark import against_trivial, run_verdict, verdict_line
-from search.hall_of_fame import json_finite, load_hall_of_fame
+from search.config import RunFolderError
+from search.hall_of_fame import json_finite
+from search.run_folder import read_run
 from emq.evaluate import StackedStats, evaluate_stacked
 
 VERDICT_FORMAT = "emq-verdict/1"
@@ -38,24 +38,21 @@ def rescore_run(bench: Benchmark, run_dir: str | Path, stats_config: StatsConfig
     program baselines add what they need), which is what makes large networks cheap.
     """
     run_dir = Path(run_dir)
-    hall = load_hall_of_fame(run_dir)
-    if hall.get("benchmark") not in (None, bench.name):
-        raise ValueError(f"{run_dir} is a run on {hall['benchmark']}, not on {bench.name}")
-    if not hall["programs"]:
-        raise ValueError(f"{run_dir}: the hall of fame is empty; there is no program to judge")
-    search = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["search"]
-    metric = get_metric(search["metric"])
+    run = read_run(run_dir)
+    if run.benchmark != bench.name:
+        raise RunFolderError(f"{run_dir} is a run on {run.benchmark}, not on {bench.name}")
+    search = run.config
+    metric = get_metric(search.metric)
     truth = bench.ground_truth()
-    targets = list(search.get("targets") or truth)
+    targets = list(run.targets or truth)
     candidates = bench.candidates()
-    split = heldout_split([c.id for c in candidates], search["heldout_fraction"], search["split_seed"])
-    n_search, n_heldout = (hall.get("split", {}).get(k) for k in ("search", "heldout"))
-    search_idx = split.search[:n_search] if n_search else split.search
-    heldout_idx = split.heldout[:n_heldout] if n_heldout else split.heldout  # the run's own --max-heldout cut
+    split = heldout_split([c.id for c in candidates], search.heldout_fraction, search.split_seed)
+    search_idx = split.search[:run.n_search] if run.n_search else split.search
+    heldout_idx = split.heldout[:run.n_heldout] if run.n_heldout else split.heldout  # the run's own --max-heldout cut
     names = trivial_baselines(bench)
 
-    best = hall["programs"][0]
-    proxy = Proxy.from_formula(best["formula"])
+    proxy = run.program(1)
+    best = run.programs[0]
     config = stats_config
     check_proxies_fit(bench, {"best": proxy}, config)
     on_search = baseline_scores(bench, names, config, progress=progress, candidates=[candidates[i] for i in search_idx],
@@ -67,7 +64,7 @@ def rescore_run(bench: Benchmark, run_dir: str | Path, stats_config: StatsConfig
     scores, failures = evaluate_stacked(proxy, StackedStats(stats, "cpu"))
     on_heldout = baseline_scores(bench, [c.name for c in choices.values()], config, progress=progress,
                                  candidates=heldout_cands, cache_root=cache_root)
-    entry = {**best, **against_trivial(scores, choices, on_heldout, heldout_truth, metric, search["joint"], n_boot)}
+    entry = {**best, **against_trivial(scores, choices, on_heldout, heldout_truth, metric, search.joint, n_boot)}
     outcome = run_verdict(entry, choices, targets)
     record = {
         "format": VERDICT_FORMAT, "benchmark": bench.name, "formula": best["formula"],
@@ -101,10 +98,6 @@ def judge_run(run_dir: str | Path, stats_config: StatsConfig, data_dir: str | Pa
               notify: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Return (and write) the verdict of `run_dir` as `rescore_run` does, on the benchmark its hall of fame names."""
     from emq.bench.registry import open_benchmark
-    from search.config import RunFolderError
 
-    name = load_hall_of_fame(run_dir).get("benchmark")
-    if not name:
-        raise RunFolderError(f"{run_dir}/hall_of_fame.json does not name its benchmark; it predates held-out scoring")
-    bench = open_benchmark(name, Path(data_dir) if data_dir else None, notify=notify, batch_source=batch_source)
+    bench = open_benchmark(read_run(run_dir).benchmark, Path(data_dir) if data_dir else None, notify=notify, batch_source=batch_source)
     return rescore_run(bench, run_dir, stats_config, n_boot=n_boot)

@@ -6,6 +6,7 @@ a saved stream resumes the run exactly.
 """
 from __future__ import annotations
 
+import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from emq.atomic import save_tensors_atomic
+from emq.safe_read import read_bytes_limited
 
 
 @dataclass
@@ -46,15 +48,17 @@ class SearchRNG:
         return save_tensors_atomic(path, {"torch_generator": self.torch.get_state()})
 
     @classmethod
-    def restore(cls, state: dict[str, Any], torch_path: str | Path) -> "SearchRNG":
-        """Return the streams saved by `state_json` and `save_torch`."""
+    def restore(cls, state: dict[str, Any], torch_path: str | Path, max_bytes: int = 2**20) -> "SearchRNG":
+        """Return the streams saved by `state_json` and `save_torch` (the torch file: a regular file of at most
+        `max_bytes`, read with weights_only=True)."""
         p = state["python"]
         py = random.Random()
         py.setstate((p["version"], tuple(p["state"]), p["gauss"]))
         bit_gen = getattr(np.random, state["numpy"]["bit_generator"])()
         bit_gen.state = state["numpy"]
         tg = torch.Generator()
-        tg.set_state(torch.load(torch_path, map_location="cpu", weights_only=True)["torch_generator"])
+        blob = read_bytes_limited(torch_path, max_bytes, "random-state file")
+        tg.set_state(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)["torch_generator"])
         return cls(py, np.random.Generator(bit_gen), tg)
 
 

@@ -4,10 +4,18 @@ A run folder is written by `emq search` (config, log, checkpoint, hall of fame,
 plots, summary), `emq verdict` (verdict.json, the summary's verdict section), a study
 or job around it (study.*, job.*) and `emq fit` (its fitted proxy and report). A
 command that reads a run folder may add new files beside these, never replace one.
+`read_run` is how commands read a finished run (hall of fame + config), every field checked.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from emq.proxy import Proxy
+from emq.safe_read import MAX_JSON_BYTES, read_text_limited
+from emq.strict_json import loads_strict
+from search.config import RunFolderError, SearchConfig
 
 #: Files a run (or study) folder may hold, relative to it; present or not yet written.
 RUN_FILES: tuple[str, ...] = (
@@ -28,3 +36,87 @@ def run_folder_files(run_dir: str | Path, except_names: tuple[str, ...] = ()) ->
     reserved = [run_dir / name for name in RUN_FILES]
     skip = {run_dir / name for name in except_names}
     return [p for p in dict.fromkeys(present + reserved) if p not in skip]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What `emq verdict` and `emq fit` read from a finished run folder, each field checked."""
+
+    run_dir: Path
+    benchmark: str
+    config: SearchConfig
+    targets: tuple[str, ...]
+    stat_names: tuple[str, ...] | None
+    n_search: int | None
+    n_heldout: int | None
+    stats: dict[str, Any]
+    programs: list[dict[str, Any]]
+    hall: dict[str, Any]
+
+    def program(self, rank: int = 1) -> Proxy:
+        """Return the hall of fame's program of `rank` (1 = best), or fail naming how many there are."""
+        if not self.programs:
+            raise RunFolderError(f"{self.run_dir}: the hall of fame is empty (no program passed screening); "
+                                 "there is no program to judge or fit")
+        if not 1 <= rank <= len(self.programs):
+            raise RunFolderError(f"{self.run_dir}: --rank {rank} but the hall of fame holds {len(self.programs)} "
+                                 "program(s)")
+        return Proxy.from_json(self.programs[rank - 1]["proxy"], source=f"{self.run_dir}/hall_of_fame.json")
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """Return a run folder's config.json with `search` as a SearchConfig; fail (RunFolderError) naming the field."""
+    path = Path(run_dir) / "config.json"
+    try:
+        data = loads_strict(read_text_limited(path, MAX_JSON_BYTES, "run config (config.json)", RunFolderError))
+    except ValueError as err:
+        if isinstance(err, RunFolderError):
+            raise
+        raise RunFolderError(f"{path}: not valid JSON ({err}); the file is damaged, rerun or restore it") from None
+    if not isinstance(data, dict) or not isinstance(data.get("search"), dict):
+        raise RunFolderError(f"{path}: field 'search' (the search settings) is missing; point to a folder "
+                             "written by `emq search`")
+    try:
+        config = SearchConfig.from_json(data["search"])
+    except (ValueError, TypeError, KeyError) as err:
+        raise RunFolderError(f"{path}: field 'search' is damaged ({err}); rerun or restore it") from None
+    for field in ("stats", "targets"):
+        value = data.get(field)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise RunFolderError(f"{path}: field {field!r} must be a list of names, got {_short(value)}")
+    return {**data, "search": config}
+
+
+def read_run(run_dir: str | Path) -> RunRecord:
+    """Return the checked record of a finished run folder (hall of fame + config), or fail naming file and field."""
+    from search.hall_of_fame import load_hall_of_fame
+
+    run_dir = Path(run_dir)
+    hall = load_hall_of_fame(run_dir)
+    where = run_dir / "hall_of_fame.json"
+    name = hall.get("benchmark")
+    if not isinstance(name, str) or not name:
+        raise RunFolderError(f"{where}: field 'benchmark' is missing; the run predates held-out scoring or the file "
+                             "is damaged: rerun the search")
+    split = hall.get("split", {})
+    if not isinstance(split, dict):
+        raise RunFolderError(f"{where}: field 'split' must be an object (search, heldout, seed), got {_short(split)}")
+    sizes = []
+    for key in ("search", "heldout"):
+        n = split.get(key)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 3):
+            raise RunFolderError(f"{where}: field 'split.{key}' must be a count of at least 3, got {_short(n)}")
+        sizes.append(n)
+    stats = hall.get("stats", {})
+    if not isinstance(stats, dict):
+        raise RunFolderError(f"{where}: field 'stats' must be an object, got {_short(stats)}")
+    config = read_run_config(run_dir)
+    search = config["search"]
+    targets = tuple(search.targets or config.get("targets") or ())
+    return RunRecord(run_dir, name, search, targets, tuple(config.get("stats") or ()) or None, sizes[0], sizes[1],
+                     stats, hall["programs"], hall)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

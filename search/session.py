@@ -68,7 +68,9 @@ class SearchRequest:
     pool_device: str | None = default("pool_device")
     shard_memory_mb: float | None = default("shard_memory_mb")
     study: bool | None = None
-    resume: bool = False
+    #: True (`--resume`): the run folder must hold a run or study to continue; "auto" (jobs): continue what is
+    #: there, else start; False: start, refusing a folder that already holds a run.
+    resume: bool | str = False
     progress: bool = True
     command: str = ""
     #: Other files the request reads (a job file): no output of the search may replace them.
@@ -137,6 +139,8 @@ def plan_search(request: SearchRequest, notify: Callable[[str], None] | None = N
     study = request.study if request.study is not None else len(seeds) * len(batch_seeds) > 1
     name = request.benchmark
     run_dir = Path(request.out or Path("runs") / (f"{name}-study" if study else f"{name}-seed{seeds[0]}"))
+    if request.resume is True:
+        check_resumable(run_dir, study)
     check_run_outputs(run_dir, [(s, b) for s in seeds for b in batch_seeds] if study else [],
                       (*request.seed_proxies, *request.read_files))
     try:
@@ -164,6 +168,19 @@ def check_request(request: SearchRequest) -> None:
     check_settings(values, lambda s: s.cli or s.name)
 
 
+def check_resumable(run_dir: Path, study: bool) -> None:
+    """Fail (ResumeError) when `--resume` names a folder with nothing to continue: a typo would start a new run."""
+    from search.checkpoint import state_path
+    from search.config import ResumeError
+
+    found = state_path(run_dir).exists() or (study and ((run_dir / "study.json").exists()
+                                                        or any(state_path(p).exists() for p in run_dir.glob("seed*-batch*"))))
+    if not found:
+        what = "does not exist" if not run_dir.exists() else f"holds no {'study' if study else 'run'} checkpoint"
+        raise ResumeError(f"--resume: {run_dir} {what}; give the folder of the run to continue, or drop --resume "
+                          "to start a new run there")
+
+
 def check_run_outputs(run_dir: Path, study_runs: list[tuple[int, int]], inputs: tuple[Path, ...]) -> None:
     """Fail before any work if the run folder is a link or a file, or a file it would write is one of `inputs`."""
     from emq.atomic import check_output_folder, check_writes
@@ -185,7 +202,7 @@ def execute_search(plan: SearchPlan) -> SearchOutcome:
 
     r = plan.request
     options = dict(baselines=list(r.baselines) if r.baselines else None, max_search=r.max_search or None,
-                   max_heldout=r.max_heldout, progress=r.progress, resume=r.resume)
+                   max_heldout=r.max_heldout, progress=r.progress, resume=bool(r.resume))
     start = time.perf_counter()
     with run_folder_lock(plan.run_dir), worker_crashes(r.backend):
         with EvaluationPool(r.backend, n_jobs=plan.workers, scheduler=r.scheduler,

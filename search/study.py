@@ -9,7 +9,6 @@ held-out Kendall(best program) - Kendall(best trivial predictor) lies above 0
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,9 +18,12 @@ import numpy as np
 from emq.atomic import write_json_atomic, write_text_atomic
 from emq.bench.base import Benchmark
 from emq.fitness import PairedDifference, verdict
+from emq.safe_read import MAX_JSON_BYTES, read_text_limited
 from emq.stats_cache import StatsConfig
+from emq.strict_json import loads_strict
 from search.config import RunFolderError, SearchConfig
 from search.hall_of_fame import load_hall_of_fame
+from search.run_folder import read_run_config
 
 STUDY_FORMAT = "emq-study/1"
 
@@ -75,10 +77,10 @@ def finished_run(folder: Path, config: SearchConfig, batch_seed: int) -> bool:
     """
     try:
         hall = load_hall_of_fame(folder)
-        saved = json.loads((folder / "config.json").read_text(encoding="utf-8"))["search"]
-    except (OSError, ValueError, KeyError, TypeError, RunFolderError):
+        saved = read_run_config(folder)["search"]
+    except (OSError, ValueError, RunFolderError):
         return False
-    return ("verdict" in hall and saved == config.to_json()
+    return ("verdict" in hall and saved == config
             and (hall.get("batch") or {}).get("seed") == batch_seed)
 
 
@@ -142,4 +144,5 @@ def study_markdown(study: dict[str, Any]) -> str:
 
 def load_study(out_dir: str | Path) -> dict[str, Any]:
     """Return a study folder's study.json."""
-    return json.loads((Path(out_dir) / "study.json").read_text(encoding="utf-8"))
+    path = Path(out_dir) / "study.json"
+    return loads_strict(read_text_limited(path, MAX_JSON_BYTES, "study record (study.json)", RunFolderError))

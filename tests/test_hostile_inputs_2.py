@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,191 @@ def test_a_fifo_as_proxy_file_is_one_line_without_blocking(run, fifo):
 
 def test_a_fifo_as_job_file_is_one_line_without_blocking(run, fifo):
     assert_one_line_error(run("run", str(fifo)), str(fifo), "FIFO")
+
+
+# ------------------------------------------------------------------ damaged checkpoints under --resume
+CONFIG = SearchConfig(population=6, generations=2, seed=0, probe_size=8, hof_size=2, targets=("test_acc",))
+
+
+@pytest.fixture(scope="module")
+def problem():
+    from search.synthetic import synthetic_problem
+
+    return synthetic_problem(n_search=16, n_heldout=8, probe_size=8)
+
+
+def search(problem, run_dir, config=CONFIG, **kwargs):
+    from search.engine import run_search
+
+    return run_search(problem.search, problem.probe_other, problem.truth, config, run_dir, progress=False,
+                      probe_index=problem.probe_index, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def finished_run(problem, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("finished") / "run"
+    search(problem, folder)
+    return folder
+
+
+def _edit_state(folder: Path, edit) -> None:
+    path = folder / "checkpoint" / "state.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _fifo_rng(data, folder):
+    os.mkfifo(folder / "checkpoint" / "rng_torch-99999.pt")
+    data["torch_rng"] = "rng_torch-99999.pt"
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda d, f: d["hall_of_fame"][0]["record"].update(fitness=None), "hall_of_fame[0].record"),
+    (lambda d, f: d["log"].__setitem__(0, "a string"), "log"),
+    (lambda d, f: d.update(generation=-5), "generation"),
+    (lambda d, f: d.update(generation=999), "generation"),
+    (lambda d, f: d.update(generation=1e30), "generation"),
+    (lambda d, f: d.update(population=[]), "population"),
+    (lambda d, f: d.update(torch_rng="../../../etc/passwd"), "torch_rng"),
+    (_fifo_rng, "FIFO"),
+], ids=["null-fitness", "string-log-line", "generation-negative", "generation-999", "generation-1e30",
+        "empty-population", "rng-path-elsewhere", "rng-fifo"])
+def test_a_damaged_checkpoint_is_one_resume_error_naming_the_field(problem, finished_run, tmp_path, edit, field):
+    from search.config import ResumeError
+
+    folder = tmp_path / "run"
+    shutil.copytree(finished_run, folder)
+    _edit_state(folder, lambda d: edit(d, folder))
+    with pytest.raises(ResumeError, match=field.replace("[", r"\[").replace("]", r"\]")) as err:
+        search(problem, folder, config=SearchConfig(**{**CONFIG.to_json(), "generations": 3}), resume=True)
+    assert "\n" not in str(err.value)
+
+
+def test_sigterm_stops_a_large_generation_within_one_screening_batch(problem, tmp_path, monkeypatch):
+    """A stop request mid-generation abandons it: the run ends unfinished, its last checkpoint stands."""
+    import search.engine as engine
+    from search.interrupt import clear_stop, request_stop
+
+    search(problem, tmp_path / "run", config=SearchConfig(**{**CONFIG.to_json(), "generations": 1}))
+    before = snapshot(tmp_path / "run" / "checkpoint")
+    screened = []
+    real = engine.screen_probe
+
+    def counting(*args, **kwargs):
+        screened.append(1)
+        if len(screened) == 3:
+            request_stop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "screen_probe", counting)
+    big = SearchConfig(**{**CONFIG.to_json(), "generations": 3, "population": 5000})
+    try:
+        with pytest.raises(Exception, match="population"):  # the population is part of the run's identity
+            search(problem, tmp_path / "run", config=big, resume=True)
+        result = search(problem, tmp_path / "fresh", config=big)
+    finally:
+        clear_stop()
+    assert not result.finished and result.generation == -1
+    assert len(screened) <= engine.SCREEN_BATCH  # stopped at the first batch boundary, not after 5,000 programs
+    assert snapshot(tmp_path / "run" / "checkpoint") == before
+
+
+# ------------------------------------------------------------------ damaged run folders under verdict / fit
+def _edit_hall(folder: Path, edit) -> None:
+    path = folder / "hall_of_fame.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d.update(programs=[]), "hall of fame is empty"),
+    (lambda d: d.update(split="all"), "field 'split'"),
+    (lambda d: d.pop("benchmark"), "field 'benchmark' is missing"),
+    (lambda d: d["programs"][0].update(formula="mean_layers(mean(grad))"), "its proxy is"),
+], ids=["empty-programs", "split-string", "no-benchmark", "formula-disagrees"])
+@pytest.mark.parametrize("command", ["verdict", "fit"])
+def test_a_damaged_run_folder_is_one_line_under_verdict_and_fit(run, run_folder, edit, needle, command):
+    _edit_hall(run_folder, edit)
+    before = snapshot(run_folder)
+    assert_one_line_error(run(command, str(run_folder)), needle)
+    assert snapshot(run_folder) == before
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "5"])
+@pytest.mark.parametrize("command", ["verdict", "fit"])
+def test_too_few_bootstrap_resamples_are_refused(run, run_folder, command, value):
+    assert_one_line_error(run(command, str(run_folder), "--bootstrap", value), "--bootstrap")
+
+
+# ------------------------------------------------------------------ --resume with nothing to resume
+def test_resume_on_a_missing_folder_is_refused(run, tmp_path):
+    assert_one_line_error(run("search", "vit-digits", "--out", str(tmp_path / "typo"), "--resume"), "does not exist")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_resume_on_a_folder_without_a_run_is_refused(run, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    assert_one_line_error(run("search", "vit-digits", "--out", str(tmp_path / "notes"), "--resume"),
+                          "holds no run checkpoint")
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["a.txt"]
+
+
+# ------------------------------------------------------------------ ViT ground truth that cannot be built
+def _vit_gt(tmp_path: Path, arch: dict) -> Path:
+    import torch
+
+    folder = tmp_path / "data" / "vit-bench-101"
+    folder.mkdir(parents=True)
+    torch.save([{"arch": arch, "c100_base_acc": 70.0}, {"arch": {**arch}, "c100_base_acc": 71.0}],
+               folder / "gt_autoformer.pth")
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize("arch, needle", [
+    ({"hidden_dim": 192, "depth": 2, "mlp_ratio": [1e-9, 4.0], "num_heads": [3, 3]}, "at least one hidden unit"),
+    ({"hidden_dim": 4096, "depth": 64, "mlp_ratio": [16.0] * 64, "num_heads": [64] * 64}, "38,6"),
+], ids=["mlp-ratio-1e-9", "arch-at-every-bound"])
+def test_a_vit_arch_that_cannot_be_built_is_refused_at_load(run, tmp_path, arch, needle):
+    data = _vit_gt(tmp_path, arch)
+    assert_one_line_error(run("bench", "show", "vit-bench-101-autoformer", "--data-dir", str(data)), needle)
+
+
+def test_a_network_larger_than_free_memory_is_refused_before_building():
+    from emq.memory_check import NetworkTooLargeError, check_fits
+
+    check_fits(1_000_000, "small", available=2**30)
+    with pytest.raises(NetworkTooLargeError, match="900,000,000 parameters need at least 13.4 GiB"):
+        check_fits(900_000_000, "big", available=8 * 2**30)
+
+
+def test_vit_param_counts_without_building_match_the_built_networks():
+    import torch
+
+    from emq.models.autoformer import autoformer, autoformer_params, count_params
+    from emq.models.pit import pit, pit_params
+
+    for arch in ({"hidden_dim": 240, "depth": 3, "mlp_ratio": [4.0, 3.5, 4.0], "num_heads": [4, 3, 4]},
+                 {"hidden_dim": 7, "depth": 1, "mlp_ratio": [0.5], "num_heads": [7]}):
+        with torch.device("meta"):
+            assert autoformer_params(arch) == count_params(autoformer(arch))
+    for arch in ({"base_dim": 32, "mlp_ratio": 4, "depth": [2, 6, 4], "num_heads": [2, 4, 8]},
+                 {"base_dim": 16, "mlp_ratio": [2, 4, 8], "depth": [1, 1, 1], "num_heads": [2, 2, 4]}):
+        with torch.device("meta"):
+            assert pit_params(arch) == count_params(pit(arch))
+
+
+# ------------------------------------------------------------------ Python API
+def test_act_bits_zero_is_a_bit_assignment_error_not_a_division_by_zero():
+    import torch
+
+    from emq.models.resnet import resnet18
+    from emq.quant.layers import BitAssignmentError, quantizable_layers
+
+    model = resnet18()
+    bits = {name: 4 for name in quantizable_layers(model)}
+    with pytest.raises(BitAssignmentError, match="act_bits must be an integer in 2..32"):
+        Proxy.from_formula("sum_layers(l2(quant_error))").score(model, torch.randn(2, 3, 32, 32), bits=bits,
+                                                                act_bits=0)

@@ -51,8 +51,10 @@ from emq.bench.base import Batch, Benchmark, Candidate
 from emq.bench.registry import register_benchmark
 from emq.bench.safe_pickle import describe_torch_load_error
 from emq.errors import InputFileError
-from emq.models.autoformer import autoformer, count_params
-from emq.models.pit import NUM_STAGES, pit
+from emq.safe_read import read_bytes_limited
+from emq.memory_check import check_fits
+from emq.models.autoformer import autoformer, autoformer_params, count_params
+from emq.models.pit import NUM_STAGES, pit, pit_params
 from emq.models.resnet_cifar import resnet56
 from emq.teacher import Teacher
 
@@ -85,9 +87,9 @@ def load_vit_bench_file(path: str | Path, space: str | None = None) -> ViTBenchF
     path = Path(path)
     if space is not None and space not in SPACES:
         raise ValueError(f"unknown ViT-Bench-101 space {space!r}; choose one of {', '.join(SPACES)}")
-    if not path.is_file():
+    if not path.exists():
         raise InputFileError(f"ViT-Bench-101 ground truth not found: {path}; {DATA_HINT}")
-    blob = path.read_bytes()
+    blob = read_bytes_limited(path, MAX_GT_BYTES, "ViT-Bench-101 ground-truth file (.pth)")
     try:
         raw = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files
@@ -191,7 +193,9 @@ def _validate_arch(arch: dict[str, Any], space: str, where: str) -> dict[str, An
         bad = [h for h in heads if dim % h]
         if bad:
             raise fail("num_heads", f"must divide hidden_dim {dim} (attention width is split across heads)", heads)
-        return {"hidden_dim": dim, "depth": depth, "mlp_ratio": ratios, "num_heads": heads}
+        if any(int(dim * r) < 1 for r in ratios):
+            raise fail("mlp_ratio", f"must give each MLP at least one hidden unit (hidden_dim {dim} x ratio >= 1)", mlp)
+        return _buildable({"hidden_dim": dim, "depth": depth, "mlp_ratio": ratios, "num_heads": heads}, where)
 
     base = positive_int("base_dim")
     depth_list = int_list("depth", NUM_STAGES)
@@ -208,12 +212,36 @@ def _validate_arch(arch: dict[str, Any], space: str, where: str) -> dict[str, An
     if any(heads[s + 1] % heads[s] for s in range(NUM_STAGES - 1)):
         raise fail("num_heads", "must be such that each stage's heads divide the next stage's "
                                 "(PiT pooling is a grouped conv)", heads)
-    return {"base_dim": base, "mlp_ratio": mlp_clean, "depth": depth_list, "num_heads": heads}
+    stage_ratios = mlp_clean if isinstance(mlp_clean, list) else [mlp_clean] * NUM_STAGES
+    if any(int(base * h * r) < 1 for h, r in zip(heads, stage_ratios)):
+        raise fail("mlp_ratio", "must give each MLP at least one hidden unit (stage width x ratio >= 1)", mlp)
+    return _buildable({"base_dim": base, "mlp_ratio": mlp_clean, "depth": depth_list, "num_heads": heads}, where)
+
+
+def arch_params(arch: dict[str, Any]) -> int:
+    """Return the parameters of a validated arch of either space, computed without building it."""
+    return autoformer_params(arch, num_classes=NUM_CLASSES) if "hidden_dim" in arch else pit_params(
+        arch, num_classes=NUM_CLASSES)
+
+
+def _buildable(arch: dict[str, Any], where: str) -> dict[str, Any]:
+    """Return `arch` if its network has at most MAX_ARCH_PARAMS parameters, else fail naming the record."""
+    n = arch_params(arch)
+    if n > MAX_ARCH_PARAMS:
+        raise InputFileError(f"{where}: field 'arch' describes a network of {n:,} parameters; at most "
+                             f"{MAX_ARCH_PARAMS:,} can be built and scored (each field is within its bound, together "
+                             "they are not)")
+    return arch
 
 
 #: Largest value of each arch field the loader accepts: well above both spaces' choices, low enough
 #: that every accepted arch can be built (an mlp_ratio of 1e30 would ask for an impossible layer).
 ARCH_BOUNDS: dict[str, float] = {"hidden_dim": 4096, "base_dim": 1024, "depth": 64, "num_heads": 64, "mlp_ratio": 16.0}
+#: Largest network (parameters) an arch may describe: the fields' bounds together allow 38.7 B (hidden_dim 4096,
+#: depth 64, mlp_ratio 16), which no statistics pass can hold; ViT-Large has 0.3 B.
+MAX_ARCH_PARAMS = 1_000_000_000
+#: Bytes of a ground-truth file (the published ones are about 60 kB).
+MAX_GT_BYTES = 256 * 2**20
 
 _ARCH_KEYS = {"autoformer": ("hidden_dim", "depth", "mlp_ratio", "num_heads"),
               "pit": ("base_dim", "mlp_ratio", "depth", "num_heads")}
@@ -296,6 +324,7 @@ class ViTBench101(Benchmark):
         """Return the candidate's subnet, randomly initialised from `init_seed`, in eval mode."""
         if candidate.arch is None:
             raise ValueError(f"candidate {candidate.id!r} carries no arch")
+        check_fits(arch_params(candidate.arch), f"{self.name} candidate {candidate.id}")
         make = autoformer if self.space == "autoformer" else pit
         return make(candidate.arch, init_seed=init_seed, num_classes=NUM_CLASSES)
 

@@ -226,6 +226,25 @@ def attention_maps(model: nn.Module) -> dict[str, torch.Tensor]:
             if isinstance(m, Attention) and m.last_attn is not None}
 
 
+def block_params(dim: int, mlp_ratio: float) -> int:
+    """Return the parameters of one `Block` of width `dim` (two LayerNorms, qkv, proj, fc1, fc2), without building it."""
+    hidden = int(dim * mlp_ratio)
+    return 4 * dim + (3 * dim * dim + 3 * dim) + (dim * dim + dim) + (dim * hidden + hidden) + (hidden * dim + dim)
+
+
+def autoformer_params(arch: dict[str, Any], *, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
+                      num_classes: int = 100) -> int:
+    """Return the parameters of `autoformer(arch)` without building it (tested equal to `count_params`).
+
+    Lets a loader refuse an arch too large to build before any memory is asked for.
+    """
+    dim = int(arch["hidden_dim"])
+    tokens = ((img_size - patch_size) // patch_size + 1) ** 2 + 1
+    embed = in_chans * dim * patch_size ** 2 + dim + dim + tokens * dim  # patch conv, cls token, positions
+    blocks = sum(block_params(dim, float(r)) for r in arch["mlp_ratio"])
+    return embed + blocks + 2 * dim + dim * num_classes + num_classes
+
+
 def count_params(model: nn.Module) -> int:
     """Return the number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

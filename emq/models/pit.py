@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from emq.models.autoformer import INIT_STD, LN_EPS, Block, PatchEmbed, seeded
+from emq.models.autoformer import INIT_STD, LN_EPS, Block, PatchEmbed, block_params, seeded
 
 NUM_STAGES = 3
 #: The PiT subnet space of ViT-Bench-101 (Auto-Prox samples heads / depth from fixed triples).
@@ -122,3 +122,16 @@ def pit(arch: dict[str, Any], init_seed: int = 0, *, img_size: int = 224, patch_
                     img_size=img_size, patch_size=patch_size, stride=stride, in_chans=in_chans,
                     num_classes=num_classes)
     return model.eval()
+
+
+def pit_params(arch: dict[str, Any], *, img_size: int = 224, patch_size: int = 16, stride: int = 8, in_chans: int = 3,
+               num_classes: int = 100) -> int:
+    """Return the parameters of `pit(arch)` without building it (tested equal to `count_params`)."""
+    widths = [int(arch["base_dim"]) * int(h) for h in arch["num_heads"]]
+    ratio = arch["mlp_ratio"]
+    ratios = list(ratio) if isinstance(ratio, (list, tuple)) else [ratio] * NUM_STAGES
+    grid = (img_size - patch_size) // stride + 1
+    total = in_chans * widths[0] * patch_size ** 2 + widths[0] + widths[0] * grid * grid + widths[0]
+    total += sum(int(d) * block_params(w, float(r)) for d, w, r in zip(arch["depth"], widths, ratios))
+    total += sum(9 * b + b + a * b + b for a, b in zip(widths, widths[1:]))  # pools: grouped 3x3 conv, fc
+    return total + 2 * widths[-1] + widths[-1] * num_classes + num_classes

@@ -11,7 +11,9 @@ import copy
 import torch
 from torch import nn
 
-from emq.quant.layers import check_bit_assignment, quantizable_layers
+from emq.quant.layers import (
+    MAX_WEIGHT_BITS, MIN_WEIGHT_BITS, BitAssignmentError, check_bit_assignment, quantizable_layers, valid_weight_bits,
+)
 
 
 def quantize_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
@@ -75,6 +77,7 @@ def quantized_model(
     (required when `act_bits` is set).
     """
     check_bit_assignment(model, bits)
+    check_act_bits(act_bits)
     qmodel = copy.deepcopy(model)
     layers = quantizable_layers(qmodel)
     with torch.no_grad():
@@ -85,6 +88,13 @@ def quantized_model(
             raise ValueError("calib_inputs are needed to calibrate activation quantization")
         attach_activation_quantizers(qmodel, act_bits, calib_inputs)
     return qmodel
+
+
+def check_act_bits(act_bits: int | None) -> None:
+    """Fail (BitAssignmentError) unless `act_bits` is None (full precision) or a width the quantizer accepts."""
+    if act_bits is not None and not valid_weight_bits(act_bits):
+        raise BitAssignmentError(f"act_bits must be an integer in {MIN_WEIGHT_BITS}..{MAX_WEIGHT_BITS} (or None for "
+                                 f"full-precision activations), got {act_bits!r}")
 
 
 def attach_activation_quantizers(model: nn.Module, bits: int, calib_inputs: torch.Tensor) -> None:
