@@ -116,6 +116,8 @@ def _setting(name: str, show_default: bool = True, **overrides: Any) -> Callable
     from search.settings import SETTINGS
 
     s = SETTINGS[name]
+    if s.kind == "bool":
+        return click.option(s.cli, name, is_flag=True, default=s.default, help=s.help, **overrides)
     if s.kind == "int":
         kind: Any = click.IntRange(s.low, s.high)
     elif s.kind == "float":
@@ -212,6 +214,12 @@ def _report(result: Any, as_json: bool, out_file: Path | None = None) -> None:
     else:
         write_text_atomic(out_file, result.to_markdown(_command_line()))
     click.echo(f"wrote {out_file}", err=True)
+    if getattr(result, "table", None) is not None:  # per-candidate scores, so the table can be re-checked
+        table = result.table
+        table.meta["command"] = _command_line()
+        from emq.score_table import scores_path
+
+        click.echo(f"wrote {table.write(scores_path(out_file))}", err=True)
 
 
 def _command_line() -> str:
@@ -396,6 +404,7 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
           "--out, then study.md with the discovery verdict over all runs (overrides --seed).")
 @_setting("batch_seeds", help="Comma-separated batch seeds for a study, e.g. 0,1 (overrides --batch-seed).")
 @_setting("fitness")
+@_setting("reject_input_independent")
 @_setting("hof_size")
 @_setting("max_search", help="Use at most N networks of the search split (bounds memory and time; 0 = all).")
 @_setting("max_heldout")
@@ -419,10 +428,11 @@ def search(name: str, seed: int, seeds: tuple[int, ...] | None, baselines: tuple
            as_json: bool, **options: Any) -> None:
     """Evolve proxy programs that rank benchmark NAME's candidates like its ground truth.
 
-    Programs are screened (NaN/inf, constant, input-independent, a trivial predictor in
-    disguise, too slow), scored on the search half of the candidates beyond the best
-    trivial predictor, and the hall of fame is compared with the baselines on the held-out
-    half. The run folder (checkpointed every generation: --resume) gets log.jsonl,
+    Programs are screened (op errors, NaN, more than 2% of scores infinite, constant, a
+    trivial predictor in disguise, too slow; input-independent ones are flagged, or rejected
+    with --reject-input-independent), scored on the search half of the candidates (plain
+    Kendall by default; --fitness partial pays only beyond the best trivial predictor), and
+    the hall of fame is compared with the baselines on the held-out half. The run folder (checkpointed every generation: --resume) gets log.jsonl,
     hall_of_fame.json, plots and summary.md, ending with the run's verdict. With --seeds /
     --batch-seeds, a study: one run per combination, and study.md with the verdict.
 
@@ -462,17 +472,32 @@ def run_job_command(job_file: Path, as_json: bool) -> None:
 @_bootstrap
 @_stats_options
 @_json
+@click.option("--from-scores", is_flag=True,
+              help="Recompute the verdict from RUN_DIR/heldout_scores.csv alone (no statistics); write nothing.")
 def verdict(run_dir: Path, data_dir: Path | None, n_boot: int, config: Any, batch_source: str | None,
-            as_json: bool) -> None:
+            as_json: bool, from_scores: bool) -> None:
     """Judge a finished search run under the honest bar and append the verdict to its summary.md.
 
     Its best program against the best trivial predictor (chosen on the search split), on the
     held-out split, by a paired bootstrap. Give the run's statistics settings; --stats may
     name only what the program reads. Writes RUN_DIR/verdict.json.
+
+    With --from-scores, recompute the verdict of a run (or of a study: every run, then the
+    median rule) from its committed heldout_scores.csv alone, write nothing, and say whether
+    it agrees with the recorded one (exit 1 when it does not).
     """
     from search.benchmark import verdict_line
-    from search.rescore import judge_run
+    from search.rescore import judge_run, study_verdict_from_scores, verdict_from_scores
 
+    if from_scores:
+        study = (run_dir / "study.json").is_file()
+        record = study_verdict_from_scores(run_dir) if study else verdict_from_scores(run_dir)
+        line = (f"Verdict (study, from {len(record['runs'])} score files): **{record['verdict']}**" if study
+                else verdict_line(record["verdict"]))
+        _echo(record, f"{line}\nagrees with the recorded verdict: {'yes' if record['agrees'] else 'NO'}", as_json)
+        if not record["agrees"]:
+            sys.exit(1)
+        return
     record = judge_run(run_dir, config, data_dir, batch_source, n_boot=n_boot, notify=_note)
     _echo(record, verdict_line(record["verdict"]), as_json)
 

@@ -93,13 +93,27 @@ class Split:
     heldout: np.ndarray
 
 
-def heldout_split(candidate_ids: Sequence[str], heldout_fraction: float = 0.5, seed: int = 0) -> Split:
-    """Split candidates by a hash of (seed, id): stable under reordering and adding candidates."""
+#: How each half of a split is ordered: "hash" (by the split hash, so the first N of either half are a uniform
+#: sample) or "index" (candidate order: the engine's order before emq 0.x; NB201's lexicographic cells made its
+#: first N all share edge 0->1, so only old run folders, which record no order, read it).
+SPLIT_ORDERS = ("hash", "index")
+
+
+def heldout_split(candidate_ids: Sequence[str], heldout_fraction: float = 0.5, seed: int = 0,
+                  order: str = "hash") -> Split:
+    """Split candidates by a hash of (seed, id): stable under reordering and adding candidates.
+
+    With `order` "hash" each half lists its candidates by that hash, a seeded random
+    permutation, so `split.search[:n]` and `split.heldout[:n]` are uniform samples.
+    """
     if not 0 < heldout_fraction < 1:
         raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
+    if order not in SPLIT_ORDERS:
+        raise ValueError(f"split order must be one of {', '.join(SPLIT_ORDERS)}, got {order!r}")
     u = np.array([int(hashlib.sha256(f"{seed}:{cid}".encode()).hexdigest()[:12], 16) / 16**12 for cid in candidate_ids])
-    heldout = np.flatnonzero(u < heldout_fraction)
-    search = np.flatnonzero(u >= heldout_fraction)
+    ranked = np.argsort(u, kind="stable") if order == "hash" else np.arange(len(u))
+    heldout = ranked[u[ranked] < heldout_fraction]
+    search = ranked[u[ranked] >= heldout_fraction]
     return Split(search=search, heldout=heldout)
 
 

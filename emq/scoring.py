@@ -5,7 +5,7 @@ import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from emq.degeneracy import (
     INPUT_INDEPENDENT, TRIVIAL_EQUIVALENT, degeneracy_flags, hyperparameter_function, is_input_independent, trivial_match,
 )
 from emq.fitness import bootstrap_interval, heldout_split, kendall, spearman
+from emq.score_table import ScoreTable, score_table
 from emq.evaluate import StackedStats, block_for, evaluate_pieces, proxy_scores
 from emq.proxy import Proxy
 from emq.stats_cache import StatsConfig, iter_stats, load_or_compute
@@ -87,9 +88,12 @@ class ScoreReport:
     stats_config: dict[str, Any]
     rows: list[ScoreRow]
     failures: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Every scorer's value per candidate (written beside --out as CSV; not part of the JSON report).
+    table: ScoreTable | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("rows", "table")}
+        return {**data, "rows": [dataclasses.asdict(r) for r in self.rows]}
 
     def to_text(self) -> str:
         return self.to_markdown()
@@ -125,7 +129,30 @@ class ScoreReport:
 def _fmt(value: float, ci: tuple[float, float]) -> str:
     if not np.isfinite(value):
         return "n/a"
+    if not all(np.isfinite(ci)):
+        return f"{value:+.3f}"
     return f"{value:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def ceiling_rows(bench: Benchmark, candidates: Sequence[Any], truth: Mapping[str, np.ndarray]) -> list[ScoreRow]:
+    """Return one "replicate ceiling" row per target when the benchmark knows which candidates share a function.
+
+    The row's Kendall / Spearman are those of each replicated candidate's truth with the
+    mean truth of the other members of its class (`emq.replicate_ceiling`); `n` counts the
+    replicated candidates (a subset of the table's). Benchmarks without function classes: [].
+    """
+    from emq.replicate_ceiling import replicate_ceiling
+
+    classes = [bench.function_class(c) for c in candidates]
+    if not classes or any(c is None for c in classes):
+        return []
+    rows = []
+    for target, column in truth.items():
+        tau = replicate_ceiling(classes, column, kendall)
+        rho = replicate_ceiling(classes, column, spearman)
+        rows.append(ScoreRow("replicate ceiling", "reference", target, tau.n_cells, tau.value, (np.nan, np.nan),
+                             rho.value, (np.nan, np.nan), [f"{tau.n_classes} classes of separately trained twins"]))
+    return rows
 
 
 def check_proxies_fit(bench: Benchmark, proxies: dict[str, Proxy], config: StatsConfig) -> None:
@@ -227,6 +254,8 @@ def score_benchmark(
 
     rows: list[ScoreRow] = []
     failures: dict[str, dict[str, int]] = {}
+    columns: dict[str, np.ndarray] = {}
+    formulas: dict[str, str] = {}
     if proxies:
         all_scores = stream_scores(list(proxies.values()), bench, cands, config, progress=progress)
         probe_stats = load_or_compute(bench, [cands[i] for i in probe], other, progress=progress)
@@ -240,14 +269,21 @@ def score_benchmark(
                 flags += trivial_flags(scores, trivial)
             failures[name] = dict(fails)
             rows += rows_for(name, "proxy", scores, truth, flags, proxy.formula(), n_boot)
+            columns[name] = scores
+            formulas[name] = proxy.formula()
     if baselines:
         main = baseline_scores(bench, baselines, config, candidates=cands, progress=progress)
         costs = baseline_costs(bench, baselines, config)
         for name in baselines:
             rows += rows_for(name, "baseline", main[name], truth, degeneracy_flags(main[name]), n_boot=n_boot,
                              seconds=costs.get(name))
+            columns[f"baseline:{name}"] = main[name]
+    rows += ceiling_rows(bench, cands, truth)
+    batch = bench.batch(config.batch_seed, config.batch_size).describe()
+    table = score_table(cands, truth, columns, {"benchmark": bench.name, "split": split, "limit": limit,
+                                                "batch": batch, "proxies": formulas})
     return ScoreReport(
-        benchmark=bench.name, split=split, n_candidates=len(cands), batch=bench.batch(config.batch_seed, config.batch_size).describe(),
+        benchmark=bench.name, split=split, n_candidates=len(cands), batch=batch,
         stats_config=config.describe() if hasattr(config, "describe") else dataclasses.asdict(config),
-        rows=rows, failures=failures,
+        rows=rows, failures=failures, table=table,
     )

@@ -26,7 +26,8 @@ from emq.fitness import (
     verdict,
 )
 from emq.proxy import Proxy
-from emq.scoring import ScoreReport, rows_for, stream_scores
+from emq.score_table import score_table
+from emq.scoring import ScoreReport, ceiling_rows, rows_for, stream_scores
 from emq.stats_cache import (
     StatsConfig, bench_fields, cache_folder, cache_key, calibration_inputs, load_or_compute, safe_name,
 )
@@ -35,6 +36,7 @@ from search.engine import SearchResult, run_search
 from search.hall_of_fame import add_heldout, write_hall_of_fame
 from search.pool import EvaluationPool, StatsSource, worker_device
 from search.report import plot_scatter, write_summary
+from search.run_folder import HELDOUT_SCORES
 
 
 def default_baselines(family: str) -> list[str]:
@@ -92,7 +94,8 @@ def search_benchmark(
     if unknown:
         raise KeyError(f"unknown target(s) {unknown} for benchmark {bench.name}; available: {', '.join(all_truth)}")
     candidates = bench.candidates()
-    split = heldout_split([c.id for c in candidates], search_config.heldout_fraction, search_config.split_seed)
+    split = heldout_split([c.id for c in candidates], search_config.heldout_fraction, search_config.split_seed,
+                          search_config.split_order)
     search_idx = split.search[:max_search] if max_search else split.search
     search_cands = [candidates[i] for i in search_idx]
     probe_cands = search_cands[: search_config.probe_size]
@@ -137,7 +140,8 @@ def search_benchmark(
         add_heldout(entry, scores, heldout_truth, search_config.metric, dict(fails), n_boot)
         entry.update(against_trivial(scores, choices, base, heldout_truth, metric, search_config.joint, n_boot))
         name = f"evolved #{entry['rank']}"
-        rows += rows_for(name, "proxy", scores, heldout_truth, degeneracy_flags(scores), entry["formula"], n_boot)
+        rows += rows_for(name, "proxy", scores, heldout_truth,
+                         degeneracy_flags(scores) + list(entry.get("flags", [])), entry["formula"], n_boot)
         if fails:
             failures[name] = dict(fails)
         if best_scores is None:
@@ -146,16 +150,25 @@ def search_benchmark(
     for name in names:
         rows += rows_for(name, "baseline", base[name], heldout_truth, degeneracy_flags(base[name]), n_boot=n_boot,
                          seconds=costs.get(name))
+    rows += ceiling_rows(bench, heldout_cands, heldout_truth)
     batch = bench.batch(stats_config.batch_seed, stats_config.batch_size).describe()
     report = ScoreReport(bench.name, "heldout", len(heldout_cands), batch, stats_config.describe(), rows, failures)
     outcome = run_verdict(hall[0] if hall else None, choices, targets)
     meta = {"benchmark": bench.name, "split": {"seed": search_config.split_seed,
                                                "heldout_fraction": search_config.heldout_fraction,
+                                               "order": search_config.split_order,
                                                "search": len(search_idx), "heldout": len(heldout_cands)},
             "batch": batch, "best_trivial": {t: c.to_json() for t, c in choices.items()},
             "trivial_heldout": hall[0]["trivial_heldout"] if hall else {}, "verdict": outcome,
             "stats": found_with(bench, stats_config)}
     write_hall_of_fame(run_dir, hall, search_config, command, meta)
+    columns = {f"evolved #{e['rank']}": s for e, (s, _) in zip(hall, heldout_scores)}
+    columns.update({f"baseline:{n}": base[n] for n in names})
+    score_table(heldout_cands, heldout_truth, columns, {
+        "benchmark": bench.name, "split": meta["split"], "batch": batch, "metric": search_config.metric,
+        "joint": search_config.joint, "n_boot": n_boot, "best_trivial": meta["best_trivial"],
+        "programs": {f"evolved #{e['rank']}": e["formula"] for e in hall}, "command": command,
+    }).write(run_dir / HELDOUT_SCORES)
     if best_scores is not None:
         t0 = targets[0]
         plot_scatter(best_scores, heldout_truth[t0], run_dir / "scatter.png",

@@ -6,14 +6,15 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from emq.errors import EMQUserError
-from emq.fitness import get_metric
+from emq.fitness import SPLIT_ORDERS, get_metric
 from search.generate import GrowConfig
 
 #: The engine that wrote a run folder (recorded in its config, checkpoint and hall of fame).
 ENGINE = "emq-search/1"
-#: "partial" (default): min(plain, partialled on the best trivial predictor) (`emq.fitness.beyond_trivial`);
-#: "residual": the partial correlation alone (rewards complements of the trivial predictor); "plain": the correlation.
-FITNESS_MODES = ("partial", "residual", "plain")
+#: "plain" (default): the rank correlation, what the verdict measures held out;
+#: "partial": min(plain, partialled on the best trivial predictor) (`emq.fitness.beyond_trivial`);
+#: "residual": the partial correlation alone (rewards complements of the trivial predictor).
+FITNESS_MODES = ("plain", "partial", "residual")
 
 
 class RunFolderError(EMQUserError, ValueError):
@@ -41,12 +42,17 @@ class SearchConfig:
     predictor (#params, bit counts, quantized loss: |Kendall| at or above it; 1
     disables), `arch_eta_limit` those whose probe scores are a function of one
     architecture hyperparameter (eta squared of the ranks; above 1 disables).
-    `fitness` "partial" (the default) pays only for what a program adds beyond the
-    best trivial predictor of each target, chosen on the search split, and never more
-    than it ranks on its own: min(plain, partialled) Kendall or Spearman
+    `split_order` "hash" lists each half of the split in the order of its hash, so a
+    `--max-search` / `--max-heldout` cut is a uniform sample ("index": old run folders).
+    `reject_input_independent` rejects programs whose probe scores do not move with
+    the batch; off, they are kept and flagged `input_independent` in the hall of fame.
+    `fitness` "plain" (the default) is the rank correlation on the search split, the
+    quantity the verdict measures held out; "partial" pays only for what a program adds
+    beyond the best trivial predictor of each target, chosen on the search split, and
+    never more than it ranks on its own: min(plain, partialled) Kendall or Spearman
     (`emq.fitness.beyond_trivial`); "residual" is the partialled value alone
-    (`emq.fitness.partial_correlation`: it finds complements that rank badly alone);
-    "plain" the plain rank correlation. Without trivial predictors all are the same.
+    (`emq.fitness.partial_correlation`: it finds complements that rank badly alone).
+    Without trivial predictors all are the same.
     """
 
     population: int = 64
@@ -65,14 +71,15 @@ class SearchConfig:
     probe_size: int = 32
     time_budget_s: float = 60.0
     niche_threshold: float = 0.98
-    reject_input_independent: bool = True
+    reject_input_independent: bool = False
     trivial_tau_limit: float = 0.95
     arch_eta_limit: float = 0.99
-    fitness: str = "partial"
+    fitness: str = "plain"
     stats: tuple[str, ...] | None = None
     op_weights: tuple[tuple[str, float], ...] = ()
     heldout_fraction: float = 0.5
     split_seed: int = 0
+    split_order: str = "hash"
     memo_size: int = 20000
     seed_formulas: tuple[str, ...] = ()
 
@@ -88,6 +95,8 @@ class SearchConfig:
             raise ValueError(f"joint must be 'mean' or 'min', got {self.joint!r}")
         if self.fitness not in FITNESS_MODES:
             raise ValueError(f"fitness must be one of {', '.join(FITNESS_MODES)}, got {self.fitness!r}")
+        if self.split_order not in SPLIT_ORDERS:
+            raise ValueError(f"split_order must be one of {', '.join(SPLIT_ORDERS)}, got {self.split_order!r}")
         if self.population < 2:
             raise ValueError("population must be >= 2")
         if not 0 <= self.hof_size < self.population:
@@ -111,12 +120,16 @@ class SearchConfig:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "SearchConfig":
-        """Return the config `to_json` wrote; an unknown field is a ValueError (a newer or damaged file)."""
+        """Return the config `to_json` wrote; an unknown field is a ValueError (a newer or damaged file).
+
+        A config without `split_order` was written before splits were ordered by their
+        hash: it reads as "index", so old run folders rescore on the candidates they ran on.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown search config field(s): {sorted(unknown)}")
-        return cls(**dict(data))
+        return cls(**{"split_order": "index", **dict(data)})
 
     def resume_conflicts(self, saved: "SearchConfig") -> list[str]:
         """Return the fields (other than `generations`, which may grow) that differ from a saved run's."""

@@ -394,7 +394,7 @@ class _Engine:
         if not math.isfinite(value):
             return {"reason": UNDEFINED_FITNESS, "fitness": None, "targets": {}, "probe": None}
         return {"reason": None, "fitness": value, "targets": per, "plain": plain,
-                "probe": [float(x) for x in outcome.probe]}
+                "probe": [float(x) for x in outcome.probe], "flags": list(outcome.detail.get("flags", []))}
 
     # ------------------------------------------------- bookkeeping
     def _advance(self, state: SearchState, population: list[Program], stats: dict[str, Any],

@@ -43,6 +43,7 @@ class FitSource:
     joint: str
     split_seed: int
     heldout_fraction: float
+    split_order: str
     n_search: int | None
     n_heldout: int | None
     stat_names: tuple[str, ...] | None
@@ -55,7 +56,7 @@ def read_fit_source(path: Path, rank: int = 1) -> FitSource:
         run = read_run(path)
         c = run.config
         return FitSource(run.program(rank), run.benchmark, run.targets, c.metric, c.joint, c.split_seed,
-                         c.heldout_fraction, run.n_search, run.n_heldout, run.stat_names, run.stats)
+                         c.heldout_fraction, c.split_order, run.n_search, run.n_heldout, run.stat_names, run.stats)
     proxy = Proxy.load(path)
     meta = proxy.meta
     if "benchmark" not in meta or "split" not in meta:
@@ -64,7 +65,7 @@ def read_fit_source(path: Path, rank: int = 1) -> FitSource:
     split = meta["split"]
     return FitSource(proxy, meta["benchmark"], tuple(meta.get("best_trivial", {})) or tuple(meta["fitness"]["search"]),
                      meta.get("fitness", {}).get("metric", "kendall"), "mean", split["seed"], split["heldout_fraction"],
-                     split.get("search"), split.get("heldout"), None, meta.get("stats", {}))
+                     split.get("order", "index"), split.get("search"), split.get("heldout"), None, meta.get("stats", {}))
 
 
 def stats_config_of(source: FitSource, device: str | None = None) -> StatsConfig:
@@ -87,7 +88,8 @@ def fit_run(bench: Benchmark, source: FitSource, stats_config: StatsConfig, sett
     if missing:
         raise FitError(f"targets {missing} are not columns of {bench.name} ({', '.join(truth)})")
     candidates = bench.candidates()
-    split = heldout_split([c.id for c in candidates], source.heldout_fraction, source.split_seed)
+    split = heldout_split([c.id for c in candidates], source.heldout_fraction, source.split_seed,
+                          source.split_order)
     search_idx = split.search[:source.n_search] if source.n_search else split.search
     heldout_idx = split.heldout[:source.n_heldout] if source.n_heldout else split.heldout
     search_cands = [candidates[i] for i in search_idx]
@@ -111,7 +113,8 @@ def fit_run(bench: Benchmark, source: FitSource, stats_config: StatsConfig, sett
     vs_trivial = against.get("vs_best_trivial")
     record = {
         "benchmark": bench.name, "formula": source.proxy.formula(), "targets": targets,
-        "split": {"search": len(search_idx), "heldout": len(heldout_idx), "seed": source.split_seed},
+        "split": {"search": len(search_idx), "heldout": len(heldout_idx), "seed": source.split_seed,
+                  "order": source.split_order},
         "stats": stats_config.describe(), "fit": describe_fit(result),
         "heldout_before": {t: metric(before, c) for t, c in held_truth.items()},
         "heldout_after": {t: metric(after, c) for t, c in held_truth.items()},

@@ -31,7 +31,7 @@ def hall_entry(rank: int, ind: Program) -> dict[str, Any]:
     assert rec is not None, "only scored programs enter the hall of fame"
     return {"rank": rank, "formula": ind.proxy.formula(), "hash": ind.hash, "fitness": rec["fitness"],
             "search": dict(rec["targets"]), "search_plain": dict(rec.get("plain", rec["targets"])),
-            "size": ind.proxy.size}
+            "size": ind.proxy.size, "flags": list(rec.get("flags", []))}
 
 
 def add_heldout(entry: dict[str, Any], scores: np.ndarray, truth: Mapping[str, np.ndarray], metric: str,

@@ -8,13 +8,14 @@ from emq.atomic import check_writes
 from emq.proxy import Proxy
 from search.config import RunFolderError
 from search.hall_of_fame import export_proxies
+from emq.score_table import scores_path
 from search.run_folder import run_folder_files
 
 
 def check_report_path(out_file: str | Path | None, sources: Sequence[str | Path] = ()) -> None:
     """Fail before any work if report `out_file` is unsafe or would replace a proxy file or run-folder file it reads."""
     inputs = [q for p in map(Path, sources) for q in (run_folder_files(p) if p.is_dir() else [p])]
-    check_writes([out_file], inputs)
+    check_writes([out_file, None if out_file is None else scores_path(out_file)], inputs)
 
 
 def load_proxies(paths: Sequence[str | Path] = (), formulas: Sequence[str] = ()) -> dict[str, Proxy]:

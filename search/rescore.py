@@ -17,13 +17,14 @@ import numpy as np
 from emq.atomic import write_json_atomic, write_text_atomic
 from emq.baselines import baseline_scores, trivial_baselines
 from emq.bench.base import Benchmark
-from emq.fitness import choose_best_trivial, get_metric, heldout_split
+from emq.fitness import PairedDifference, TrivialChoice, choose_best_trivial, get_metric, heldout_split, verdict
+from emq.score_table import ScoreTable, ScoreTableError
 from emq.scoring import check_proxies_fit
 from emq.stats_cache import StatsConfig, load_or_compute
 from search.benchmark import against_trivial, run_verdict, verdict_line
 from search.config import RunFolderError
-from search.hall_of_fame import json_finite
-from search.run_folder import read_run
+from search.hall_of_fame import json_finite, load_hall_of_fame
+from search.run_folder import HELDOUT_SCORES, read_run
 from emq.evaluate import StackedStats, evaluate_stacked
 
 VERDICT_FORMAT = "emq-verdict/1"
@@ -46,7 +47,7 @@ def rescore_run(bench: Benchmark, run_dir: str | Path, stats_config: StatsConfig
     truth = bench.ground_truth()
     targets = list(run.targets or truth)
     candidates = bench.candidates()
-    split = heldout_split([c.id for c in candidates], search.heldout_fraction, search.split_seed)
+    split = heldout_split([c.id for c in candidates], search.heldout_fraction, search.split_seed, search.split_order)
     search_idx = split.search[:run.n_search] if run.n_search else split.search
     heldout_idx = split.heldout[:run.n_heldout] if run.n_heldout else split.heldout  # the run's own --max-heldout cut
     names = trivial_baselines(bench)
@@ -101,3 +102,52 @@ def judge_run(run_dir: str | Path, stats_config: StatsConfig, data_dir: str | Pa
 
     bench = open_benchmark(read_run(run_dir).benchmark, Path(data_dir) if data_dir else None, notify=notify, batch_source=batch_source)
     return rescore_run(bench, run_dir, stats_config, n_boot=n_boot)
+
+
+def verdict_from_scores(run_dir: str | Path) -> dict[str, Any]:
+    """Return a finished run's verdict recomputed from its `heldout_scores.csv` alone (no statistics, no networks).
+
+    The file names the trivial predictor chosen per target on the search split, the
+    metric, the joint mode and the bootstrap size; the paired bootstrap is rerun on the
+    committed per-candidate values, so the result equals the run's own verdict exactly
+    (`recorded` holds that one, from hall_of_fame.json, when the folder has it).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / HELDOUT_SCORES
+    if not path.is_file():
+        raise RunFolderError(f"{path} not found: runs written before per-candidate scores existed have none; "
+                             "use `emq verdict RUN` without --from-scores (it recomputes the statistics)")
+    table = ScoreTable.read(path)
+    meta = table.meta
+    try:
+        choices = {t: TrivialChoice(c["target"], c["name"], int(c["sign"]), float(c["search_value"]))
+                   for t, c in meta["best_trivial"].items()}
+        metric_name, joint, n_boot, formula = meta["metric"], meta["joint"], int(meta["n_boot"]), \
+            meta["programs"]["evolved #1"]
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ScoreTableError(f"{path}: line 1 lacks {err} (best_trivial, metric, joint, n_boot, programs); "
+                              "the file is damaged, rerun or restore it") from None
+    missing = [c for c in ["evolved #1", *(f"baseline:{c.name}" for c in choices.values())] if c not in table.scores]
+    if missing:
+        raise ScoreTableError(f"{path}: column(s) {missing} missing; the file is damaged, rerun or restore it")
+    trivial = {c.name: table.scores[f"baseline:{c.name}"] for c in choices.values()}
+    entry = {"formula": formula, **against_trivial(table.scores["evolved #1"], choices, trivial, table.truth,
+                                                    get_metric(metric_name), joint, n_boot)}
+    outcome = run_verdict(entry, choices, list(table.truth))
+    hall = run_dir / "hall_of_fame.json"
+    recorded = load_hall_of_fame(run_dir).get("verdict") if hall.is_file() else None
+    return {"format": VERDICT_FORMAT, "run": str(run_dir), "from": str(path), "verdict": outcome,
+            "recorded": recorded, "agrees": recorded is None or recorded == json_finite(outcome)}
+
+
+def study_verdict_from_scores(study_dir: str | Path) -> dict[str, Any]:
+    """Return a study's verdict recomputed from each run's `heldout_scores.csv` (the median rule of `emq.fitness`)."""
+    from search.study import load_study
+
+    study = load_study(study_dir)
+    runs = [verdict_from_scores(Path(study_dir) / r["folder"]) for r in study["runs"]]
+    diffs = [PairedDifference(**r["verdict"]["difference"]) if r["verdict"].get("difference")
+             else PairedDifference(*(float("nan"),) * 3, 0) for r in runs]
+    outcome = verdict(diffs)
+    return {"format": VERDICT_FORMAT, "study": str(study_dir), "runs": runs, "verdict": outcome,
+            "recorded": study["verdict"], "agrees": outcome == study["verdict"] and all(r["agrees"] for r in runs)}

@@ -21,8 +21,10 @@ from search.config import RunFolderError, SearchConfig
 RUN_FILES: tuple[str, ...] = (
     "config.json", "log.jsonl", "hall_of_fame.json", "summary.md", "evolution.png", "scatter.png", "verdict.json",
     ".lock", "checkpoint/state.json", "study.json", "study.md", "job.jsonl", "job-outcome.json",
-    "fitted-proxy.json", "fitted-proxy.md",
+    "fitted-proxy.json", "fitted-proxy.md", "heldout_scores.csv",
 )
+#: Per-candidate held-out scores of a finished run (`emq.score_table`): truth, hall of fame, baselines.
+HELDOUT_SCORES = "heldout_scores.csv"
 
 
 def run_folder_files(run_dir: str | Path, except_names: tuple[str, ...] = ()) -> list[Path]:

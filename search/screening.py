@@ -46,7 +46,8 @@ class ScreenLimits:
 
     max_size: int = 20
     time_budget_s: float = 30.0
-    reject_input_independent: bool = True
+    #: Off by default: a data-free program (SynFlow) is legitimate; it is flagged `input_independent` instead.
+    reject_input_independent: bool = False
     #: Reject programs ranking the probe like a trivial predictor (|Kendall tau| >= this); 1 disables.
     trivial_tau_limit: float = 0.95
     #: Reject programs whose probe ranks are this much (eta squared) a function of one arch hyperparameter; > 1 disables.
@@ -133,10 +134,21 @@ def _reason(failures: Counter) -> str:
     return sorted(failures.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
 
 
+def _hard_failures(failures: Counter) -> Counter:
+    """Return the failures that make a score unusable: every op error, but not an infinite value (see score_flags)."""
+    return Counter({k: v for k, v in failures.items() if k != NONFINITE})
+
+
 def _value_rejection(scores: np.ndarray, failures: Counter) -> str | None:
-    """Return why scores are unusable (the most frequent evaluation failure, else a degeneracy flag), or None."""
-    if failures:
-        return _reason(failures)
+    """Return why scores are unusable (the most frequent op failure, else a degeneracy flag), or None.
+
+    An infinite score is usable (it ranks at an end, as the baselines' are) unless the
+    program is infinite on more than `emq.degeneracy.MAX_INF_SHARE` of the candidates;
+    a NaN score never is.
+    """
+    hard = _hard_failures(failures)
+    if hard:
+        return _reason(hard)
     flags = score_flags(scores)
     return flags[0] if flags else None
 
@@ -176,12 +188,15 @@ def screen_probe(proxy: Proxy, inputs: ProbeInputs, limits: ScreenLimits = Scree
     if reason:
         return done(reason)
     out.probe = probe
-    if limits.reject_input_independent and inputs.probe_other is not None:
+    if inputs.probe_other is not None:
         other, failures = evaluate_stacked(proxy, inputs.probe_other)
-        if failures:
-            return done(_reason(failures))
+        hard = _hard_failures(failures)
+        if hard:
+            return done(_reason(hard))
         if is_input_independent(probe, other):
-            return done(INPUT_INDEPENDENT)
+            if limits.reject_input_independent:
+                return done(INPUT_INDEPENDENT)
+            out.detail["flags"] = [INPUT_INDEPENDENT]  # legitimate (SynFlow reads only weights): shown, not rejected
     twin = trivial_match(probe, inputs.probe_trivial, limits.trivial_tau_limit) or \
         hyperparameter_function(probe, inputs.probe_features, limits.arch_eta_limit)
     if twin is not None:

@@ -34,7 +34,7 @@ class Setting:
     """One search setting as a person writes it on the command line (`cli`) or in a job file (`job`)."""
 
     name: str  # the SearchRequest / StatsConfig field
-    kind: str  # "int", "float", "str", "ints" (list of int), "names" (list of str), "paths" (list of str)
+    kind: str  # "int", "float", "str", "bool", "ints" (list of int), "names" (list of str), "paths" (list of str)
     default: Any
     help: str
     cli: str | None = None  # option name; None: job files only
@@ -76,11 +76,15 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
             "--joint", "search.joint", choices=("mean", "min")),
     Setting("metric", "str", "kendall", "Rank correlation used as fitness.", "--metric", "search.metric",
             choices=("kendall", "spearman")),
-    Setting("fitness", "str", "partial",
-            "partial: min(plain, partialled on the best trivial predictor chosen on the search split), so "
-            "disguised size counts and quantized losses earn nothing and backwards rankers earn less; "
-            "residual: the partialled value alone (finds complements); plain: the rank correlation itself.",
+    Setting("fitness", "str", "plain",
+            "plain: the rank correlation on the search split, what the verdict measures held out; partial: "
+            "min(plain, partialled on the best trivial predictor chosen on the search split), so disguised size "
+            "counts earn nothing; residual: the partialled value alone (finds complements).",
             "--fitness", "search.fitness", choices="search.config:FITNESS_MODES"),
+    Setting("reject_input_independent", "bool", False,
+            "Reject programs whose scores do not move with the batch (default: keep them, flagged "
+            "input_independent: a data-free proxy such as SynFlow is legitimate).", "--reject-input-independent",
+            "search.reject_input_independent"),
     _int("hof_size", 10, 0, 1_000, "Elite programs carried into every generation.", "--hof-size", "search.hof_size"),
     _int("max_search", 160, 0, 10_000_000, "Use at most N networks of the search split (bounds memory and time; "
          "0 = all).", "--max-search", "search.max_search"),
@@ -136,6 +140,10 @@ def check_value(setting: Setting, value: Any, where: str) -> Any:
             raise fail(f"must be {'an integer' if kind == 'int' else 'a number'} in {setting.bounds_text()}")
         if (setting.low is not None and value < setting.low) or (setting.high is not None and value > setting.high):
             raise fail(f"must be in {setting.bounds_text()}")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise fail("must be true or false")
         return value
     if kind == "str":
         if not isinstance(value, str):

@@ -51,3 +51,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def expected_verdict(differences) -> str:
+    """Return the verdict the recorded paired differences imply (median lower end above 0), computed here.
+
+    Tests compare a run's or study's stated verdict with this, so a verdict that ignored
+    its numbers (or always said one thing) would fail.
+    """
+    import numpy as np
+
+    lows = [d["low"] if d else float("nan") for d in differences]
+    if not lows or not all(np.isfinite(lows)):
+        return "no discovery"
+    return "discovery" if float(np.median(lows)) > 0 else "no discovery"

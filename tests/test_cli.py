@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from emq.paths import results_dir
+from conftest import expected_verdict
 
 needs_mq_digits = pytest.mark.skipif(
     not (results_dir() / "mq-digits" / "ground_truth.json").exists(),
@@ -57,6 +58,14 @@ def test_score_proxy_file_and_baselines_end_to_end(run, tmp_path):
     assert set(rows) == {"p", "bparams", "params"}
     assert rows["params"]["flags"] == ["constant"]  # one FP network: #params cannot rank bit configs
     assert report["batch"]["source"] and report["batch"]["seed"] == 0
+    # the per-candidate scores beside the report recompute its Kendall exactly
+    from emq.fitness import kendall
+    from emq.score_table import ScoreTable
+
+    table = ScoreTable.read(tmp_path / "report.scores.csv")
+    assert len(table.candidates) == 12 and set(table.scores) == {"p", "baseline:bparams", "baseline:params"}
+    assert kendall(table.scores["p"], table.truth["test_acc"]) == rows["p"]["kendall"]
+    assert table.meta["proxies"] == {"p": "n_neg(sum_layers(l2(mul(grad, quant_error))))"}
 
 
 @needs_mq_digits
@@ -234,7 +243,11 @@ def test_search_export_and_verdict_json(run, tmp_path):
     paths = _json_of(run("export", str(out), "--top", "2", "-o", str(tmp_path / "p.json"), "--json"))
     assert paths and all(Path(p).is_file() for p in paths)
     record = _json_of(run("verdict", str(out), "--batch-size", "8", "--bootstrap", "20", "--json"))
-    assert record["format"] == "emq-verdict/1" and record["verdict"]["verdict"] in ("discovery", "no discovery")
+    assert record["format"] == "emq-verdict/1"
+    assert record["verdict"]["verdict"] == expected_verdict([record["verdict"]["difference"]])
+    again = _json_of(run("verdict", str(out), "--from-scores", "--json"))
+    hall = json.loads((out / "hall_of_fame.json").read_text())
+    assert again["agrees"] and again["verdict"]["difference"] == hall["verdict"]["difference"]
 
 
 def test_no_benchmark_name_is_tested_in_the_cli():
@@ -255,7 +268,7 @@ def test_fit_a_run_then_score_the_fitted_proxy_end_to_end(run, tmp_path):
     result = run("fit", str(out), "--steps", "20", "--bootstrap", "50", "--json")
     assert result.exit_code == 0, result.output
     record = json.loads(result.output[result.output.index("{"):])
-    assert record["split"] == {"search": 40, "heldout": 40, "seed": 0}
+    assert record["split"] == {"search": 40, "heldout": 40, "seed": 0, "order": "hash"}
     assert set(record["heldout_before"]) == set(record["heldout_after"]) and record["verdict"] in (
         "discovery", "no discovery")
     fitted = out / "fitted-proxy.json"

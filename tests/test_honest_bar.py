@@ -32,6 +32,27 @@ def test_partial_kendall_rewards_information_beyond_the_control():
     assert kendall(z + 0.1 * rng.normal(size=400), y) > kendall(w, y) - 0.2  # plain Kendall cannot tell them apart
 
 
+def _pair_tau(a, b) -> float:
+    """Kendall's tau-a by counting pairs (no ties in these examples): an independent check of the scipy path."""
+    n = len(a)
+    signs = [np.sign(a[i] - a[j]) * np.sign(b[i] - b[j]) for i in range(n) for j in range(i + 1, n)]
+    return float(np.sum(signs)) / len(signs)
+
+
+@pytest.mark.parametrize("x, y, z, expected", [
+    # tau(x,y) = 2/3, tau(x,z) = 1/3, tau(y,z) = 0: (2/3) / sqrt(8/9) = 1/sqrt(2)
+    ([1, 2, 3, 4], [1, 3, 2, 4], [2, 1, 4, 3], 1 / np.sqrt(2)),
+    # tau(x,y) = 0.6, tau(x,z) = 0.8, tau(y,z) = 0.4: (0.6 - 0.32) / sqrt(0.36 * 0.84)
+    ([1, 2, 3, 4, 5], [2, 1, 3, 5, 4], [1, 3, 2, 4, 5], (0.6 - 0.32) / np.sqrt(0.36 * 0.84)),
+])
+def test_partial_kendall_equals_the_formula_on_hand_counted_examples(x, y, z, expected):
+    x, y, z = (np.asarray(v, dtype=float) for v in (x, y, z))
+    r_xy, r_xz, r_yz = _pair_tau(x, y), _pair_tau(x, z), _pair_tau(y, z)
+    assert (r_xy - r_xz * r_yz) / np.sqrt((1 - r_xz**2) * (1 - r_yz**2)) == pytest.approx(expected)
+    assert partial_correlation(kendall, x, y, z) == pytest.approx(expected)
+    assert partial_correlation(kendall, x, y, z) != pytest.approx(kendall(x, y))  # the control changed it
+
+
 def test_partial_correlation_without_a_usable_control_is_the_plain_one():
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(2, 50))

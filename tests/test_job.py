@@ -13,6 +13,7 @@ import pytest
 
 from emq.paths import results_dir
 from search.job import EXIT_DONE, EXIT_INTERRUPTED, Job, JobFileError
+from conftest import expected_verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_mq_digits = pytest.mark.skipif(
@@ -61,7 +62,8 @@ def test_tiny_job_runs_end_to_end(run, tmp_path):
     assert result.exit_code == EXIT_DONE, result.output
     outcome = json.loads(result.output.strip().splitlines()[-1])
     out = tmp_path / "out"
-    assert outcome["exit_code"] == 0 and outcome["verdict"] in ("discovery", "no discovery")
+    study = json.loads((out / "study.json").read_text())
+    assert outcome["exit_code"] == 0 and outcome["verdict"] == expected_verdict([r["difference"] for r in study["runs"]])
     assert _events(out) == ["start", "done"]
     assert json.loads((out / "study.json").read_text())["verdict"] == outcome["verdict"]
     assert (out / "seed0-batch0" / "summary.md").exists()

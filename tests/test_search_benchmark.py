@@ -16,6 +16,7 @@ from search.benchmark import default_baselines, search_benchmark
 from search.config import SearchConfig
 from search.hall_of_fame import export_proxies, load_hall_of_fame
 from search.synthetic import SyntheticNetworks
+from conftest import expected_verdict
 
 
 class FakeBenchmark(Benchmark):
@@ -79,7 +80,21 @@ def test_search_benchmark_compares_hall_of_fame_with_baselines_on_heldout(bench,
     assert proxy.meta["benchmark"] == "synthetic-mq"
     # The honest bar: the best trivial predictor was chosen on the search split and the run ends with a verdict.
     assert hall["best_trivial"]["test_acc"]["name"] in {"params", "bit_sum", "bparams", "bops"}
-    assert hall["verdict"]["verdict"] in {"discovery", "no discovery"}
+    assert hall["verdict"]["difference"] == hall["programs"][0]["vs_best_trivial"]
+    assert hall["verdict"]["verdict"] == expected_verdict([hall["programs"][0]["vs_best_trivial"]])
+    # Scores on disk: the verdict recomputed from heldout_scores.csv alone is the run's, to the last digit.
+    from emq.score_table import ScoreTable
+    from search.rescore import verdict_from_scores
+
+    table = ScoreTable.read(result.run_dir / "heldout_scores.csv")
+    assert set(table.candidates) == heldout_ids and list(table.truth) == ["test_acc"]
+    assert {"evolved #1", "baseline:params", "baseline:hawq"} <= set(table.scores)
+    again = verdict_from_scores(result.run_dir)
+    assert again["agrees"] and again["verdict"]["difference"] == hall["verdict"]["difference"]
+    broken = table.scores["evolved #1"].copy()
+    table.scores["evolved #1"] = -broken  # a reversed ranking cannot give the same verdict numbers
+    table.write(result.run_dir / "heldout_scores.csv")
+    assert not verdict_from_scores(result.run_dir)["agrees"]
     assert set(hall["programs"][0]["vs_best_trivial"]) == {"value", "low", "high", "n_boot"}
     assert "## Verdict" in summary and "Verdict (this run): **" in summary
     assert proxy.meta["stats"]["calibration"] == "batch" and proxy.meta["stats"]["hessian_samples"] == 2
@@ -99,7 +114,13 @@ def test_study_runs_every_seed_and_batch_seed_and_writes_one_verdict(bench, tmp_
                       "emq search synthetic-mq --seeds 0,1 --batch-seeds 0,1", progress=False, n_boot=30,
                       baselines=["params"], trivial=["params", "bit_sum", "bparams", "bops"])
     assert [(r["seed"], r["batch_seed"]) for r in study["runs"]] == [(0, 0), (1, 0), (0, 1), (1, 1)]
-    assert study["verdict"] in {"discovery", "no discovery"}
+    halls = [load_hall_of_fame(tmp_path / "study" / r["folder"]) for r in study["runs"]]
+    assert [r["difference"] for r in study["runs"]] == [h["programs"][0]["vs_best_trivial"] for h in halls]
+    assert study["verdict"] == expected_verdict([r["difference"] for r in study["runs"]])
+    from search.rescore import study_verdict_from_scores
+
+    again = study_verdict_from_scores(tmp_path / "study")
+    assert again["agrees"] and again["verdict"] == study["verdict"] and len(again["runs"]) == 4
     assert load_study(tmp_path / "study") == study
     text = (tmp_path / "study" / "study.md").read_text()
     assert f"Verdict: **{study['verdict']}**" in text and text.count("| seed") == 0 and "| 1 | 1 |" in text

@@ -11,11 +11,12 @@ from emq.bench.base import UnknownTargetError
 from emq.paths import results_dir
 from emq.stats_cache import StatsConfig
 from search.config import RunFolderError
-from search.hall_of_fame import HOF_FORMAT
+from search.hall_of_fame import HOF_FORMAT, load_hall_of_fame
 from search.proxy_sources import load_proxies
 from search.session import (
     SearchRequest, SearchSettingsError, check_workers, execute_search, plan_search, run_search_request,
 )
+from conftest import expected_verdict
 
 needs_mq_digits = pytest.mark.skipif(
     not (results_dir() / "mq-digits" / "ground_truth.json").exists(),
@@ -71,7 +72,9 @@ def test_a_tiny_search_request_runs_and_reports_plain_data(tmp_path):
     outcome = run_search_request(request)
     data = json.loads(json.dumps(outcome.to_json()))
     assert data["finished"] and data["planned_runs"] == data["finished_runs"] == 1 and not data["study"]
-    assert data["verdict"] in ("discovery", "no discovery") and data["run_dir"] == str(tmp_path / "run")
+    hall = load_hall_of_fame(tmp_path / "run")
+    assert data["verdict"] == expected_verdict([hall["programs"][0]["vs_best_trivial"]])
+    assert data["run_dir"] == str(tmp_path / "run")
     assert outcome.best_formula and outcome.report.startswith("# EMQ search on mq-digits")
     assert f"best proxy: {outcome.best_formula}" in outcome.to_text()
 

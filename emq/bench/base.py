@@ -121,6 +121,14 @@ class Benchmark(ABC):
         """Return the images (and labels) the benchmark calibrates quantization on, or None when it has none."""
         return None
 
+    def function_class(self, candidate: Candidate) -> str | None:
+        """Return a name shared by exactly the candidates that compute the same function (None: not known).
+
+        Benchmarks whose candidates repeat a function with separately trained accuracies
+        (NAS-Bench-201's isomorphic cells) define it; `emq.replicate_ceiling` uses it.
+        """
+        return None
+
 
 def arch_features(arch: dict[str, Any] | None) -> dict[str, float]:
     """Return the numeric hyperparameters of an arch record: scalars, and mean and sum of numeric lists."""

@@ -28,7 +28,7 @@ Columns (percent, aligned with `candidates()`):
 
 Isomorphic and degenerate cells: as the benchmark and the zero-cost-proxy literature
 (Abdelfattah et al., ICLR 2021; Mellor et al., ICML 2021) do, all 15,625 cells are
-candidates by default, even though many compute the same function. The 341 cells
+candidates by default, even though many compute the same function. The 341 cells (2.2%)
 whose output does not depend on their input (no path input -> output avoiding
 zeroize; `emq.bench.nb201_cells`) all score exactly 10.0% on every column; they are
 kept and flagged (`degenerate_mask()`), since a proxy should rank them last. With
@@ -64,7 +64,7 @@ import torch
 from torch import nn
 
 from emq.bench.base import Batch, Benchmark, Candidate
-from emq.bench.nb201_cells import all_cells, is_degenerate, op_counts, unique_cells
+from emq.bench.nb201_cells import all_cells, canonical_form, is_degenerate, op_counts, unique_cells
 from emq.bench.registry import register_benchmark
 from emq.bench.safe_pickle import PickledRecord, load_record_pickle
 from emq.bench.sample_images import photo_crops
@@ -308,6 +308,10 @@ class NB201Benchmark(Benchmark):
             raise ValueError(f"cell {cell} is not a candidate: it is isomorphic to another cell, and this benchmark "
                              f"keeps one per class (unique=True)")
         return self._candidates[self._index[cell]]
+
+    def function_class(self, candidate: Candidate) -> str:
+        """Return the cell's canonical form: isomorphic cells (the same function, trained separately) share it."""
+        return canonical_form(self.cell(candidate))
 
     def degenerate_mask(self) -> np.ndarray:
         """Return, aligned with `candidates()`, whether each cell ignores its input (it trains to chance)."""
