@@ -100,6 +100,24 @@ register_stat("teacher_stage_relation", "the teacher's `stage_relation` (its 3 s
               "entry: the student's classifier", head_entry=True, needs_teacher=True)
 register_stat("ln_out", "(ViT) LayerNorm output, batch x tokens x width; entry: the LayerNorm, e.g. blocks.3.norm1",
               family="vit")
+# Structured statistics (emq.structured_stats computes them; opt-in by --stats): small matrices, float32.
+register_stat("act_codes_kernel", "B x B agreement counts of the binary activation codes (output > 0), NASWOT's "
+              "Hamming kernel; entry: each activation module, e.g. stage1.cell0.edge0to1.relu", needs_output=True)
+register_stat("act_sign_patterns", "the distinct sample-wise activation patterns (a unit's B-bit code over the batch), "
+              "U x ceil(B/24) float32 words (SWAP); entry: each activation module", needs_output=True)
+register_stat("act_gram", "B x B Gram matrix of the layer's flattened outputs", needs_output=True)
+register_stat("act_channel_corr", "C x C Pearson correlation of the output channels over the positions, the network "
+              "run on the batch's first input alone (MeCo); layers with spatial or token positions", needs_output=True)
+register_stat("act_channel_cov", "C x C covariance of the output channels over batch and positions (AZ-NAS "
+              "expressivity)", needs_output=True)
+register_stat("grad_batch_mean", "mean over 2 mini-batches (the batch's halves) of |dL/dW|, weight-shaped (ZiCo)",
+              needs_loss=True)
+register_stat("grad_batch_std", "population std over the same 2 mini-batches of dL/dW, weight-shaped (ZiCo)",
+              needs_loss=True)
+register_stat("hessian_grad", "H g: the loss Hessian times the loss gradient g = dL/dW on the batch, weight-shaped "
+              "(GraSP)", needs_loss=True)
+register_stat("jacobian_corr", "B x B Pearson correlation of the per-input Jacobians d(sum logits)/dx (jacov); "
+              "entry: the classifier")
 
 
 def stats_with(**properties: object) -> frozenset[str]:
