@@ -34,6 +34,7 @@ SIGNATURES_BY_GROUP = {
     "aggregation": {((Kind.S,), Kind.N)},
     "matrix": {((Kind.T,), Kind.T), ((Kind.T,), Kind.S)},
     "across_layers": {((Kind.T,), Kind.T)},
+    "positions": {((Kind.T,), Kind.T)},
     "population": {((Kind.N,), Kind.N), ((Kind.N, Kind.N), Kind.N)},
 }
 #: The refusals an op may answer finite input with (documented per op family; the evaluator counts op_error).
