@@ -142,3 +142,20 @@ def test_a_part_that_fails_fails_the_candidate_with_its_reason():
     scores, failures = evaluate_stacked(Proxy.from_formula(RANKED), StackedStats([odd] + nets[1:]))
     assert failures == Counter({"op_error:sum_layers_t": 1})
     assert np.isnan(scores[0]) and np.isfinite(scores[1:]).all()
+
+
+@pytest.mark.parametrize("formula", [
+    "sum_layers(l2(add(act_codes_kernel, concat_layers_t(act_codes_kernel))))",  # network-wide shapes differ
+    "sum_layers(trace(gram(mul(act_gram, mean_layers_t(act_gram)))))",
+    "n_add(mean_layers(eig_max(sum_layers_t(gram(sum_layers_t(act_gram))))), sum_layers(l2(weight)))",
+    "mean_layers(s_add(logdet(sum_layers_t(act_gram)), l2(sub(act_gram, sum_layers_t(act_gram)))))",
+])
+def test_staged_evaluation_equals_the_per_network_definition(formula, networks):
+    from test_search_fast_eval import reference_scores
+
+    nets, _ = networks
+    proxy = Proxy.from_formula(formula)
+    expected, expected_fail = reference_scores(proxy, nets)
+    got, fail = evaluate_stacked(proxy, StackedStats(nets))
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-6)
+    assert fail == expected_fail
