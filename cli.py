@@ -358,7 +358,8 @@ def stats(name: str | None, data_dir: Path | None, config: Any, batch_source: st
 
     if list_stats or not name:
         return _echo([dataclasses.asdict(i) for i in STATS.values()], "\n".join(
-            f"{i.name:<16} {'(MQ only) ' if i.needs_bits else ''}{i.doc}" for i in STATS.values()), as_json)
+            f"{i.name:<16} {'(MQ only) ' if i.needs_bits else ''}{i.doc}{f' [{i.memory}]' if i.memory else ''}"
+            for i in STATS.values()), as_json)
     bench_obj = _open(name, data_dir, batch_source)
     start = time.perf_counter()
     n = len(load_or_compute(bench_obj, bench_obj.candidates()[:limit], config, progress=True))

@@ -143,3 +143,19 @@ def test_a_network_without_activation_modules_codes_its_layer_outputs():
     stats = compute_stats(net, batch, None, ("act_codes_kernel",))
     assert list(stats.layers) == ["0", "1"]
     assert stats.layers["0"]["act_codes_kernel"].shape == (5, 5)
+
+
+def test_stats_list_gives_each_structured_statistic_its_memory_per_candidate(run):
+    result = run("stats", "--list")
+    assert result.exit_code == 0
+    lines = {line.split()[0]: line for line in result.output.splitlines() if line.strip()}
+    for name in STRUCTURED_STATS:
+        assert "KB" in lines[name] or "MB" in lines[name], name
+
+
+def test_emq_ops_lists_the_matrix_cross_layer_and_rank_ops_with_signatures(run):
+    result = run("ops")
+    assert result.exit_code == 0
+    for line in ("logdet               T -> S", "sum_layers_t         T -> T", "n_rank_add           N, N -> N",
+                 "sum_positions        T -> T"):
+        assert line in result.output
