@@ -18,6 +18,13 @@ tells which networks fail.
 A candidate's score depends only on its block (shards made of whole blocks give the
 same float32 scores as the whole set; tested), and failures are reported per
 candidate with a countable reason.
+
+Two op families reach beyond one layer or one network. A cross-layer op
+(`sum_layers_t`, ...) needs its argument in every layer of a candidate first, so a
+program using one runs in stages (`_staged_terms`): the network-wide values are computed
+once per candidate and read by every layer. A population op (`n_rank_log`, ...) needs
+every candidate's score first, so its program is scored as its parts and joined over the
+whole set (`emq.population`), never within a block, piece or shard.
 """
 from __future__ import annotations
 

@@ -165,3 +165,13 @@ def test_a_search_is_seeded_with_the_known_proxies_its_statistics_allow(tmp_path
     with pytest.raises(KnownProxyNotApplicableError, match="zico"):
         plan_search(SearchRequest("vit-digits", out=tmp_path / "run", stats=stats,
                                   seed_proxies=(Path("known:zico"),)))
+
+
+def test_a_job_file_names_the_library_beside_files_relative_to_itself(tmp_path):
+    from search.job import Job
+
+    path = tmp_path / "job.toml"
+    path.write_text('[benchmark]\nname = "vit-digits"\n\n[search]\nseed_proxies = ["known:naswot", "mine.json"]\n\n'
+                    '[output]\ndir = "out"\n')
+    job = Job.load(path)
+    assert job.search["seed_proxies"] == (Path("known:naswot"), tmp_path / "mine.json")
