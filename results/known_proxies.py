@@ -14,7 +14,10 @@ Rank aggregates (AZ-NAS) are ranked over the candidates scored, like the fitness
         --batch-source digits --targets c100_kd_acc --out results/known-proxies-autoformer.md
 
 Statistics share one cache folder per (benchmark, batch, statistic set); the script
-prints its size on disk.
+prints its size on disk. On NAS-Bench-201 at batch 16 that is about 22 MB per candidate
+with Fisher's `act` and `act_grad`, 6 MB without (`--names` without fisher): 5,000
+held-out cells are 110 GB or 30 GB (`--cache-root` puts them on a scratch disk). On one
+CPU thread the statistics took 2.9 s and the references about 5 s per cell.
 """
 from __future__ import annotations
 
@@ -86,6 +89,8 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--cache-root", type=Path, default=None,
+                        help="statistics cache folder (default: the usual one); it may be deleted afterwards")
     parser.add_argument("--out", type=Path, help="markdown report")
     args = parser.parse_args()
 
@@ -103,18 +108,23 @@ def main() -> None:
     truth = {t: np.asarray(all_truth[t], dtype=np.float64)[index] for t in targets}
 
     start = time.perf_counter()
-    programs = {n: s for n, (s, _) in zip(proxies, stream_scores(list(proxies.values()), bench, candidates, config))}
+    programs = {n: s for n, (s, _) in zip(proxies, stream_scores(list(proxies.values()), bench, candidates, config,
+                                                                  cache_root=args.cache_root))}
     stats_seconds = time.perf_counter() - start
-    references = sorted({get_baseline(t).name for e in library.values()
-                         for t in AGGREGATES.get(e.reference, (e.reference,))})
-    ref_scores = baseline_scores(bench, references, config, candidates=candidates)
+    # An aggregate reference brings every aggregate's terms (az_nas_3 beside az_nas_ec).
+    aggregated = any(e.reference in AGGREGATES for e in library.values())
+    references = sorted({e.reference for e in library.values() if e.reference not in AGGREGATES}
+                        | ({t for terms in AGGREGATES.values() for t in terms} if aggregated else set()))
+    for name in references:
+        get_baseline(name)  # an unknown reference fails here, before any work
+    ref_scores = baseline_scores(bench, references, config, candidates=candidates, cache_root=args.cache_root)
     for name, terms in AGGREGATES.items():
         if all(t in ref_scores for t in terms):
             ref_scores[name] = rank_aggregate(ref_scores, terms)
-    ref_costs = baseline_costs(bench, references, config)
+    ref_costs = baseline_costs(bench, references, config, cache_root=args.cache_root)
     sample = candidates[: args.cost_sample]
     costs = program_costs(bench, proxies, sample, config)
-    folder = cache_folder(bench, config)
+    folder = cache_folder(bench, config, args.cache_root)
     disk = sum(p.stat().st_size for p in folder.glob("*.pt")) if folder.exists() else 0
 
     published = PUBLISHED_NB201 if args.benchmark == "nas-bench-201" else {}
