@@ -336,7 +336,6 @@ def _run_block(plan: _Plan, blk: _Block, needed: set[str], failed: list[str | No
                chunk_elements: int, layer_weights: "LayerWeights | None" = None,
                capture: list[LayerGroup] | None = None) -> np.ndarray:
     """Return the block's scores (failures marked in `failed`): per-layer nodes by column, network nodes by layer count."""
-    n = len(blk.index)
     usable = [c for c, col in enumerate(blk.columns) if needed <= col.stat_names]
     offsets: dict[int, int] = {}
     size = 0
