@@ -293,6 +293,17 @@ def test_div_by_zero_is_finite(dtype):
     assert torch.isfinite(get_op("n_div").fn(torch.tensor(5.0), torch.tensor(0.0)))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_div_nonzero_is_exact_where_the_divisor_is_nonzero_and_zero_where_it_is_zero(dtype):
+    a = torch.tensor([1.0, 3e-9, 2.0, -4.0], dtype=dtype)
+    b = torch.tensor([0.0, 1e-12, 4.0, -2.0], dtype=dtype)
+    out = get_op("div_nonzero").fn(a, b)
+    assert out.dtype == dtype and out[0].item() == 0.0  # ZiCo leaves zero-std weights out
+    assert torch.allclose(out[1:].double(), a[1:].double() / b[1:].double(), rtol=1e-6)  # no epsilon: 3000
+    huge = get_op("div_nonzero").fn(torch.tensor([1e30], dtype=dtype), torch.tensor([1e-30], dtype=dtype))
+    assert torch.isfinite(huge).all() and huge.item() == min(1e60, torch.finfo(dtype).max)  # clamped, never inf
+
+
 def test_div_shifts_negative_denominators_away_from_zero():
     out = get_op("div").fn(torch.tensor([1.0], dtype=torch.float64), torch.tensor([-EPS / 2], dtype=torch.float64))
     assert out.item() < 0 and abs(out.item()) <= 1 / EPS
