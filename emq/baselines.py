@@ -694,4 +694,4 @@ def _read_model_scores(path: Path, key: str, baseline: Baseline) -> _Scores:
 # ---------------------------------------------- references of the known-proxy library
 # MeCo, ZiCo, SWAP, the AZ-NAS terms and network-side SynFlow / SNIP / grad-norm (emq.baselines_structured).
 for _reference in REFERENCES:
-    register_baseline(_reference.name, _reference.families, _reference.doc)(_reference.fn)
+    register_baseline(_reference.name, _reference.families, _reference.doc, version=_reference.version)(_reference.fn)

@@ -84,10 +84,31 @@ def eigvals(x: torch.Tensor) -> torch.Tensor:
     return symmetric_eigenvalues(x).to(x.dtype)
 
 
+def rounding_tolerance(eig: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """Return n * eps * max|eigenvalue|: below it an eigenvalue is rounding, not signal (numpy's matrix_rank rule).
+
+    eps is float32's at least: networks run in float32, so a statistic stored in float64
+    carries float32 rounding all the same.
+    """
+    eps = max(torch.finfo(dtype).eps, torch.finfo(torch.float32).eps)
+    return n * eps * eig.abs().max()
+
+
 @register("eig_min", (T,), S, "matrix", shape_rule="reduce")
 def eig_min(x: torch.Tensor) -> torch.Tensor:
-    """Return the smallest eigenvalue of a square matrix's symmetric part (MeCo reads a correlation matrix)."""
-    return symmetric_eigenvalues(x)[0].to(x.dtype)
+    """Return the smallest eigenvalue of a square matrix's symmetric part, 0 when it is within rounding of 0.
+
+    A singular matrix's smallest eigenvalue is exactly 0, but the one computed from its
+    rounded entries is noise of either sign (about 1e-7 for a float32 correlation), and a
+    sum of such noise ranks networks by their widths: MeCo's correlation matrices are
+    singular wherever a layer has no more positions than channels (NB201's 8 x 8 stage at
+    64 channels, a ViT's 17 tokens). So an eigenvalue below `rounding_tolerance` is 0.
+    """
+    eig = symmetric_eigenvalues(x)
+    smallest = eig[0]
+    if smallest.abs() <= rounding_tolerance(eig, eig.shape[0], x.dtype):
+        smallest = torch.zeros_like(smallest)
+    return smallest.to(x.dtype)
 
 
 @register("eig_max", (T,), S, "matrix", shape_rule="reduce")

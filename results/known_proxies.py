@@ -51,9 +51,21 @@ PUBLISHED_NB201 = {
 def interval(scores: np.ndarray, truth: np.ndarray, metric, n_boot: int) -> str:
     value = metric(scores, truth)
     if not np.isfinite(value):
-        return "n/a"
+        return "n/a (constant)" if np.ptp(scores) == 0 else "n/a"
     low, high = bootstrap_interval(scores, truth, metric, n_boot)
     return f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def agreement(mine: np.ndarray, theirs: np.ndarray | None) -> str:
+    """Return the program-vs-reference Kendall, or say that both are the same constant (no ranking to compare)."""
+    if theirs is None:
+        return "n/a"
+    value = kendall(mine, theirs)
+    if np.isfinite(value):
+        return f"{value:+.3f}"
+    if np.allclose(mine, theirs, rtol=1e-5, atol=1e-12, equal_nan=True):
+        return f"equal (all {float(np.nanmean(mine)):g})" if np.ptp(mine) == 0 else "equal"
+    return "n/a"
 
 
 def program_costs(bench, proxies, candidates, config: StatsConfig) -> dict[str, float]:
@@ -143,14 +155,13 @@ def main() -> None:
                   "published (Kendall / Spearman) |", "|---|---|---|---|---|---|---|---|---|"]
         for name, entry in library.items():
             mine, theirs = programs[name], ref_scores.get(entry.reference)
-            agree = kendall(mine, theirs) if theirs is not None else float("nan")
             ref_cost = ref_costs.get(entry.reference)
             lines.append(
                 f"| {name} | {interval(mine, column, kendall, args.bootstrap)} | "
                 f"{interval(mine, column, spearman, args.bootstrap)} | {entry.reference} | "
                 f"{interval(theirs, column, kendall, args.bootstrap) if theirs is not None else 'n/a'} | "
                 f"{interval(theirs, column, spearman, args.bootstrap) if theirs is not None else 'n/a'} | "
-                f"{agree:+.3f} | {costs[name]:.2f} / {f'{ref_cost:.2f}' if ref_cost is not None else '-'} | "
+                f"{agreement(mine, theirs)} | {costs[name]:.2f} / {f'{ref_cost:.2f}' if ref_cost is not None else '-'} | "
                 f"{published.get(name, '-')} |")
         lines.append("")
     lines += ["Programs (`emq proxies list` gives each one's paper and fidelity):", ""]
