@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--cache-root", type=Path, default=None,
                         help="statistics cache folder (default: the usual one); it may be deleted afterwards")
     parser.add_argument("--out", type=Path, help="markdown report")
+    parser.add_argument("--note", default="", help="a paragraph printed under the command (e.g. what a sample stands for)")
     args = parser.parse_args()
 
     bench = open_benchmark(args.benchmark, args.data_dir, batch_source=args.batch_source)
@@ -142,6 +143,7 @@ def main() -> None:
     published = PUBLISHED_NB201 if args.benchmark == "nas-bench-201" else {}
     lines = [f"# Known proxies as programs beside their references on `{args.benchmark}`", "",
              "Reproduce: `python " + " ".join(shlex.quote(a) for a in sys.argv) + "`", "",
+             *([args.note, ""] if args.note else []),
              f"Split `{args.split}`, {len(candidates)} candidates, batch {bench.batch(0, args.batch_size).describe()}; "
              f"statistics `{','.join(needed)}` ({disk / len(candidates) / 1e6:.2f} MB per candidate on disk, "
              f"{folder}); scoring every program took {stats_seconds:.0f} s (statistics computed or read once). "
