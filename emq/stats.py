@@ -120,10 +120,10 @@ register_stat("act_channel_cov", "C x C covariance of the output channels over b
               memory="NB201: 318 KB (708 KB) at any batch")
 register_stat("grad_batch_mean", "mean over 2 mini-batches (the batch's halves) of |dL/dW|, weight-shaped (ZiCo)",
               needs_loss=True,
-              memory="NB201: 0.75 MB (2.1 MB), 16-bit, at any batch")
+              memory="NB201: 1.5 MB (4.2 MB), float32, at any batch")
 register_stat("grad_batch_std", "population std over the same 2 mini-batches of dL/dW, weight-shaped (ZiCo)",
               needs_loss=True,
-              memory="NB201: 0.75 MB (2.1 MB), 16-bit, at any batch")
+              memory="NB201: 1.5 MB (4.2 MB), float32, at any batch")
 register_stat("hessian_grad", "H g: the loss Hessian times the loss gradient g = dL/dW on the batch, weight-shaped "
               "(GraSP)", needs_loss=True,
               memory="NB201: 0.75 MB (2.1 MB), 16-bit, at any batch")

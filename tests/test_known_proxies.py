@@ -26,7 +26,7 @@ CELLS = [(3, 0, 0, 4, 1, 0), (2, 0, 4, 3, 0, 1), (3, 3, 0, 2, 4, 3), (2, 4, 3, 0
          (4, 3, 2, 0, 3, 4), (2, 2, 2, 2, 2, 2)]
 #: Relative tolerance of each program against its reference on these networks (the file's `fidelity` says why).
 TOLERANCE = {"naswot": 1e-5, "meco": 1e-4, "swap": 0.0, "az_expressivity": 1e-4, "snip": 5e-3, "grad_norm": 5e-3,
-             "jacov": 1e-2, "zico": 1e-2, "grasp": 0.1}
+             "jacov": 1e-2, "zico": 1e-4, "grasp": 0.1}
 
 
 def test_every_library_file_loads_with_its_paper_reference_and_statistics():

@@ -102,7 +102,7 @@ def test_gram_and_covariance_are_of_the_whole_batch(stats, batch):
     np.testing.assert_allclose(stats.layers["stem.conv"]["act_channel_cov"].numpy(), cov, rtol=1e-4, atol=1e-6)
 
 
-def test_mini_batch_gradients_are_mean_abs_and_population_std_over_the_halves(stats, batch):
+def test_mini_batch_gradients_are_mean_abs_and_population_std_over_the_halves_kept_in_float32(stats, batch):
     net = prepare_network(nb201(CELL), None, act_bits=None)
     w = net.get_submodule("classifier").weight
     grads = []
@@ -110,8 +110,10 @@ def test_mini_batch_gradients_are_mean_abs_and_population_std_over_the_halves(st
         grads.append(torch.autograd.grad(F.cross_entropy(network_logits(net, x), y), w)[0])
     g = torch.stack(grads)
     entry = stats.layers["classifier"]
-    torch.testing.assert_close(entry["grad_batch_mean"].float(), g.abs().mean(0), rtol=1e-2, atol=1e-6)
-    torch.testing.assert_close(entry["grad_batch_std"].float(), g.std(0, correction=0), rtol=1e-2, atol=1e-6)
+    # float32 under 16-bit storage: ZiCo's ratio of the two needs their small values (a std of 1e-9 is no 0)
+    assert entry["grad_batch_mean"].dtype == entry["grad_batch_std"].dtype == torch.float32
+    torch.testing.assert_close(entry["grad_batch_mean"], g.abs().mean(0), rtol=1e-5, atol=0)
+    torch.testing.assert_close(entry["grad_batch_std"], g.std(0, correction=0), rtol=1e-4, atol=1e-12)
 
 
 def test_the_jacobian_correlation_sits_on_the_classifier(stats):
