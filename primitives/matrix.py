@@ -84,14 +84,16 @@ def eigvals(x: torch.Tensor) -> torch.Tensor:
     return symmetric_eigenvalues(x).to(x.dtype)
 
 
-def rounding_tolerance(eig: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
-    """Return n * eps * max|eigenvalue|: below it an eigenvalue is rounding, not signal (numpy's matrix_rank rule).
+def rounding_tolerance(m: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Return n * eps * max|m_ij|: twice the most that rounding m's entries can move an eigenvalue (Weyl's bound).
 
-    eps is float32's at least: networks run in float32, so a statistic stored in float64
-    carries float32 rounding all the same.
+    Rounding moves each entry by at most eps / 2 * max|m_ij|, so the spectral norm of the
+    change is at most n * eps / 2 * max|m_ij|: an eigenvalue below the tolerance cannot be
+    told from 0. eps is float32's at least: networks run in float32, so a statistic stored
+    in float64 carries float32 rounding all the same.
     """
     eps = max(torch.finfo(dtype).eps, torch.finfo(torch.float32).eps)
-    return n * eps * eig.abs().max()
+    return m.shape[0] * eps * m.abs().max()
 
 
 @register("eig_min", (T,), S, "matrix", shape_rule="reduce")
@@ -104,9 +106,8 @@ def eig_min(x: torch.Tensor) -> torch.Tensor:
     singular wherever a layer has no more positions than channels (NB201's 8 x 8 stage at
     64 channels, a ViT's 17 tokens). So an eigenvalue below `rounding_tolerance` is 0.
     """
-    eig = symmetric_eigenvalues(x)
-    smallest = eig[0]
-    if smallest.abs() <= rounding_tolerance(eig, eig.shape[0], x.dtype):
+    smallest = symmetric_eigenvalues(x)[0]
+    if smallest.abs() <= rounding_tolerance(as_square(x).to(torch.float64), x.dtype):
         smallest = torch.zeros_like(smallest)
     return smallest.to(x.dtype)
 
