@@ -7,17 +7,24 @@ between program and reference (does the program reproduce it?), the cost per can
 reference: the seconds `emq.baselines` recorded per candidate) and the published figure.
 Rank aggregates (AZ-NAS) are ranked over the candidates scored, like the fitness.
 
-    python results/known_proxies.py nas-bench-201 --split heldout --limit 5000 \\
-        --out results/known-proxies-nb201.md
-    python results/known_proxies.py vit-digits --split heldout --out results/known-proxies-vit-digits.md
-    python results/known_proxies.py vit-bench-101-autoformer --split heldout --limit 40 --batch-size 8 \\
-        --batch-source digits --targets c100_kd_acc --out results/known-proxies-autoformer.md
+    python results/known_proxies.py nas-bench-201 --split heldout --limit 5000 --targets fp_acc,ptq_acc \\
+        --cache-root DIR --out results/known-proxies-nb201.md
+    python results/known_proxies.py nas-bench-201 --split heldout --limit 200 --targets fp_acc,ptq_acc \\
+        --out results/known-proxies-nb201-200.md   (the reproduction check; its --note is in the table)
+    python results/known_proxies.py vit-digits --split heldout --targets test_acc,test_acc_low_data,test_acc_kd \\
+        --out results/known-proxies-vit-digits.md
+    python results/known_proxies.py vit-bench-101-autoformer --data-dir /work/shared/benchmarks --split heldout \\
+        --limit 40 --batch-size 8 --batch-source digits --targets c100_base_acc,c100_kd_acc --cost-sample 5 \\
+        --out results/known-proxies-autoformer.md
 
 Statistics share one cache folder per (benchmark, batch, statistic set); the script
-prints its size on disk. On NAS-Bench-201 at batch 16 that is about 22 MB per candidate
-with Fisher's `act` and `act_grad`, 6 MB without (`--names` without fisher): 5,000
-held-out cells are 110 GB or 30 GB (`--cache-root` puts them on a scratch disk). On one
-CPU thread the statistics took 2.9 s and the references about 5 s per cell.
+prints its size on disk. On NAS-Bench-201 at batch 16 that is 23.4 MB per candidate
+with Fisher's `act` and `act_grad`, about 7.5 MB without (`--names` without fisher):
+5,000 held-out cells are 117 GB or 38 GB (`--cache-root` puts them on a scratch disk).
+On one CPU thread the statistics took 4.1 s and the references about 5 s per cell (200
+cells, CPU shared). On AutoFormer (224 x 224, batch 8) the statistics take about 63 s
+per subnet on one thread (GraSP's `hessian_grad` 25 s alone, ZiCo's `grad_batch_*` 12 s)
+and about 0.5 GB on disk, the references 77 s: 40 subnets are about 1.6 hours.
 """
 from __future__ import annotations
 
