@@ -170,8 +170,9 @@ _bootstrap = click.option("--bootstrap", "n_boot", default=1000, show_default=Tr
 _json = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 _proxy_options = _with([
     click.option("--proxy", "proxy_files", multiple=True, type=click.Path(path_type=Path),
-                 help="Proxy JSON file (emq-proxy/1, e.g. from `emq export`), or a search run folder (its best "
-                      "program); repeatable."),
+                 help="Proxy JSON file (emq-proxy/1, e.g. from `emq export`), a search run folder (its best "
+                      "program), known:NAME[,NAME...] from the known-proxy library (emq proxies list), or known "
+                      "(all of it the benchmark can compute); repeatable."),
     click.option("--formula", "formulas", multiple=True,
                  help="Proxy formula, e.g. 'sum_layers(l2(grad))', optionally named: NAME=FORMULA; repeatable."),
 ])
@@ -276,6 +277,28 @@ def ops(as_json: bool) -> None:
 
 
 @main.group(cls=_Group)
+def proxies() -> None:
+    """The known-proxy library: the field's hand-designed proxies as programs (known:NAME)."""
+
+
+@proxies.command("list")
+@_json
+def proxies_list(as_json: bool) -> None:
+    """List the known proxies: name, formula, statistics to compute, reference baseline and paper.
+
+    \b
+    Use one with --proxy known:NAME (emq score) or --seed-proxies known:NAME,... (emq search);
+    `known` names all of them.
+    """
+    from emq.known import known_proxies
+
+    found = list(known_proxies().values())
+    lines = [f"{e.name:<16} {e.title} ({e.paper})\n{'':<16} {e.formula}\n{'':<16} stats: {','.join(e.stats)}; "
+             f"reference baseline: {e.reference}; {e.fidelity}" for e in found]
+    _echo([e.to_json() for e in found], "\n".join(lines) + f"\n\n{len(found)} known proxies.", as_json)
+
+
+@main.group(cls=_Group)
 def bench() -> None:
     """List, build and inspect benchmarks (candidates + ground-truth accuracy)."""
 
@@ -343,7 +366,8 @@ def stats(name: str | None, data_dir: Path | None, config: Any, batch_source: st
 
     if list_stats or not name:
         return _echo([dataclasses.asdict(i) for i in STATS.values()], "\n".join(
-            f"{i.name:<16} {'(MQ only) ' if i.needs_bits else ''}{i.doc}" for i in STATS.values()), as_json)
+            f"{i.name:<16} {'(MQ only) ' if i.needs_bits else ''}{i.doc}{f' [{i.memory}]' if i.memory else ''}"
+            for i in STATS.values()), as_json)
     bench_obj = _open(name, data_dir, batch_source)
     start = time.perf_counter()
     n = len(load_or_compute(bench_obj, bench_obj.candidates()[:limit], config, progress=True))
@@ -381,13 +405,18 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
     constant, input_independent, trivial_equivalent(NAME) (ranks like a trivial predictor).
     Example: emq score mq-digits --baselines --split heldout
     """
-    from emq.scoring import score_benchmark
+    from emq.known import is_known_spec
+    from emq.scoring import benchmark_offered_stats, score_benchmark
+    from search.proxy_sources import load_proxies
 
     if not (proxy_files or formulas or baselines or all_baselines):
         raise click.UsageError("nothing to score: give --proxy FILE, --formula TEXT, --baseline NAME or --baselines")
     proxies = _proxies(proxy_files, formulas, out_file, required=False)
-    _report(score_benchmark(_open(name, data_dir, batch_source), proxies, list(baselines), config,
-                            all_baselines=all_baselines, **options), as_json, out_file)
+    bench_obj = _open(name, data_dir, batch_source)
+    if any(is_known_spec(p) for p in proxy_files):  # `known`: the library proxies this benchmark can compute
+        proxies = load_proxies(proxy_files, formulas, benchmark_offered_stats(bench_obj))
+    _report(score_benchmark(bench_obj, proxies, list(baselines), config, all_baselines=all_baselines, **options),
+            as_json, out_file)
 
 
 @main.command()

@@ -35,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from emq.atomic import write_json_atomic
+from emq.baselines_structured import REFERENCES
 from emq.bench.base import Batch, Benchmark, Candidate
 from emq.paths import cache_dir
 from emq.proxy import Proxy, ProxyEvaluationError
@@ -688,3 +689,9 @@ def _read_model_scores(path: Path, key: str, baseline: Baseline) -> _Scores:
         warnings.warn(f"baseline cache file {path} is unreadable ({type(err).__name__}: {err}); recomputing it",
                       stacklevel=3)
         return _Scores()
+
+
+# ---------------------------------------------- references of the known-proxy library
+# MeCo, ZiCo, SWAP, the AZ-NAS terms and network-side SynFlow / SNIP / grad-norm (emq.baselines_structured).
+for _reference in REFERENCES:
+    register_baseline(_reference.name, _reference.families, _reference.doc, version=_reference.version)(_reference.fn)

@@ -18,19 +18,27 @@ tells which networks fail.
 A candidate's score depends only on its block (shards made of whole blocks give the
 same float32 scores as the whole set; tested), and failures are reported per
 candidate with a countable reason.
+
+Two op families reach beyond one layer or one network. A cross-layer op
+(`sum_layers_t`, ...) needs its argument in every layer of a candidate first, so a
+program using one runs in stages (`_staged_terms`): the network-wide values are computed
+once per candidate and read by every layer. A population op (`n_rank_log`, ...) needs
+every candidate's score first, so its program is scored as its parts and joined over the
+whole set (`emq.population`), never within a block, piece or shard.
 """
 from __future__ import annotations
 
 import math
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch.func import vmap
 
+from emq.population import Expansion, join_reasons, join_scores, refuse_population, split_population
 from emq.program import Node
 from emq.stats import NetworkStats
 from primitives import Kind, get_op
@@ -197,6 +205,12 @@ class _Plan:
     net_nodes: list[int]
     uses: Counter
     to_net: set[int]  # per-layer nodes read by an aggregation
+    #: Cross-layer nodes (`sum_layers_t` ...), and the per-layer nodes whose value is one per network: the cross-layer
+    #: nodes and the ops on nothing else (computed once per candidate, then the same in each of its layers).
+    cross: set[int] = field(default_factory=set)
+    wide: set[int] = field(default_factory=set)
+    #: Per-layer node -> how many cross-layer nodes lie on its longest path to a leaf (the stage it is computed in).
+    level: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, root: Node) -> "_Plan":
@@ -207,7 +221,21 @@ class _Plan:
         net_nodes = [i for i, node in enumerate(nodes) if node.kind == Kind.N]
         uses = Counter(a for i in layer_nodes for a in args[i])
         to_net = {args[i][0] for i in net_nodes if get_op(nodes[i].name).is_aggregation}
-        return cls(nodes, args, where[root], layer_nodes, net_nodes, uses, to_net)
+        cross: set[int] = set()
+        wide: set[int] = set()
+        level: dict[int, int] = {}
+        for i in layer_nodes:  # children first
+            if nodes[i].is_leaf:
+                level[i] = 0
+            elif get_op(nodes[i].name).is_cross_layer:
+                cross.add(i)
+                wide.add(i)
+                level[i] = level[args[i][0]] + 1
+            else:
+                level[i] = max(level[a] for a in args[i])
+                if all(a in wide for a in args[i]):
+                    wide.add(i)
+        return cls(nodes, args, where[root], layer_nodes, net_nodes, uses, to_net, cross, wide, level)
 
 
 def evaluate_stacked(proxy: "Proxy | Node", stacked: StackedStats,
@@ -222,6 +250,26 @@ def evaluate_stacked(proxy: "Proxy | Node", stacked: StackedStats,
     """
     root = proxy if isinstance(proxy, Node) else proxy.root
     weights = None if isinstance(proxy, Node) else proxy.layer_weights
+    split = split_population(root)
+    if split is None:
+        scores, reasons = _scores_and_reasons(root, weights, stacked, dtype)
+    else:  # rank aggregation: its parts on every candidate first, then their ranks (emq.population)
+        results = [_scores_and_reasons(part, weights, stacked, dtype) for part in split.parts]
+        scores = join_scores(split, [s for s, _ in results])
+        reasons = join_reasons([r for _, r in results])
+    return scores, _counted(scores, reasons)
+
+
+def _counted(scores: np.ndarray, reasons: Sequence[str | None]) -> Counter:
+    """Return the failures by reason; scores non-finite without a reason count as `nonfinite`."""
+    failures = Counter(r for r in reasons if r is not None)
+    failures["nonfinite"] += int(np.sum(~np.isfinite(scores))) - sum(failures.values())
+    return +failures
+
+
+def _scores_and_reasons(root: Node, weights: "LayerWeights | None", stacked: StackedStats,
+                        dtype: torch.dtype) -> tuple[np.ndarray, list[str | None]]:
+    """Return one score per network of a program without population ops, and each network's failure reason (or None)."""
     scores = np.full(stacked.n, np.nan)
     reasons: list[str | None] = [None] * stacked.n
     plan = _Plan.of(root)
@@ -233,9 +281,7 @@ def evaluate_stacked(proxy: "Proxy | Node", stacked: StackedStats,
             reasons[int(pos)] = failed[k]
             if failed[k] is None:
                 scores[int(pos)] = float(out[k])
-    failures = Counter(r for r in reasons if r is not None)
-    failures["nonfinite"] += int(np.sum(~np.isfinite(scores))) - sum(failures.values())
-    return scores, +failures
+    return scores, reasons
 
 
 def _chunks(column: _Column, needed: set[str], chunk_elements: int) -> list[tuple[int, int]]:
@@ -276,6 +322,7 @@ def layer_groups(proxy: "Proxy | Node", stacked: StackedStats,
     terms and differentiate the rest; candidates that failed are in no group.
     """
     root = proxy if isinstance(proxy, Node) else proxy.root
+    refuse_population(root, "a per-network fit of its layer terms")
     plan = _Plan.of(root)
     needed = root.stats()
     groups: list[LayerGroup] = []
@@ -289,12 +336,24 @@ def _run_block(plan: _Plan, blk: _Block, needed: set[str], failed: list[str | No
                chunk_elements: int, layer_weights: "LayerWeights | None" = None,
                capture: list[LayerGroup] | None = None) -> np.ndarray:
     """Return the block's scores (failures marked in `failed`): per-layer nodes by column, network nodes by layer count."""
-    n = len(blk.index)
     usable = [c for c, col in enumerate(blk.columns) if needed <= col.stat_names]
-    # Per column and per-layer node read by an aggregation: its value for each member, [m].
-    flat: dict[int, list[torch.Tensor]] = {nid: [] for nid in plan.to_net}
     offsets: dict[int, int] = {}
     size = 0
+    for c in usable:
+        offsets[c] = size
+        size += len(blk.columns[c].members)
+    if plan.cross:
+        flat = _staged_terms(plan, blk, usable, needed, failed, dtype, chunk_elements)
+    else:
+        flat = _column_terms(plan, blk, usable, needed, failed, dtype, chunk_elements)
+    return _network_part(plan, blk, usable, offsets, flat, failed, dtype, layer_weights, capture)
+
+
+def _column_terms(plan: _Plan, blk: _Block, usable: list[int], needed: set[str], failed: list[str | None],
+                  dtype: torch.dtype, chunk_elements: int) -> dict[int, list[torch.Tensor]]:
+    """Return, per usable column, the [m] values of the per-layer nodes aggregations read (column by column)."""
+    # Per column and per-layer node read by an aggregation: its value for each member, [m].
+    flat: dict[int, list[torch.Tensor]] = {nid: [] for nid in plan.to_net}
     for c in usable:
         col = blk.columns[c]
         m = len(col.members)
@@ -314,8 +373,14 @@ def _run_block(plan: _Plan, blk: _Block, needed: set[str], failed: list[str | No
                 failed[int(k)] = reason
         for nid, parts in pieces.items():
             flat[nid].append(torch.cat(parts) if len(parts) > 1 else parts[0].reshape(m))
-        offsets[c] = size
-        size += m
+    return flat
+
+
+def _network_part(plan: _Plan, blk: _Block, usable: list[int], offsets: dict[int, int],
+                  flat: dict[int, list[torch.Tensor]], failed: list[str | None], dtype: torch.dtype,
+                  layer_weights: "LayerWeights | None", capture: list[LayerGroup] | None) -> np.ndarray:
+    """Return the block's scores from the per-layer terms `flat`: network nodes by layer count."""
+    n = len(blk.index)
     out = np.full(n, np.nan)
     # Each candidate's layers that carry the statistics, as positions in the flattened columns.
     rows = [[offsets[c] + r for c, r in blk.layout[k] if c in offsets] for k in range(n)]
@@ -354,6 +419,190 @@ def _run_block(plan: _Plan, blk: _Block, needed: set[str], failed: list[str | No
             failed[k] = sub[j]
             if sub[j] is None and result is not None:
                 out[k] = result[j]
+    return out
+
+
+def _staged_terms(plan: _Plan, blk: _Block, usable: list[int], needed: set[str], failed: list[str | None],
+                  dtype: torch.dtype, chunk_elements: int) -> dict[int, list[torch.Tensor]]:
+    """Return what `_column_terms` returns, for a program with cross-layer ops (`primitives.layer_tensors`).
+
+    Stage by stage (`_Plan.level`): a cross-layer node calls its op once per candidate on
+    the list of its child's values in the candidate's usable layers; the network-wide
+    nodes above it run once per candidate (candidates stacked by argument shapes); the
+    other per-layer nodes of the stage run column by column as usual, a network-wide
+    argument gathered for each member. Values a later stage reads are kept per column
+    piece (the pieces of `_chunks`, the same at every stage).
+    """
+    n = len(blk.index)
+    cols = [blk.columns[c] for c in usable]
+    position = {c: i for i, c in enumerate(usable)}
+    layers = [[(position[c], r) for c, r in blk.layout[k] if c in position] for k in range(n)]
+    pieces_of = [_chunks(col, needed, chunk_elements) for col in cols]
+    # Per-layer values read after their own stage: by a later stage, a cross-layer node, or an aggregation.
+    carried = plan.to_net | {a for i in plan.layer_nodes for a in plan.args[i]
+                             if i in plan.cross or plan.level[i] > plan.level[a]}
+    kept: list[dict[int, list[Value | None]]] = [{} for _ in cols]  # column -> node -> value per piece
+    wide: dict[int, list[torch.Tensor | None]] = {}  # network-wide node -> value per block candidate
+
+    def row(ci: int, nid: int, r: int) -> torch.Tensor | None:
+        node = plan.nodes[nid]
+        if node.is_leaf:
+            t, b = cols[ci].tensors[node.name]
+            return t[r].to(dtype) if b else t.to(dtype)
+        for (start, stop), value in zip(pieces_of[ci], kept[ci][nid]):
+            if start <= r < stop:
+                return None if value is None else (value[0][r - start] if value[1] else value[0])
+        return None
+
+    for level in sorted({plan.level[i] for i in plan.layer_nodes}):
+        here = [i for i in plan.layer_nodes if plan.level[i] == level and not plan.nodes[i].is_leaf]
+        for nid in here:  # network-wide nodes, in plan order (children first)
+            if nid not in plan.wide:
+                continue
+            op = get_op(plan.nodes[nid].name)
+            values: list[torch.Tensor | None] = [None] * n
+            if nid in plan.cross:
+                child = plan.args[nid][0]
+                for k in range(n):
+                    if failed[k] is not None or not layers[k]:
+                        continue
+                    parts = ([wide[child][k]] * len(layers[k]) if child in plan.wide
+                             else [row(ci, child, r) for ci, r in layers[k]])
+                    try:
+                        if any(p is None for p in parts):
+                            raise ValueError("an argument failed")
+                        values[k] = op.fn(parts)
+                    except Exception:
+                        failed[k] = f"op_error:{op.name}"
+            else:
+                groups: dict[tuple, list[int]] = {}
+                for k in range(n):
+                    args = [wide[a][k] for a in plan.args[nid]]
+                    if failed[k] is None and all(a is not None for a in args):
+                        groups.setdefault(tuple(tuple(a.shape) for a in args), []).append(k)
+                for members in groups.values():
+                    sub: list[str | None] = [None] * len(members)
+                    try:
+                        t, _ = _apply(op.name, [(torch.stack([wide[a][k] for k in members]), True)
+                                                for a in plan.args[nid]], len(members), sub, "network-wide")
+                        for j, k in enumerate(members):
+                            values[k] = t[j]
+                    except _ChunkFailed:
+                        pass
+                    for j, k in enumerate(members):
+                        if sub[j] is not None and failed[k] is None:
+                            failed[k] = sub[j]
+            wide[nid] = values
+        todo = [i for i in here if i not in plan.wide]
+        if not todo:
+            continue
+        inputs = {a for i in todo for a in plan.args[i]} - set(todo)
+        keep = set(todo) & carried
+        for ci, col in enumerate(cols):
+            part = [failed[int(k)] for k in col.members]
+            stored: dict[int, list[Value | None]] = {nid: [] for nid in keep}
+            for start, stop in pieces_of[ci]:
+                sub = part[start:stop]
+                values = _piece_values(plan, todo, inputs, keep, col, kept[ci], wide, pieces_of[ci].index((start, stop)),
+                                       start, stop, sub, dtype)
+                part[start:stop] = sub
+                for nid in keep:
+                    stored[nid].append(None if values is None else values[nid])
+            for k, reason in zip(col.members, part):
+                if reason is not None and failed[int(k)] is None:
+                    failed[int(k)] = reason
+            kept[ci].update(stored)
+    flat: dict[int, list[torch.Tensor]] = {nid: [] for nid in plan.to_net}
+    for ci, col in enumerate(cols):
+        nan = torch.tensor(math.nan, dtype=dtype, device=col.params.device)
+        for nid in plan.to_net:
+            if nid in plan.wide:
+                flat[nid].append(torch.stack([nan if wide[nid][int(k)] is None else wide[nid][int(k)].to(dtype)
+                                              for k in col.members]))
+            else:
+                flat[nid].append(torch.cat([
+                    torch.full((stop - start,), math.nan, dtype=dtype, device=col.params.device) if value is None
+                    else value[0].reshape(-1).to(dtype) if value[1] else value[0].reshape(()).to(dtype).expand(stop - start)
+                    for (start, stop), value in zip(pieces_of[ci], kept[ci][nid])]))
+    return flat
+
+
+def _piece_values(plan: _Plan, todo: list[int], inputs: set[int], keep: set[int], col: _Column,
+                  kept: dict[int, list[Value | None]], wide: dict[int, list[torch.Tensor | None]], piece: int,
+                  start: int, stop: int, failed: list[str | None], dtype: torch.dtype) -> dict[int, Value] | None:
+    """Return the `keep` values of per-layer nodes `todo` on a column's members [start, stop) (None: all failed).
+
+    A network-wide argument is gathered per member; members whose arguments differ in
+    shape are computed one by one.
+    """
+    count = stop - start
+    given: dict[int, Value] = {}
+    members = [int(k) for k in col.members[start:stop]]
+    for a in inputs:
+        node = plan.nodes[a]
+        if node.is_leaf:
+            t, b = col.tensors[node.name]
+            given[a] = (t[start:stop].to(dtype), True) if b else (t.to(dtype), False)
+        elif a in plan.wide:
+            got = [wide[a][k] for k in members]
+            template = next((g for g in got if g is not None), None)
+            if template is None:
+                return None
+            if any(g is not None and g.shape != template.shape for g in got):
+                if count == 1:
+                    return None
+                return _one_by_one(plan, todo, inputs, keep, col, kept, wide, piece, start, stop, failed, dtype)
+            given[a] = (torch.stack([template if g is None else g for g in got]).to(dtype), True)
+        else:
+            value = kept[a][piece]
+            if value is None:
+                return None
+            given[a] = value
+    values = dict(given)
+    left = Counter(a for i in todo for a in plan.args[i])
+    try:
+        for nid in todo:
+            values[nid] = _apply(plan.nodes[nid].name, [values[a] for a in plan.args[nid]], count, failed,
+                                 f"layer {col.name}")
+            for a in plan.args[nid]:
+                left[a] -= 1
+                if left[a] == 0 and a not in keep and a not in given:
+                    del values[a]
+    except _ChunkFailed:
+        return None
+    return {nid: values[nid] for nid in keep}
+
+
+def _one_by_one(plan: _Plan, todo: list[int], inputs: set[int], keep: set[int], col: _Column,
+                kept: dict[int, list[Value | None]], wide: dict[int, list[torch.Tensor | None]], piece: int,
+                start: int, stop: int, failed: list[str | None], dtype: torch.dtype) -> dict[int, Value] | None:
+    """Return `_piece_values` of a piece computed member by member (their network-wide arguments differ in shape).
+
+    A kept value whose shape differs between the members cannot be stacked for a later
+    stage: those members fail as `shape:<op>`.
+    """
+    rows: list[dict[int, Value] | None] = []
+    for j in range(stop - start):
+        single = _Column(col.name, col.members[start + j:start + j + 1], col.stat_names,
+                         {s: ((t[start + j:start + j + 1], True) if b else (t, False))
+                          for s, (t, b) in col.tensors.items()}, col.params[start + j:start + j + 1])
+        own = {a: [None if v is None else ((v[0][j:j + 1], True) if v[1] else v)] for a, v in
+               ((a, pieces[piece]) for a, pieces in kept.items())}
+        sub = failed[j:j + 1]
+        rows.append(_piece_values(plan, todo, inputs, keep, single, own, wide, 0, 0, 1, sub, dtype))
+        failed[j:j + 1] = sub
+    if all(r is None for r in rows):
+        return None
+    out: dict[int, Value] = {}
+    for nid in keep:
+        each = [None if r is None else (r[nid][0][0] if r[nid][1] else r[nid][0]) for r in rows]
+        template = next(e for e in each if e is not None)
+        for j, e in enumerate(each):
+            if e is not None and e.shape != template.shape:
+                if failed[j] is None:
+                    failed[j] = f"shape:{plan.nodes[nid].name}"
+                each[j] = None
+        out[nid] = (torch.stack([torch.full_like(template, math.nan) if e is None else e for e in each]), True)
     return out
 
 
@@ -513,13 +762,26 @@ def evaluate_pieces(programs: Sequence["Proxy | Node"], pieces: Iterable[tuple[i
                     n: int) -> tuple[np.ndarray, list[Counter]]:
     """Return scores [program, candidate] of `programs` over `pieces` ((offset, stack) covering n candidates), and
     each program's failures; one piece is held at a time when `pieces` is a generator (streaming, shards)."""
-    scores = np.full((len(programs), n), np.nan)
-    failures = [Counter() for _ in programs]
+    # Programs with rank aggregation are scored as their parts over every piece, then joined (emq.population).
+    expansion = Expansion.of(programs)
+    part_scores = np.full((len(expansion.parts), n), np.nan)
+    part_reasons: list[list[str | None]] = [[None] * n for _ in expansion.parts]
     for offset, stacked in pieces:
-        for k, program in enumerate(programs):
-            values, failed = evaluate_stacked(program, stacked)
-            scores[k, offset: offset + stacked.n] = values
-            failures[k].update(failed)
+        for k, part in enumerate(expansion.parts):
+            root = part if isinstance(part, Node) else part.root
+            weights = None if isinstance(part, Node) else part.layer_weights
+            values, reasons = _scores_and_reasons(root, weights, stacked, torch.float32)
+            part_scores[k, offset: offset + stacked.n] = values
+            part_reasons[k][offset: offset + stacked.n] = reasons
+    scores = np.full((len(programs), n), np.nan)
+    failures = []
+    for k, (split, where) in enumerate(zip(expansion.splits, expansion.where)):
+        if split is None:
+            scores[k], reasons = part_scores[where[0]], part_reasons[where[0]]
+        else:
+            scores[k] = join_scores(split, [part_scores[i] for i in where])
+            reasons = join_reasons([part_reasons[i] for i in where])
+        failures.append(_counted(scores[k], reasons))
     return scores, failures
 
 

@@ -24,6 +24,7 @@ from emq.safe_read import read_bytes_limited
 from emq.errors import EMQUserError
 from emq.evaluate import StackedStats, evaluate_stacked
 from emq.layer_weights import LayerWeights
+from emq.population import refuse_population
 from emq.program import (
     MAX_DEPTH, MAX_FORMULA_CHARS, MAX_NODES, MAX_TREE_SIZE, Node, ProxyFormatError, check_limits, leaf, op_node,
     parse_formula,
@@ -234,8 +235,10 @@ class Proxy:
         The one evaluator (`emq.evaluate`) with one candidate. The program runs over
         the entries that carry every statistic it needs. Raises MissingStatError when
         no entry has them and ProxyEvaluationError when an op fails; a non-finite
-        score is returned as is (callers screen it).
+        score is returned as is (callers screen it). A program with rank aggregation
+        (`n_rank_log`, ...) has no value for one network alone: PopulationProgramError.
         """
+        refuse_population(self.root, "one network scored alone")
         needed = self.stats_needed
         if not any(needed <= t.keys() for t in stats.layers.values()):
             have = sorted(stats.available()) if stats.layers else []
@@ -272,7 +275,8 @@ class Proxy:
 
         Computes only the statistics the program reads (`emq.stats_compute.compute_stats`,
         on a private copy: the model's weights and mode are never changed), then
-        evaluates. `batch` is an `emq.bench.base.Batch`, an `(inputs, labels)` pair, or
+        evaluates (a program that ranks candidates among each other, `emq.population`, is
+        refused: one network has no rank). `batch` is an `emq.bench.base.Batch`, an `(inputs, labels)` pair, or
         an inputs tensor when the program needs no loss-derived statistic. With `bits`,
         activations are quantized to `act_bits`, calibrated on `calib_inputs`.
 

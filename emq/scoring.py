@@ -155,18 +155,39 @@ def ceiling_rows(bench: Benchmark, candidates: Sequence[Any], truth: Mapping[str
     return rows
 
 
+def benchmark_offered_stats(bench: Benchmark) -> tuple[str, ...]:
+    """Return every statistic benchmark `bench` can compute (its family's, the classifier's, its teacher's, the
+    structured ones)."""
+    from emq.stats_compute import offered_stats
+
+    return offered_stats(bench.family == "mq", bench.family, bench.teacher() is not None)
+
+
+def benchmark_available_stats(bench: Benchmark, config: StatsConfig) -> tuple[str, ...]:
+    """Return the statistics `config` computes on `bench`: those of its --stats the benchmark offers, else the default
+    set (every applicable statistic; the classifier, teacher and structured ones are opt-in)."""
+    from emq.stats_compute import applicable_stats
+
+    if config.stat_names is None:
+        return applicable_stats(bench.family == "mq", bench.family)
+    return tuple(n for n in benchmark_offered_stats(bench) if n in config.stat_names)
+
+
 def check_proxies_fit(bench: Benchmark, proxies: dict[str, Proxy], config: StatsConfig) -> None:
     """Fail before any statistics are computed when a proxy needs a statistic this benchmark (or --stats) lacks."""
     from emq.errors import StatUnavailableError
-    from emq.stats_compute import offered_stats
 
-    offered = offered_stats(bench.family == "mq", bench.family, bench.teacher() is not None)
-    available = [n for n in offered if config.stat_names is None or n in config.stat_names]
+    offered = benchmark_offered_stats(bench)
+    available = benchmark_available_stats(bench, config)
     for name, proxy in proxies.items():
         missing = sorted(set(proxy.stats_needed) - set(available))
         if missing:
-            why = "is not computed with this --stats" if set(missing) <= set(offered) else \
-                f"does not exist for {bench.family} networks"
+            if not set(missing) <= set(offered):
+                why = f"does not exist for {bench.family} networks"
+            elif config.stat_names is None:
+                why = "is not in the default statistics (name it in --stats)"
+            else:
+                why = "is not computed with this --stats"
             raise StatUnavailableError(
                 f"proxy {name!r} ({proxy.formula()}) needs statistic(s) {', '.join(missing)}, which {why} on "
                 f"benchmark {bench.name}; available: {', '.join(available)}")

@@ -36,7 +36,9 @@ class StatInfo:
     - `family`: the benchmark family that has it ("vit"), or None for every family;
     - `needs_teacher`: needs the benchmark's distillation teacher (`Benchmark.teacher`);
     - `head_entry`: one matrix per network, on the classifier's entry (the last linear
-      layer), not one per layer.
+      layer), not one per layer;
+    - `memory`: the stored size per candidate, mean (largest) over the benchmark it was
+      measured on (the structured statistics: `benchmarks/structured_stats_cost.py`).
     """
 
     name: str
@@ -48,6 +50,7 @@ class StatInfo:
     family: str | None = None
     needs_teacher: bool = False
     head_entry: bool = False
+    memory: str = ""
 
 
 class UnknownStatError(UnknownNameError):
@@ -100,6 +103,33 @@ register_stat("teacher_stage_relation", "the teacher's `stage_relation` (its 3 s
               "entry: the student's classifier", head_entry=True, needs_teacher=True)
 register_stat("ln_out", "(ViT) LayerNorm output, batch x tokens x width; entry: the LayerNorm, e.g. blocks.3.norm1",
               family="vit")
+# Structured statistics (emq.structured_stats computes them; opt-in by --stats): small matrices, float32.
+register_stat("act_codes_kernel", "B x B agreement counts of the binary activation codes (output > 0), NASWOT's "
+              "Hamming kernel; entry: each activation module, e.g. stage1.cell0.edge0to1.relu", needs_output=True,
+              memory="NB201: 42 KB (97 KB) at batch 16, 666 KB (1.6 MB) at 64")
+register_stat("act_sign_patterns", "the distinct sample-wise activation patterns (a unit's B-bit code over the batch), "
+              "U x ceil(B/24) float32 words (SWAP); entry: each activation module", needs_output=True,
+              memory="NB201: 0.58 MB (2.1 MB) at batch 16, 3.9 MB (10.5 MB) at 64")
+register_stat("act_gram", "B x B Gram matrix of the layer's flattened outputs", needs_output=True,
+              memory="NB201: 45 KB (100 KB) at batch 16, 715 KB (1.6 MB) at 64")
+register_stat("act_channel_corr", "C x C Pearson correlation of the output channels over the positions, the network "
+              "run on the batch's first input alone (MeCo); layers with spatial or token positions", needs_output=True,
+              memory="NB201: 318 KB (708 KB) at any batch")
+register_stat("act_channel_cov", "C x C covariance of the output channels over batch and positions (AZ-NAS "
+              "expressivity)", needs_output=True,
+              memory="NB201: 318 KB (708 KB) at any batch")
+register_stat("grad_batch_mean", "mean over 2 mini-batches (the batch's halves) of |dL/dW|, weight-shaped (ZiCo)",
+              needs_loss=True,
+              memory="NB201: 1.5 MB (4.2 MB), float32, at any batch")
+register_stat("grad_batch_std", "population std over the same 2 mini-batches of dL/dW, weight-shaped (ZiCo)",
+              needs_loss=True,
+              memory="NB201: 1.5 MB (4.2 MB), float32, at any batch")
+register_stat("hessian_grad", "H g: the loss Hessian times the loss gradient g = dL/dW on the batch, weight-shaped "
+              "(GraSP)", needs_loss=True,
+              memory="NB201: 0.75 MB (2.1 MB), 16-bit, at any batch")
+register_stat("jacobian_corr", "B x B Pearson correlation of the per-input Jacobians d(sum logits)/dx (jacov); "
+              "entry: the classifier",
+              memory="1 KB at batch 16, 16 KB at 64")
 
 
 def stats_with(**properties: object) -> frozenset[str]:

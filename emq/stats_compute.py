@@ -51,6 +51,7 @@ from emq.quant.layers import check_bit_assignment, quantizable_layers
 from emq.stats import (
     BASE_STATS, BIT_STATS, FAMILY_STATS, STATS, TRANSFORMER_STATS, NetworkStats, check_stat_names, stats_with,
 )
+from emq.structured_stats import STRUCTURED_STATS, add_structured_stats
 from emq.stats_transformer import HookPoint, attention_macs, entry_params, has_transformer_parts, hook_points
 from emq.teacher import Teacher
 
@@ -72,9 +73,10 @@ def applicable_stats(has_bits: bool, family: str | None = None) -> tuple[str, ..
 
 def offered_stats(has_bits: bool, family: str | None = None, has_teacher: bool = False) -> tuple[str, ...]:
     """Return every statistic that can be asked for: the default set (`applicable_stats`), the classifier-entry
-    ones (`logits`, `relation`, `semantic`), and the teacher's when the benchmark has a teacher (opt-in by --stats)."""
+    ones (`logits`, `relation`, `semantic`), the teacher's when the benchmark has a teacher, and the structured ones
+    (`emq.structured_stats`) (opt-in by --stats)."""
     head = tuple(n for n, info in STATS.items() if info.head_entry and (has_teacher or not info.needs_teacher))
-    return applicable_stats(has_bits, family) + head
+    return applicable_stats(has_bits, family) + head + STRUCTURED_STATS
 
 
 def prepare_network(
@@ -163,7 +165,7 @@ def compute_stats(
     inputs = batch.inputs.to(device)
     labels = batch.labels.to(device)
 
-    wanted = set(names)
+    wanted = set(names) - set(STRUCTURED_STATS)  # those run their own passes (emq.structured_stats)
     points = hook_points(net, wanted)
     run = _run_network(net, layers, inputs, labels, wanted, hessian_samples, seed, points)
     ran = [n for n in run.order if n in layers]
@@ -215,11 +217,13 @@ def compute_stats(
             elif stat in TRANSFORMER_STATS:
                 if name in run.transformer.get(stat, {}):  # mlp_hidden, on an MLP's first layer
                     tensors[stat] = _store(run.transformer[stat][name], store_dtype)
-            elif STATS[stat].head_entry:
-                continue  # added to the classifier's entry below
+            elif STATS[stat].head_entry or stat in STRUCTURED_STATS:
+                continue  # added to the classifier's entry / by emq.structured_stats below
             else:  # a statistic registered in the catalogue without code here
                 raise NotImplementedError(f"no code computes statistic {stat!r}")
         out[name] = tensors
+    out = add_structured_stats(net, layers, inputs, labels, names, out, params, flops,
+                               lambda t: _store(t, store_dtype), network_logits)
     wanted_head = [n for n in names if STATS[n].head_entry]
     if wanted_head:
         head = [n for n in order if n in layers and isinstance(layers[n], nn.Linear)][-1]

@@ -23,7 +23,10 @@ class Op:
     - `elementwise`: computed entry by entry (`shape_rule` "same" for unary maps,
       "align" for binary ops), so it runs directly on candidate-stacked tensors;
     - `shape_rule`: "same", "align" (`primitives.binary.align`), "reduce" (any -> 0-d),
-      "layers" (stacked per-layer scalars -> 0-d) or "custom";
+      "layers" (stacked per-layer scalars -> 0-d), "across" (a T -> T op over the layers of a
+      network: `fn` takes the list of the layers' tensors, `primitives.layer_tensors`),
+      "population" (an N op over the candidates scored together: `fn` takes the 1-d vector of
+      their scores, `primitives.ranks`) or "custom";
     - algebraic identities, all exact in floating point: `equal_args` ("self": f(x, x) = x;
       "cancel": f(x, x) is a constant; an op name g: f(x, x) = g(x)), `involution`
       (f(f(x)) = x), `projection` (f(f(x)) = f(x)), `sign_blind` (f reads only |x| entry
@@ -57,6 +60,16 @@ class Op:
         """True for ops that combine the layers of a network (S -> N)."""
         return self.inputs == (Kind.S,) and self.output == Kind.N
 
+    @property
+    def is_cross_layer(self) -> bool:
+        """True for T -> T ops that combine a network's per-layer tensors (`sum_layers_t`, ...)."""
+        return self.shape_rule == "across"
+
+    @property
+    def is_population(self) -> bool:
+        """True for N ops whose value depends on the other candidates' scores (rank aggregation)."""
+        return self.shape_rule == "population"
+
     def signature(self) -> str:
         return f"{', '.join(k.value for k in self.inputs)} -> {self.output.value}"
 
@@ -67,7 +80,7 @@ class UnknownOpError(UnknownNameError):
 
 OPS: Registry[Op] = Registry("op", UnknownOpError)
 #: How an op's output shape follows from its inputs (see `Op`).
-SHAPE_RULES = ("same", "align", "reduce", "layers", "custom")
+SHAPE_RULES = ("same", "align", "reduce", "layers", "across", "population", "custom")
 
 
 def register(

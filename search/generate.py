@@ -17,6 +17,10 @@ from emq.program import Node
 
 #: Least depth a subtree of each kind needs (N -> aggregation -> reduction -> stat).
 MIN_DEPTH = {Kind.T: 1, Kind.S: 2, Kind.N: 3}
+#: Default sampling weight of the ops of a group (others: 1). The matrix, cross-layer, position and rank ops
+#: write the known proxies but fail on most statistics (non-square tensors, layers of several shapes), so random
+#: programs draw them less often; `op_weights` overrides per op.
+GROUP_WEIGHTS: Mapping[str, float] = {"matrix": 0.3, "across_layers": 0.3, "positions": 0.3, "population": 0.3}
 
 
 @dataclass(frozen=True)
@@ -27,8 +31,8 @@ class GrowConfig:
     an op of the same kind (T: unary/binary tensor op, S: scalar op, N: network op)
     rather than the step down the type chain (T: statistic, S: reduction, N:
     aggregation); it shrinks linearly to 0 at `max_depth`. `op_weights` and
-    `stat_weights` scale the sampling chance of single ops / statistics (default 1;
-    0 removes one).
+    `stat_weights` scale the sampling chance of single ops / statistics (default 1, or
+    the op group's `GROUP_WEIGHTS`; 0 removes one).
     """
 
     max_depth: int = 7
@@ -59,7 +63,7 @@ class Grammar:
         self.stat_weights = [float(config.stat_weights.get(s, 1.0)) for s in self.stats]
 
         def usable(ops: list[Op]) -> list[Op]:
-            return [op for op in ops if config.op_weights.get(op.name, 1.0) > 0]
+            return [op for op in ops if self.weight(op) > 0]
 
         # same kind in and out (the optional ops of a chain), by kind
         self.same: dict[Kind, list[Op]] = {
@@ -76,7 +80,7 @@ class Grammar:
         self.unary_same = {k: [op for op in ops if op.arity == 1] for k, ops in self.same.items()}
 
     def weight(self, op: Op) -> float:
-        return float(self.config.op_weights.get(op.name, 1.0))
+        return float(self.config.op_weights.get(op.name, GROUP_WEIGHTS.get(op.group, 1.0)))
 
     def pick_op(self, rng: random.Random, ops: Sequence[Op]) -> Op:
         return rng.choices(list(ops), weights=[self.weight(op) for op in ops])[0]

@@ -36,6 +36,7 @@ from typing import Any, Mapping
 
 from emq.atomic import write_text_atomic
 from emq.errors import DeviceError, EMQUserError
+from emq.known import is_known_spec
 from search.interrupt import stop_on_signals, stop_requested
 
 EXIT_DONE = 0
@@ -130,8 +131,8 @@ class Job:
             raise JobFileError(f"{path}: field output.dir is missing; e.g. dir = \"runs/job\"")
         base = path.parent
         data_dir = values.pop("benchmark.data_dir", None)
-        if "seed_proxies" in values:
-            values["seed_proxies"] = tuple(base / p for p in values["seed_proxies"])
+        if "seed_proxies" in values:  # files are relative to the job file; `known:NAME` names the library
+            values["seed_proxies"] = tuple(Path(p) if is_known_spec(p) else base / p for p in values["seed_proxies"])
         stats = {k: values.pop(k) for k in STATS_FIELDS if k in values}
         return cls(path=path, benchmark=values.pop("benchmark.name"), out_dir=base / values.pop("output.dir"),
                    data_dir=base / data_dir if data_dir else None, batch_source=values.pop("benchmark.batch_source", None),

@@ -42,6 +42,7 @@ import torch
 
 from emq.errors import EMQUserError
 from emq.evaluate import StackedStats, block_for, evaluate_pieces
+from emq.population import Expansion
 from emq.proxy import Proxy
 from emq.stats import NetworkStats
 from emq.stats_cache import read_stats, write_stats
@@ -350,14 +351,22 @@ class ShardedStats:
 class Scoring:
     """Programs being scored on the shards; `result()` waits for every shard and concatenates."""
 
-    def __init__(self, pool: "EvaluationPool", jobs: list[Any], programs: list[Proxy]) -> None:
+    def __init__(self, pool: "EvaluationPool", jobs: list[Any], programs: list[Proxy],
+                 expansion: Expansion | None = None) -> None:
         self._pool = pool
         self._jobs = jobs
         self.programs = programs
+        #: How the requested programs map onto the ones the shards score (rank aggregation: its parts).
+        self.expansion = expansion
 
     def result(self) -> list[tuple[np.ndarray, Counter]]:
         if not self.programs:
             return []
+        if self.expansion is not None and not self.expansion.trivial:
+            return self.expansion.assemble(self._part_results())
+        return self._part_results()
+
+    def _part_results(self) -> list[tuple[np.ndarray, Counter]]:
         if self._pool.backend == "serial":
             parts = [self._pool._result((i, shard, self.programs)) for i, shard in self._jobs]
         else:
@@ -468,10 +477,13 @@ class EvaluationPool:
             if data.token not in self._attached:
                 self._attached[data.token] = self.attach(source=data)
             data = self._attached[data.token]
-        programs = list(programs)
+        # A program with rank aggregation is scored as its parts on every shard, then joined (emq.population).
+        expansion = Expansion.of(list(programs))
+        programs = expansion.parts
         if not programs or self.backend == "serial":
-            return Scoring(self, [(i, shard) for i, shard in enumerate(data.shards)], programs)
-        return Scoring(self, [self._submit(i, shard, programs) for i, shard in enumerate(data.shards)], programs)
+            return Scoring(self, [(i, shard) for i, shard in enumerate(data.shards)], programs, expansion)
+        return Scoring(self, [self._submit(i, shard, programs) for i, shard in enumerate(data.shards)], programs,
+                       expansion)
 
     def worker_loads(self) -> list[list[tuple[str, int]]]:
         """Return, per worker, the (token, candidates) of every statistics load it made (tests, benchmarks)."""

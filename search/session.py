@@ -129,11 +129,22 @@ def plan_search(request: SearchRequest, notify: Callable[[str], None] | None = N
     Opens the benchmark (building an embedded one first, once: `notify` hears of it).
     """
     from emq.bench.registry import open_benchmark
+    from emq.known import is_known_spec, resolve_known
     from emq.proxy import Proxy
+    from emq.scoring import benchmark_available_stats
 
     check_request(request)
-    seed_formulas = tuple(Proxy.load(p).formula() for p in request.seed_proxies)
+    seed_files = [p for p in request.seed_proxies if not is_known_spec(p)]
+    seed_texts = {str(p): Proxy.load(p).formula() for p in seed_files}
+    for spec in request.seed_proxies:  # the library's names are checked before the benchmark opens
+        if is_known_spec(spec):
+            resolve_known(str(spec))
     bench = open_benchmark(request.benchmark, request.data_dir, notify=notify, batch_source=request.batch_source)
+    # `known` seeds every library proxy whose statistics the search computes (its --stats, or the default set).
+    available = benchmark_available_stats(bench, request.stats)
+    seed_formulas = tuple(formula for spec in request.seed_proxies for formula in (
+        [p.formula() for p in resolve_known(str(spec), available).values()] if is_known_spec(spec)
+        else [seed_texts[str(spec)]]))
     targets = bench.check_targets(request.targets)
     seeds = tuple(request.seeds)
     batch_seeds = tuple(request.batch_seeds or (request.stats.batch_seed,))
@@ -143,7 +154,7 @@ def plan_search(request: SearchRequest, notify: Callable[[str], None] | None = N
     if request.resume is True:
         check_resumable(run_dir, study)
     check_run_outputs(run_dir, [(s, b) for s in seeds for b in batch_seeds] if study else [],
-                      (*request.seed_proxies, *request.read_files))
+                      (*seed_files, *request.read_files))
     try:
         search_config = SearchConfig(
             population=request.population, generations=request.generations, seed=seeds[0], metric=request.metric,

@@ -90,7 +90,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
          "0 = all).", "--max-search", "search.max_search"),
     _int("max_heldout", None, 3, 10_000_000, "Score at most N held-out networks (default: all; a verdict on fewer "
          "candidates has wider intervals).", "--max-heldout", "search.max_heldout"),
-    Setting("seed_proxies", "paths", (), "Proxy JSON files placed in the first population.", "--seed-proxies",
+    Setting("seed_proxies", "paths", (), "Proxy JSON files placed in the first population (known: the known-proxy "
+            "library, known:NAME,... some of it).", "--seed-proxies",
             "search.seed_proxies", max_items=1_000),
     # [stats]
     _int("batch_size", 16, 1, 1_024, "Images in the batch the statistics are computed on.", "--batch-size",

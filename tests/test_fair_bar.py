@@ -124,20 +124,23 @@ def test_nb201_ceiling_is_below_one_and_far_above_the_best_proxies():
 
 
 @needs_nb201
-def test_synflow_as_a_program_passes_screening_on_nb201_flagged_input_independent(tmp_path):
-    # SynFlow reads only the weights (its virtual gradient uses an all-ones input): it beats FLOPs held out on
-    # NB201, so the screen must keep it.
+def test_synflow_and_naswot_as_programs_pass_screening_on_nb201(tmp_path):
+    # SynFlow reads only the weights (its virtual gradient uses an all-ones input); NASWOT's log-determinant
+    # may be -inf on a singular kernel (test_search_screening covers that rule). Both beat FLOPs held out on
+    # NB201, so the screens must keep them.
     import dataclasses
 
     from emq.bench.registry import open_benchmark
     from emq.evaluate import StackedStats
+    from emq.known.library import get_known
     from emq.proxy import Proxy
     from emq.stats_cache import StatsConfig, load_or_compute
     from search.screening import INPUT_INDEPENDENT, ScreenInputs, ScreenLimits, screen_and_score
 
     bench = open_benchmark("nas-bench-201")
-    cands = [bench.candidates()[i] for i in heldout_split(bench.candidate_ids()).search[:10]]
-    config = StatsConfig(stat_names=("weight", "virtual_grad", "params", "flops"), batch_size=4, device="cpu")
+    cands = [bench.candidates()[i] for i in heldout_split(bench.candidate_ids()).search[:8]]
+    config = StatsConfig(stat_names=("weight", "virtual_grad", "act_codes_kernel", "params", "flops"), batch_size=8,
+                         device="cpu")
     main = load_or_compute(bench, cands, config, progress=False, cache_root=tmp_path)
     other = load_or_compute(bench, cands, dataclasses.replace(config, batch_seed=1), progress=False,
                             cache_root=tmp_path)
@@ -146,6 +149,9 @@ def test_synflow_as_a_program_passes_screening_on_nb201_flagged_input_independen
     out = screen_and_score(synflow, inputs, ScreenLimits())
     assert out.reason is None and out.detail["flags"] == [INPUT_INDEPENDENT]
     assert screen_and_score(synflow, inputs, ScreenLimits(reject_input_independent=True)).reason == INPUT_INDEPENDENT
+    naswot = get_known("naswot").proxy
+    out = screen_and_score(naswot, inputs, ScreenLimits())
+    assert out.reason is None and "flags" not in out.detail and np.isfinite(out.scores).sum() >= len(cands) - 1
 
 
 def test_score_table_meta_is_json(tmp_path):

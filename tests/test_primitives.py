@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from primitives import Kind, UnknownOpError, get_op, list_ops
 from primitives.binary import align
+from primitives.layer_tensors import LayerShapeError
+from primitives.matrix import MatrixShapeError
 from primitives.numerics import EPS
 
 ALL_OPS = list_ops()
@@ -21,7 +23,7 @@ OP_IDS = [op.name for op in ALL_OPS]
 BOUND = 1e6
 SMALLER_BOUND: dict[str, float] = {}
 
-SHAPES = [(), (1,), (7,), (3, 4), (3, 1), (1, 3), (2, 3, 2, 2), (4, 1, 1, 1)]
+SHAPES = [(), (1,), (7,), (3, 4), (3, 1), (1, 3), (3, 3), (2, 3, 2, 2), (4, 1, 1, 1)]
 DTYPES = [torch.float32, torch.float64]
 SIGNATURES_BY_GROUP = {
     "unary": {((Kind.T,), Kind.T)},
@@ -30,7 +32,13 @@ SIGNATURES_BY_GROUP = {
     "scalar": {((Kind.S,), Kind.S), ((Kind.S, Kind.S), Kind.S)},
     "network": {((Kind.N,), Kind.N), ((Kind.N, Kind.N), Kind.N)},
     "aggregation": {((Kind.S,), Kind.N)},
+    "matrix": {((Kind.T,), Kind.T), ((Kind.T,), Kind.S)},
+    "across_layers": {((Kind.T,), Kind.T)},
+    "positions": {((Kind.T,), Kind.T)},
+    "population": {((Kind.N,), Kind.N), ((Kind.N, Kind.N), Kind.N)},
 }
+#: The refusals an op may answer finite input with (documented per op family; the evaluator counts op_error).
+REFUSALS = (MatrixShapeError, LayerShapeError)
 
 quick = settings(max_examples=25, deadline=None)
 
@@ -61,6 +69,13 @@ def tensors(draw, shape: tuple[int, ...] | None = None, dtype: torch.dtype | Non
 def op_arguments(draw, op, bound: float = BOUND) -> list[torch.Tensor]:
     """Arguments of the kinds `op` declares: any shape for T, 0-d for S and N, (values, params) for aggregations."""
     dtype = draw(st.sampled_from(DTYPES))
+    if op.is_cross_layer:  # the list of a network's per-layer tensors, mostly of one shape
+        layers = draw(st.integers(1, 4))
+        shape = draw(st.sampled_from(SHAPES))
+        return [[draw(tensors(shape if draw(st.integers(0, 3)) else None, dtype, bound)) for _ in range(layers)]]
+    if op.is_population:  # one score per candidate scored together
+        n = draw(st.integers(1, 9))
+        return [draw(tensors((n,), dtype, bound)) for _ in op.inputs]
     if op.is_aggregation:
         layers = draw(st.integers(1, 8))
         values = draw(tensors((layers,), dtype, bound))
@@ -130,13 +145,21 @@ def test_scalar_and_network_versions_are_one_function():
 @given(data=st.data())
 def test_every_op_returns_its_declared_kind_and_dtype_without_touching_its_inputs(op, data):
     args = data.draw(op_arguments(op))
-    before = [a.clone() for a in args]
-    out = op.fn(*args)
-    for arg, copy in zip(args, before):
+    flat = [t for a in args for t in (a if isinstance(a, list) else [a])]
+    before = [a.clone() for a in flat]
+    try:
+        out = op.fn(*args)
+    except REFUSALS:
+        out = None
+    for arg, copy in zip(flat, before):
         assert torch.equal(arg, copy)
+    if out is None:
+        return
     assert isinstance(out, torch.Tensor)
-    assert out.dtype == args[0].dtype
-    if op.output in (Kind.S, Kind.N):
+    assert out.dtype == flat[0].dtype
+    if op.is_population:
+        assert out.shape == args[0].shape  # one value per candidate
+    elif op.output in (Kind.S, Kind.N):
         assert out.dim() == 0
 
 
@@ -145,8 +168,11 @@ def test_every_op_returns_its_declared_kind_and_dtype_without_touching_its_input
 @given(data=st.data())
 def test_every_op_maps_finite_inputs_to_finite_outputs(op, data):
     args = data.draw(op_arguments(op, SMALLER_BOUND.get(op.name, BOUND)))
-    out = op.fn(*args)
-    assert torch.isfinite(out).all(), f"{op.name}{tuple(tuple(a.tolist()) if a.dim() else a.item() for a in args)} -> {out}"
+    try:
+        out = op.fn(*args)
+    except REFUSALS:  # finite in: finite out, or a documented refusal
+        return
+    assert torch.isfinite(out).all(), f"{op.name}{args} -> {out}"
 
 
 @pytest.mark.parametrize("op", [op for op in ALL_OPS if op.commutative], ids=[op.name for op in ALL_OPS if op.commutative])
@@ -265,6 +291,17 @@ def test_div_by_zero_is_finite(dtype):
     assert torch.isfinite(out).all()
     assert torch.allclose(out, a / EPS)
     assert torch.isfinite(get_op("n_div").fn(torch.tensor(5.0), torch.tensor(0.0)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_div_nonzero_is_exact_where_the_divisor_is_nonzero_and_zero_where_it_is_zero(dtype):
+    a = torch.tensor([1.0, 3e-9, 2.0, -4.0], dtype=dtype)
+    b = torch.tensor([0.0, 1e-12, 4.0, -2.0], dtype=dtype)
+    out = get_op("div_nonzero").fn(a, b)
+    assert out.dtype == dtype and out[0].item() == 0.0  # ZiCo leaves zero-std weights out
+    assert torch.allclose(out[1:].double(), a[1:].double() / b[1:].double(), rtol=1e-6)  # no epsilon: 3000
+    huge = get_op("div_nonzero").fn(torch.tensor([1e30], dtype=dtype), torch.tensor([1e-30], dtype=dtype))
+    assert torch.isfinite(huge).all() and huge.item() == min(1e60, torch.finfo(dtype).max)  # clamped, never inf
 
 
 def test_div_shifts_negative_denominators_away_from_zero():

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emq.evaluate import MIN_BLOCK, StackedStats, block_for, evaluate_stacked
+from emq.evaluate import MIN_BLOCK, StackedStats, block_for, evaluate_pieces, evaluate_stacked
+from emq.population import population_ops
 from emq.program import Node, ProxyFormatError, parse_formula
 from emq.proxy import Proxy
 from emq.simplify import simplify
@@ -122,10 +123,14 @@ def test_shards_of_whole_blocks_score_bit_identically():
     block = 4
     whole = StackedStats(stats, block=block)
     shards = [StackedStats(stats[a:b], block=block) for a, b in ((0, 4), (4, 12), (12, 14))]
+    starts = (0, 4, 12)
     for _ in range(60):
         proxy = Proxy(random_program(rng, Grammar(names)))
         a, _ = evaluate_stacked(proxy, whole)
-        b = np.concatenate([evaluate_stacked(proxy, s)[0] for s in shards])
+        if population_ops(proxy.root):  # ranks are over the whole set: the shards' parts are joined (as the pool does)
+            b = evaluate_pieces([proxy], list(zip(starts, shards)), len(stats))[0][0]
+        else:
+            b = np.concatenate([evaluate_stacked(proxy, s)[0] for s in shards])
         assert np.array_equal(a.astype(np.float32), b.astype(np.float32), equal_nan=True), proxy.formula()
     assert block_for(len(stats)) == MIN_BLOCK and block_for(10_000) == 256
 

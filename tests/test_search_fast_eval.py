@@ -21,7 +21,16 @@ def _coverage_formulas() -> list[str]:
     """One well-conditioned formula per registered op."""
     out = []
     for op in list_ops():
-        if op.group == "unary":
+        if op.group == "matrix":  # square inputs from gram; a non-square one is refused (op_error), tested too
+            out += [f"sum_layers(mean({op.name}(gram(act))))" if op.output == Kind.T else
+                    f"sum_layers({op.name}(gram(act)))", f"sum_layers(mean({op.name}(grad)))" if op.output == Kind.T
+                    else f"sum_layers({op.name}(grad))"]
+        elif op.is_cross_layer:  # 0-d params agree in shape across layers; grad does not (op_error)
+            out += [f"mean_layers(l2(mul(grad, {op.name}(params))))", f"sum_layers(l2({op.name}(grad)))",
+                    f"sum_layers(logdet(gram({op.name}(params))))"]
+        elif op.is_population and op.arity == 1:
+            out.append(f"n_add({op.name}(mean_layers(l2(grad))), sum_layers(l2(grad)))")
+        elif op.group == "unary":
             out.append(f"mean_layers(mean({op.name}(grad)))")
         elif op.group == "binary":
             out += [f"mean_layers(mean({op.name}(grad, weight)))", f"mean_layers(mean({op.name}(act, grad)))",
@@ -46,24 +55,27 @@ def reference_scores(proxy: Proxy, stats_list, dtype=torch.float32):
 
     Written independently of emq.evaluate (no stacking, no vmap), as the oracle it is tested against.
     """
-    scores, failures = [], Counter()
-    needed = proxy.stats_needed
-    for stats in stats_list:
-        layers = [name for name, d in stats.layers.items() if needed <= d.keys()]
+    def apply(op, *args):
+        try:
+            out = op.fn(*args)
+        except Exception:
+            raise LookupError(f"op_error:{op.name}") from None
+        if op.output != Kind.T and not op.is_population and out.numel() != 1:
+            raise LookupError(f"shape:{op.name}")
+        return out
 
-        def apply(op, *args):
-            try:
-                out = op.fn(*args)
-            except Exception:
-                raise LookupError(f"op_error:{op.name}") from None
-            if op.output != Kind.T and out.numel() != 1:
-                raise LookupError(f"shape:{op.name}")
-            return out
+    def one_network(root, stats):
+        """The score of a program without population ops on one network (LookupError: its failure reason)."""
+        needed = root.stats()
+        layers = [name for name, d in stats.layers.items() if needed <= d.keys()]
 
         def per_layer(node, layer):
             if node.is_leaf:
                 return stats.layers[layer][node.name].to(dtype)
-            return apply(get_op(node.name), *[per_layer(c, layer) for c in node.children])
+            op = get_op(node.name)
+            if op.is_cross_layer:  # the same network-wide value in every layer
+                return apply(op, [per_layer(node.children[0], other) for other in layers])
+            return apply(op, *[per_layer(c, layer) for c in node.children])
 
         def network(node):
             op = get_op(node.name)
@@ -74,18 +86,38 @@ def reference_scores(proxy: Proxy, stats_list, dtype=torch.float32):
             return apply(op, *[network(c) for c in node.children])
 
         if not layers:
-            scores.append(np.nan)
-            failures["missing_stat"] += 1
-            continue
-        try:
-            value = float(network(proxy.root))
-        except LookupError as err:
-            scores.append(np.nan)
-            failures[str(err.args[0])] += 1
-            continue
-        scores.append(value)
-        failures["nonfinite"] += not np.isfinite(value)
-    return np.array(scores), +failures
+            raise LookupError("missing_stat")
+        return float(network(root))
+
+    def all_networks(node):
+        """Scores and failure reasons of subprogram `node` on every network; population ops see the whole vector."""
+        op = None if node.is_leaf else get_op(node.name)
+        if op is not None and op.is_population:
+            parts = [all_networks(c) for c in node.children]
+            values = op.fn(*[torch.tensor(v, dtype=torch.float64) for v, _ in parts]).numpy()
+            reasons = [next((r[i] for _, r in parts if r[i] is not None), None) for i in range(len(stats_list))]
+            return values, reasons
+        if op is not None and node.kind == Kind.N and any(get_op(n.name).is_population for n in node.unique()
+                                                          if not n.is_leaf):
+            parts = [all_networks(c) for c in node.children]
+            values = op.fn(*[torch.tensor(v, dtype=torch.float64) for v, _ in parts]).numpy()
+            reasons = [next((r[i] for _, r in parts if r[i] is not None), None) for i in range(len(stats_list))]
+            return values, reasons
+        values, reasons = [], []
+        for stats in stats_list:
+            try:
+                values.append(one_network(node, stats))
+                reasons.append(None)
+            except LookupError as err:
+                values.append(np.nan)
+                reasons.append(str(err.args[0]))
+        return np.array(values), reasons
+
+    scores, reasons = all_networks(proxy.root)
+    failures = Counter(r for r in reasons if r is not None)
+    failures["nonfinite"] += int(sum(1 for v, r in zip(scores, reasons) if r is None and not np.isfinite(v)))
+    scores = np.where([r is None for r in reasons], scores, np.nan)
+    return np.asarray(scores, dtype=np.float64), +failures
 
 
 @pytest.fixture(scope="module")
