@@ -95,7 +95,7 @@ class _BatchSourceOption(click.Option):
 def _device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Fail on a --device torch does not know, or one this machine does not have (CUDA without a GPU)."""
     from emq.errors import DeviceError
-    from emq.stats_cache import check_device
+    from emq.stats.cache import check_device
 
     try:
         return None if value is None else check_device(value)
@@ -141,7 +141,7 @@ def _stats_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def command(*args: Any, stat_names: tuple[str, ...] | None, batch_seed: int, batch_size: int, init_seed: int,
                 store_dtype: str, hessian_samples: int, device: str | None, **kwargs: Any) -> Any:
-        from emq.stats_cache import StatsConfig
+        from emq.stats.config import StatsConfig
 
         config = StatsConfig(batch_seed=batch_seed, batch_size=batch_size, init_seed=init_seed, stat_names=stat_names,
                              hessian_samples=hessian_samples, store_dtype=store_dtype, device=device)
@@ -362,7 +362,7 @@ def stats(name: str | None, data_dir: Path | None, config: Any, batch_source: st
           list_stats: bool, as_json: bool) -> None:
     """Precompute the statistics cache of benchmark NAME (a second run computes nothing), or list the catalogue."""
     from emq.stats import STATS
-    from emq.stats_cache import load_or_compute
+    from emq.stats.cache import load_or_compute
 
     if list_stats or not name:
         return _echo([dataclasses.asdict(i) for i in STATS.values()], "\n".join(

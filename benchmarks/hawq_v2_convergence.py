@@ -13,7 +13,7 @@ import argparse
 from scipy.stats import kendalltau
 
 from emq.bench.registry import get_benchmark
-from emq.hessian_trace import hessian_traces
+from emq.stats.hessian_trace import hessian_traces
 from emq.quant.layers import quantizable_layers
 
 

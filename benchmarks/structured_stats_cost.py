@@ -1,4 +1,4 @@
-"""Memory and time per NAS-Bench-201 candidate of each structured statistic (emq/structured_stats.py).
+"""Memory and time per NAS-Bench-201 candidate of each structured statistic (emq/stats/structured.py).
 
 Usage: python benchmarks/structured_stats_cost.py [CELLS] [BATCH,...]   (defaults: 40 cells, batches 16,64)
 
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from emq.bench.registry import open_benchmark
-from emq.stats_compute import compute_stats
-from emq.structured_stats import STRUCTURED_STATS
+from emq.stats.compute import compute_stats
+from emq.stats.structured import STRUCTURED_STATS
 
 
 def main(cells: int = 40, batches: tuple[int, ...] = (16, 64)) -> None:

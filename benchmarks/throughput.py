@@ -95,7 +95,8 @@ def child_rss() -> dict[int, float]:
 def load_set(name: str, n: int):
     """Return (benchmark, candidates, stats, cache source, config) for the first n candidates of a benchmark."""
     from emq.bench.registry import get_benchmark
-    from emq.stats_cache import StatsConfig, load_or_compute
+    from emq.stats.cache import load_or_compute
+    from emq.stats.config import StatsConfig
     from search.benchmark import cache_source
 
     bench = get_benchmark(name)
@@ -107,8 +108,8 @@ def load_set(name: str, n: int):
 
 def recompute_seconds(bench, cands, config, program: Proxy) -> float:
     """Return the seconds to rebuild `cands`' networks, compute the statistics `program` needs, and evaluate it."""
-    from emq.stats_cache import calibration_inputs
-    from emq.stats_compute import compute_stats
+    from emq.stats.cache import calibration_inputs
+    from emq.stats.compute import compute_stats
 
     t = time.perf_counter()
     batch = bench.batch(config.batch_seed, config.batch_size)

@@ -27,9 +27,9 @@ import torch  # noqa: E402
 
 from emq.bench.vit_bench101 import vit_batch  # noqa: E402
 from emq.models.autoformer import autoformer  # noqa: E402
-from emq.stats_compute import compute_stats  # noqa: E402
-from emq.stats_cache import stats_nbytes, write_stats  # noqa: E402
-from emq.stats_compute import applicable_stats  # noqa: E402
+from emq.stats.compute import compute_stats  # noqa: E402
+from emq.stats.cache import stats_nbytes, write_stats  # noqa: E402
+from emq.stats.compute import applicable_stats  # noqa: E402
 
 #: arch-000 of gt_autoformer.pth
 ARCH = {"hidden_dim": 192, "depth": 12, "mlp_ratio": [3.5, 4.0, 3.5, 4.0, 3.5, 3.5, 4.0, 3.5, 4.0, 4.0, 4.0, 3.5],

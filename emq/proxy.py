@@ -273,7 +273,7 @@ class Proxy:
     ) -> float:
         """Return the program's score for `model` on `batch` (with weight `bits` per layer for MQ).
 
-        Computes only the statistics the program reads (`emq.stats_compute.compute_stats`,
+        Computes only the statistics the program reads (`emq.stats.compute.compute_stats`,
         on a private copy: the model's weights and mode are never changed), then
         evaluates (a program that ranks candidates among each other, `emq.population`, is
         refused: one network has no rank). `batch` is an `emq.bench.base.Batch`, an `(inputs, labels)` pair, or
@@ -290,7 +290,7 @@ class Proxy:
         # Imported here: the statistics code sits above this module (it imports the quantizers).
         from emq.bench.base import Batch
         from emq.quant.fake_quant import check_act_bits
-        from emq.stats_compute import compute_stats
+        from emq.stats.compute import compute_stats
 
         if isinstance(batch, Batch):
             run_batch = batch

@@ -17,7 +17,8 @@ from emq.fitness import bootstrap_interval, heldout_split, kendall, spearman
 from emq.score_table import ScoreTable, score_table
 from emq.evaluate import StackedStats, block_for, evaluate_pieces, proxy_scores
 from emq.proxy import Proxy
-from emq.stats_cache import StatsConfig, iter_stats, load_or_compute
+from emq.stats.cache import iter_stats, load_or_compute
+from emq.stats.config import StatsConfig
 
 SPLITS = ("all", "search", "heldout")
 
@@ -158,7 +159,7 @@ def ceiling_rows(bench: Benchmark, candidates: Sequence[Any], truth: Mapping[str
 def benchmark_offered_stats(bench: Benchmark) -> tuple[str, ...]:
     """Return every statistic benchmark `bench` can compute (its family's, the classifier's, its teacher's, the
     structured ones)."""
-    from emq.stats_compute import offered_stats
+    from emq.stats.compute import offered_stats
 
     return offered_stats(bench.family == "mq", bench.family, bench.teacher() is not None)
 
@@ -166,7 +167,7 @@ def benchmark_offered_stats(bench: Benchmark) -> tuple[str, ...]:
 def benchmark_available_stats(bench: Benchmark, config: StatsConfig) -> tuple[str, ...]:
     """Return the statistics `config` computes on `bench`: those of its --stats the benchmark offers, else the default
     set (every applicable statistic; the classifier, teacher and structured ones are opt-in)."""
-    from emq.stats_compute import applicable_stats
+    from emq.stats.compute import applicable_stats
 
     if config.stat_names is None:
         return applicable_stats(bench.family == "mq", bench.family)

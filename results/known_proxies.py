@@ -39,14 +39,15 @@ import torch
 
 from emq.atomic import write_text_atomic
 from emq.baselines import baseline_costs, baseline_scores, get_baseline
-from emq.baselines_structured import AGGREGATES, rank_aggregate
+from emq.baselines.structured import AGGREGATES, rank_aggregate
 from emq.bench.registry import open_benchmark
 from emq.evaluate import StackedStats, evaluate_stacked
 from emq.fitness import bootstrap_interval, kendall, spearman
 from emq.known import known_proxies
 from emq.scoring import benchmark_offered_stats, select_split, stream_scores
-from emq.stats_cache import StatsConfig, cache_folder
-from emq.stats_compute import compute_stats
+from emq.stats.cache import cache_folder
+from emq.stats.config import StatsConfig
+from emq.stats.compute import compute_stats
 
 #: Published NAS-Bench-201 CIFAR-10 figures (Kendall, Spearman) quoted by the issue that asked for this table.
 PUBLISHED_NB201 = {

@@ -28,7 +28,7 @@ from emq.fitness import (
 from emq.proxy import Proxy
 from emq.score_table import score_table
 from emq.scoring import ScoreReport, ceiling_rows, rows_for, stream_scores
-from emq.stats_cache import (
+from emq.stats.cache import (
     StatsConfig, bench_fields, cache_folder, cache_key, calibration_inputs, load_or_compute, safe_name,
 )
 from search.config import SearchConfig

@@ -23,7 +23,8 @@ from emq.fitness import (
 )
 from emq.proxy import Proxy
 from emq.scoring import stream_scores
-from emq.stats_cache import StatsConfig, load_or_compute
+from emq.stats.cache import load_or_compute
+from emq.stats.config import StatsConfig
 from search.benchmark import against_trivial
 from search.hall_of_fame import json_finite
 from search.run_folder import read_run, run_folder_files

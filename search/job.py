@@ -100,7 +100,7 @@ class Job:
         Unknown sections or fields, wrong kinds, values out of their documented bounds and
         devices this machine lacks are JobFileError, naming the file and the field.
         """
-        from emq.stats_cache import check_device
+        from emq.stats.cache import check_device
         from search.settings import SETTINGS, SettingError, check_value
 
         known = job_fields()
@@ -176,7 +176,7 @@ def run_job(job: Job, progress: bool | None = None) -> JobOutcome:
 
     SIGTERM stops after the current generation (checkpointed) and gives exit code 3.
     """
-    from emq.stats_cache import StatsConfig
+    from emq.stats.config import StatsConfig
     from search.session import SearchRequest, SearchSettingsError, execute_search, plan_search
 
     progress = sys.stdout.isatty() if progress is None else progress

@@ -45,7 +45,7 @@ from emq.evaluate import StackedStats, block_for, evaluate_pieces
 from emq.population import Expansion
 from emq.proxy import Proxy
 from emq.stats import NetworkStats
-from emq.stats_cache import read_stats, write_stats
+from emq.stats.cache import read_stats, write_stats
 
 BACKENDS = ("serial", "threading", "loky", "dask", "ray")
 

@@ -20,7 +20,8 @@ from emq.bench.base import Benchmark
 from emq.fitness import PairedDifference, TrivialChoice, choose_best_trivial, get_metric, heldout_split, verdict
 from emq.score_table import ScoreTable, ScoreTableError
 from emq.scoring import check_proxies_fit
-from emq.stats_cache import StatsConfig, load_or_compute
+from emq.stats.cache import load_or_compute
+from emq.stats.config import StatsConfig
 from search.benchmark import against_trivial, run_verdict, verdict_line
 from search.config import RunFolderError
 from search.hall_of_fame import json_finite, load_hall_of_fame

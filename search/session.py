@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 from emq.bench.base import Benchmark
 from emq.errors import EMQUserError
-from emq.stats_cache import StatsConfig
+from emq.stats.config import StatsConfig
 from search.config import SearchConfig
 from search.settings import SETTINGS, check_settings, default
 from search.settings import SettingError as SearchSettingsError

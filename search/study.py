@@ -19,7 +19,7 @@ from emq.atomic import write_json_atomic, write_text_atomic
 from emq.bench.base import Benchmark
 from emq.fitness import PairedDifference, verdict
 from emq.safe_read import MAX_JSON_BYTES, read_text_limited
-from emq.stats_cache import StatsConfig
+from emq.stats.config import StatsConfig
 from emq.strict_json import loads_strict
 from search.config import RunFolderError, SearchConfig
 from search.hall_of_fame import load_hall_of_fame

@@ -18,7 +18,7 @@ from emq.apply.decompose import layer_sum
 from emq.bench.base import Batch
 from emq.errors import BudgetError, NotSeparableError, StatUnavailableError
 from emq.paths import results_dir
-from emq.stats_compute import compute_stats
+from emq.stats.compute import compute_stats
 
 needs_mq_digits = pytest.mark.skipif(
     not (results_dir() / "mq-digits" / "ground_truth.json").exists(),

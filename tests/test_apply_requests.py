@@ -10,7 +10,7 @@ from emq.apply.requests import (
     Allocations, ApplyRequestError, ArchRequest, ArchSearches, BitRequest, apply_arch, apply_bits,
 )
 from emq.paths import results_dir
-from emq.stats_cache import StatsConfig
+from emq.stats.config import StatsConfig
 
 needs_mq_digits = pytest.mark.skipif(
     not (results_dir() / "mq-digits" / "ground_truth.json").exists(),

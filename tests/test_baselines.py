@@ -11,14 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import emq.baselines as baselines
+import emq.baselines.model as baseline_models
 from emq.baselines import (
     BASELINES, BaselineContext, baseline_cache_path, baseline_scores, get_baseline, list_baselines, register_baseline,
 )
 from emq.bench.base import Batch, Benchmark, Candidate
 from emq.stats import BASE_STATS, BIT_STATS
-from emq.stats_compute import compute_stats
-from emq.stats_cache import StatsConfig
-from emq.stats_compute import prepare_network
+from emq.stats.compute import compute_stats
+from emq.stats.config import StatsConfig
+from emq.stats.compute import prepare_network
 
 LAYERS = ("conv1", "conv2", "fc")
 BITS = {"conv1": 4, "conv2": 3, "fc": 8}
@@ -165,7 +166,7 @@ def test_nwot_is_log_det_of_the_activation_code_kernel():
         c = (a.reshape(6, -1) > 0).double()
         kernel += c @ c.T + (1 - c) @ (1 - c).T
     expected = float(torch.linalg.slogdet(kernel)[1])
-    score = baselines.nwot(net, batch, None, BaselineContext(torch.device("cpu"), 0, None))
+    score = baseline_models.nwot(net, batch, None, BaselineContext(torch.device("cpu"), 0, None))
     assert score == pytest.approx(expected)
 
 
@@ -178,7 +179,7 @@ def test_fisher_matches_per_channel_definition():
         prod = (s["act"] * s["act_grad"]).double()
         per = prod.sum(dim=(2, 3)) if prod.dim() == 4 else prod
         expected += float(0.5 * per.pow(2).mean(0).sum())
-    score = baselines.fisher(prepare_network(model, None), batch, None, BaselineContext(torch.device("cpu"), 0, None))
+    score = baseline_models.fisher(prepare_network(model, None), batch, None, BaselineContext(torch.device("cpu"), 0, None))
     assert score == pytest.approx(expected, rel=1e-5)
 
 
@@ -194,7 +195,7 @@ def test_grasp_is_minus_weight_times_hessian_gradient_product():
     g = torch.autograd.grad(loss_of(w.requires_grad_(True)), w)[0]
     hessian = torch.autograd.functional.hessian(loss_of, w.detach()).reshape(12, 12)
     expected = float(-(w.detach().reshape(-1) * (hessian @ g.reshape(-1))).sum())
-    score = baselines.grasp(prepare_network(model, None), batch, None, BaselineContext(torch.device("cpu"), 0, None))
+    score = baseline_models.grasp(prepare_network(model, None), batch, None, BaselineContext(torch.device("cpu"), 0, None))
     assert score == pytest.approx(expected, rel=1e-4)
 
 

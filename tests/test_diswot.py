@@ -13,7 +13,7 @@ from emq.diswot import diswot_distance, diswot_matrices, head_features
 from emq.models.autoformer import autoformer
 from emq.models.nb201 import nb201
 from emq.models.resnet_cifar import resnet56
-from emq.teacher import Teacher
+from emq.stats.teacher import Teacher
 
 TINY_VIT = {"hidden_dim": 192, "depth": 2, "mlp_ratio": [4.0, 4.0], "num_heads": [3, 3]}
 
@@ -82,7 +82,7 @@ def test_diswot_is_registered_as_a_teacher_baseline():
 def test_teacher_statistics_sit_on_the_classifier_entry_and_a_program_expresses_diswot():
     from emq.diswot import diswot_distance, diswot_matrices
     from emq.proxy import Proxy
-    from emq.stats_compute import compute_stats
+    from emq.stats.compute import compute_stats
 
     teacher = Teacher("resnet56-cifar", lambda seed: resnet56(100, seed), 32, 0)
     batch = Batch(torch.randn(4, 3, 64, 64), torch.arange(4), "test", 0)
@@ -99,7 +99,7 @@ def test_teacher_statistics_sit_on_the_classifier_entry_and_a_program_expresses_
 
 
 def test_teacher_statistics_without_a_teacher_fail_naming_them():
-    from emq.stats_compute import compute_stats
+    from emq.stats.compute import compute_stats
 
     batch = Batch(torch.randn(2, 3, 32, 32), torch.arange(2), "test", 0)
     with pytest.raises(ValueError, match=r"teacher_relation.*distillation teacher"):
@@ -112,7 +112,7 @@ def test_teacher_statistics_are_offered_only_where_a_teacher_exists():
     from emq.errors import StatUnavailableError
     from emq.proxy import Proxy
     from emq.scoring import check_proxies_fit
-    from emq.stats_cache import StatsConfig
+    from emq.stats.config import StatsConfig
 
     proxy = {"kd": Proxy.from_formula("sum_layers(l2(sub(relation, teacher_relation)))")}
     config = StatsConfig(stat_names=("relation", "teacher_relation"))

@@ -134,7 +134,8 @@ def test_synflow_and_naswot_as_programs_pass_screening_on_nb201(tmp_path):
     from emq.evaluate import StackedStats
     from emq.known.library import get_known
     from emq.proxy import Proxy
-    from emq.stats_cache import StatsConfig, load_or_compute
+    from emq.stats.cache import load_or_compute
+    from emq.stats.config import StatsConfig
     from search.screening import INPUT_INDEPENDENT, ScreenInputs, ScreenLimits, screen_and_score
 
     bench = open_benchmark("nas-bench-201")

@@ -50,7 +50,7 @@ def test_baselines_flag_lists_trivial_and_arch_baselines():
 def test_quantized_loss_baselines_and_hawq_v2_on_mq_digits(tmp_path):
     from emq.baselines import baseline_scores, model_baseline_cost, get_baseline
     from emq.bench.registry import get_benchmark
-    from emq.stats_cache import StatsConfig
+    from emq.stats.config import StatsConfig
 
     _needs("mq-digits")
     bench = get_benchmark("mq-digits")
@@ -68,7 +68,7 @@ def test_quantized_loss_baselines_and_hawq_v2_on_mq_digits(tmp_path):
 def test_hutchinson_traces_settle_and_match_the_exact_trace_of_a_tiny_network():
     from torch import nn
 
-    from emq.hessian_trace import hessian_traces
+    from emq.stats.hessian_trace import hessian_traces
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))

@@ -356,7 +356,7 @@ def test_loky_workers_exit_when_their_parent_is_killed(tmp_path):
 
 # ------------------------------------------------------------ 5. cache integrity
 def test_flipped_bytes_in_a_cache_file_are_detected_and_recomputed(tmp_path):
-    from emq.stats_cache import read_stats, write_stats
+    from emq.stats.cache import read_stats, write_stats
     from tests.conftest import make_stats
 
     path = write_stats(tmp_path / "c.pt", "key", "c", make_stats(0))

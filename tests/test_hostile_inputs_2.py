@@ -132,7 +132,7 @@ def test_cli_job_files_and_search_request_share_every_default():
             assert request[name] == setting.default, name
         if setting.cli and name in options and setting.kind not in ("ints", "names", "paths"):
             assert options[name].default == setting.default, name
-    from emq.stats_cache import StatsConfig
+    from emq.stats.config import StatsConfig
 
     stats = StatsConfig()
     for name in ("batch_size", "init_seed", "hessian_samples", "store_dtype", "stat_names", "device"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from emq.baselines import BaselineContext, get_baseline
-from emq.baselines_structured import AGGREGATES, rank_aggregate
+from emq.baselines.structured import AGGREGATES, rank_aggregate
 from emq.bench.base import Batch
 from emq.evaluate import StackedStats, evaluate_stacked
 from emq.fitness import kendall
@@ -17,7 +17,7 @@ from emq.known import (
 )
 from emq.models.nb201 import nb201
 from emq.paths import results_dir
-from emq.stats_compute import compute_stats, prepare_network
+from emq.stats.compute import compute_stats, prepare_network
 from search.config import SearchConfig
 from search.proxy_sources import load_proxies
 
@@ -155,7 +155,7 @@ def test_score_reads_known_proxies_and_asks_for_their_statistics(run):
 
 @needs_vit_digits
 def test_a_search_is_seeded_with_the_known_proxies_its_statistics_allow(tmp_path):
-    from emq.stats_cache import StatsConfig
+    from emq.stats.config import StatsConfig
     from search.session import SearchRequest, plan_search
 
     stats = StatsConfig(stat_names=("act_codes_kernel", "act_channel_corr", "weight", "grad"))

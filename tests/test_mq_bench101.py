@@ -298,7 +298,7 @@ class _CountingCompute:
     """Wraps `compute_stats` in the cache module and counts the candidates it computes."""
 
     def __init__(self, monkeypatch) -> None:
-        import emq.stats_cache as stats_cache
+        import emq.stats.cache as stats_cache
 
         self.calls = 0
         real = stats_cache.compute_stats
@@ -311,7 +311,7 @@ class _CountingCompute:
 
 
 def _quant_error(tmp_path, data_dir, config) -> float:
-    from emq.stats_cache import load_or_compute
+    from emq.stats.cache import load_or_compute
 
     bench = MQBench101(data_dir)
     stats = load_or_compute(bench, bench.candidates()[:1], config, progress=False, cache_root=tmp_path / "cache")
@@ -320,7 +320,7 @@ def _quant_error(tmp_path, data_dir, config) -> float:
 
 def test_each_input_of_the_statistics_changes_the_cache_key(tmp_path, monkeypatch):
     """A second file reusing record ids, new weights, or other settings is recomputed, never read stale."""
-    from emq.stats_cache import StatsConfig
+    from emq.stats.config import StatsConfig
 
     counter = _CountingCompute(monkeypatch)
     config = StatsConfig(batch_size=2, stat_names=("weight", "quant_error"), store_dtype="float32")

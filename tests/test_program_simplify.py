@@ -142,7 +142,7 @@ def test_limits_refuse_before_work():
 
 def test_streamed_scores_equal_whole_set_scores(monkeypatch):
     import emq.scoring
-    from emq.stats_cache import StatsConfig
+    from emq.stats.config import StatsConfig
 
     stats = synthetic_problem(n_search=70, n_heldout=0, probe_size=4).search
     monkeypatch.setattr(emq.scoring, "iter_stats", lambda bench, cands, *a, **k: iter(stats[c] for c in cands))

@@ -7,11 +7,12 @@ import torch
 from torch import nn
 
 import emq.baselines
+import emq.baselines.scoring
 import emq.scoring
 import search.benchmark
 from emq.bench.base import Batch, Benchmark, Candidate
 from emq.fitness import heldout_split
-from emq.stats_cache import StatsConfig
+from emq.stats.config import StatsConfig
 from search.benchmark import default_baselines, search_benchmark
 from search.config import SearchConfig
 from search.hall_of_fame import export_proxies, load_hall_of_fame
@@ -52,7 +53,7 @@ def bench(monkeypatch):
         return [b.nets.stats(int(c.id[1:]), config.batch_seed) for c in candidates]
 
     monkeypatch.setattr(search.benchmark, "load_or_compute", fake_load)
-    monkeypatch.setattr(emq.baselines, "iter_stats", lambda *args, **kwargs: iter(fake_load(*args, **kwargs)))
+    monkeypatch.setattr(emq.baselines.scoring, "iter_stats", lambda *args, **kwargs: iter(fake_load(*args, **kwargs)))
     monkeypatch.setattr(emq.scoring, "iter_stats", lambda *args, **kwargs: iter(fake_load(*args, **kwargs)))
     bench.seen = seen
     return bench

@@ -9,7 +9,7 @@ import pytest
 from emq import Proxy
 from emq.bench.base import UnknownTargetError
 from emq.paths import results_dir
-from emq.stats_cache import StatsConfig
+from emq.stats.config import StatsConfig
 from search.config import RunFolderError
 from search.hall_of_fame import HOF_FORMAT, load_hall_of_fame
 from search.proxy_sources import load_proxies

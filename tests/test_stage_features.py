@@ -11,8 +11,8 @@ from emq.models.autoformer import autoformer
 from emq.models.nb201 import nb201
 from emq.models.pit import pit
 from emq.models.resnet_cifar import resnet56
-from emq.stage_features import feature_stages, relation_matrix, stage_list, stage_relations
-from emq.teacher import Teacher
+from emq.stats.stage_features import feature_stages, relation_matrix, stage_list, stage_relations
+from emq.stats.teacher import Teacher
 
 
 def _vit(depth: int) -> nn.Module:
@@ -63,7 +63,7 @@ def test_relation_matrix_ignores_feature_scale_and_layout():
 
 def test_stage_statistics_sit_on_the_classifier_and_a_program_compares_student_and_teacher():
     from emq.proxy import Proxy
-    from emq.stats_compute import compute_stats
+    from emq.stats.compute import compute_stats
 
     teacher = Teacher("resnet56-cifar", lambda seed: resnet56(100, seed), 32, 0)
     batch = Batch(torch.randn(4, 3, 32, 32), torch.arange(4), "test", 0)

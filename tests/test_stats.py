@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import emq.stats_cache as stats_cache
+import emq.stats.cache as stats_cache
 from emq.bench.base import Batch, Benchmark, Candidate
 from emq.quant.fake_quant import quantize_weight, quantized_model
 from emq.stats import BASE_STATS, BIT_STATS
-from emq.stats_compute import compute_stats
-from emq.stats_cache import StatsConfig, cache_folder, config_key, load_or_compute, stats_nbytes
+from emq.stats.compute import compute_stats
+from emq.stats.cache import cache_folder, config_key, load_or_compute, stats_nbytes
+from emq.stats.config import StatsConfig
 
 ALL = BASE_STATS + BIT_STATS
 LAYERS = ("conv1", "conv2", "fc")
@@ -413,9 +414,24 @@ def test_iter_stats_yields_one_candidate_at_a_time_from_the_same_cache(tmp_path)
 
 
 def test_the_same_statistics_named_in_another_order_share_one_cache_key():
-    from emq.stats_cache import StatsConfig, config_key
+    from emq.stats.cache import config_key
+    from emq.stats.config import StatsConfig
 
     a = StatsConfig(stat_names=("flops", "grad", "weight"))
     b = StatsConfig(stat_names=("weight", "grad", "flops", "grad"))
     assert a.stat_names == b.stat_names == ("weight", "grad", "flops")
     assert config_key("x", a) == config_key("x", b)
+
+
+def test_stats_config_json_round_trip_and_named_field_errors():
+    from emq.stats.config import StatsConfig
+
+    config = StatsConfig(batch_seed=3, batch_size=8, stat_names=("grad", "weight"), store_dtype="float32")
+    assert StatsConfig.from_json(config.to_json()) == config
+    assert StatsConfig.from_json(StatsConfig().to_json()) == StatsConfig()
+    with pytest.raises(ValueError, match="'batch_sise'"):
+        StatsConfig.from_json({"batch_sise": 8})
+    with pytest.raises(ValueError, match="'batch_size'"):
+        StatsConfig.from_json({"batch_size": "8"})
+    with pytest.raises(ValueError, match="'stat_names'"):
+        StatsConfig.from_json({"stat_names": ["no_such_stat"]})

@@ -1,4 +1,4 @@
-"""Specification of the structured statistics (emq/structured_stats.py): what each holds, where, and in what form."""
+"""Specification of the structured statistics (emq/stats/structured.py): what each holds, where, and in what form."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from emq.bench.base import Batch
 from emq.models.nb201 import nb201
-from emq.stats_compute import compute_stats, network_logits, prepare_network
-from emq.structured_stats import STRUCTURED_STATS, agreement_kernel, distinct_patterns
+from emq.stats.compute import compute_stats, network_logits, prepare_network
+from emq.stats.structured import STRUCTURED_STATS, agreement_kernel, distinct_patterns
 from emq.stats import STATS
 
 CELL = (2, 3, 0, 4, 2, 1)  # conv3x3, conv1x1, skip, avgpool, conv3x3, zeroize

@@ -17,9 +17,9 @@ from emq.models.pit import pit
 from emq.paths import results_dir
 from emq.proxy import MissingStatError, Proxy
 from emq.stats import BASE_STATS, TRANSFORMER_STATS
-from emq.stats_compute import compute_stats
-from emq.stats_cache import StatsConfig
-from emq.stats_compute import applicable_stats, prepare_network
+from emq.stats.compute import compute_stats
+from emq.stats.config import StatsConfig
+from emq.stats.compute import applicable_stats, prepare_network
 from emq.evaluate import proxy_scores as fast_scores
 
 ALL = ("weight", "grad", "act", "virtual_grad", "params") + TRANSFORMER_STATS

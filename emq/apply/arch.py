@@ -37,7 +37,7 @@ from emq.models.autoformer import AUTOFORMER_TI_SPACE, autoformer, count_params
 from emq.models.pit import pit
 from emq.proxy import Proxy, ProxyEvaluationError
 from emq.stats import STATS
-from emq.stats_compute import compute_stats
+from emq.stats.compute import compute_stats
 from primitives.errors import Registry
 
 Arch = dict[str, Any]

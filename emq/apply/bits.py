@@ -56,7 +56,7 @@ from emq.errors import BudgetError, NotSeparableError, StatUnavailableError
 from emq.proxy import Proxy, ProxyEvaluationError
 from emq.quant.layers import quantizable_layers
 from emq.stats import NetworkStats, stats_with
-from emq.stats_compute import applicable_stats, compute_stats
+from emq.stats.compute import applicable_stats, compute_stats
 
 #: The weight bit-widths of the embedded MQ benchmark.
 DEFAULT_CHOICES: tuple[int, ...] = (2, 3, 4, 8)

@@ -46,7 +46,7 @@ from emq.baselines import get_baseline
 from emq.bench.base import Benchmark
 from emq.proxy import Proxy
 from emq.quant.layers import quantizable_layers
-from emq.stats_cache import calibration_inputs
+from emq.stats.cache import calibration_inputs
 
 #: Baselines used as allocation objectives in the comparison.
 COMPARE_BASELINES: tuple[str, ...] = ("hawq", "bparams")

@@ -28,7 +28,7 @@ from emq.baselines import get_baseline
 from emq.bench.base import Benchmark
 from emq.errors import EMQUserError
 from emq.proxy import Proxy
-from emq.stats_cache import StatsConfig
+from emq.stats.config import StatsConfig
 
 #: The allocator name that asks for no allocator besides the objectives (`--allocator none`).
 NO_ALLOCATOR = "none"

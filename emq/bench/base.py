@@ -14,7 +14,7 @@ from torch import nn
 from emq.errors import EMQUserError, UnknownNameError
 
 if TYPE_CHECKING:
-    from emq.teacher import Teacher
+    from emq.stats.teacher import Teacher
 
 
 @dataclass(frozen=True)

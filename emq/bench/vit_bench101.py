@@ -56,7 +56,7 @@ from emq.memory_check import check_fits
 from emq.models.autoformer import autoformer, autoformer_params, count_params
 from emq.models.pit import NUM_STAGES, pit, pit_params
 from emq.models.resnet_cifar import resnet56
-from emq.teacher import Teacher
+from emq.stats.teacher import Teacher
 
 SUBDIR = "vit-bench-101"
 SPACES = ("autoformer", "pit")

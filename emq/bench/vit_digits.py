@@ -54,7 +54,7 @@ from emq.bench.vit_digits_load import (
 from emq.bench.vit_digits_space import TinyViTSpace, sample_archs, space_from_json, tiny_vit
 from emq.bench.vit_digits_train import Recipe, run_jobs, train_seed
 from emq.models.autoformer import count_params
-from emq.teacher import Teacher
+from emq.stats.teacher import Teacher
 
 BATCH_SOURCE = "digits-train-16x16"
 DEFAULT_NUM_ARCHS = 120

@@ -23,7 +23,7 @@ from emq.baselines import baseline_scores
 from emq.bench.nb201 import NB201Benchmark
 from emq.fitness import bootstrap_interval, kendall, paired_bootstrap_difference, spearman
 from emq.scoring import select_split
-from emq.stats_cache import StatsConfig
+from emq.stats.config import StatsConfig
 
 SOURCES = ("photos", "digits", "gaussian")
 #: Baselines whose value depends on the batch's images or labels (SynFlow, #params and Zen-score do not).

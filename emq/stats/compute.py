@@ -28,7 +28,7 @@ Conventions every statistic follows (the cache key's CODE_VERSION changes with t
   (often 1e10) would otherwise turn into zeros or infs, and `log_abs`,
   `reciprocal` ... would see those instead of the values.
 - Transformer statistics (`TRANSFORMER_STATS`, networks with attention modules
-  only; `emq.stats_transformer` says where each is recorded and stored) come from
+  only; `emq.stats.transformer` says where each is recorded and stored) come from
   the same forward pass: `attn` and `head_out` per attention module, `mlp_hidden`
   on each MLP's first layer, `ln_out` per LayerNorm; `attn_grad` from the same
   backward pass as `grad`. Their entries join the layers in forward order.
@@ -45,15 +45,15 @@ from torch import nn
 
 from emq.bench.base import Batch
 from emq.diswot import diswot_matrices
-from emq.stage_features import stage_relations
+from emq.stats.stage_features import stage_relations
 from emq.quant.fake_quant import quantize_weight, quantized_model
 from emq.quant.layers import check_bit_assignment, quantizable_layers
 from emq.stats import (
     BASE_STATS, BIT_STATS, FAMILY_STATS, STATS, TRANSFORMER_STATS, NetworkStats, check_stat_names, stats_with,
 )
-from emq.structured_stats import STRUCTURED_STATS, add_structured_stats
-from emq.stats_transformer import HookPoint, attention_macs, entry_params, has_transformer_parts, hook_points
-from emq.teacher import Teacher
+from emq.stats.structured import STRUCTURED_STATS, add_structured_stats
+from emq.stats.transformer import HookPoint, attention_macs, entry_params, has_transformer_parts, hook_points
+from emq.stats.teacher import Teacher
 
 #: Largest finite float16 and smallest normal float16.
 F16_MAX = 65504.0
@@ -74,7 +74,7 @@ def applicable_stats(has_bits: bool, family: str | None = None) -> tuple[str, ..
 def offered_stats(has_bits: bool, family: str | None = None, has_teacher: bool = False) -> tuple[str, ...]:
     """Return every statistic that can be asked for: the default set (`applicable_stats`), the classifier-entry
     ones (`logits`, `relation`, `semantic`), the teacher's when the benchmark has a teacher, and the structured ones
-    (`emq.structured_stats`) (opt-in by --stats)."""
+    (`emq.stats.structured`) (opt-in by --stats)."""
     head = tuple(n for n, info in STATS.items() if info.head_entry and (has_teacher or not info.needs_teacher))
     return applicable_stats(has_bits, family) + head + STRUCTURED_STATS
 
@@ -165,7 +165,7 @@ def compute_stats(
     inputs = batch.inputs.to(device)
     labels = batch.labels.to(device)
 
-    wanted = set(names) - set(STRUCTURED_STATS)  # those run their own passes (emq.structured_stats)
+    wanted = set(names) - set(STRUCTURED_STATS)  # those run their own passes (emq.stats.structured)
     points = hook_points(net, wanted)
     run = _run_network(net, layers, inputs, labels, wanted, hessian_samples, seed, points)
     ran = [n for n in run.order if n in layers]
@@ -218,7 +218,7 @@ def compute_stats(
                 if name in run.transformer.get(stat, {}):  # mlp_hidden, on an MLP's first layer
                     tensors[stat] = _store(run.transformer[stat][name], store_dtype)
             elif STATS[stat].head_entry or stat in STRUCTURED_STATS:
-                continue  # added to the classifier's entry / by emq.structured_stats below
+                continue  # added to the classifier's entry / by emq.stats.structured below
             else:  # a statistic registered in the catalogue without code here
                 raise NotImplementedError(f"no code computes statistic {stat!r}")
         out[name] = tensors

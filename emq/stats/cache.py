@@ -13,20 +13,18 @@ ground-truth file that reuses an id for another configuration never reads a stal
 Integrity: each file carries a checksum of its content (`content_checksum`), verified on
 every read; a file that fails it (or has none) is recomputed with a warning, never used.
 
-Memory: files hold 16-bit tensors by default (see `emq.stats_compute` for the
+Memory: files hold 16-bit tensors by default (see `emq.stats.compute` for the
 float16 / bfloat16 rule); on load, tensors of `SHARED_STATS` that are identical
 across candidates (the full-precision weights of a mixed-precision benchmark) are
 kept once in memory.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -37,76 +35,15 @@ from emq.atomic import save_tensors_atomic, write_json_atomic
 from emq.bench.base import Batch, Benchmark, Candidate
 from emq.errors import DeviceError
 from emq.paths import cache_dir
-from emq.stats import STATS, NetworkStats, check_stat_names
-from emq.stats_compute import applicable_stats, compute_stats
+from emq.stats import NetworkStats
+from emq.stats.compute import compute_stats
+from emq.stats.config import StatsConfig
 
 #: Bump whenever a statistic's definition or the file layout changes: old cache folders are then ignored.
 CODE_VERSION = 2  # 2: ViT benchmarks' "all applicable" set gained the transformer statistics
 FILE_FORMAT = "emq-stats/1"
-STORE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 #: Statistics kept once in memory when equal across candidates (MQ: one full-precision network).
 SHARED_STATS: tuple[str, ...] = ("weight",)
-
-
-@dataclass(frozen=True)
-class StatsConfig:
-    """How statistics are computed and stored; every field but `device` is part of the cache key.
-
-    `stat_names=None` means every applicable statistic (BASE_STATS, plus BIT_STATS for
-    candidates with bits, plus TRANSFORMER_STATS on "vit" benchmarks). On a ViT at
-    224x224 that is several hundred MB per candidate: name a smaller set there (README,
-    "ViT statistics and memory"). `store_dtype` "float16" is 16-bit storage (float16,
-    or bfloat16 for tensors float16 cannot represent); "float32" keeps full precision.
-    `device=None` picks CUDA when available.
-    """
-
-    batch_seed: int = 0
-    batch_size: int = 16
-    init_seed: int = 0
-    stat_names: tuple[str, ...] | None = None
-    hessian_samples: int = 2
-    store_dtype: str = "float16"
-    device: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.stat_names is not None:
-            names = tuple(dict.fromkeys(self.stat_names))
-            check_stat_names(names)
-            # Catalogue order: the same set is the same cache whatever order --stats named it in.
-            order = {n: i for i, n in enumerate(STATS)}
-            object.__setattr__(self, "stat_names", tuple(sorted(names, key=order.__getitem__)))
-        if self.store_dtype not in STORE_DTYPES:
-            raise ValueError(f"store_dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.hessian_samples < 1:
-            raise ValueError(f"hessian_samples must be >= 1, got {self.hessian_samples}")
-
-    def stats_for(self, candidate: Candidate, family: str | None = None) -> tuple[str, ...]:
-        """Return the statistic names computed for `candidate` of a benchmark of `family`."""
-        if self.stat_names is not None:
-            return self.stat_names
-        return applicable_stats(candidate.bits is not None, family)
-
-    def torch_dtype(self) -> torch.dtype:
-        return STORE_DTYPES[self.store_dtype]
-
-    def resolved_device(self) -> str:
-        if self.device is not None:
-            return self.device
-        return "cuda" if torch.cuda.is_available() else "cpu"
-
-    def describe(self) -> dict[str, Any]:
-        """Return the config as JSON-ready data."""
-        data = dataclasses.asdict(self)
-        data["stat_names"] = list(self.stat_names) if self.stat_names is not None else "all applicable"
-        return data
-
-    def key_fields(self) -> dict[str, Any]:
-        """Return the fields that change the statistics (all but `device`)."""
-        data = self.describe()
-        data.pop("device")
-        return data
 
 
 def check_device(name: str | None) -> str | None:

@@ -1,7 +1,7 @@
 """Structured statistics: small matrices per layer or per network that the field's best proxies read (opt-in).
 
 They are computed once per network at statistics time, from the same private copy of
-the network and the same batch as the other statistics (`emq.stats_compute`), and
+the network and the same batch as the other statistics (`emq.stats.compute`), and
 stored compactly: batch x batch, channels x channels, or the distinct activation
 patterns, never whole feature maps. None is in the default statistic set; name them in
 `--stats`. Matrices are computed in float64 and stored in float32 (their small

@@ -98,12 +98,12 @@ register_stat("teacher_semantic", "the teacher's `semantic` matrix; entry: the s
               head_entry=True, needs_teacher=True)
 register_stat("stage_relation", "sample-relation matrices at the network's 3 feature stages (stage outputs, or "
               "blocks at 1/3, 2/3 and all of the depth), 3 x batch x batch, each Frobenius-normalised "
-              "(emq.stage_features); entry: the classifier", head_entry=True)
+              "(emq.stats.stage_features); entry: the classifier", head_entry=True)
 register_stat("teacher_stage_relation", "the teacher's `stage_relation` (its 3 stage outputs) on the same batch; "
               "entry: the student's classifier", head_entry=True, needs_teacher=True)
 register_stat("ln_out", "(ViT) LayerNorm output, batch x tokens x width; entry: the LayerNorm, e.g. blocks.3.norm1",
               family="vit")
-# Structured statistics (emq.structured_stats computes them; opt-in by --stats): small matrices, float32.
+# Structured statistics (emq.stats.structured computes them; opt-in by --stats): small matrices, float32.
 register_stat("act_codes_kernel", "B x B agreement counts of the binary activation codes (output > 0), NASWOT's "
               "Hamming kernel; entry: each activation module, e.g. stage1.cell0.edge0to1.relu", needs_output=True,
               memory="NB201: 42 KB (97 KB) at batch 16, 666 KB (1.6 MB) at 64")

@@ -51,7 +51,7 @@ from torch import nn
 
 from emq.bench.base import Batch
 from emq.quant.layers import quantizable_layers
-from emq.structured_stats import ACTIVATION_MODULES
+from emq.stats.structured import ACTIVATION_MODULES
 from primitives.ranks import log_rank
 
 #: A model baseline: (network, batch, bits, context with `.device` and `.seed`) -> score.
