@@ -13,7 +13,7 @@ Rank aggregates (AZ-NAS) are ranked over the candidates scored, like the fitness
         --out results/known-proxies-nb201-200.md   (the reproduction check; its --note is in the table)
     python results/known_proxies.py vit-digits --split heldout --targets test_acc,test_acc_low_data,test_acc_kd \\
         --out results/known-proxies-vit-digits.md
-    python results/known_proxies.py vit-bench-101-autoformer --data-dir /work/shared/benchmarks --split heldout \\
+    python results/known_proxies.py vit-bench-101-autoformer --data-dir ../shared/benchmarks --split heldout \\
         --limit 40 --batch-size 8 --batch-source digits --targets c100_base_acc,c100_kd_acc --cost-sample 5 \\
         --out results/known-proxies-autoformer.md
 

@@ -68,9 +68,10 @@ class StatsConfig:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def describe(self) -> dict[str, Any]:
-        """Return the config as JSON-ready data."""
-        data = dataclasses.asdict(self)
-        data["stat_names"] = list(self.stat_names) if self.stat_names is not None else "all applicable"
+        """Return the config as people read it (and the cache key hashes it): `to_json`, "all applicable" for null."""
+        data = self.to_json()
+        if data["stat_names"] is None:
+            data["stat_names"] = "all applicable"
         return data
 
     def key_fields(self) -> dict[str, Any]:
