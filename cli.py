@@ -515,7 +515,7 @@ def verdict(run_dir: Path, data_dir: Path | None, n_boot: int, config: Any, batc
     median rule) from its committed heldout_scores.csv alone, write nothing, and say whether
     it agrees with the recorded one (exit 1 when it does not).
     """
-    from search.benchmark import verdict_line
+    from search.protocol import verdict_line
     from search.rescore import judge_run, study_verdict_from_scores, verdict_from_scores
 
     if from_scores:

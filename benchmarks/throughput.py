@@ -97,7 +97,7 @@ def load_set(name: str, n: int):
     from emq.bench.registry import get_benchmark
     from emq.stats.cache import load_or_compute
     from emq.stats.config import StatsConfig
-    from search.benchmark import cache_source
+    from search.benchmark_run import cache_source
 
     bench = get_benchmark(name)
     cands = bench.candidates()[:n]

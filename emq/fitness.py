@@ -92,6 +92,15 @@ class Split:
     search: np.ndarray
     heldout: np.ndarray
 
+    def cut(self, max_search: int | None = None, max_heldout: int | None = None) -> "Split":
+        """Return the first `max_search` / `max_heldout` of each half (None or 0: all of it).
+
+        With the "hash" order the first N of either half are a uniform sample, so a cut
+        is the explicit memory and time bound of a run, not a biased subset.
+        """
+        return Split(search=self.search[:max_search] if max_search else self.search,
+                     heldout=self.heldout[:max_heldout] if max_heldout else self.heldout)
+
 
 #: How each half of a split is ordered: "hash" (by the split hash, so the first N of either half are a uniform
 #: sample) or "index" (candidate order: the engine's order before emq 0.x; NB201's lexicographic cells made its

@@ -1,7 +1,7 @@
 """Evolutionary search for proxy programs.
 
 Entry points:
-- `search.benchmark.search_benchmark(bench, stats_config, search_config, run_dir, pool=...)`:
+- `search.benchmark_run.search_benchmark(bench, stats_config, search_config, run_dir, pool=...)`:
   a whole run on a benchmark (split, cached statistics, evolution, held-out
   comparison with baselines, summary.md).
 - `search.engine.run_search(search_stats, probe_stats_other_batch, truth, config, run_dir, ...)`:
@@ -10,8 +10,10 @@ Entry points:
 - `search.pool.EvaluationPool(backend, n_jobs, scheduler, max_shard_bytes=...)`: scoring on
   candidates sharded over workers, one shard each (serial, threading, loky, dask, ray).
 
-Modules: `config` (SearchConfig, run-folder errors), `engine` (the generation loop),
-`checkpoint` (resumable state, log.jsonl, config.json), `hall_of_fame` (hall_of_fame.json,
+Modules: `config` (SearchConfig, run-folder errors), `protocol` (the honest bar: split, best trivial
+predictor, held-out scores, verdict), `run_folder` (RunFolder: every file of a run folder),
+`benchmark_run` (one run on a benchmark, end to end), `engine` (the generation loop),
+`checkpoint` (resumable state, log.jsonl), `hall_of_fame` (the hall_of_fame.json format,
 held-out scores, export), `individual` (a program in the population),
 `generate` (random programs as `emq.program.Node` trees),
 `operators` (mutation, crossover), `screening` (cheap rejections with reasons),

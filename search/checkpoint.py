@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from emq.atomic import write_json_atomic, write_text_atomic
-from emq.fitness import TrivialChoice
 from emq.proxy import Proxy
 from emq.safe_read import MAX_CHECKPOINT_BYTES, MAX_SMALL_TENSOR_BYTES, read_text_limited
 from emq.strict_json import loads_strict
@@ -185,11 +184,3 @@ def _individual(entry: Mapping[str, Any]) -> Program:
 def write_log(run_dir: Path, log: Sequence[Mapping[str, Any]]) -> Path:
     """Write `log.jsonl`, one JSON line per generation (rewritten whole, atomically, after each one)."""
     return write_text_atomic(run_dir / "log.jsonl", "".join(json.dumps(row) + "\n" for row in log))
-
-
-def write_run_config(run_dir: Path, config: SearchConfig, stats: Sequence[str], targets: Sequence[str],
-                     best_trivial: Mapping[str, TrivialChoice]) -> Path:
-    """Write `config.json`: the search config, statistics, targets and each target's trivial control predictor."""
-    return write_json_atomic(run_dir / "config.json", {
-        "search": config.to_json(), "stats": list(stats), "targets": list(targets),
-        "engine": ENGINE, "best_trivial": {t: c.to_json() for t, c in best_trivial.items()}})

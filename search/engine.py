@@ -39,22 +39,23 @@ import torch
 from tqdm.auto import tqdm
 
 from emq.errors import StatUnavailableError
-from emq.evaluate import StackedStats, evaluate_stacked
+from emq.evaluate import StackedStats
 from emq.fitness import TrivialChoice, beyond_trivial, choose_best_trivial, get_metric, joint, partial_correlation
 from emq.proxy import Proxy
 from emq.stats import NetworkStats
 from search import run_lock
-from search.checkpoint import SearchState, load_checkpoint, save_checkpoint, state_path, write_log, write_run_config
+from search.checkpoint import SearchState, load_checkpoint, save_checkpoint, state_path, write_log
 from search.config import ResumeError, SearchConfig, SeedProxyError
 from search.generate import Grammar, GrowConfig, random_program
-from search.hall_of_fame import add_heldout, hall_entry, write_hall_of_fame
+from search.hall_of_fame import hall_entry
 from search.individual import Program
 from search.interrupt import stop_requested
 from search.niches import NicheHallOfFame, count_niches, representatives, tournament
 from search.operators import Limits, crossover, mutate, program
 from search.pool import EvaluationPool, ShardedStats, StatsSource, one_thread, worker_device
-from search.report import plot_evolution, plot_scatter
+from search.report import plot_evolution
 from search.rng import SearchRNG
+from search.run_folder import RunFolder
 from search.screening import UNDEFINED_FITNESS, Outcome, ProbeInputs, ScreenLimits, score_outcome, screen_probe
 
 
@@ -86,7 +87,6 @@ def run_search(
     progress: bool = True,
     resume: bool = False,
     probe_index: Sequence[int] | None = None,
-    heldout: tuple[Sequence[NetworkStats], Mapping[str, np.ndarray]] | None = None,
     sources: tuple[StatsSource | None, StatsSource | None] = (None, None),
     stop_after: int | None = None,
     on_generation: Callable[[int, dict[str, Any]], None] | None = None,
@@ -101,8 +101,7 @@ def run_search(
     screen (None skips that screen). `truth` maps column -> array aligned with
     `search_stats`. `pool` evaluates programs (None: serially in this process);
     `sources` lets process pools read the statistics from existing files instead of
-    a spilled copy. `heldout` = (statistics, truth) scores the final hall of fame on
-    networks the search never saw. `stop_after` ends this call after that
+    a spilled copy (held-out judgement is `search.protocol`'s, after the search). `stop_after` ends this call after that
     generation (the run stays resumable); `on_generation(gen, log_row)` is called
     after each generation's checkpoint. `trivial` maps each trivial predictor to its
     values on the search networks (#params is added from the statistics), `features`
@@ -172,7 +171,7 @@ def run_search(
         finally:
             bar.close()
         finished = state.generation + 1 >= config.generations
-        hall = engine.finish(state, heldout, command)
+        hall = engine.finish(state, command)
         return SearchResult(run_dir, hall, state.log, state.generation, finished, choices)
     finally:
         if search_set is not None:
@@ -427,26 +426,13 @@ class _Engine:
         return row
 
     def _write_config(self) -> None:
-        write_run_config(self.run_dir, self.config, self.grammar.stats, list(self.truth),
-                         {t: c for t, (c, _) in self.controls.items()})
+        RunFolder(self.run_dir).write_config(self.config, self.grammar.stats, list(self.truth),
+                                             {t: c for t, (c, _) in self.controls.items()})
 
     # ------------------------------------------------------------ finish
-    def finish(self, state: SearchState, heldout: tuple[Sequence[NetworkStats], Mapping[str, np.ndarray]] | None,
-               command: str | None) -> list[dict[str, Any]]:
-        """Write hall_of_fame.json and evolution.png (and scatter.png with held-out data); return the hall."""
+    def finish(self, state: SearchState, command: str | None) -> list[dict[str, Any]]:
+        """Write hall_of_fame.json (search split only; `search.benchmark_run` judges it held out) and evolution.png."""
         hall = [hall_entry(rank, ind) for rank, ind in enumerate(state.hof, start=1)]
-        if heldout is not None and hall:
-            stats_list, truth = heldout
-            stacked = StackedStats(stats_list, worker_device(self.pool.device))
-            for entry in hall:
-                scores, failures = evaluate_stacked(Proxy.from_formula(entry["formula"]), stacked)
-                entry["heldout_scores"] = scores
-                add_heldout(entry, scores, truth, self.config.metric, dict(failures))
-            best = hall[0]
-            target = next(iter(truth))
-            plot_scatter(best["heldout_scores"], np.asarray(truth[target]), self.run_dir / "scatter.png",
-                         f"{best['formula']}\nheld-out {self.config.metric} = {best['heldout'][target]:+.3f}",
-                         ylabel=target)
-        write_hall_of_fame(self.run_dir, hall, self.config, command)
+        RunFolder(self.run_dir).write_hall(hall, self.config, command)
         plot_evolution(state.log, self.run_dir / "evolution.png", self.config.metric)
         return hall

@@ -15,17 +15,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from emq.atomic import check_writes, write_text_atomic
-from emq.baselines import baseline_scores, trivial_baselines
+from emq.baselines import trivial_baselines
 from emq.bench.base import Benchmark
 from emq.fit import FitError, FitSettings, describe_fit, fit_layer_weights
-from emq.fitness import (
-    PairedDifference, choose_best_trivial, get_metric, heldout_split, paired_bootstrap_difference, verdict,
-)
+from emq.fitness import PairedDifference, get_metric, paired_bootstrap_difference, verdict
 from emq.proxy import Proxy
-from emq.scoring import stream_scores
 from emq.stats.cache import load_or_compute
 from emq.stats.config import StatsConfig
-from search.benchmark import against_trivial
+from search.protocol import against_trivial, choose_trivial, cut_run, score_heldout, trivial_on_heldout
 from search.hall_of_fame import json_finite
 from search.run_folder import read_run, run_folder_files
 
@@ -88,33 +85,24 @@ def fit_run(bench: Benchmark, source: FitSource, stats_config: StatsConfig, sett
     missing = [t for t in targets if t not in truth]
     if missing:
         raise FitError(f"targets {missing} are not columns of {bench.name} ({', '.join(truth)})")
-    candidates = bench.candidates()
-    split = heldout_split([c.id for c in candidates], source.heldout_fraction, source.split_seed,
-                          source.split_order)
-    search_idx = split.search[:source.n_search] if source.n_search else split.search
-    heldout_idx = split.heldout[:source.n_heldout] if source.n_heldout else split.heldout
-    search_cands = [candidates[i] for i in search_idx]
-    search_stats = load_or_compute(bench, search_cands, stats_config, progress=progress, cache_root=cache_root)
-    result = fit_layer_weights(source.proxy, search_stats, {t: truth[t][search_idx] for t in targets}, settings)
+    cut = cut_run(bench, targets, source.heldout_fraction, source.split_seed, source.split_order,
+                  source.n_search, source.n_heldout)
+    search_stats = load_or_compute(bench, cut.search, stats_config, progress=progress, cache_root=cache_root)
+    result = fit_layer_weights(source.proxy, search_stats, cut.search_truth, settings)
     del search_stats
     fitted = source.proxy.with_layer_weights(result.weights)
     metric = get_metric(source.metric)
-    names = trivial_baselines(bench)
-    on_search = baseline_scores(bench, names, stats_config, progress=progress, candidates=search_cands,
-                                cache_root=cache_root)
-    choices = choose_best_trivial(on_search, {t: truth[t][search_idx] for t in targets}, metric)
-    heldout_cands = [candidates[i] for i in heldout_idx]
-    held_truth = {t: truth[t][heldout_idx] for t in targets}
-    (before, _), (after, fails) = stream_scores([source.proxy, fitted], bench, heldout_cands, stats_config,
+    choices = choose_trivial(bench, trivial_baselines(bench), stats_config, cut, metric, progress, cache_root)
+    held_truth = cut.heldout_truth
+    (before, _), (after, fails) = score_heldout([source.proxy, fitted], bench, cut, stats_config,
                                                 progress=progress, cache_root=cache_root)
-    trivial = baseline_scores(bench, sorted({c.name for c in choices.values()}), stats_config, progress=progress,
-                              candidates=heldout_cands, cache_root=cache_root)
+    trivial = trivial_on_heldout(bench, choices, stats_config, cut, progress, cache_root)
     vs_before = paired_bootstrap_difference(after, before, held_truth, metric, source.joint, n_boot)
     against = against_trivial(after, choices, trivial, held_truth, metric, source.joint, n_boot)
     vs_trivial = against.get("vs_best_trivial")
     record = {
         "benchmark": bench.name, "formula": source.proxy.formula(), "targets": targets,
-        "split": {"search": len(search_idx), "heldout": len(heldout_idx), "seed": source.split_seed,
+        "split": {"search": len(cut.search), "heldout": len(cut.heldout), "seed": source.split_seed,
                   "order": source.split_order},
         "stats": stats_config.describe(), "fit": describe_fit(result),
         "heldout_before": {t: metric(before, c) for t, c in held_truth.items()},

@@ -15,18 +15,18 @@ from typing import Any, Callable
 import numpy as np
 
 from emq.atomic import write_json_atomic, write_text_atomic
-from emq.baselines import baseline_scores, trivial_baselines
+from emq.baselines import trivial_baselines
 from emq.bench.base import Benchmark
-from emq.fitness import PairedDifference, TrivialChoice, choose_best_trivial, get_metric, heldout_split, verdict
-from emq.score_table import ScoreTable, ScoreTableError
+from emq.fitness import PairedDifference, TrivialChoice, get_metric, verdict
+from emq.score_table import ScoreTableError
 from emq.scoring import check_proxies_fit
-from emq.stats.cache import load_or_compute
 from emq.stats.config import StatsConfig
-from search.benchmark import against_trivial, run_verdict, verdict_line
 from search.config import RunFolderError
-from search.hall_of_fame import json_finite, load_hall_of_fame
-from search.run_folder import HELDOUT_SCORES, read_run
-from emq.evaluate import StackedStats, evaluate_stacked
+from search.hall_of_fame import json_finite
+from search.protocol import (
+    against_trivial, choose_trivial, cut_run, run_verdict, score_heldout, trivial_on_heldout, verdict_line,
+)
+from search.run_folder import RunFolder, read_run
 
 VERDICT_FORMAT = "emq-verdict/1"
 
@@ -45,39 +45,30 @@ def rescore_run(bench: Benchmark, run_dir: str | Path, stats_config: StatsConfig
         raise RunFolderError(f"{run_dir} is a run on {run.benchmark}, not on {bench.name}")
     search = run.config
     metric = get_metric(search.metric)
-    truth = bench.ground_truth()
-    targets = list(run.targets or truth)
-    candidates = bench.candidates()
-    split = heldout_split([c.id for c in candidates], search.heldout_fraction, search.split_seed, search.split_order)
-    search_idx = split.search[:run.n_search] if run.n_search else split.search
-    heldout_idx = split.heldout[:run.n_heldout] if run.n_heldout else split.heldout  # the run's own --max-heldout cut
-    names = trivial_baselines(bench)
-
+    targets = list(run.targets or bench.ground_truth())
+    # the run's own --max-search / --max-heldout cut
+    cut = cut_run(bench, targets, search.heldout_fraction, search.split_seed, search.split_order, run.n_search,
+                  run.n_heldout)
     proxy = run.program(1)
     best = run.programs[0]
     config = stats_config
     check_proxies_fit(bench, {"best": proxy}, config)
-    on_search = baseline_scores(bench, names, config, progress=progress, candidates=[candidates[i] for i in search_idx],
-                                cache_root=cache_root)
-    choices = choose_best_trivial(on_search, {t: truth[t][search_idx] for t in targets}, metric)
-    heldout_cands = [candidates[i] for i in heldout_idx]
-    heldout_truth = {t: truth[t][heldout_idx] for t in targets}
-    stats = load_or_compute(bench, heldout_cands, config, progress=progress, cache_root=cache_root)
-    scores, failures = evaluate_stacked(proxy, StackedStats(stats, "cpu"))
-    on_heldout = baseline_scores(bench, [c.name for c in choices.values()], config, progress=progress,
-                                 candidates=heldout_cands, cache_root=cache_root)
-    entry = {**best, **against_trivial(scores, choices, on_heldout, heldout_truth, metric, search.joint, n_boot)}
+    choices = choose_trivial(bench, trivial_baselines(bench), config, cut, metric, progress, cache_root)
+    ((scores, failures),) = score_heldout([proxy], bench, cut, config, progress=progress, cache_root=cache_root)
+    on_heldout = trivial_on_heldout(bench, choices, config, cut, progress, cache_root)
+    entry = {**best, **against_trivial(scores, choices, on_heldout, cut.heldout_truth, metric, search.joint, n_boot)}
     outcome = run_verdict(entry, choices, targets)
     record = {
         "format": VERDICT_FORMAT, "benchmark": bench.name, "formula": best["formula"],
         "stats": config.describe(), "batch": bench.batch(config.batch_seed, config.batch_size).describe(),
         "best_trivial": {t: c.to_json() for t, c in choices.items()},
-        "heldout": {t: metric(scores, col) for t, col in heldout_truth.items()},
+        "heldout": {t: metric(scores, col) for t, col in cut.heldout_truth.items()},
         "trivial_heldout": entry["trivial_heldout"],
         "failures": dict(failures), "verdict": outcome,
     }
-    write_json_atomic(run_dir / "verdict.json", json_finite(record))
-    _append_verdict(run_dir / "summary.md", record)
+    folder = RunFolder(run_dir)
+    write_json_atomic(folder.verdict_file, json_finite(record))
+    _append_verdict(folder.summary, record)
     return record
 
 
@@ -113,12 +104,9 @@ def verdict_from_scores(run_dir: str | Path) -> dict[str, Any]:
     committed per-candidate values, so the result equals the run's own verdict exactly
     (`recorded` holds that one, from hall_of_fame.json, when the folder has it).
     """
-    run_dir = Path(run_dir)
-    path = run_dir / HELDOUT_SCORES
-    if not path.is_file():
-        raise RunFolderError(f"{path} not found: runs written before per-candidate scores existed have none; "
-                             "use `emq verdict RUN` without --from-scores (it recomputes the statistics)")
-    table = ScoreTable.read(path)
+    folder = RunFolder(run_dir)
+    path = folder.scores_file
+    table = folder.read_scores()
     meta = table.meta
     try:
         choices = {t: TrivialChoice(c["target"], c["name"], int(c["sign"]), float(c["search_value"]))
@@ -135,8 +123,7 @@ def verdict_from_scores(run_dir: str | Path) -> dict[str, Any]:
     entry = {"formula": formula, **against_trivial(table.scores["evolved #1"], choices, trivial, table.truth,
                                                     get_metric(metric_name), joint, n_boot)}
     outcome = run_verdict(entry, choices, list(table.truth))
-    hall = run_dir / "hall_of_fame.json"
-    recorded = load_hall_of_fame(run_dir).get("verdict") if hall.is_file() else None
+    recorded = folder.read_hall().get("verdict") if folder.hall_file.is_file() else None
     return {"format": VERDICT_FORMAT, "run": str(run_dir), "from": str(path), "verdict": outcome,
             "recorded": recorded, "agrees": recorded is None or recorded == json_finite(outcome)}
 

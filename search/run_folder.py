@@ -4,18 +4,25 @@ A run folder is written by `emq search` (config, log, checkpoint, hall of fame,
 plots, summary), `emq verdict` (verdict.json, the summary's verdict section), a study
 or job around it (study.*, job.*) and `emq fit` (its fitted proxy and report). A
 command that reads a run folder may add new files beside these, never replace one.
-`read_run` is how commands read a finished run (hall of fame + config), every field checked.
+`RunFolder` owns a folder's paths and is the one reader and writer of its config,
+hall of fame, per-candidate scores, verdict and summary; `read_run` is how commands
+read a finished run (hall of fame + config), every field checked.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from emq.atomic import write_json_atomic
+from emq.fitness import TrivialChoice
 from emq.proxy import Proxy
 from emq.safe_read import MAX_JSON_BYTES, read_text_limited
 from emq.strict_json import loads_strict
-from search.config import RunFolderError, SearchConfig
+from search.config import ENGINE, RunFolderError, SearchConfig
+
+if TYPE_CHECKING:
+    from emq.score_table import ScoreTable
 
 #: Files a run (or study) folder may hold, relative to it; present or not yet written.
 RUN_FILES: tuple[str, ...] = (
@@ -25,6 +32,100 @@ RUN_FILES: tuple[str, ...] = (
 )
 #: Per-candidate held-out scores of a finished run (`emq.score_table`): truth, hall of fame, baselines.
 HELDOUT_SCORES = "heldout_scores.csv"
+CONFIG_FILE = "config.json"
+HALL_FILE = "hall_of_fame.json"
+SUMMARY_FILE = "summary.md"
+VERDICT_FILE = "verdict.json"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A search run folder: where its files live, and the one reader and writer of each of them."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def hall_file(self) -> Path:
+        return self.path / HALL_FILE
+
+    @property
+    def scores_file(self) -> Path:
+        return self.path / HELDOUT_SCORES
+
+    @property
+    def summary(self) -> Path:
+        return self.path / SUMMARY_FILE
+
+    @property
+    def verdict_file(self) -> Path:
+        return self.path / VERDICT_FILE
+
+    def write_config(self, config: SearchConfig, stats: Sequence[str], targets: Sequence[str],
+                     best_trivial: Mapping[str, TrivialChoice]) -> Path:
+        """Write config.json: the search config, statistics, targets and each target's trivial control predictor."""
+        return write_json_atomic(self.config_file, {
+            "search": config.to_json(), "stats": list(stats), "targets": list(targets),
+            "engine": ENGINE, "best_trivial": {t: c.to_json() for t, c in best_trivial.items()}})
+
+    def read_config(self) -> dict[str, Any]:
+        """Return config.json with `search` as a SearchConfig (RunFolderError naming the field otherwise)."""
+        return read_run_config(self.path)
+
+    def search_config(self) -> SearchConfig:
+        """Return the run's search settings, checked."""
+        return self.read_config()["search"]
+
+    def write_hall(self, hall: list[dict[str, Any]], config: SearchConfig, command: str | None,
+                   meta: Mapping[str, Any] | None = None) -> Path:
+        """Write hall_of_fame.json (`search.hall_of_fame` holds its format)."""
+        from search.hall_of_fame import write_hall_of_fame
+
+        return write_hall_of_fame(self.path, hall, config, command, meta)
+
+    def read_hall(self) -> dict[str, Any]:
+        """Return hall_of_fame.json, checked (format, programs, formulas)."""
+        from search.hall_of_fame import load_hall_of_fame
+
+        return load_hall_of_fame(self.path)
+
+    def verdict(self) -> str | None:
+        """Return the run's verdict word ("discovery" / "no discovery"), None while the run has none."""
+        if not self.hall_file.is_file():
+            return None
+        return (self.read_hall().get("verdict") or {}).get("verdict")
+
+    def write_scores(self, table: "ScoreTable") -> Path:
+        """Write heldout_scores.csv: per-candidate held-out truth and scores, so anyone can recompute the verdict."""
+        return table.write(self.scores_file)
+
+    def read_scores(self) -> "ScoreTable":
+        """Return heldout_scores.csv, or fail naming the file and what to do."""
+        from emq.score_table import ScoreTable
+
+        if not self.scores_file.is_file():
+            raise RunFolderError(f"{self.scores_file} not found: runs written before per-candidate scores existed "
+                                 "have none; use `emq verdict RUN` without --from-scores (it recomputes the "
+                                 "statistics)")
+        return ScoreTable.read(self.scores_file)
+
+    def summary_text(self) -> str:
+        """Return summary.md ("" before the run wrote one)."""
+        return self.summary.read_text(encoding="utf-8") if self.summary.is_file() else ""
+
+    def record(self) -> "RunRecord":
+        """Return the checked record of a finished run (`read_run`)."""
+        return read_run(self.path)
+
+    def files(self, except_names: tuple[str, ...] = ()) -> list[Path]:
+        """Return the files a command that reads this folder must not replace (`run_folder_files`)."""
+        return run_folder_files(self.path, except_names)
 
 
 def run_folder_files(run_dir: str | Path, except_names: tuple[str, ...] = ()) -> list[Path]:

@@ -206,7 +206,7 @@ def check_run_outputs(run_dir: Path, study_runs: list[tuple[int, int]], inputs: 
 
 def execute_search(plan: SearchPlan) -> SearchOutcome:
     """Run `plan` (one run or a study) in its locked run folder and return what it did."""
-    from search.benchmark import search_benchmark
+    from search.benchmark_run import search_benchmark
     from search.hall_of_fame import load_hall_of_fame
     from search.pool import EvaluationPool
     from search.run_lock import run_folder_lock

@@ -44,7 +44,7 @@ def run_study(
     command: str,
     **search_options: Any,
 ) -> dict[str, Any]:
-    """Run `run_one` (search.benchmark.search_benchmark) per seed x batch seed, then write study.json / study.md.
+    """Run `run_one` (search.benchmark_run.search_benchmark) per seed x batch seed, then write study.json / study.md.
 
     Each run keeps its own folder (resumable on its own); the study's files are
     rewritten after every run, so a killed study shows what finished.

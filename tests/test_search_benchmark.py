@@ -9,11 +9,11 @@ from torch import nn
 import emq.baselines
 import emq.baselines.scoring
 import emq.scoring
-import search.benchmark
+import search.benchmark_run
 from emq.bench.base import Batch, Benchmark, Candidate
 from emq.fitness import heldout_split
 from emq.stats.config import StatsConfig
-from search.benchmark import default_baselines, search_benchmark
+from search.benchmark_run import default_baselines, search_benchmark
 from search.config import SearchConfig
 from search.hall_of_fame import export_proxies, load_hall_of_fame
 from search.synthetic import SyntheticNetworks
@@ -52,7 +52,7 @@ def bench(monkeypatch):
         seen.setdefault(config.batch_seed, set()).update(c.id for c in candidates)
         return [b.nets.stats(int(c.id[1:]), config.batch_seed) for c in candidates]
 
-    monkeypatch.setattr(search.benchmark, "load_or_compute", fake_load)
+    monkeypatch.setattr(search.benchmark_run, "load_or_compute", fake_load)
     monkeypatch.setattr(emq.baselines.scoring, "iter_stats", lambda *args, **kwargs: iter(fake_load(*args, **kwargs)))
     monkeypatch.setattr(emq.scoring, "iter_stats", lambda *args, **kwargs: iter(fake_load(*args, **kwargs)))
     bench.seen = seen
@@ -132,7 +132,6 @@ def test_verdict_of_a_finished_run_matches_the_runs_own_and_closes_its_summary(b
     import search.rescore
     from search.rescore import rescore_run
 
-    monkeypatch.setattr(search.rescore, "load_or_compute", search.benchmark.load_or_compute)
     monkeypatch.setattr(search.rescore, "trivial_baselines", lambda b: ["params", "bit_sum", "bparams", "bops"])
     config = SearchConfig(population=12, generations=2, seed=0, probe_size=8, hof_size=3, targets=("test_acc",))
     search_benchmark(bench, StatsConfig(), config, tmp_path / "run", progress=False, n_boot=40, max_heldout=20,

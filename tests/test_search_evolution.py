@@ -144,17 +144,16 @@ def test_more_generations_extend_a_finished_run(problem, reference, tmp_path):
 
 
 def test_run_folder_holds_outputs_and_exports_proxies(problem, tmp_path):
-    heldout = (problem.heldout, {"test_acc": problem.heldout_truth["test_acc"]})
-    result = search(problem, tmp_path / "out", heldout=heldout, command="emq search synthetic")
-    for name in ("log.jsonl", "hall_of_fame.json", "evolution.png", "scatter.png", "config.json"):
+    result = search(problem, tmp_path / "out", command="emq search synthetic")
+    for name in ("log.jsonl", "hall_of_fame.json", "evolution.png", "config.json"):
         assert (result.run_dir / name).is_file(), name
     data = load_hall_of_fame(result.run_dir)
     assert data["command"] == "emq search synthetic"
     best = data["programs"][0]
-    assert set(best["search"]) == {"test_acc"} and set(best["heldout"]) == {"test_acc"}
+    assert set(best["search"]) == {"test_acc"} and "heldout" not in best  # judged held out by search.protocol
     (proxy,) = export_proxies(result.run_dir, top=1)
     assert isinstance(proxy, Proxy) and proxy.formula() == best["formula"]
-    assert proxy.meta["fitness"]["heldout"]["test_acc"] == best["heldout"]["test_acc"]
+    assert proxy.meta["fitness"]["search"]["test_acc"] == best["search"]["test_acc"]
     assert len(export_proxies(result.run_dir, top=3)) == min(3, len(data["programs"]))
     (single,) = export_run(result.run_dir, top=1, out=tmp_path / "proxy.json")
     assert Proxy.load(single).canonical_hash() == proxy.canonical_hash()
