@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from emq.errors import EMQUserError
 from emq.fitness import SPLIT_ORDERS, get_metric
 from search.generate import GrowConfig
+from search.settings import SETTINGS
 
 #: The engine that wrote a run folder (recorded in its config, checkpoint and hall of fame).
 ENGINE = "emq-search/1"
@@ -55,13 +56,15 @@ class SearchConfig:
     Without trivial predictors all are the same.
     """
 
-    population: int = 64
-    generations: int = 20
-    seed: int = 0
-    metric: str = "kendall"
-    joint: str = "mean"
-    targets: tuple[str, ...] | None = None
-    hof_size: int = 10
+    # The settings a person chooses default to `search.settings.SETTINGS`, as the CLI, job files and
+    # SearchRequest do (one table; tests/test_hostile_inputs_2.py checks the four agree).
+    population: int = SETTINGS["population"].default
+    generations: int = SETTINGS["generations"].default
+    seed: int = SETTINGS["seeds"].default[0]
+    metric: str = SETTINGS["metric"].default
+    joint: str = SETTINGS["joint"].default
+    targets: tuple[str, ...] | None = SETTINGS["targets"].default
+    hof_size: int = SETTINGS["hof_size"].default
     fresh_share: float = 0.1
     cx_prob: float = 0.3
     mut_prob: float = 0.6
@@ -71,10 +74,10 @@ class SearchConfig:
     probe_size: int = 32
     time_budget_s: float = 60.0
     niche_threshold: float = 0.98
-    reject_input_independent: bool = False
+    reject_input_independent: bool = SETTINGS["reject_input_independent"].default
     trivial_tau_limit: float = 0.95
     arch_eta_limit: float = 0.99
-    fitness: str = "plain"
+    fitness: str = SETTINGS["fitness"].default
     stats: tuple[str, ...] | None = None
     op_weights: tuple[tuple[str, float], ...] = ()
     heldout_fraction: float = 0.5

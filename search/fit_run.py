@@ -67,12 +67,19 @@ def read_fit_source(path: Path, rank: int = 1) -> FitSource:
 
 
 def stats_config_of(source: FitSource, device: str | None = None) -> StatsConfig:
-    """Return the statistics settings the source's program was found with (so its cache is reused)."""
+    """Return the statistics settings the source's program was found with (so its cache is reused).
+
+    The run recorded them as `found_with` (batch seed and size, init seed, Hessian
+    samples); `StatsConfig.from_json` checks them and names a damaged field.
+    """
     s = source.stats
     names = source.stat_names or tuple(sorted(source.proxy.stats_needed))
-    return StatsConfig(stat_names=names, batch_seed=int(s.get("batch_seed", 0)), batch_size=int(s.get("batch_size", 16)),
-                       init_seed=int(s.get("init_seed", 0)), hessian_samples=int(s.get("hessian_samples", 2)),
-                       device=device)
+    recorded = {k: s[k] for k in ("batch_seed", "batch_size", "init_seed", "hessian_samples") if k in s}
+    try:
+        return StatsConfig.from_json({"stat_names": list(names), **recorded, "device": device})
+    except ValueError as err:
+        raise FitError(f"the run's statistics settings ('stats' in its hall of fame or proxy meta) are damaged: "
+                       f"{err}; rerun the search or restore the file") from None
 
 
 def fit_run(bench: Benchmark, source: FitSource, stats_config: StatsConfig, settings: FitSettings, out_file: Path,

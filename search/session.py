@@ -207,7 +207,7 @@ def check_run_outputs(run_dir: Path, study_runs: list[tuple[int, int]], inputs: 
 def execute_search(plan: SearchPlan) -> SearchOutcome:
     """Run `plan` (one run or a study) in its locked run folder and return what it did."""
     from search.benchmark_run import search_benchmark
-    from search.hall_of_fame import load_hall_of_fame
+    from search.run_folder import RunFolder
     from search.pool import EvaluationPool
     from search.run_lock import run_folder_lock
     from search.study import run_study
@@ -231,9 +231,9 @@ def execute_search(plan: SearchPlan) -> SearchOutcome:
         return SearchOutcome(plan.run_dir, True, len(plan.seeds) * len(plan.batch_seeds), len(study["runs"]),
                              study["verdict"], None, seconds, _read(plan.run_dir / "study.md"))
     best = result.hall_of_fame[0]["formula"] if result.hall_of_fame else None
-    verdict = load_hall_of_fame(plan.run_dir).get("verdict", {}).get("verdict") if result.finished else None
-    return SearchOutcome(plan.run_dir, False, 1, int(result.finished), verdict, best, seconds,
-                         _read(plan.run_dir / "summary.md"))
+    folder = RunFolder(plan.run_dir)
+    verdict = folder.verdict() if result.finished else None
+    return SearchOutcome(plan.run_dir, False, 1, int(result.finished), verdict, best, seconds, folder.summary_text())
 
 
 def run_search_request(request: SearchRequest, notify: Callable[[str], None] | None = None) -> SearchOutcome:

@@ -22,8 +22,7 @@ from emq.safe_read import MAX_JSON_BYTES, read_text_limited
 from emq.stats.config import StatsConfig
 from emq.strict_json import loads_strict
 from search.config import RunFolderError, SearchConfig
-from search.hall_of_fame import load_hall_of_fame
-from search.run_folder import read_run_config
+from search.run_folder import RunFolder
 
 STUDY_FORMAT = "emq-study/1"
 
@@ -75,9 +74,10 @@ def finished_run(folder: Path, config: SearchConfig, batch_seed: int) -> bool:
     A resumed study keeps such runs instead of repeating them; a run of other settings is
     left to `run_search`, which refuses it with the contradicting fields.
     """
+    run = RunFolder(folder)
     try:
-        hall = load_hall_of_fame(folder)
-        saved = read_run_config(folder)["search"]
+        hall = run.read_hall()
+        saved = run.search_config()
     except (OSError, ValueError, RunFolderError):
         return False
     return ("verdict" in hall and saved == config
@@ -93,7 +93,7 @@ def _previous_seconds(out_dir: Path) -> dict[str, float]:
 
 
 def _run_row(folder: Path, seed: int, batch_seed: int, seconds: float) -> dict[str, Any]:
-    hall = load_hall_of_fame(folder)
+    hall = RunFolder(folder).read_hall()
     best = hall["programs"][0] if hall["programs"] else {}
     return {"seed": seed, "batch_seed": batch_seed, "folder": folder.name, "seconds": round(seconds, 1),
             "formula": best.get("formula"), "heldout": best.get("heldout"),

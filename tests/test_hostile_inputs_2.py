@@ -137,6 +137,13 @@ def test_cli_job_files_and_search_request_share_every_default():
     stats = StatsConfig()
     for name in ("batch_size", "init_seed", "hessian_samples", "store_dtype", "stat_names", "device"):
         assert getattr(stats, name) == SETTINGS[name].default, name
+    from search.config import SearchConfig
+
+    engine = SearchConfig()  # the engine's own defaults (library users who build a SearchConfig directly)
+    for name in ("population", "generations", "metric", "joint", "targets", "hof_size", "fitness",
+                 "reject_input_independent"):
+        assert getattr(engine, name) == SETTINGS[name].default, name
+    assert engine.seed == SETTINGS["seeds"].default[0]
 
 
 BIG = 2**63 - 1

@@ -7,7 +7,7 @@ from pathlib import Path
 import networkx as nx
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = {"primitives": 0, "emq": 1, "search": 2, "cli": 3}
+LAYERS = {"primitives": 0, "emq": 1, "search": 2, "cli": 3, "cli_options": 3, "cli_apply": 3}
 
 
 def _modules() -> dict[str, Path]:
@@ -18,7 +18,8 @@ def _modules() -> dict[str, Path]:
             if parts[-1] == "__init__":
                 parts = parts[:-1]
             out[".".join(parts)] = path
-    out["cli"] = ROOT / "cli.py"
+    for name in ("cli", "cli_options", "cli_apply"):  # the command line: cli.py and its two helpers
+        out[name] = ROOT / f"{name}.py"
     return out
 
 
