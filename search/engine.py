@@ -101,8 +101,9 @@ def run_search(
     screen (None skips that screen). `truth` maps column -> array aligned with
     `search_stats`. `pool` evaluates programs (None: serially in this process);
     `sources` lets process pools read the statistics from existing files instead of
-    a spilled copy (held-out judgement is `search.protocol`'s, after the search). `stop_after` ends this call after that
-    generation (the run stays resumable); `on_generation(gen, log_row)` is called
+    a spilled copy. Held-out judgement is `search.protocol`'s, after the search.
+    `stop_after` ends this call after that generation (the run stays resumable);
+    `on_generation(gen, log_row)` is called
     after each generation's checkpoint. `trivial` maps each trivial predictor to its
     values on the search networks (#params is added from the statistics), `features`
     each architecture hyperparameter; both feed the trivial-equivalent screen, and the
@@ -110,14 +111,7 @@ def run_search(
     """
     run_dir = Path(run_dir)
     n = len(search_stats)
-    truth = {k: np.asarray(v, dtype=np.float64) for k, v in truth.items()}
-    targets = list(config.targets or truth)
-    missing = [t for t in targets if t not in truth]
-    if missing:
-        raise KeyError(f"unknown target(s) {missing}; ground-truth columns: {', '.join(truth)}")
-    for t in targets:
-        if len(truth[t]) != n:
-            raise ValueError(f"target {t!r} has {len(truth[t])} values for {n} search networks")
+    truth, targets = _checked_truth(truth, config, n)
     if probe_index is None:
         k = len(probe_stats_other_batch) if probe_stats_other_batch is not None else min(config.probe_size, n)
         probe_index = list(range(k))
@@ -130,11 +124,7 @@ def run_search(
     try:
         limits = ScreenLimits(config.max_size, config.time_budget_s, config.reject_input_independent,
                               config.trivial_tau_limit, config.arch_eta_limit)
-        predictors = dict(trivial or {})
-        predictors.setdefault("params", np.array([float(sum(s.params.values())) for s in search_stats]))
-        for name, values in [*predictors.items(), *(features or {}).items()]:
-            if len(values) != n:
-                raise ValueError(f"trivial predictor / feature {name!r} has {len(values)} values for {n} search networks")
+        predictors = _checked_predictors(trivial, features, search_stats)
         index = list(probe_index)
         # The probe is small: it is screened here; only the survivors go to the pool's shards of the search set.
         device = worker_device(pool.device)
@@ -151,25 +141,7 @@ def run_search(
             state = engine.start(resume)
         except GenerationStopped:  # SIGTERM during the first generation: nothing was checkpointed yet
             return SearchResult(run_dir, [], [], -1, False, choices)
-        bar = tqdm(total=config.generations, initial=min(state.generation + 1, config.generations),
-                   desc="search", unit="gen", disable=not progress, leave=False)
-        try:
-            while state.generation + 1 < config.generations:
-                if stop_after is not None and state.generation >= stop_after:
-                    break
-                if stop_requested():  # SIGTERM in a batch job: the last generation is checkpointed
-                    break
-                try:
-                    row = engine.step(state)
-                except GenerationStopped:  # SIGTERM mid-generation: the last checkpoint is the resume point
-                    break
-                bar.update(1)
-                bar.set_postfix(best=_short(row["best_ever"]), median=_short(row["median"]), niches=row["niches"],
-                                rejected=sum(row["rejections"].values()))
-                if on_generation is not None:
-                    on_generation(state.generation, row)
-        finally:
-            bar.close()
+        _generations(engine, state, config, progress, stop_after, on_generation)
         finished = state.generation + 1 >= config.generations
         hall = engine.finish(state, command)
         return SearchResult(run_dir, hall, state.log, state.generation, finished, choices)
@@ -179,6 +151,56 @@ def run_search(
         if own_pool:
             pool.close()
         run_lock.release(run_dir)
+
+
+def _checked_truth(truth: Mapping[str, np.ndarray], config: SearchConfig,
+                   n: int) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Return the ground truth as float arrays and the targets searched, or fail naming the bad column."""
+    truth = {k: np.asarray(v, dtype=np.float64) for k, v in truth.items()}
+    targets = list(config.targets or truth)
+    missing = [t for t in targets if t not in truth]
+    if missing:
+        raise KeyError(f"unknown target(s) {missing}; ground-truth columns: {', '.join(truth)}")
+    for t in targets:
+        if len(truth[t]) != n:
+            raise ValueError(f"target {t!r} has {len(truth[t])} values for {n} search networks")
+    return truth, targets
+
+
+def _checked_predictors(trivial: Mapping[str, np.ndarray] | None, features: Mapping[str, np.ndarray] | None,
+                        search_stats: Sequence[NetworkStats]) -> dict[str, np.ndarray]:
+    """Return the trivial predictors (#params added from the statistics), each checked to cover every network."""
+    n = len(search_stats)
+    predictors = dict(trivial or {})
+    predictors.setdefault("params", np.array([float(sum(s.params.values())) for s in search_stats]))
+    for name, values in [*predictors.items(), *(features or {}).items()]:
+        if len(values) != n:
+            raise ValueError(f"trivial predictor / feature {name!r} has {len(values)} values for {n} search networks")
+    return predictors
+
+
+def _generations(engine: "_Engine", state: SearchState, config: SearchConfig, progress: bool,
+                 stop_after: int | None, on_generation: Callable[[int, dict[str, Any]], None] | None) -> None:
+    """Run generations until the last one, `stop_after`, or a stop request (each one is checkpointed)."""
+    bar = tqdm(total=config.generations, initial=min(state.generation + 1, config.generations),
+               desc="search", unit="gen", disable=not progress, leave=False)
+    try:
+        while state.generation + 1 < config.generations:
+            if stop_after is not None and state.generation >= stop_after:
+                break
+            if stop_requested():  # SIGTERM in a batch job: the last generation is checkpointed
+                break
+            try:
+                row = engine.step(state)
+            except GenerationStopped:  # SIGTERM mid-generation: the last checkpoint is the resume point
+                break
+            bar.update(1)
+            bar.set_postfix(best=_short(row["best_ever"]), median=_short(row["median"]), niches=row["niches"],
+                            rejected=sum(row["rejections"].values()))
+            if on_generation is not None:
+                on_generation(state.generation, row)
+    finally:
+        bar.close()
 
 
 #: Programs screened before their survivors are sent to the pool (the pool scores while the next batch is screened).

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,12 +46,13 @@ from torch import nn
 from emq.bench.base import Batch
 from emq.diswot import diswot_matrices
 from emq.stats.stage_features import stage_relations
-from emq.quant.fake_quant import quantize_weight, quantized_model
+from emq.quant.fake_quant import quantized_model
 from emq.quant.layers import check_bit_assignment, quantizable_layers
 from emq.stats import (
     BASE_STATS, BIT_STATS, FAMILY_STATS, STATS, TRANSFORMER_STATS, NetworkStats, check_stat_names, stats_with,
 )
 from emq.stats.structured import STRUCTURED_STATS, add_structured_stats
+from emq.stats.synflow import network_logits, virtual_grads
 from emq.stats.transformer import HookPoint, attention_macs, entry_params, has_transformer_parts, hook_points
 from emq.stats.teacher import Teacher
 
@@ -112,14 +113,6 @@ def prepare_network(
     return net
 
 
-def network_logits(net: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """Return the classification logits (the first output when a network returns a tuple)."""
-    out = net(inputs)
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out
-
-
 def compute_stats(
     model: nn.Module,
     batch: Batch,
@@ -142,23 +135,9 @@ def compute_stats(
     Transformer statistics on a network without attention modules raise ValueError.
     """
     names = tuple(dict.fromkeys(stat_names))
-    check_stat_names(names)
-    needs_bits = [n for n in names if STATS[n].needs_bits]
-    if bits is None and needs_bits:
-        raise ValueError(f"statistic(s) {needs_bits} need a bit assignment, but the candidate has none")
-    if hessian_samples < 1 and "hessian_diag" in names:
-        raise ValueError(f"hessian_samples must be >= 1, got {hessian_samples}")
+    _check_request(model, names, bits, hessian_samples, teacher)
     device = torch.device(device)
     fp_layers = quantizable_layers(model)
-    if not fp_layers:
-        raise ValueError("the model has no conv/linear layer to compute statistics for")
-    lacking = [n for n in names if STATS[n].needs_teacher]
-    if lacking and teacher is None:
-        raise ValueError(f"statistic(s) {lacking} need a benchmark with a distillation teacher; this one has none")
-    transformer = [n for n in names if n in TRANSFORMER_STATS]
-    if transformer and not has_transformer_parts(model):
-        raise ValueError(f"statistic(s) {transformer} exist only for transformers (attention modules); "
-                         "this network has none")
     net = prepare_network(model, bits, act_bits=act_bits, calib_inputs=calib_inputs,
                           fallback_calib=batch.inputs, device=device)
     layers = quantizable_layers(net)
@@ -186,42 +165,10 @@ def compute_stats(
                          for stat in names if name in run.transformer.get(stat, {})}
             continue
         fp_weight = fp_layers[name].weight.detach()
-        q_weight = layers[name].weight.detach()
         params[name] = int(fp_weight.numel())
         flops[name] = int(run.flops.get(name, 0))
-        tensors: dict[str, torch.Tensor] = {}
-        for stat in names:
-            if stat == "weight":
-                tensors[stat] = _store(fp_weight, store_dtype)
-            elif stat == "grad":
-                tensors[stat] = _store(run.grads[name], store_dtype)
-            elif stat == "act":
-                tensors[stat] = _store(run.acts.get(name, torch.empty(0)), store_dtype)
-            elif stat == "act_grad":
-                tensors[stat] = _store(run.act_grads.get(name, torch.empty(0)), store_dtype)
-            elif stat == "hessian_diag":
-                tensors[stat] = _store(run.hessian[name], store_dtype)
-            elif stat == "virtual_grad":
-                tensors[stat] = _store(virtual[name], store_dtype)
-            elif stat == "params":
-                tensors[stat] = torch.tensor(float(params[name]), dtype=torch.float32)
-            elif stat == "flops":
-                tensors[stat] = torch.tensor(float(flops[name]), dtype=torch.float32)
-            elif stat == "bits":
-                # A 0-d value expanded to the weight's shape: one element of storage, on disk too.
-                tensors[stat] = torch.tensor(float(bits[name]), dtype=store_dtype).expand(fp_weight.shape)  # type: ignore[index]
-            elif stat == "quant_weight":
-                tensors[stat] = _store(q_weight, store_dtype)
-            elif stat == "quant_error":
-                tensors[stat] = _store(q_weight.cpu() - fp_weight.cpu(), store_dtype)
-            elif stat in TRANSFORMER_STATS:
-                if name in run.transformer.get(stat, {}):  # mlp_hidden, on an MLP's first layer
-                    tensors[stat] = _store(run.transformer[stat][name], store_dtype)
-            elif STATS[stat].head_entry or stat in STRUCTURED_STATS:
-                continue  # added to the classifier's entry / by emq.stats.structured below
-            else:  # a statistic registered in the catalogue without code here
-                raise NotImplementedError(f"no code computes statistic {stat!r}")
-        out[name] = tensors
+        out[name] = _layer_tensors(name, names, run, fp_weight, layers[name].weight.detach(), bits, virtual,
+                                   params[name], flops[name], store_dtype)
     out = add_structured_stats(net, layers, inputs, labels, names, out, params, flops,
                                lambda t: _store(t, store_dtype), network_logits)
     wanted_head = [n for n in names if STATS[n].head_entry]
@@ -230,6 +177,65 @@ def compute_stats(
         out[head].update({k: _store(v, store_dtype)
                           for k, v in head_stats(net, inputs, wanted_head, teacher, device).items()})
     return NetworkStats(out, params, flops)
+
+
+def _check_request(model: nn.Module, names: tuple[str, ...], bits: dict[str, int] | None, hessian_samples: int,
+                   teacher: Teacher | None) -> None:
+    """Fail (ValueError naming the statistics) when `model`, its bits or the benchmark cannot give `names`."""
+    check_stat_names(names)
+    needs_bits = [n for n in names if STATS[n].needs_bits]
+    if bits is None and needs_bits:
+        raise ValueError(f"statistic(s) {needs_bits} need a bit assignment, but the candidate has none")
+    if hessian_samples < 1 and "hessian_diag" in names:
+        raise ValueError(f"hessian_samples must be >= 1, got {hessian_samples}")
+    if not quantizable_layers(model):
+        raise ValueError("the model has no conv/linear layer to compute statistics for")
+    lacking = [n for n in names if STATS[n].needs_teacher]
+    if lacking and teacher is None:
+        raise ValueError(f"statistic(s) {lacking} need a benchmark with a distillation teacher; this one has none")
+    transformer = [n for n in names if n in TRANSFORMER_STATS]
+    if transformer and not has_transformer_parts(model):
+        raise ValueError(f"statistic(s) {transformer} exist only for transformers (attention modules); "
+                         "this network has none")
+
+
+def _layer_tensors(name: str, names: Sequence[str], run: _Run, fp_weight: torch.Tensor, q_weight: torch.Tensor,
+                   bits: dict[str, int] | None, virtual: Mapping[str, torch.Tensor], n_params: int, n_flops: int,
+                   store_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Return one conv/linear layer's requested statistics, stored in `store_dtype` (structured ones come later)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for stat in names:
+        if stat == "weight":
+            tensors[stat] = _store(fp_weight, store_dtype)
+        elif stat == "grad":
+            tensors[stat] = _store(run.grads[name], store_dtype)
+        elif stat == "act":
+            tensors[stat] = _store(run.acts.get(name, torch.empty(0)), store_dtype)
+        elif stat == "act_grad":
+            tensors[stat] = _store(run.act_grads.get(name, torch.empty(0)), store_dtype)
+        elif stat == "hessian_diag":
+            tensors[stat] = _store(run.hessian[name], store_dtype)
+        elif stat == "virtual_grad":
+            tensors[stat] = _store(virtual[name], store_dtype)
+        elif stat == "params":
+            tensors[stat] = torch.tensor(float(n_params), dtype=torch.float32)
+        elif stat == "flops":
+            tensors[stat] = torch.tensor(float(n_flops), dtype=torch.float32)
+        elif stat == "bits":
+            # A 0-d value expanded to the weight's shape: one element of storage, on disk too.
+            tensors[stat] = torch.tensor(float(bits[name]), dtype=store_dtype).expand(fp_weight.shape)  # type: ignore[index]
+        elif stat == "quant_weight":
+            tensors[stat] = _store(q_weight, store_dtype)
+        elif stat == "quant_error":
+            tensors[stat] = _store(q_weight.cpu() - fp_weight.cpu(), store_dtype)
+        elif stat in TRANSFORMER_STATS:
+            if name in run.transformer.get(stat, {}):  # mlp_hidden, on an MLP's first layer
+                tensors[stat] = _store(run.transformer[stat][name], store_dtype)
+        elif STATS[stat].head_entry or stat in STRUCTURED_STATS:
+            continue  # added to the classifier's entry / by emq.stats.structured below
+        else:  # a statistic registered in the catalogue without code here
+            raise NotImplementedError(f"no code computes statistic {stat!r}")
+    return tensors
 
 
 def head_stats(net: nn.Module, inputs: torch.Tensor, wanted: Sequence[str], teacher: Teacher | None,
@@ -326,33 +332,40 @@ def _run_network(
                 network_logits(net, inputs if full_batch else inputs[:1])
             run.acts = {n: o.detach() for n, o in run.outputs.items()}
             return run
-        with torch.enable_grad():
-            loss = F.cross_entropy(network_logits(net, inputs), labels)
-            weights = [layer.weight for layer in layers.values()]
-            want_w = bool(wanted & {"grad", "hessian_diag"})
-            out_names = [n for n in run.order if "act_grad" in wanted]
-            attn = run.transformer.get("attn", {}) if attn_in_graph else {}
-            attn_names = list(attn)
-            targets = ((weights if want_w else []) + [run.outputs[n] for n in out_names]
-                       + [attn[n] for n in attn_names])
-            grads = torch.autograd.grad(loss, targets, create_graph="hessian_diag" in wanted, allow_unused=True)
-            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
-            names = list(layers)
-            n_w = len(weights) if want_w else 0
-            if want_w:
-                run.grads = {n: g.detach() for n, g in zip(names, grads[:n_w])}
-            run.act_grads = {n: g.detach() for n, g in zip(out_names, grads[n_w:n_w + len(out_names)])}
-            if attn_in_graph:
-                attn_grads = grads[n_w + len(out_names):]
-                run.transformer["attn_grad"] = {n: g.detach() for n, g in zip(attn_names, attn_grads)}
-                run.transformer["attn"] = {n: t.detach() for n, t in attn.items()}
-            run.acts = {n: o.detach() for n, o in run.outputs.items()} if "act" in wanted else {}
-            if "hessian_diag" in wanted:
-                run.hessian = _hutchinson_diag(names, weights, grads[: len(weights)], hessian_samples, seed)
+        _loss_gradients(run, net, layers, inputs, labels, wanted, hessian_samples, seed)
     finally:
         for h in handles:
             h.remove()
     return run
+
+
+def _loss_gradients(run: _Run, net: nn.Module, layers: dict[str, nn.Module], inputs: torch.Tensor,
+                    labels: torch.Tensor, wanted: set[str], hessian_samples: int, seed: int) -> None:
+    """Fill `run`'s loss-derived statistics (grad, act_grad, attn_grad, hessian_diag) from one backward pass."""
+    attn_in_graph = "attn_grad" in wanted
+    with torch.enable_grad():
+        loss = F.cross_entropy(network_logits(net, inputs), labels)
+        weights = [layer.weight for layer in layers.values()]
+        want_w = bool(wanted & {"grad", "hessian_diag"})
+        out_names = [n for n in run.order if "act_grad" in wanted]
+        attn = run.transformer.get("attn", {}) if attn_in_graph else {}
+        attn_names = list(attn)
+        targets = ((weights if want_w else []) + [run.outputs[n] for n in out_names]
+                   + [attn[n] for n in attn_names])
+        grads = torch.autograd.grad(loss, targets, create_graph="hessian_diag" in wanted, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
+        names = list(layers)
+        n_w = len(weights) if want_w else 0
+        if want_w:
+            run.grads = {n: g.detach() for n, g in zip(names, grads[:n_w])}
+        run.act_grads = {n: g.detach() for n, g in zip(out_names, grads[n_w:n_w + len(out_names)])}
+        if attn_in_graph:
+            attn_grads = grads[n_w + len(out_names):]
+            run.transformer["attn_grad"] = {n: g.detach() for n, g in zip(attn_names, attn_grads)}
+            run.transformer["attn"] = {n: t.detach() for n, t in attn.items()}
+        run.acts = {n: o.detach() for n, o in run.outputs.items()} if "act" in wanted else {}
+        if "hessian_diag" in wanted:
+            run.hessian = _hutchinson_diag(names, weights, grads[: len(weights)], hessian_samples, seed)
 
 
 def _hutchinson_diag(
@@ -372,37 +385,6 @@ def _hutchinson_diag(
             if h is not None:
                 diag[i] += (zs[i] * h).detach().double()
     return {n: (d / samples).to(w.dtype) for n, d, w in zip(names, diag, weights)}
-
-
-def virtual_grads(model: nn.Module, bits: dict[str, int] | None, input_shape: torch.Size,
-                  device: torch.device) -> dict[str, torch.Tensor]:
-    """Return SynFlow gradients: |params| network, BatchNorm bypassed, float64, one all-ones input."""
-    vnet = copy.deepcopy(model)
-    _bypass_batchnorm(vnet)
-    layers = quantizable_layers(vnet)
-    with torch.no_grad():
-        if bits is not None:
-            for name, layer in layers.items():
-                layer.weight.copy_(quantize_weight(layer.weight, bits[name]))
-        for p in vnet.parameters():
-            p.abs_()
-    vnet.to(device=device, dtype=torch.float64).eval()
-    for p in vnet.parameters():
-        p.requires_grad_(False)
-    weights = [layer.weight.requires_grad_(True) for layer in layers.values()]
-    ones = torch.ones((1, *input_shape), dtype=torch.float64, device=device)
-    with torch.enable_grad():
-        out = network_logits(vnet, ones)
-        grads = torch.autograd.grad(out.sum(), weights, allow_unused=True)
-    return {n: (torch.zeros_like(w) if g is None else g.detach()) for n, w, g in zip(layers, weights, grads)}
-
-
-def _bypass_batchnorm(model: nn.Module) -> None:
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, nn.Identity())
 
 
 def _macs_per_input(module: nn.Module, output: torch.Tensor) -> int:
