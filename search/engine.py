@@ -13,6 +13,9 @@ valid programs in the population, `best_ever` (the hall of fame's best) and its
 formula, `valid`, `niches` (distinct niches among the valid programs),
 `evaluations` (programs screened this generation), `cache_hits` (known programs
 not scored again), `rejections` (this generation's screenings by reason),
+`shared_subexpressions` (distinct op subexpressions found in two or more
+programs of the population), `top_subexpression` (the one in most programs:
+`formula`, `programs`; `search.subexpressions`),
 `seconds` (the generation's wall time, its checkpoint included), `time` (those
 seconds by phase: `variation`, `screening` (static and probe screens, in this
 process, while the pool already scores the survivors of earlier batches),
@@ -56,6 +59,7 @@ from search.pool import EvaluationPool, ShardedStats, StatsSource, one_thread, w
 from search.report import plot_evolution, plot_scatter
 from search.rng import SearchRNG
 from search.screening import UNDEFINED_FITNESS, Outcome, ProbeInputs, ScreenLimits, score_outcome, screen_probe
+from search.subexpressions import common_subexpressions
 
 
 @dataclass
@@ -416,6 +420,7 @@ class _Engine:
             "evaluations": stats["evaluations"],
             "cache_hits": stats["cache_hits"],
             "rejections": stats["rejections"],
+            **common_subexpressions(ind.proxy for ind in population),
         }
         clock.lap("selection")
         state.log.append(row)

@@ -98,6 +98,7 @@ def write_summary(path: str | Path, title: str, command: str | None, table: str,
                 rejections[reason] = rejections.get(reason, 0) + n
         lines += ["", "## Search", "",
                   f"{len(log)} generations, {total} programs evaluated, {last['niches']} niches in the last population.",
+                  *_shared_line(last),
                   "", "Rejections by reason: " + (", ".join(f"{k} {v}" for k, v in
                                                            sorted(rejections.items(), key=lambda kv: -kv[1])) or "none"),
                   "", "Files: `log.jsonl` (one line per generation), `hall_of_fame.json`, `evolution.png`, "
@@ -105,3 +106,12 @@ def write_summary(path: str | Path, title: str, command: str | None, table: str,
     if verdict:
         lines += ["", "## Verdict", "", verdict]
     return write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def _shared_line(row: dict[str, Any]) -> list[str]:
+    """Return the summary's line on the last population's common subexpressions (none for a log without them)."""
+    top = row.get("top_subexpression")
+    if not top or top["programs"] < 2:
+        return []
+    return ["", f"{row['shared_subexpressions']} subexpressions are shared by two or more programs of the last "
+                f"population; the most common, `{top['formula']}`, by {top['programs']}."]

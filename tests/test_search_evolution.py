@@ -16,6 +16,7 @@ from emq.proxy import Proxy
 from search.config import ResumeError, SearchConfig
 from search.engine import run_search
 from search.hall_of_fame import export_proxies, export_run, load_hall_of_fame
+from search.subexpressions import common_subexpressions
 from search.synthetic import synthetic_problem
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,6 +81,18 @@ def test_log_counts_niches_evaluations_and_rejections(reference):
         assert r["evaluations"] + r["cache_hits"] >= r["evaluations"] > 0
         assert all(isinstance(n, int) and n > 0 for n in r["rejections"].values())
     assert sum(sum(r["rejections"].values()) for r in rows) > 0  # synthetic bits-only programs get screened out
+
+
+def test_log_names_the_last_populations_common_subexpressions(reference):
+    rows = [json.loads(line) for line in (reference.run_dir / "log.jsonl").read_text().splitlines()]
+    state = json.loads((reference.run_dir / "checkpoint" / "state.json").read_text())
+    population = [Proxy.from_formula(e["formula"]) for e in state["population"]]
+    last = {k: rows[-1][k] for k in ("shared_subexpressions", "top_subexpression")}
+    assert last == common_subexpressions(population)
+    for r in rows:
+        top = r["top_subexpression"]
+        assert 1 <= top["programs"] <= r["population"]
+        assert (r["shared_subexpressions"] > 0) == (top["programs"] >= 2)
 
 
 def test_stop_and_resume_continues_the_same_stream(problem, reference, tmp_path):
