@@ -56,7 +56,7 @@ from search.interrupt import stop_requested
 from search.niches import NicheHallOfFame, count_niches, representatives, tournament
 from search.operators import Limits, crossover, mutate, program
 from search.pool import EvaluationPool, ShardedStats, StatsSource, one_thread, worker_device
-from search.report import plot_evolution, plot_scatter
+from search.report import plot_evolution, plot_hall_of_fame, plot_scatter
 from search.rng import SearchRNG
 from search.screening import UNDEFINED_FITNESS, Outcome, ProbeInputs, ScreenLimits, score_outcome, screen_probe
 from search.subexpressions import common_subexpressions
@@ -438,7 +438,7 @@ class _Engine:
     # ------------------------------------------------------------ finish
     def finish(self, state: SearchState, heldout: tuple[Sequence[NetworkStats], Mapping[str, np.ndarray]] | None,
                command: str | None) -> list[dict[str, Any]]:
-        """Write hall_of_fame.json and evolution.png (and scatter.png with held-out data); return the hall."""
+        """Write hall_of_fame.json, hall_of_fame.png and evolution.png (and scatter.png with held-out data); return the hall."""
         hall = [hall_entry(rank, ind) for rank, ind in enumerate(state.hof, start=1)]
         if heldout is not None and hall:
             stats_list, truth = heldout
@@ -453,5 +453,6 @@ class _Engine:
                          f"{best['formula']}\nheld-out {self.config.metric} = {best['heldout'][target]:+.3f}",
                          ylabel=target)
         write_hall_of_fame(self.run_dir, hall, self.config, command)
+        plot_hall_of_fame(hall, self.run_dir / "hall_of_fame.png")
         plot_evolution(state.log, self.run_dir / "evolution.png", self.config.metric)
         return hall

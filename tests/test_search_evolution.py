@@ -159,7 +159,7 @@ def test_more_generations_extend_a_finished_run(problem, reference, tmp_path):
 def test_run_folder_holds_outputs_and_exports_proxies(problem, tmp_path):
     heldout = (problem.heldout, {"test_acc": problem.heldout_truth["test_acc"]})
     result = search(problem, tmp_path / "out", heldout=heldout, command="emq search synthetic")
-    for name in ("log.jsonl", "hall_of_fame.json", "evolution.png", "scatter.png", "config.json"):
+    for name in ("log.jsonl", "hall_of_fame.json", "evolution.png", "scatter.png", "hall_of_fame.png", "config.json"):
         assert (result.run_dir / name).is_file(), name
     data = load_hall_of_fame(result.run_dir)
     assert data["command"] == "emq search synthetic"
