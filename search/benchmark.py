@@ -34,7 +34,9 @@ from emq.stats.cache import (
 from search.config import SearchConfig
 from search.engine import SearchResult, run_search
 from search.hall_of_fame import add_heldout, write_hall_of_fame
-from search.pool import EvaluationPool, StatsSource, worker_device
+from search.pool import EvaluationPool
+from search.shard_worker import worker_device
+from search.stats_source import StatsSource
 from search.report import plot_scatter, write_summary
 from search.run_folder import HELDOUT_SCORES
 

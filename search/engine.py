@@ -55,10 +55,12 @@ from search.individual import Program
 from search.interrupt import stop_requested
 from search.niches import NicheHallOfFame, count_niches, representatives, tournament
 from search.operators import Limits, crossover, mutate, program
-from search.pool import EvaluationPool, ShardedStats, StatsSource, one_thread, worker_device
+from search.pool import EvaluationPool, ShardedStats
 from search.report import plot_evolution, plot_hall_of_fame, plot_scatter
 from search.rng import SearchRNG
 from search.screening import UNDEFINED_FITNESS, Outcome, ProbeInputs, ScreenLimits, score_outcome, screen_probe
+from search.shard_worker import one_thread, worker_device
+from search.stats_source import StatsSource
 from search.subexpressions import common_subexpressions
 
 
