@@ -15,7 +15,7 @@ formula, `valid`, `niches` (distinct niches among the valid programs),
 not scored again), `rejections` (this generation's screenings by reason),
 `shared_subexpressions` (distinct op subexpressions found in two or more
 programs of the population), `top_subexpression` (the one in most programs:
-`formula`, `programs`; `search.subexpressions`),
+`formula`, `programs`; null when none is shared; `search.subexpressions`),
 `seconds` (the generation's wall time, its checkpoint included), `time` (those
 seconds by phase: `variation`, `screening` (static and probe screens, in this
 process, while the pool already scores the survivors of earlier batches),

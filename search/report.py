@@ -212,7 +212,7 @@ def write_summary(path: str | Path, title: str, command: str | None, table: str,
 def _shared_line(row: dict[str, Any]) -> list[str]:
     """Return the summary's line on the last population's common subexpressions (none for a log without them)."""
     top = row.get("top_subexpression")
-    if not top or top["programs"] < 2:
+    if not top:
         return []
     return ["", f"{row['shared_subexpressions']} subexpressions are shared by two or more programs of the last "
                 f"population; the most common, `{top['formula']}`, by {top['programs']}."]

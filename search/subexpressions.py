@@ -17,16 +17,17 @@ def common_subexpressions(proxies: Iterable[Proxy]) -> dict[str, Any]:
     """Return `shared_subexpressions` and `top_subexpression` of the programs, the fields of a log row.
 
     `shared_subexpressions`: how many distinct op subexpressions occur in at least two
-    of the programs. `top_subexpression`: the op subexpression in the most programs,
+    of the programs. `top_subexpression`: the one of them in the most programs,
     `{"formula": canonical text, "programs": how many}` (ties: the longer text, then the
     first in alphabetical order, so the row is the same on every run), or None when no
-    program has an op. A program counts once per subexpression however often it uses it.
+    subexpression is shared. A program counts once per subexpression however often it uses it.
     """
     counts: Counter[str] = Counter()
     for proxy in proxies:
         counts.update(key for key, kind in proxy.to_networkx().nodes(data="kind") if kind == "op")
-    top = min(counts.items(), key=lambda kv: (-kv[1], -len(kv[0]), kv[0]), default=None)
+    shared = [(key, n) for key, n in counts.items() if n >= 2]
+    top = min(shared, key=lambda kv: (-kv[1], -len(kv[0]), kv[0]), default=None)
     return {
-        "shared_subexpressions": sum(1 for c in counts.values() if c >= 2),
+        "shared_subexpressions": len(shared),
         "top_subexpression": None if top is None else {"formula": top[0], "programs": top[1]},
     }

@@ -21,8 +21,7 @@ def test_commuted_arguments_are_the_same_subexpression():
 
 def test_a_program_counts_once_however_often_it_uses_a_subexpression():
     row = common_subexpressions(proxies("n_add(sum_layers(l2(grad)), mean_layers(l2(grad)))", "max_layers(l1(act))"))
-    assert row["shared_subexpressions"] == 0
-    assert row["top_subexpression"]["programs"] == 1
+    assert row == {"shared_subexpressions": 0, "top_subexpression": None}
 
 
 def test_ties_go_to_the_longer_subexpression_whatever_the_order():
@@ -32,5 +31,5 @@ def test_ties_go_to_the_longer_subexpression_whatever_the_order():
     assert common_subexpressions(proxies(*reversed(formulas))) == expected
 
 
-def test_an_empty_population_has_no_top_subexpression():
+def test_an_empty_population_shares_nothing():
     assert common_subexpressions([]) == {"shared_subexpressions": 0, "top_subexpression": None}
