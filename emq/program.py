@@ -90,12 +90,15 @@ class Node:
             if self.is_leaf:
                 text = self.name
             else:
-                parts = [c.canonical() for c in self.children]
-                if get_op(self.name).commutative:
-                    parts.sort()
-                text = f"{self.name}({', '.join(parts)})"
+                text = f"{self.name}({', '.join(c.canonical() for c in self.canonical_children())})"
             object.__setattr__(self, "_canonical", text)
         return self._canonical
+
+    def canonical_children(self) -> tuple["Node", ...]:
+        """Return the children in canonical order: a commutative op's sorted by their canonical text, else as written."""
+        if self.is_leaf or not get_op(self.name).commutative:
+            return self.children
+        return tuple(sorted(self.children, key=Node.canonical))
 
     def stats(self) -> set[str]:
         """Return the statistic names at the leaves."""

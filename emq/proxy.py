@@ -4,8 +4,9 @@ A `Proxy` is a program tree (`emq.program.Node`: statistic leaves, registered op
 plus free-form `meta`. It owns everything about the program: parsing a formula,
 printing it, simplifying it (`emq.simplify`), its canonical form and hash (equal for
 programs equal up to commutative argument order and the registered identities),
-its JSON form `emq-proxy/1` (a DAG with op *names*; shared subtrees stored once), and
-its size and depth. Evaluation goes through the one evaluator, `emq.evaluate`.
+its JSON form `emq-proxy/1` (a DAG with op *names*; shared subtrees stored once), its
+networkx graph (`to_networkx`: common subexpressions as shared nodes), and its size and
+depth. Evaluation goes through the one evaluator, `emq.evaluate`.
 A proxy may carry fitted layer weights (`emq fit`, `emq.layer_weights`): an optional
 `layer_weights` field of the file, applied by every scorer.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from emq.simplify import self_cancelling, simplify
 from emq.strict_json import describe_json_error, loads_strict
 from emq.stats import NetworkStats, stats_with
 from primitives import Kind
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["FORMAT", "MAX_DEPTH", "MAX_FILE_BYTES", "MAX_FORMULA_CHARS", "MAX_NODES", "MAX_TREE_SIZE",
            "MissingStatError", "Proxy", "ProxyEvaluationError", "ProxyFormatError"]
@@ -202,6 +206,33 @@ class Proxy:
     @property
     def depth(self) -> int:
         return self.root.depth
+
+    def to_networkx(self) -> "nx.DiGraph":
+        """Return the program as a networkx DAG: one node per distinct subexpression, edges from arguments to ops.
+
+        Nodes are keyed by the canonical text of their subexpression (`Node.canonical`), so a
+        subexpression used twice -- also when written `mul(a, b)` once and `mul(b, a)` once -- is
+        one node with several consumers: common subexpressions show as shared nodes. Node
+        attributes: `kind` ("stat" for a statistic leaf, "op" for an op; the program language has
+        no constants, every leaf reads a statistic), `name` (the statistic or op name) and `type`
+        (the value's kind: "T", "S" or "N"). An edge runs from an argument to the op that consumes
+        it; its `positions` are the argument indices it fills, in canonical argument order (a
+        tuple, as `mul(x, x)` takes one argument twice). The graph attribute `root` is the key of
+        the output node, the one sink; the statistics are the sources.
+        """
+        import networkx as nx  # here: scoring workers import this module and never draw graphs
+
+        graph = nx.DiGraph(root=self.root.canonical())
+        for node in self.root.unique():  # children before parents
+            key = node.canonical()
+            if key in graph:
+                continue  # equal up to commutative order to a node already added
+            graph.add_node(key, kind="stat" if node.is_leaf else "op", name=node.name, type=node.kind.value)
+            for position, child in enumerate(node.canonical_children()):
+                edge = (child.canonical(), key)
+                graph.add_edge(*edge, positions=graph.edges[edge]["positions"] + (position,)
+                               if graph.has_edge(*edge) else (position,))
+        return graph
 
     def __str__(self) -> str:
         return self.formula()

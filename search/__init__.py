@@ -18,6 +18,8 @@ held-out scores, export), `individual` (a program in the population),
 `generate` (random programs as `emq.program.Node` trees),
 `operators` (mutation, crossover), `screening` (cheap rejections with reasons),
 `niches` (behavioural niches, selection, hall of fame on `emq.ga`), `emq.evaluate` (stacked,
-vmapped evaluation), `pool`, `rng` (checkpointable random streams), `report`
-(plots, summary), `synthetic` (a problem with known answer for tests and demos).
+vmapped evaluation), `pool` (the sharded scorer, parent side), `shard_worker` (a worker
+holding its shard), `stats_source` (where a worker finds statistics), `rng` (checkpointable
+random streams), `report` (plots, summary), `subexpressions` (common subexpressions of a
+population, logged), `synthetic` (a problem with known answer for tests and demos).
 """

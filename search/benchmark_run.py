@@ -31,8 +31,10 @@ from emq.stats.cache import (
 from search.config import SearchConfig
 from search.engine import SearchResult, run_search
 from search.hall_of_fame import add_heldout
-from search.pool import EvaluationPool, StatsSource, worker_device
+from search.pool import EvaluationPool
 from search.protocol import RunCut, against_trivial, cut_run, run_verdict, score_heldout, verdict_line
+from search.shard_worker import worker_device
+from search.stats_source import StatsSource
 from search.report import plot_scatter, write_summary
 from search.run_folder import RunFolder
 

@@ -13,6 +13,9 @@ valid programs in the population, `best_ever` (the hall of fame's best) and its
 formula, `valid`, `niches` (distinct niches among the valid programs),
 `evaluations` (programs screened this generation), `cache_hits` (known programs
 not scored again), `rejections` (this generation's screenings by reason),
+`shared_subexpressions` (distinct op subexpressions found in two or more
+programs of the population), `top_subexpression` (the one in most programs:
+`formula`, `programs`; null when none is shared; `search.subexpressions`),
 `seconds` (the generation's wall time, its checkpoint included), `time` (those
 seconds by phase: `variation`, `screening` (static and probe screens, in this
 process, while the pool already scores the survivors of earlier batches),
@@ -52,11 +55,14 @@ from search.individual import Program
 from search.interrupt import stop_requested
 from search.niches import NicheHallOfFame, count_niches, representatives, tournament
 from search.operators import Limits, crossover, mutate, program
-from search.pool import EvaluationPool, ShardedStats, StatsSource, one_thread, worker_device
-from search.report import plot_evolution
+from search.pool import EvaluationPool, ShardedStats
+from search.report import plot_evolution, plot_hall_of_fame
 from search.rng import SearchRNG
 from search.run_folder import RunFolder
 from search.screening import UNDEFINED_FITNESS, Outcome, ProbeInputs, ScreenLimits, score_outcome, screen_probe
+from search.shard_worker import one_thread, worker_device
+from search.stats_source import StatsSource
+from search.subexpressions import common_subexpressions
 
 
 @dataclass
@@ -437,6 +443,7 @@ class _Engine:
             "evaluations": stats["evaluations"],
             "cache_hits": stats["cache_hits"],
             "rejections": stats["rejections"],
+            **common_subexpressions(ind.proxy for ind in population),
         }
         clock.lap("selection")
         state.log.append(row)
@@ -453,8 +460,10 @@ class _Engine:
 
     # ------------------------------------------------------------ finish
     def finish(self, state: SearchState, command: str | None) -> list[dict[str, Any]]:
-        """Write hall_of_fame.json (search split only; `search.benchmark_run` judges it held out) and evolution.png."""
+        """Write hall_of_fame.json (search split only; `search.benchmark_run` judges it held out),
+        hall_of_fame.png and evolution.png; return the hall."""
         hall = [hall_entry(rank, ind) for rank, ind in enumerate(state.hof, start=1)]
         RunFolder(self.run_dir).write_hall(hall, self.config, command)
+        plot_hall_of_fame(hall, self.run_dir / "hall_of_fame.png")
         plot_evolution(state.log, self.run_dir / "evolution.png", self.config.metric)
         return hall

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 #: Files a run (or study) folder may hold, relative to it; present or not yet written.
 RUN_FILES: tuple[str, ...] = (
-    "config.json", "log.jsonl", "hall_of_fame.json", "summary.md", "evolution.png", "scatter.png", "verdict.json",
-    ".lock", "checkpoint/state.json", "study.json", "study.md", "job.jsonl", "job-outcome.json",
+    "config.json", "log.jsonl", "hall_of_fame.json", "summary.md", "evolution.png", "scatter.png", "hall_of_fame.png",
+    "verdict.json", ".lock", "checkpoint/state.json", "study.json", "study.md", "job.jsonl", "job-outcome.json",
     "fitted-proxy.json", "fitted-proxy.md", "heldout_scores.csv",
 )
 #: Per-candidate held-out scores of a finished run (`emq.score_table`): truth, hall of fame, baselines.

@@ -99,13 +99,14 @@ def test_search_then_export_then_rescore_end_to_end(run, tmp_path):
                  "--backend", "serial", "--hof-size", "3", "--out", str(out), "--batch-size", "8", "--max-heldout", "40")
     assert result.exit_code == 0, result.output
     assert "best proxy:" in result.output
-    for name in ("log.jsonl", "hall_of_fame.json", "summary.md", "evolution.png", "scatter.png", "config.json"):
+    for name in ("log.jsonl", "hall_of_fame.json", "summary.md", "evolution.png", "scatter.png", "hall_of_fame.png",
+                 "config.json"):
         assert (out / name).is_file(), name
     assert len((out / "log.jsonl").read_text().splitlines()) == 2
     hall = json.loads((out / "hall_of_fame.json").read_text())
     assert hall["programs"] and "heldout" in hall["programs"][0] and hall["split"]["heldout"] == 40
     summary = (out / "summary.md").read_text()
-    assert "bit_sum" in summary and "evolved #1" in summary
+    assert "bit_sum" in summary and "evolved #1" in summary and "](hall_of_fame.png)" in summary
 
     proxy = tmp_path / "best.json"
     result = run("export", str(out), "--top", "1", "-o", str(proxy))

@@ -334,7 +334,7 @@ def test_loky_workers_exit_when_their_parent_is_killed(tmp_path):
     code = textwrap.dedent("""
         import os, time
         from joblib import Parallel, delayed
-        from search.pool import watch_parent
+        from search.shard_worker import watch_parent
         parent = os.getpid()
         with Parallel(n_jobs=1, backend="loky") as par:
             par(delayed(watch_parent)(parent) for _ in range(1))

@@ -16,6 +16,7 @@ from emq.proxy import Proxy
 from search.config import ResumeError, SearchConfig
 from search.engine import run_search
 from search.hall_of_fame import export_proxies, export_run, load_hall_of_fame
+from search.subexpressions import common_subexpressions
 from search.synthetic import synthetic_problem
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,6 +83,19 @@ def test_log_counts_niches_evaluations_and_rejections(reference):
     assert sum(sum(r["rejections"].values()) for r in rows) > 0  # synthetic bits-only programs get screened out
 
 
+def test_log_names_the_last_populations_common_subexpressions(reference):
+    rows = [json.loads(line) for line in (reference.run_dir / "log.jsonl").read_text().splitlines()]
+    state = json.loads((reference.run_dir / "checkpoint" / "state.json").read_text())
+    population = [Proxy.from_formula(e["formula"]) for e in state["population"]]
+    last = {k: rows[-1][k] for k in ("shared_subexpressions", "top_subexpression")}
+    assert last == common_subexpressions(population)
+    for r in rows:
+        top = r["top_subexpression"]
+        assert (r["shared_subexpressions"] > 0) == (top is not None)
+        assert top is None or 2 <= top["programs"] <= r["population"]
+    assert any(r["top_subexpression"] for r in rows)  # a selected population reuses its building blocks
+
+
 def test_stop_and_resume_continues_the_same_stream(problem, reference, tmp_path):
     run = tmp_path / "resumed"
     partial = search(problem, run, stop_after=1)
@@ -145,7 +159,7 @@ def test_more_generations_extend_a_finished_run(problem, reference, tmp_path):
 
 def test_run_folder_holds_outputs_and_exports_proxies(problem, tmp_path):
     result = search(problem, tmp_path / "out", command="emq search synthetic")
-    for name in ("log.jsonl", "hall_of_fame.json", "evolution.png", "config.json"):
+    for name in ("log.jsonl", "hall_of_fame.json", "evolution.png", "hall_of_fame.png", "config.json"):
         assert (result.run_dir / name).is_file(), name
     data = load_hall_of_fame(result.run_dir)
     assert data["command"] == "emq search synthetic"

@@ -8,10 +8,12 @@ import pytest
 
 from emq.evaluate import StackedStats, evaluate_stacked
 from emq.proxy import Proxy
-from search import pool as pool_module
+from search import shard_worker
 from search.config import SearchConfig
 from search.engine import run_search
-from search.pool import BackendUnavailableError, EvaluationPool, StatsSource, shard_bounds
+from search.pool import BackendUnavailableError, EvaluationPool
+from search.shard_worker import shard_bounds
+from search.stats_source import StatsSource
 from search.synthetic import synthetic_problem
 
 PROGRAMS = [Proxy.from_formula(f) for f in [
@@ -143,8 +145,8 @@ def test_worker_device_is_cpu_without_cuda_and_honours_an_explicit_choice():
 
     if torch.cuda.is_available():
         pytest.skip("CUDA present: devices are assigned round-robin")
-    assert pool_module.worker_device() == "cpu"
-    assert pool_module.worker_device("cpu") == "cpu"
+    assert shard_worker.worker_device() == "cpu"
+    assert shard_worker.worker_device("cpu") == "cpu"
 
 
 def test_unknown_backend_lists_the_valid_ones():
