@@ -38,7 +38,7 @@ from emq.models.pit import pit
 from emq.proxy import Proxy, ProxyEvaluationError
 from emq.stats import STATS
 from emq.stats.compute import compute_stats
-from primitives.errors import Registry
+from primitives.registry import Registry
 
 Arch = dict[str, Any]
 
