@@ -1,6 +1,6 @@
 """Reuse of exported proxies: per-layer bit allocation under a size budget, ViT search under a parameter budget.
 
-- `emq.apply.bits`: `Budget`, `BitObjective`, `allocate` / `allocate_bits` (exact MILP
+- `emq.apply.bits`: `Budget`, `BitObjective`, `allocate` (exact MILP
   for layer-separable proxies, else a seeded GA), always within the budget;
 - `emq.apply.arch`: arch spaces (`autoformer`, `pit`, `vit-digits`), `ArchObjective`,
   `search_arch` (seeded GA under a parameter budget);
@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from emq.apply.arch import ArchObjective, ArchSearchResult, get_space, search_arch
-from emq.apply.bits import BitAllocation, BitObjective, Budget, allocate, allocate_bits
+from emq.apply.bits import BitAllocation, BitObjective, Budget, allocate
 
-__all__ = ["ArchObjective", "ArchSearchResult", "BitAllocation", "BitObjective", "Budget", "allocate", "allocate_bits",
+__all__ = ["ArchObjective", "ArchSearchResult", "BitAllocation", "BitObjective", "Budget", "allocate",
            "get_space", "search_arch"]

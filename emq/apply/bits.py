@@ -421,13 +421,6 @@ def allocate(
         seconds=time.perf_counter() - start, proxy=objective.proxy.formula(), notes=notes, history=history)
 
 
-def allocate_bits(proxy: Proxy, model: nn.Module, batch: Any, budget: Budget, *, choices: Sequence[int] = DEFAULT_CHOICES,
-                  method: str = "auto", seed: int = 0, **objective_kwargs: Any) -> BitAllocation:
-    """Return the best configuration of `model` under `budget` by `proxy` (builds a `BitObjective`, then `allocate`)."""
-    objective = BitObjective(proxy, model, batch, choices=choices, seed=seed, **objective_kwargs)
-    return allocate(objective, budget, method=method, seed=seed)
-
-
 def _solve_milp(sep: Separable, params: Sequence[int], choices: Sequence[int], cap: int) -> tuple[Bits, bool]:
     return maximise_within(sep.direction * sep.coef, params, choices, cap)
 
