@@ -35,10 +35,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from emq.apply.bits import (
-    BitAllocation, BitObjective, Budget, allocate, average_bits, check_budget, check_method, check_stats, repair_bits,
-    size_bits, size_mb, uniform_within,
-)
+from emq.apply.allocation import BitAllocation, allocate, check_method
+from emq.apply.bits import BitObjective, check_stats
+from emq.apply.budget import Budget, average_bits, check_budget, repair_bits, size_bits, size_mb, uniform_within
 from emq.apply.greedy import QLOSS_GREEDY_FORMULA, CalibrationLoss, allocate_qloss_greedy
 from emq.apply.hawq_v2 import HAWQ_V2_FORMULA, allocate_hawq_v2, hawq_v2_objective
 from emq.apply.reading import reading
