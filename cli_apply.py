@@ -26,9 +26,9 @@ def apply_group() -> None:
 @click.option("--budget", "budgets", type=Listed(float), required=True,
               help="Size budget, or several comma-separated: megabytes of weights (sum bits x weights / 8e6) or, "
                    "with --budget-unit avg-bits, average bits per weight. Never exceeded.")
-@click.option("--budget-unit", type=Names("emq.apply.bits:BUDGET_UNITS"), default="mb", show_default=True,
+@click.option("--budget-unit", type=Names("emq.apply.budget:BUDGET_UNITS"), default="mb", show_default=True,
               help="Unit of --budget.")
-@click.option("--method", type=Names("emq.apply.bits:METHODS"), default="auto", show_default=True,
+@click.option("--method", type=Names("emq.apply.allocation:METHODS"), default="auto", show_default=True,
               help="milp: exact integer programming (proxies that are sums of per-layer terms); ga: genetic "
                    "algorithm (any proxy); auto: milp when possible.")
 @click.option("--compare", is_flag=True,

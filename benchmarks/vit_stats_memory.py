@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from emq.bench.vit_bench101 import vit_batch  # noqa: E402
+from emq.bench.digits import vit_batch  # noqa: E402
+from emq.bench.vit_bench101 import IMG_SIZE, NUM_CLASSES  # noqa: E402
 from emq.models.autoformer import autoformer  # noqa: E402
 from emq.stats.compute import compute_stats  # noqa: E402
 from emq.stats.cache import stats_nbytes, write_stats  # noqa: E402
@@ -52,9 +53,9 @@ def rss_mb() -> float:
 
 def main(which: str, size: int, device: str) -> dict:
     model = autoformer(ARCH)
-    batch = vit_batch("digits", 0, size)
+    batch = vit_batch("digits", 0, size, num_classes=NUM_CLASSES, resolution=IMG_SIZE)
     if device.startswith("cuda"):  # CUDA context and kernels are set up outside the measurement
-        compute_stats(model, vit_batch("digits", 0, 2), None, SETS[which], device=device)
+        compute_stats(model, vit_batch("digits", 0, 2, num_classes=NUM_CLASSES, resolution=IMG_SIZE), None, SETS[which], device=device)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2**20

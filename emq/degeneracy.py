@@ -10,6 +10,8 @@ from typing import Mapping
 
 import numpy as np
 
+from emq.fitness import kendall
+
 NONFINITE = "nonfinite"
 CONSTANT = "constant"
 INPUT_INDEPENDENT = "input_independent"
@@ -49,18 +51,17 @@ def trivial_match(scores: np.ndarray, trivial: Mapping[str, np.ndarray], limit: 
     A program that ranks the probe like #params, a bit count or the quantized loss
     cannot beat that predictor by much and costs more: it is that predictor in
     disguise, even when its values move with the batch. Predictors that do not vary
-    on these candidates never match. `limit` >= 1 disables the check.
+    on these candidates never match, nor does anything on fewer than 3 candidates
+    (tau is undefined there: `emq.fitness.kendall`). `limit` >= 1 disables the check.
     """
     if limit >= 1.0:
         return None
-    from scipy.stats import kendalltau
-
     x = np.asarray(scores, dtype=np.float64)
     for name in sorted(trivial):
         values = np.asarray(trivial[name], dtype=np.float64)
         if not np.all(np.isfinite(values)) or np.ptp(values) == 0:
             continue
-        tau = kendalltau(x, values).statistic
+        tau = kendall(x, values)
         if np.isfinite(tau) and abs(tau) >= limit:
             return name
     return None

@@ -32,7 +32,12 @@ def _correlation(fn: Callable, scores: np.ndarray, truth: np.ndarray) -> float:
 
 
 def kendall(scores: np.ndarray, truth: np.ndarray) -> float:
-    """Return Kendall's tau-b (NaN when undefined: constant scores, or a NaN score; infinite scores are ranked)."""
+    """Return Kendall's tau-b (NaN when undefined: constant scores, or a NaN score; infinite scores are ranked).
+
+    EMQ's one Kendall: fitness, the trivial-predictor screen, the benchmarks' READMEs
+    and the apply comparisons all call it. Candidates with NaN ground truth are
+    skipped; fewer than 3 left, or constant truth, is undefined (NaN) too.
+    """
     return _correlation(sps.kendalltau, scores, truth)
 
 

@@ -1,13 +1,44 @@
-"""Registry of typed primitive ops: one decorator registers a pure torch function by name."""
+"""The registries: the generic `Registry[T]` of every open set, and the typed primitive ops registered in one.
+
+`Registry` is a name -> item mapping filled when a package is imported (ops,
+statistics, benchmarks, baselines, architecture spaces); asking it for an unknown
+name raises `UnknownNameError`, whose one line lists the valid names. Ops: one
+decorator registers a pure torch function by name.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Generic, TypeVar
 
 import torch
 
-from primitives.errors import Registry, UnknownNameError
+from primitives.errors import UnknownNameError
 from primitives.types import Kind
+
+T = TypeVar("T")
+
+
+class Registry(dict, Generic[T]):
+    """Items of one kind (ops, statistics, benchmarks, baselines, ...) by name.
+
+    A dict, so lookups, `in` and iteration are the usual ones; `registry[name]` of an
+    unknown name raises `error` (an `UnknownNameError`) naming the valid names, and
+    `add` refuses a name registered twice.
+    """
+
+    def __init__(self, kind: str, error: type[UnknownNameError] = UnknownNameError) -> None:
+        super().__init__()
+        self.kind = kind
+        self.error = error
+
+    def add(self, name: str, item: T) -> T:
+        if name in self:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self[name] = item
+        return item
+
+    def __missing__(self, name: str) -> T:
+        raise self.error(f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self)) or 'none registered'}")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ from torch import nn
 
 from emq import Proxy
 from emq.apply.arch import ArchObjective, arch_key, get_space, search_arch
-from emq.apply.bits import BitObjective, Budget, allocate, size_bits
+from emq.apply.allocation import allocate
+from emq.apply.bits import BitObjective
+from emq.apply.budget import Budget, size_bits
 from emq.apply.decompose import layer_sum
 from emq.bench.base import Batch
 from emq.errors import BudgetError, NotSeparableError, StatUnavailableError

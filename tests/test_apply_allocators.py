@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emq.apply.bits import Budget, size_bits
+from emq.apply.budget import Budget, size_bits
 from emq.apply.greedy import CalibrationLoss, allocate_qloss_greedy, greedy_lowering
 from emq.apply.hawq_v2 import allocate_hawq_v2, hawq_v2_objective
 from emq.apply.reading import reading, standings

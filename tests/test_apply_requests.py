@@ -5,7 +5,7 @@ import pytest
 
 from emq import Proxy
 from emq.apply.arch import ARCH_SPACES, get_space
-from emq.apply.bits import Budget
+from emq.apply.budget import Budget
 from emq.apply.requests import (
     Allocations, ApplyRequestError, ArchRequest, ArchSearches, BitRequest, apply_arch, apply_bits,
 )

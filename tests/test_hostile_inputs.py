@@ -505,7 +505,7 @@ def test_score_unknown_target_names_the_columns(run):
 
 
 def test_a_huge_budget_is_no_constraint_not_an_overflow():
-    from emq.apply.bits import MAX_CAP, Budget
+    from emq.apply.budget import MAX_CAP, Budget
 
     assert Budget(1e308).cap(1000) == MAX_CAP
     assert Budget(1e308, "avg-bits").cap(1000) == MAX_CAP

@@ -8,7 +8,8 @@ from emq.baselines import BASELINES
 from emq.bench.registry import BENCHMARKS, BUILDERS
 from emq.stats import STATS
 from primitives import OPS
-from primitives.errors import EMQUserError, Registry, UnknownNameError
+from primitives.errors import EMQUserError, UnknownNameError
+from primitives.registry import Registry
 
 
 @pytest.mark.parametrize("registry", [OPS, STATS, BENCHMARKS, BUILDERS, BASELINES, ARCH_SPACES],

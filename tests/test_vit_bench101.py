@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from emq.bench.base import Batch, Candidate
+from emq.bench.digits import vit_batch
 from emq.bench.vit_bench101 import (
-    ACC_COLUMNS, ViTBench101, find_ground_truth, load_vit_bench_file, vit_batch,
+    ACC_COLUMNS, IMG_SIZE, NUM_CLASSES, ViTBench101, find_ground_truth, load_vit_bench_file,
 )
 from emq.errors import InputFileError
 from emq.models.autoformer import count_params
@@ -205,7 +206,8 @@ def test_unreadable_files_are_reported_without_running_anything(tmp_path):
 
 
 def test_digits_batch_is_deterministic_224_rgb_and_recorded():
-    a, b = vit_batch("digits", seed=3, size=4), vit_batch("digits", seed=3, size=4)
+    a = vit_batch("digits", seed=3, size=4, num_classes=NUM_CLASSES, resolution=IMG_SIZE)
+    b = vit_batch("digits", seed=3, size=4, num_classes=NUM_CLASSES, resolution=IMG_SIZE)
     assert isinstance(a, Batch) and a.source == "digits-train-224x224x3" and a.seed == 3
     assert a.inputs.shape == (4, 3, 224, 224) and torch.equal(a.inputs, b.inputs)
     assert torch.equal(a.inputs[:, 0], a.inputs[:, 2])

@@ -38,7 +38,7 @@ from emq.models.pit import pit
 from emq.proxy import Proxy, ProxyEvaluationError
 from emq.stats import STATS
 from emq.stats.compute import compute_stats
-from primitives.errors import Registry
+from primitives.registry import Registry
 
 Arch = dict[str, Any]
 
@@ -262,9 +262,10 @@ class PiTSpace(ArchSpace):
 
 
 def _vit_bench_batch(seed: int, size: int) -> Batch:
-    from emq.bench.vit_bench101 import resolve_batch_source, vit_batch
+    from emq.bench.digits import vit_batch
+    from emq.bench.vit_bench101 import IMG_SIZE, NUM_CLASSES, resolve_batch_source
 
-    return vit_batch(resolve_batch_source(None), seed, size)
+    return vit_batch(resolve_batch_source(None), seed, size, num_classes=NUM_CLASSES, resolution=IMG_SIZE)
 
 
 def _vit_digits_space() -> LayerwiseSpace:

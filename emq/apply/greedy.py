@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emq.apply.bits import BitAllocation, Bits, Budget, average_bits, check_budget, size_bits, size_mb
+from emq.apply.allocation import BitAllocation
+from emq.apply.budget import Bits, Budget, average_bits, check_budget, size_bits, size_mb
 from emq.bench.base import Batch
 from emq.quant.fake_quant import quantized_model
 from emq.quant.layers import quantizable_layers

@@ -4,7 +4,7 @@ HAWQ-v2 scores a configuration by the sum over layers of the full-precision netw
 average Hessian trace Tr(H_l)/n_l times the layer's squared quantization error
 ||Q_b(W_l) - W_l||^2, and picks the configuration that minimises it within the size
 budget. Each layer's term depends on its own width only, so the problem is a
-multiple-choice knapsack: `emq.apply.bits.maximise_within` solves it to proven
+multiple-choice knapsack: `emq.apply.knapsack.maximise_within` solves it to proven
 optimality (the paper's Pareto-frontier search does the same job). The per-layer
 costs come from `emq.baselines.hawq_v2_layer_costs`, the very objective the
 registered `hawq_v2` baseline scores candidates with.
@@ -18,7 +18,9 @@ from typing import Mapping, Sequence
 import numpy as np
 from torch import nn
 
-from emq.apply.bits import BitAllocation, Budget, average_bits, check_budget, maximise_within, size_bits, size_mb
+from emq.apply.allocation import BitAllocation
+from emq.apply.budget import Budget, average_bits, check_budget, size_bits, size_mb
+from emq.apply.knapsack import maximise_within
 from emq.baselines import HAWQ_V2_SAMPLES, hawq_v2_layer_costs, hawq_v2_traces
 from emq.bench.base import Batch
 from emq.quant.layers import quantizable_layers

@@ -35,15 +35,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from emq.apply.bits import (
-    BitAllocation, BitObjective, Budget, allocate, average_bits, check_budget, check_method, check_stats, repair_bits,
-    size_bits, size_mb, uniform_within,
-)
+from emq.apply.allocation import BitAllocation, allocate, check_method
+from emq.apply.bits import BitObjective, check_stats
+from emq.apply.budget import Budget, average_bits, check_budget, repair_bits, size_bits, size_mb, uniform_within
 from emq.apply.greedy import QLOSS_GREEDY_FORMULA, CalibrationLoss, allocate_qloss_greedy
 from emq.apply.hawq_v2 import HAWQ_V2_FORMULA, allocate_hawq_v2, hawq_v2_objective
 from emq.apply.reading import reading
 from emq.baselines import get_baseline
 from emq.bench.base import Benchmark
+from emq.fitness import kendall as kendall_tau
 from emq.proxy import Proxy
 from emq.quant.layers import quantizable_layers
 from emq.stats.cache import calibration_inputs
@@ -281,7 +281,7 @@ def compare_mq(
         built[name] = benchmark_objective(bench, proxy, batch_seed=batch_seed, batch_size=batch_size,
                                           hessian_samples=hessian_samples, device=device, store_dtype=store_dtype)
         setup[name] = {"passes": built[name].stats_passes, "seconds": round(time.perf_counter() - t0, 2)}
-        kendall[name] = _kendall([built[name].score(c.bits) for c in cands], truth)  # type: ignore[arg-type]
+        kendall[name] = _finite_kendall([built[name].score(c.bits) for c in cands], truth)  # type: ignore[arg-type]
     first = next(iter(built.values()))
     params, choices, layers = first.params, first.choices, first.layers
     formulas = {n: p.formula() for n, p in objectives.items()}
@@ -292,7 +292,7 @@ def compare_mq(
                                   seed=batch_seed)
         formulas["hawq_v2"] = HAWQ_V2_FORMULA
         setup["hawq_v2"] = {"passes": hawq2.samples, "seconds": round(hawq2.seconds, 2)}
-        kendall["hawq_v2"] = _kendall([hawq2.score(c.bits) for c in cands], truth)  # type: ignore[arg-type]
+        kendall["hawq_v2"] = _finite_kendall([hawq2.score(c.bits) for c in cands], truth)  # type: ignore[arg-type]
     if "qloss-greedy" in allocators:
         calibration = bench.calibration_batch()
         if calibration is None:
@@ -362,16 +362,19 @@ def compare_mq(
     if qloss is not None:
         # Its faithfulness as a predictor, measured after the allocations so their seconds stay their own.
         say("qloss-greedy: calibration cross-entropy of every measured configuration")
-        kendall["qloss-greedy"] = _kendall([-qloss(tuple(c.bits[n] for n in qloss.layers))  # type: ignore[index]
+        kendall["qloss-greedy"] = _finite_kendall([-qloss(tuple(c.bits[n] for n in qloss.layers))  # type: ignore[index]
                                             for c in cands], truth)
     comparison.seconds = time.perf_counter() - start
     return comparison
 
 
-def _kendall(scores: Sequence[float], truth: np.ndarray) -> float:
-    from scipy.stats import kendalltau
+def _finite_kendall(scores: Sequence[float], truth: np.ndarray) -> float:
+    """Return `emq.fitness.kendall` of the configurations an objective scores finitely (NaN when fewer than 3).
 
+    A configuration an allocation objective cannot score (NaN, or an infinite value
+    from a failed term) says nothing about how the objective ranks accuracy, so it is
+    left out here instead of ranked at an end as the search's fitness ranks it.
+    """
     values = np.asarray(scores, dtype=np.float64)
     ok = np.isfinite(values)
-    tau = kendalltau(values[ok], truth[ok])[0] if ok.sum() > 1 else math.nan
-    return float(tau) if np.isfinite(tau) else math.nan
+    return kendall_tau(values[ok], np.asarray(truth, dtype=np.float64)[ok])

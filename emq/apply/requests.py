@@ -21,7 +21,8 @@ from typing import Any, Callable
 from tqdm.auto import tqdm
 
 from emq.apply.arch import ARCH_SPACES, ArchObjective, ArchSearchResult, get_space, search_arch
-from emq.apply.bits import BitAllocation, Budget, allocate
+from emq.apply.allocation import BitAllocation, allocate
+from emq.apply.budget import Budget
 from emq.apply.mq import COMPARE_ALLOCATORS, COMPARE_BASELINES, MQComparison, benchmark_objective, compare_mq, precheck
 from emq.apply.vit import ViTComparison, compare_vit_digits
 from emq.baselines import get_baseline

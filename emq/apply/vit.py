@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from emq.apply.arch import ArchObjective, arch_key, get_space, search_arch
+from emq.fitness import kendall
 from emq.proxy import Proxy
 
 
@@ -163,8 +164,6 @@ def compare_vit_digits(
     progress: Callable[[str], None] | None = None,
 ) -> ViTComparison:
     """Return, per budget, the proxy's searched arch (trained) against the benchmark's archs (see the module docstring)."""
-    from scipy.stats import kendalltau
-
     start = time.perf_counter()
     say = progress or (lambda _msg: None)
     space = get_space("vit-digits")
@@ -177,17 +176,17 @@ def compare_vit_digits(
                                       hessian_samples=hessian_samples, device=device, store_dtype=store_dtype)
                   for name, p in proxies.items()}
     bench_scores: dict[str, np.ndarray] = {}
-    kendall: dict[str, dict[str, float]] = {}
+    taus: dict[str, dict[str, float]] = {}
     for name, obj in objectives.items():
         say(f"scoring the benchmark's {len(cands)} archs with {name}")
         scores = np.array([obj.score(c["arch"]) for c in cands])
         bench_scores[name] = scores
-        ok = np.isfinite(scores)
-        kendall[name] = {c: float(kendalltau(scores[ok], truth[c][ok])[0]) for c in columns}
+        ok = np.isfinite(scores)  # an arch the objective cannot score is left out, not ranked at an end
+        taus[name] = {c: kendall(scores[ok], truth[c][ok]) for c in columns}
     recipe = benchmark_recipe(gt)
     comparison = ViTComparison(
         space="vit-digits", columns=columns, budgets=list(budgets), proxies={n: p.formula() for n, p in proxies.items()},
-        proxy_kendall=kendall,
+        proxy_kendall=taus,
         search={"population": population, "generations": generations, "seed": seed, "init_seed": init_seed},
         batch=space.batch(batch_seed, batch_size).describe(),
         recipe={"lr": recipe.lr, "tasks": [asdict(t) for t in recipe.tasks],

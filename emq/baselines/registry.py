@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 
-from primitives.errors import EMQUserError, Registry, UnknownNameError
+from primitives.errors import EMQUserError, UnknownNameError
+from primitives.registry import Registry
 import torch
 from torch import nn
 

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from emq.bench.base import Batch
+
 #: Images per split; the test split is what remains of the 1797 images.
 N_TRAIN = 1000
 N_CALIB = 100
@@ -138,3 +140,21 @@ def _images(s: DigitsSplit, idx: np.ndarray, resolution: int, channels: int) -> 
     if channels != 1:
         x = x.expand(-1, channels, -1, -1).contiguous()
     return x, torch.from_numpy(labels[idx].copy())
+
+
+def vit_batch(source: str, seed: int, size: int, *, num_classes: int, resolution: int) -> Batch:
+    """Return the deterministic 3-channel batch of `source` ("digits" or "gaussian") for `seed`.
+
+    For networks made for other images (ViT-Bench-101's 224x224, NAS-Bench-201's
+    32x32): the digits train split upsampled to `resolution`, or seeded Gaussian noise
+    with labels below `num_classes`; `Batch.source` records which.
+    """
+    if source == "digits":
+        x, y = batch(seed, size, resolution=resolution, channels=3)
+        return Batch(inputs=x, labels=y, source=f"digits-train-{resolution}x{resolution}x3", seed=seed)
+    if size < 1:
+        raise ValueError(f"batch size must be positive, got {size}")
+    g = torch.Generator().manual_seed(int(seed))
+    x = torch.randn(size, 3, resolution, resolution, generator=g)
+    y = torch.randint(0, num_classes, (size,), generator=g)
+    return Batch(inputs=x, labels=y, source=f"gaussian-{resolution}x{resolution}x3", seed=seed)

@@ -40,6 +40,7 @@ from emq.bench.mq_digits_load import (
 from emq.bench.mq_digits_train import ACT_BITS, TrainConfig, accuracy, deterministic, ptq_accuracy, train_digits_cnn
 from emq.bench.readme import render_readme
 from emq.bench.registry import register_benchmark, register_builder
+from emq.fitness import kendall
 from emq.models.digits_cnn import digits_resnet
 from emq.quant.layers import quantizable_layers
 
@@ -195,18 +196,12 @@ def readme_text(gt: dict[str, Any]) -> str:
 
 def baseline_taus(gt: dict[str, Any]) -> dict[str, float]:
     """Return Kendall tau of test_acc with simple bit-counting scores (how easy the benchmark is)."""
-    from scipy.stats import kendalltau
-
     layers = gt["layers"]
     bits = np.array([[c["bits"][n] for n in layers] for c in gt["candidates"]], dtype=np.float64)
     params = np.array([gt["params"][n] for n in layers], dtype=np.float64)
     acc = np.array([c["test_acc"] for c in gt["candidates"]])
     scores = {"avg_bits": bits.mean(1), "bit_params": bits @ params, "neg_num_2bit": -(bits == LOW_BITS).sum(1)}
-    out = {}
-    for name, score in scores.items():
-        tau = kendalltau(score, acc)[0] if len(acc) > 1 else float("nan")
-        out[name] = float(tau) if np.isfinite(tau) else float("nan")
-    return out
+    return {name: kendall(score, acc) for name, score in scores.items()}
 
 
 # ----------------------------------------------------------------------------- the benchmark

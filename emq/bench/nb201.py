@@ -64,11 +64,11 @@ import torch
 from torch import nn
 
 from emq.bench.base import Batch, Benchmark, Candidate
+from emq.bench.digits import vit_batch
 from emq.bench.nb201_cells import all_cells, canonical_form, is_degenerate, op_counts, unique_cells
 from emq.bench.registry import register_benchmark
 from emq.bench.safe_pickle import PickledRecord, load_record_pickle
 from emq.bench.sample_images import photo_crops
-from emq.bench.vit_bench101 import vit_batch
 from emq.errors import InputFileError
 from emq.models.nb201 import IMG_SIZE, NUM_CLASSES, OP_NAMES, check_cell, count_params, nb201
 

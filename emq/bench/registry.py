@@ -7,7 +7,8 @@ from typing import Callable
 
 from emq.bench.base import Benchmark
 from emq.errors import EMQUserError
-from primitives.errors import Registry, UnknownNameError
+from primitives.errors import UnknownNameError
+from primitives.registry import Registry
 
 BenchmarkFactory = Callable[..., Benchmark]
 

@@ -45,8 +45,3 @@ def summary_text(summary: dict[str, Any]) -> str:
     if summary["models"] is not None:
         lines.append(summary["models"])
     return "\n".join(lines)
-
-
-def summarize_benchmark(bench: Benchmark, limit: int = 5) -> str:
-    """Return lines describing `bench`: candidate count, spread of each accuracy column, first candidates."""
-    return summary_text(benchmark_summary(bench, limit))

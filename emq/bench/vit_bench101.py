@@ -45,9 +45,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from emq.bench import digits
 from emq.bench.accuracy_units import accuracy_unit
 from emq.bench.base import Batch, Benchmark, Candidate
+from emq.bench.digits import vit_batch
 from emq.bench.registry import register_benchmark
 from emq.bench.safe_pickle import describe_torch_load_error
 from emq.errors import InputFileError
@@ -280,19 +280,6 @@ def resolve_batch_source(batch_source: str | None) -> str:
     return source
 
 
-def vit_batch(source: str, seed: int, size: int, num_classes: int = NUM_CLASSES, resolution: int = IMG_SIZE) -> Batch:
-    """Return the deterministic 3-channel batch of `source` ("digits" or "gaussian") for `seed`."""
-    if source == "digits":
-        x, y = digits.batch(seed, size, resolution=resolution, channels=3)
-        return Batch(inputs=x, labels=y, source=f"digits-train-{resolution}x{resolution}x3", seed=seed)
-    if size < 1:
-        raise ValueError(f"batch size must be positive, got {size}")
-    g = torch.Generator().manual_seed(int(seed))
-    x = torch.randn(size, 3, resolution, resolution, generator=g)
-    y = torch.randint(0, num_classes, (size,), generator=g)
-    return Batch(inputs=x, labels=y, source=f"gaussian-{resolution}x{resolution}x3", seed=seed)
-
-
 #: Seed of the randomly initialised distillation teacher (documented; recorded with DisWOT scores' cache key).
 TEACHER_INIT_SEED = 0
 
@@ -329,7 +316,7 @@ class ViTBench101(Benchmark):
         return make(candidate.arch, init_seed=init_seed, num_classes=NUM_CLASSES)
 
     def batch(self, seed: int = 0, size: int = 16) -> Batch:
-        return vit_batch(self.batch_source, seed, size)
+        return vit_batch(self.batch_source, seed, size, num_classes=NUM_CLASSES, resolution=IMG_SIZE)
 
     def teacher(self) -> Teacher:
         """The `_kd` columns' teacher: a CIFAR ResNet-56, random init (seed TEACHER_INIT_SEED), at 32x32.

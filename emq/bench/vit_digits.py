@@ -47,8 +47,9 @@ from emq.bench.base import Batch, Benchmark, BenchmarkNotBuiltError, Candidate
 from emq.bench.build_target import check_build_target
 from emq.bench.readme import render_readme
 from emq.bench.registry import register_benchmark, register_builder
+from emq.fitness import kendall
 from emq.bench.vit_digits_load import (
-    BENCH_NAME, BUILD_COMMAND, GT_FILE, GT_FORMAT, README_FILE, column, default_out_dir, kendall, load_ground_truth,
+    BENCH_NAME, BUILD_COMMAND, GT_FILE, GT_FORMAT, README_FILE, column, default_out_dir, load_ground_truth,
     params_kendall, repeat_agreement,
 )
 from emq.bench.vit_digits_space import TinyViTSpace, sample_archs, space_from_json, tiny_vit

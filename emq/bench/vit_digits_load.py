@@ -15,6 +15,7 @@ import numpy as np
 from emq.bench.gt_json import read_gt_json
 from emq.bench.vit_digits_space import space_from_json, valid_arch
 from emq.errors import InputFileError
+from emq.fitness import kendall
 from emq.paths import results_dir
 
 BENCH_NAME = "vit-digits"
@@ -73,16 +74,6 @@ def load_ground_truth(path: str | Path) -> dict[str, Any]:
 def column(gt: dict[str, Any], col: str) -> np.ndarray:
     """Return one accuracy column (or `params`) of the ground truth, in candidate order."""
     return np.array([c[col] for c in gt["candidates"]], dtype=np.float64)
-
-
-def kendall(a: np.ndarray, b: np.ndarray) -> float:
-    """Return Kendall tau-b of `a` and `b` (NaN when undefined: fewer than two values, or a constant)."""
-    from scipy.stats import kendalltau
-
-    if len(a) < 2:
-        return float("nan")
-    tau = kendalltau(a, b)[0]
-    return float(tau) if np.isfinite(tau) else float("nan")
 
 
 def params_kendall(gt: dict[str, Any]) -> dict[str, float]:

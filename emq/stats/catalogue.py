@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from primitives.errors import Registry, UnknownNameError
+from primitives.errors import UnknownNameError
+from primitives.registry import Registry
 
 
 @dataclass(frozen=True)

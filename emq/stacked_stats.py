@@ -1,0 +1,175 @@
+"""Statistics of many networks stacked per layer along a leading candidate dimension, in blocks (`StackedStats`).
+
+Each layer of the candidates of a block is one column, its statistics stacked along a
+leading candidate dimension; statistics equal in every member of a column (the
+full-precision weights of a mixed-precision benchmark) stay unstacked, so what only
+reads them is computed once. A column is computed in pieces (`column_pieces`) of about
+CHUNK_ELEMENTS entries per intermediate (and at least MIN_BATCH networks), so a chain
+of ops on a piece stays in cache and memory is bounded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from emq.stats import NetworkStats
+
+#: Entries one intermediate tensor of a piece of candidates may hold (bounds memory, keeps pieces in cache).
+CHUNK_ELEMENTS = 1 << 20
+#: Fewest and most candidates per stacking block (see `block_for`).
+MIN_BLOCK, MAX_BLOCK = 32, 256
+
+
+def block_for(n: int) -> int:
+    """Return the stacking block of a set of `n` candidates: a power of two in [MIN_BLOCK, MAX_BLOCK], n / 8 or less.
+
+    Larger blocks stack more networks per op (architectures of different shapes share
+    the columns of their common layers); at least 8 blocks keep the shards of a pool
+    balanced. A shard made of whole blocks scores bit-identically to the whole set, so
+    the block is a function of the whole set's size, passed to the shards' stacks.
+    """
+    block = MIN_BLOCK
+    while block * 2 <= min(MAX_BLOCK, n // 8):
+        block *= 2
+    return block
+
+
+#: Fewest networks in a piece (a lone network is computed as a piece of two copies, see `emq.stacked_ops.apply_op`).
+MIN_BATCH = 2
+Value = tuple[torch.Tensor, bool]  # (tensor, batched: has the leading candidate dimension)
+
+
+@dataclass
+class Column:
+    """One layer (same name, statistics and shapes) of the candidates of a block that have it, stacked."""
+
+    name: str
+    members: np.ndarray  # block-local indices of the candidates having this layer, ascending
+    stat_names: frozenset[str]
+    tensors: dict[str, Value]
+    params: torch.Tensor  # [m] float64: the layer's parameter count in each member
+
+
+@dataclass
+class Block:
+    """Up to `block` consecutive candidates: their layers as columns, and each candidate's layers in order."""
+
+    index: np.ndarray  # positions (in the whole list) of the block's candidates
+    columns: list[Column]
+    #: per candidate: (column, row in the column) of each of its layers, in the candidate's layer order
+    layout: list[list[tuple[int, int]]]
+
+
+class StackedStats:
+    """Statistics of many networks, stacked per layer along a leading candidate dimension.
+
+    Candidates are stacked in blocks of `block` consecutive positions (default
+    `block_for(len(stats_list))`). Within a block,
+    each layer (name, statistics, shapes) is one column holding the candidates that
+    have it, so networks of different architectures (NAS-Bench-201 cells, ViT subnets)
+    share the columns of their common layers instead of each being evaluated alone.
+    A block is computed the same way whichever other blocks sit beside it, so a shard
+    made of whole blocks gives bit-identical scores to the whole set: torch's
+    vectorised kernels round an entry differently depending on where it sits in a
+    tensor, so a candidate must sit at the same place in every run.
+    """
+
+    def __init__(self, stats_list: Sequence[NetworkStats], device: str | torch.device | None = None,
+                 chunk_elements: int = CHUNK_ELEMENTS, block: int | None = None) -> None:
+        self.n = len(stats_list)
+        self.chunk_elements = chunk_elements
+        self.block = block_for(self.n) if block is None else block
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.blocks = [self._stack(stats_list[a:a + self.block], np.arange(a, min(self.n, a + self.block)))
+                       for a in range(0, self.n, self.block)]
+
+    def _stack(self, items: Sequence[NetworkStats], index: np.ndarray) -> Block:
+        by_key: dict[tuple, list[int]] = {}
+        for k, s in enumerate(items):
+            for layer, d in s.layers.items():
+                by_key.setdefault((layer, tuple(sorted((n, tuple(t.shape)) for n, t in d.items()))), []).append(k)
+        columns: list[Column] = []
+        where: dict[tuple[str, int], tuple[int, int]] = {}
+        for (layer, _), members in by_key.items():
+            first = items[members[0]].layers[layer]
+            tensors: dict[str, Value] = {}
+            for stat, t0 in first.items():
+                column = [items[k].layers[layer][stat] for k in members]
+                if len(members) > 1 and all(t is t0 or (t.dtype == t0.dtype and torch.equal(t, t0))
+                                            for t in column[1:]):
+                    tensors[stat] = (t0.to(self.device), False)  # equal in every member: computed once
+                else:
+                    dtype = t0.dtype if all(t.dtype == t0.dtype for t in column) else torch.float32
+                    tensors[stat] = (torch.stack([t.to(dtype) for t in column]).to(self.device), True)
+            params = torch.tensor([float(items[k].params.get(layer, 0)) for k in members], dtype=torch.float64,
+                                  device=self.device)
+            for row, k in enumerate(members):
+                where[(layer, k)] = (len(columns), row)
+            columns.append(Column(layer, np.array(members), frozenset(first), tensors, params))
+        layout = [[where[(layer, k)] for layer in s.layers] for k, s in enumerate(items)]
+        return Block(index, columns, layout)
+
+    def subset(self, positions: Sequence[int]) -> "StackedStats":
+        """Return the stacked statistics of some candidates (by position), keeping their blocks' stacking."""
+        out = StackedStats.__new__(StackedStats)
+        out.n = len(positions)
+        out.chunk_elements = self.chunk_elements
+        out.block = self.block
+        out.device = self.device
+        out.blocks = []
+        new_position = {int(p): k for k, p in enumerate(positions)}
+        for blk in self.blocks:
+            keep = [k for k, i in enumerate(blk.index) if int(i) in new_position]
+            if not keep:
+                continue
+            local = {k: j for j, k in enumerate(keep)}
+            columns: list[Column] = []
+            renumber: dict[int, int] = {}
+            rows: dict[int, dict[int, int]] = {}
+            for c, col in enumerate(blk.columns):
+                chosen = [r for r, k in enumerate(col.members) if int(k) in local]
+                if not chosen:
+                    continue
+                sel = torch.tensor(chosen, device=self.device)
+                renumber[c] = len(columns)
+                rows[c] = {r: j for j, r in enumerate(chosen)}
+                columns.append(Column(col.name, np.array([local[int(col.members[r])] for r in chosen]),
+                                       col.stat_names,
+                                       {s: ((t.index_select(0, sel), True) if b else (t, False))
+                                        for s, (t, b) in col.tensors.items()},
+                                       col.params.index_select(0, sel)))
+            layout = [[(renumber[c], rows[c][r]) for c, r in blk.layout[k]] for k in keep]
+            out.blocks.append(Block(np.array([new_position[int(blk.index[k])] for k in keep]), columns, layout))
+        return out
+
+    def total_params(self) -> np.ndarray:
+        """Return each network's parameter count (the sum over its layers), in position order."""
+        out = np.zeros(self.n, dtype=np.float64)
+        for blk in self.blocks:
+            for k, layers in enumerate(blk.layout):
+                out[blk.index[k]] = float(sum(float(blk.columns[c].params[r]) for c, r in layers))
+        return out
+
+    def nbytes(self) -> int:
+        """Return the bytes held by the stacked tensors."""
+        return sum(t.numel() * t.element_size() for blk in self.blocks for col in blk.columns
+                   for t, _ in col.tensors.values())
+
+
+def column_pieces(column: Column, needed: set[str], chunk_elements: int) -> list[tuple[int, int]]:
+    """Return [start, stop) pieces covering a column's members.
+
+    Pieces are sized so one intermediate holds about `chunk_elements` entries (at
+    least two networks): the chain of ops on a piece stays in cache and memory is
+    bounded. How a piece is computed depends only on its block, so a shard of whole
+    blocks gives the same scores.
+    """
+    m = len(column.members)
+    widths = [t[0].numel() for s, (t, b) in column.tensors.items() if b and s in needed]
+    if not widths:
+        return [(0, m)]  # nothing per-network in this layer: computed once
+    size = max(MIN_BATCH, chunk_elements // max(widths))
+    return [(a, min(m, a + size)) for a in range(0, m, size)]
