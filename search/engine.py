@@ -31,7 +31,6 @@ produced; at the end the hall of fame is written (`search.hall_of_fame`).
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +57,7 @@ from search.operators import Limits, crossover, mutate, program
 from search.pool import EvaluationPool, ShardedStats
 from search.report import plot_evolution, plot_hall_of_fame
 from search.rng import SearchRNG
+from search.run_inputs import PhaseClock, checked_predictors, checked_truth
 from search.run_folder import RunFolder
 from search.screening import UNDEFINED_FITNESS, Outcome, ProbeInputs, ScreenLimits, score_outcome, screen_probe
 from search.shard_worker import one_thread, worker_device
@@ -117,7 +117,7 @@ def run_search(
     """
     run_dir = Path(run_dir)
     n = len(search_stats)
-    truth, targets = _checked_truth(truth, config, n)
+    truth, targets = checked_truth(truth, config, n)
     if probe_index is None:
         k = len(probe_stats_other_batch) if probe_stats_other_batch is not None else min(config.probe_size, n)
         probe_index = list(range(k))
@@ -130,7 +130,7 @@ def run_search(
     try:
         limits = ScreenLimits(config.max_size, config.time_budget_s, config.reject_input_independent,
                               config.trivial_tau_limit, config.arch_eta_limit)
-        predictors = _checked_predictors(trivial, features, search_stats)
+        predictors = checked_predictors(trivial, features, search_stats)
         index = list(probe_index)
         # The probe is small: it is screened here; only the survivors go to the pool's shards of the search set.
         device = worker_device(pool.device)
@@ -157,32 +157,6 @@ def run_search(
         if own_pool:
             pool.close()
         run_lock.release(run_dir)
-
-
-def _checked_truth(truth: Mapping[str, np.ndarray], config: SearchConfig,
-                   n: int) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Return the ground truth as float arrays and the targets searched, or fail naming the bad column."""
-    truth = {k: np.asarray(v, dtype=np.float64) for k, v in truth.items()}
-    targets = list(config.targets or truth)
-    missing = [t for t in targets if t not in truth]
-    if missing:
-        raise KeyError(f"unknown target(s) {missing}; ground-truth columns: {', '.join(truth)}")
-    for t in targets:
-        if len(truth[t]) != n:
-            raise ValueError(f"target {t!r} has {len(truth[t])} values for {n} search networks")
-    return truth, targets
-
-
-def _checked_predictors(trivial: Mapping[str, np.ndarray] | None, features: Mapping[str, np.ndarray] | None,
-                        search_stats: Sequence[NetworkStats]) -> dict[str, np.ndarray]:
-    """Return the trivial predictors (#params added from the statistics), each checked to cover every network."""
-    n = len(search_stats)
-    predictors = dict(trivial or {})
-    predictors.setdefault("params", np.array([float(sum(s.params.values())) for s in search_stats]))
-    for name, values in [*predictors.items(), *(features or {}).items()]:
-        if len(values) != n:
-            raise ValueError(f"trivial predictor / feature {name!r} has {len(values)} values for {n} search networks")
-    return predictors
 
 
 def _generations(engine: "_Engine", state: SearchState, config: SearchConfig, progress: bool,
@@ -220,28 +194,6 @@ class GenerationStopped(Exception):
     bounds the wait after SIGTERM to one batch (`SCREEN_BATCH` programs) and the pool's
     work already sent, whatever the population size.
     """
-
-
-class _Clock:
-    """Seconds of one generation by phase (the log row's `time`)."""
-
-    PHASES = ("variation", "screening", "evaluation", "selection", "checkpoint")
-
-    def __init__(self) -> None:
-        self.start = self.last = time.perf_counter()
-        self.seconds = dict.fromkeys(self.PHASES, 0.0)
-
-    def lap(self, phase: str) -> None:
-        """Add the time since the previous lap to `phase`."""
-        now = time.perf_counter()
-        self.seconds[phase] += now - self.last
-        self.last = now
-
-    def fill(self, row: dict[str, Any]) -> None:
-        total = self.last - self.start
-        row["seconds"] = round(total, 4)
-        row["time"] = {k: round(v, 4) for k, v in self.seconds.items()}
-        row["programs_per_s"] = round(row["evaluations"] / total, 2) if total > 0 else None
 
 
 def _short(value: float | None) -> str:
@@ -284,7 +236,7 @@ class _Engine:
         rng = SearchRNG.from_seed(self.config.seed)
         state = SearchState(-1, [], NicheHallOfFame(self.config.hof_size, self.config.niche_threshold), OrderedDict(),
                             rng)
-        clock = _Clock()
+        clock = PhaseClock()
         population += self._fresh(state, self.config.population - len(population), seen)
         clock.lap("variation")
         stats = self._evaluate(state, population, clock)
@@ -294,7 +246,7 @@ class _Engine:
     # ------------------------------------------------------------- step
     def step(self, state: SearchState) -> dict[str, Any]:
         """Breed, evaluate and select one generation; checkpoint; return its log row."""
-        clock = _Clock()
+        clock = PhaseClock()
         cfg, rng = self.config, state.rng
         elites = [Program(m.proxy, m.record) for m in state.hof]
         seen = {e.hash for e in elites}
@@ -365,7 +317,7 @@ class _Engine:
         return out
 
     # ------------------------------------------------------- evaluation
-    def _evaluate(self, state: SearchState, individuals: Sequence[Program], clock: "_Clock") -> dict[str, Any]:
+    def _evaluate(self, state: SearchState, individuals: Sequence[Program], clock: "PhaseClock") -> dict[str, Any]:
         todo: dict[str, Program] = {}
         for ind in individuals:
             if ind.hash not in state.memo and ind.hash not in todo:
@@ -425,7 +377,7 @@ class _Engine:
 
     # ------------------------------------------------- bookkeeping
     def _advance(self, state: SearchState, population: list[Program], stats: dict[str, Any],
-                 clock: "_Clock") -> dict[str, Any]:
+                 clock: "PhaseClock") -> dict[str, Any]:
         state.generation += 1
         state.population = population
         valid = [ind for ind in population if ind.fitness is not None]
