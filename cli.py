@@ -207,6 +207,7 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
           "--out, then study.md with the discovery verdict over all runs (overrides --seed).")
 @setting_option("batch_seeds", help="Comma-separated batch seeds for a study, e.g. 0,1 (overrides --batch-seed).")
 @setting_option("fitness")
+@setting_option("strategy")
 @setting_option("reject_input_independent")
 @setting_option("hof_size")
 @setting_option("max_search", help="Use at most N networks of the search split (bounds memory and time; 0 = all).")

@@ -16,6 +16,9 @@ ENGINE = "emq-search/1"
 #: "partial": min(plain, partialled on the best trivial predictor) (`emq.fitness.beyond_trivial`);
 #: "residual": the partial correlation alone (rewards complements of the trivial predictor).
 FITNESS_MODES = ("plain", "partial", "residual")
+#: "evolution" (default): selection, crossover and mutation breed each generation; "random": each generation
+#: after the first is `population` fresh random programs from the same grammar (the control of evolution).
+STRATEGIES = ("evolution", "random")
 
 
 class RunFolderError(EMQUserError, ValueError):
@@ -78,6 +81,7 @@ class SearchConfig:
     trivial_tau_limit: float = 0.95
     arch_eta_limit: float = 0.99
     fitness: str = SETTINGS["fitness"].default
+    strategy: str = SETTINGS["strategy"].default
     stats: tuple[str, ...] | None = None
     op_weights: tuple[tuple[str, float], ...] = ()
     heldout_fraction: float = 0.5
@@ -98,6 +102,8 @@ class SearchConfig:
             raise ValueError(f"joint must be 'mean' or 'min', got {self.joint!r}")
         if self.fitness not in FITNESS_MODES:
             raise ValueError(f"fitness must be one of {', '.join(FITNESS_MODES)}, got {self.fitness!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.split_order not in SPLIT_ORDERS:
             raise ValueError(f"split_order must be one of {', '.join(SPLIT_ORDERS)}, got {self.split_order!r}")
         if self.population < 2:

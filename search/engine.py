@@ -6,7 +6,9 @@ representatives and varied (subtree crossover, typed mutations); a share of fres
 random programs joins; new programs are screened on the probe networks and scored
 on the search split by the pool; fitness is the rank correlation with each target
 column, combined by mean or min. Programs already evaluated are looked up by
-canonical hash, not scored again.
+canonical hash, not scored again. With `strategy` "random" (the control of
+evolution) every generation after the first is `population` fresh random programs
+instead, on the same screens, hall of fame, log and checkpoint.
 
 `log.jsonl` has one line per generation: `gen`, `best` / `median` fitness of the
 valid programs in the population, `best_ever` (the hall of fame's best) and its
@@ -246,6 +248,8 @@ class _Engine:
     # ------------------------------------------------------------- step
     def step(self, state: SearchState) -> dict[str, Any]:
         """Breed, evaluate and select one generation; checkpoint; return its log row."""
+        if self.config.strategy == "random":
+            return self._random_step(state)
         clock = PhaseClock()
         cfg, rng = self.config, state.rng
         elites = [Program(m.proxy, m.record) for m in state.hof]
@@ -281,6 +285,19 @@ class _Engine:
         population = elites + offspring + fresh
         clock.lap("variation")
         stats = self._evaluate(state, offspring + fresh, clock)
+        return self._advance(state, population, stats, clock)
+
+    def _random_step(self, state: SearchState) -> dict[str, Any]:
+        """Sample, evaluate and select one generation of `population` fresh random programs (strategy "random").
+
+        No selection, crossover or mutation and no elites in the population: the control
+        that says what evolution adds on the same budget, with the same generator, screens,
+        fitness, hall of fame (kept across generations), log and checkpoint.
+        """
+        clock = PhaseClock()
+        population = self._fresh(state, self.config.population, set())
+        clock.lap("variation")
+        stats = self._evaluate(state, population, clock)
         return self._advance(state, population, stats, clock)
 
     def _seeded(self, seen: set[str]) -> list[Program]:

@@ -56,6 +56,7 @@ class SearchRequest:
     joint: str = default("joint")
     metric: str = default("metric")
     fitness: str = default("fitness")
+    strategy: str = default("strategy")
     reject_input_independent: bool = default("reject_input_independent")
     hof_size: int = default("hof_size")
     seed_proxies: tuple[Path, ...] = default("seed_proxies")
@@ -160,7 +161,8 @@ def plan_search(request: SearchRequest, notify: Callable[[str], None] | None = N
             population=request.population, generations=request.generations, seed=seeds[0], metric=request.metric,
             joint=request.joint, targets=tuple(targets) if targets else None,
             hof_size=min(request.hof_size, request.population - 1), seed_formulas=seed_formulas,
-            fitness=request.fitness, reject_input_independent=request.reject_input_independent)
+            fitness=request.fitness, reject_input_independent=request.reject_input_independent,
+            strategy=request.strategy)
         stats_config = dataclasses.replace(request.stats, batch_seed=batch_seeds[0])
     except (ValueError, TypeError, KeyError) as err:  # KeyError: an unknown metric name
         raise SearchSettingsError(str(err.args[0]) if err.args else type(err).__name__) from None

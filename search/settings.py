@@ -85,6 +85,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
             "Reject programs whose scores do not move with the batch (default: keep them, flagged "
             "input_independent: a data-free proxy such as SynFlow is legitimate).", "--reject-input-independent",
             "search.reject_input_independent"),
+    Setting("strategy", "str", "evolution",
+            "evolution: breed programs (selection, crossover, mutation); random: every generation a fresh batch of "
+            "random programs, screened and scored the same way (the control that says what evolution adds).",
+            "--strategy", "search.strategy", choices="search.config:STRATEGIES"),
     _int("hof_size", 10, 0, 1_000, "Elite programs carried into every generation.", "--hof-size", "search.hof_size"),
     _int("max_search", 160, 0, 10_000_000, "Use at most N networks of the search split (bounds memory and time; "
          "0 = all).", "--max-search", "search.max_search"),

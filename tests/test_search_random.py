@@ -1,0 +1,81 @@
+"""Random search (strategy "random"): the control of evolution, on the same budget and the same bookkeeping."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from search.config import SearchConfig
+from search.engine import run_search
+from search.synthetic import synthetic_problem
+
+TIMING = ("seconds", "time", "programs_per_s")
+RANDOM = SearchConfig(population=10, generations=4, seed=5, probe_size=8, hof_size=3, targets=("test_acc",),
+                      strategy="random")
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return synthetic_problem(n_search=24, n_heldout=16, probe_size=8)
+
+
+def search(problem, run_dir, config=RANDOM, **kwargs):
+    return run_search(problem.search, problem.probe_other, problem.truth, config, run_dir, progress=False,
+                      probe_index=problem.probe_index, **kwargs)
+
+
+def without_timing(log):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in log]
+
+
+@pytest.fixture(scope="module")
+def reference(problem, tmp_path_factory):
+    return search(problem, tmp_path_factory.mktemp("random"))
+
+
+def test_random_search_spends_population_times_generations(reference):
+    rows = reference.log
+    assert len(rows) == RANDOM.generations and reference.finished
+    assert [r["population"] for r in rows] == [RANDOM.population] * RANDOM.generations
+    # Every program of a generation is new or known: screened now, or a cache hit, never bred from elites.
+    assert all(r["evaluations"] + r["cache_hits"] == RANDOM.population for r in rows)
+    assert sum(r["evaluations"] for r in rows) > RANDOM.population * (RANDOM.generations - 1)
+
+
+def test_random_search_keeps_the_hall_of_fame_across_generations(reference):
+    best = [r["best_ever"] for r in reference.log]
+    assert best == sorted(best)
+    assert reference.hall_of_fame and reference.hall_of_fame[0]["fitness"] == best[-1]
+    # Elites are not carried into the population: a generation's best may fall below the best ever.
+    state = json.loads((reference.run_dir / "checkpoint" / "state.json").read_text())
+    assert state["config"]["strategy"] == "random"
+
+
+def test_random_search_is_reproducible_for_a_seed(problem, reference, tmp_path):
+    again = search(problem, tmp_path / "again")
+    assert without_timing(again.log) == without_timing(reference.log)
+    assert [h["formula"] for h in again.hall_of_fame] == [h["formula"] for h in reference.hall_of_fame]
+
+
+def test_random_search_differs_from_evolution_after_the_first_generation(problem, reference, tmp_path):
+    evolved = search(problem, tmp_path / "evolved", config=SearchConfig(**{**RANDOM.to_json(), "strategy": "evolution"}))
+    assert without_timing(evolved.log)[0] == without_timing(reference.log)[0]  # same first population
+    assert without_timing(evolved.log)[1:] != without_timing(reference.log)[1:]
+
+
+def test_resumed_random_search_equals_an_uninterrupted_one(problem, reference, tmp_path):
+    run_dir = tmp_path / "resumed"
+    first = search(problem, run_dir, stop_after=1)
+    assert not first.finished and first.generation == 1
+    resumed = search(problem, run_dir, resume=True)
+    assert resumed.finished
+    assert without_timing(resumed.log) == without_timing(reference.log)
+    assert [h["formula"] for h in resumed.hall_of_fame] == [h["formula"] for h in reference.hall_of_fame]
+
+
+def test_config_without_strategy_reads_as_evolution():
+    data = RANDOM.to_json()
+    del data["strategy"]
+    assert SearchConfig.from_json(data).strategy == "evolution"
+    with pytest.raises(ValueError, match="strategy"):
+        SearchConfig(strategy="annealing")
