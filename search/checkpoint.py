@@ -40,6 +40,9 @@ class SearchState:
     memo: "OrderedDict[str, dict[str, Any]]"  # canonical hash -> evaluation record, least recently used first
     rng: SearchRNG
     log: list[dict[str, Any]] = field(default_factory=list)
+    #: Probe fingerprint (`search.screening.probe_fingerprint`) -> hash of the program scored with it, least recently
+    #: used first: the functional-equivalence cache. Checkpoints written before it have none (an empty cache).
+    fingerprints: "OrderedDict[str, str]" = field(default_factory=OrderedDict)
 
 
 def state_path(run_dir: Path) -> Path:
@@ -61,6 +64,7 @@ def save_checkpoint(run_dir: Path, state: SearchState, config: SearchConfig) -> 
         "population": [_entry(ind) for ind in state.population],
         "hall_of_fame": [_entry(ind) for ind in state.hof],
         "memo": [[h, r] for h, r in state.memo.items()],
+        "fingerprints": [[f, h] for f, h in state.fingerprints.items()],
         "rng": state.rng.state_json(),
         "torch_rng": torch_file,
         "log": state.log,
@@ -107,8 +111,9 @@ def _load_checked(path: Path, run_dir: Path, config: SearchConfig) -> tuple[Sear
     hof = NicheHallOfFame(config.hof_size, config.niche_threshold)
     hof.restore([_individual(e) for e in data["hall_of_fame"]])
     memo = OrderedDict((h, r) for h, r in data["memo"])
+    fingerprints = OrderedDict((f, h) for f, h in data.get("fingerprints", []))
     state = SearchState(int(data["generation"]), [_individual(e) for e in data["population"]], hof, memo, rng,
-                        list(data["log"]))
+                        list(data["log"]), fingerprints)
     return state, saved
 
 
@@ -151,6 +156,10 @@ def _check_state(data: Mapping[str, Any], config: SearchConfig, path: Path) -> N
         raise bad("memo", "must be a list of [hash, record] pairs")
     for i, (_, record) in enumerate(memo):
         _check_record(record, False, lambda why: bad(f"memo[{i}]", why))
+    fingerprints = data.get("fingerprints", [])  # absent in checkpoints written before the equivalence cache
+    if not isinstance(fingerprints, list) or not all(
+            isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f) for f in fingerprints):
+        raise bad("fingerprints", "must be a list of [fingerprint, hash] pairs")
     if not isinstance(data.get("torch_rng"), str) or not TORCH_RNG_NAME.fullmatch(data["torch_rng"]):
         raise bad("torch_rng", f"must name a file rng_torch-NNNNN.pt beside state.json, got {data.get('torch_rng')!r}")
 

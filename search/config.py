@@ -57,6 +57,12 @@ class SearchConfig:
     (`emq.fitness.beyond_trivial`); "residual" is the partialled value alone
     (`emq.fitness.partial_correlation`: it finds complements that rank badly alone).
     Without trivial predictors all are the same.
+    `strategy` "evolution" breeds each generation; "random" samples it afresh (the
+    control). `equivalence_cache` gives a program whose probe scores equal (to 6
+    significant digits, `search.screening.probe_fingerprint`) those of a program scored
+    earlier in the run that program's record instead of scoring it on the search split;
+    programs equal on the probe but not on the full split then share a fitness (the
+    AutoML-Zero trade-off). `memo_size` bounds both caches.
     """
 
     # The settings a person chooses default to `search.settings.SETTINGS`, as the CLI, job files and
@@ -88,6 +94,7 @@ class SearchConfig:
     split_seed: int = 0
     split_order: str = "hash"
     memo_size: int = 20000
+    equivalence_cache: bool = True
     seed_formulas: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

@@ -14,7 +14,9 @@ instead, on the same screens, hall of fame, log and checkpoint.
 valid programs in the population, `best_ever` (the hall of fame's best) and its
 formula, `valid`, `niches` (distinct niches among the valid programs),
 `evaluations` (programs screened this generation), `cache_hits` (known programs
-not scored again), `rejections` (this generation's screenings by reason),
+not scored again), `equivalent_hits` (programs screened whose probe fingerprint matched
+a program scored earlier in the run, given its record instead of being scored on the
+search split: `config.equivalence_cache`), `rejections` (this generation's screenings by reason),
 `shared_subexpressions` (distinct op subexpressions found in two or more
 programs of the population), `top_subexpression` (the one in most programs:
 `formula`, `programs`; null when none is shared; `search.subexpressions`),
@@ -32,6 +34,7 @@ produced; at the end the hall of fame is written (`search.hall_of_fame`).
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -61,7 +64,9 @@ from search.report import plot_evolution, plot_hall_of_fame
 from search.rng import SearchRNG
 from search.run_inputs import PhaseClock, checked_predictors, checked_truth
 from search.run_folder import RunFolder
-from search.screening import UNDEFINED_FITNESS, Outcome, ProbeInputs, ScreenLimits, score_outcome, screen_probe
+from search.screening import (
+    UNDEFINED_FITNESS, Outcome, ProbeInputs, ScreenLimits, probe_fingerprint, score_outcome, screen_probe,
+)
 from search.shard_worker import one_thread, worker_device
 from search.stats_source import StatsSource
 from search.subexpressions import common_subexpressions
@@ -344,6 +349,8 @@ class _Engine:
         outcomes: list[Outcome] = []
         jobs = []
         items = list(todo.values())
+        twins: dict[str, str] = {}  # hash -> hash of a program with its probe fingerprint, scored or sent
+        sent: dict[str, str] = {}  # fingerprint -> hash of the program sent to the pool with it, this generation
         with torch.no_grad(), one_thread():
             for start in range(0, len(items), SCREEN_BATCH):
                 if stop_requested():
@@ -353,7 +360,8 @@ class _Engine:
                 batch = [screen_probe(ind.proxy, self.probe, self.screen_limits)
                          for ind in items[start: start + SCREEN_BATCH]]
                 outcomes += batch
-                passed = [(ind, out) for ind, out in zip(items[start:], batch) if out.reason is None]
+                passed = [(ind, out) for ind, out in zip(items[start:], batch)
+                          if out.reason is None and not self._twin(state, ind, out, twins, sent)]
                 if passed:
                     jobs.append((passed, self.pool.submit(self.search_set, [ind.proxy for ind, _ in passed])))
         clock.lap("screening")
@@ -363,7 +371,8 @@ class _Engine:
         rejections: Counter = Counter()
         seconds = 0.0
         for ind, outcome in zip(todo.values(), outcomes):
-            record = self._record(outcome)
+            twin = twins.get(ind.hash)  # scored earlier (this generation: earlier in `todo`), so in the memo
+            record = copy.deepcopy(state.memo[twin]) if twin is not None else self._record(outcome)
             state.memo[ind.hash] = record
             seconds += outcome.seconds
             if record["reason"] is not None:
@@ -373,9 +382,37 @@ class _Engine:
             ind.set_record(state.memo[ind.hash])
         while len(state.memo) > self.config.memo_size:
             state.memo.popitem(last=False)
+        for key, h in sent.items():
+            state.fingerprints[key] = h
+            state.fingerprints.move_to_end(key)
+        while len(state.fingerprints) > self.config.memo_size:
+            state.fingerprints.popitem(last=False)
         clock.lap("evaluation")
-        return {"evaluations": len(todo), "cache_hits": len(individuals) - len(todo),
+        return {"evaluations": len(todo), "cache_hits": len(individuals) - len(todo), "equivalent_hits": len(twins),
                 "rejections": dict(sorted(rejections.items())), "eval_seconds": seconds}
+
+    def _twin(self, state: SearchState, ind: Program, out: Outcome, twins: dict[str, str],
+              sent: dict[str, str]) -> bool:
+        """Return True when a program with `out`'s probe fingerprint was scored in this run, or is being scored.
+
+        The functional-equivalence cache (`config.equivalence_cache`): `ind` then takes
+        that program's record (`twins`) instead of being scored on the search split; else
+        its fingerprint is noted in `sent`. See `search.screening.probe_fingerprint` for
+        what equal fingerprints do and do not promise.
+        """
+        if not self.config.equivalence_cache:
+            return False
+        key = probe_fingerprint(out)
+        known = state.fingerprints.get(key)
+        if known is not None and known in state.memo:
+            state.fingerprints.move_to_end(key)
+            twins[ind.hash] = known
+            return True
+        if key in sent:
+            twins[ind.hash] = sent[key]
+            return True
+        sent[key] = ind.hash
+        return False
 
     def _record(self, outcome: Outcome) -> dict[str, Any]:
         if outcome.reason is not None:
@@ -411,6 +448,7 @@ class _Engine:
             "niches": count_niches(valid, self.config.niche_threshold),
             "evaluations": stats["evaluations"],
             "cache_hits": stats["cache_hits"],
+            "equivalent_hits": stats["equivalent_hits"],
             "rejections": stats["rejections"],
             **common_subexpressions(ind.proxy for ind in population),
         }

@@ -16,6 +16,7 @@ sharded pool for the full search set (`score_outcome` then checks the full score
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ MISSING_STAT = "missing_stat"
 UNDEFINED_FITNESS = "undefined_fitness"
 __all__ = ["OVER_SIZE", "SELF_CANCELLING", "OVER_TIME", "MISSING_STAT", "UNDEFINED_FITNESS", "NONFINITE", "CONSTANT",
            "INPUT_INDEPENDENT", "TRIVIAL_EQUIVALENT", "ScreenLimits", "ProbeInputs", "ScreenInputs", "Outcome",
-           "screen_probe", "score_outcome", "screen_and_score", "rejection_table"]
+           "screen_probe", "probe_fingerprint", "score_outcome", "screen_and_score", "rejection_table"]
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class Outcome:
     reason: str | None = None  # None: passed every screen
     scores: np.ndarray | None = None  # on every search candidate
     probe: np.ndarray | None = None  # on the probe candidates (the behaviour used for niches)
+    probe_other: np.ndarray | None = None  # on the probe candidates' second batch (when the screen has one)
     seconds: float = 0.0
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -190,6 +192,7 @@ def screen_probe(proxy: Proxy, inputs: ProbeInputs, limits: ScreenLimits = Scree
     out.probe = probe
     if inputs.probe_other is not None:
         other, failures = evaluate_stacked(proxy, inputs.probe_other)
+        out.probe_other = other
         hard = _hard_failures(failures)
         if hard:
             return done(_reason(hard))
@@ -207,6 +210,30 @@ def screen_probe(proxy: Proxy, inputs: ProbeInputs, limits: ScreenLimits = Scree
     if projected > limits.time_budget_s:
         return done(OVER_TIME)
     return done(None)
+
+
+#: Significant digits of the probe scores kept in a fingerprint: float noise between equal functions is
+#: forgotten (`mul(x, 2)` and `add(x, x)` agree), distinct behaviour is not.
+FINGERPRINT_DIGITS = 6
+
+
+def probe_fingerprint(out: Outcome, digits: int = FINGERPRINT_DIGITS) -> str:
+    """Return a key of a probe-screened program's behaviour: its probe scores (both batches) to `digits` digits.
+
+    Two programs with the same key compute the same function on the probe networks, so
+    the search may give the second the first one's record without scoring it on the
+    search split (the functional-equivalence cache, as in AutoML-Zero). The trade-off,
+    accepted there and here: programs equal on the probe can still differ on the full
+    split (a branch the probe never reaches, a difference below `digits` digits); the
+    second then carries the first one's fitness. NaN and infinities are kept as such.
+    """
+    def text(values: np.ndarray | None) -> str:
+        if values is None:
+            return "-"
+        # `+ 0.0` turns -0.0 into 0.0: the sign of a zero is not behaviour.
+        return ",".join(f"{float(v) + 0.0:.{digits}g}" for v in np.asarray(values, dtype=np.float64).ravel())
+
+    return hashlib.sha256(f"{text(out.probe)}|{text(out.probe_other)}".encode()).hexdigest()[:24]
 
 
 def score_outcome(out: Outcome, scores: np.ndarray, failures: Counter, seconds: float = 0.0) -> Outcome:
