@@ -5,7 +5,9 @@ Entry points:
   a whole run on a benchmark (split, cached statistics, evolution, held-out
   comparison with baselines, summary.md).
 - `search.engine.run_search(search_stats, probe_stats_other_batch, truth, config, run_dir, ...)`:
-  the loop on plain inputs (lists of NetworkStats and truth arrays).
+  the loop on plain inputs (lists of NetworkStats and truth arrays); `SearchConfig.strategy`
+  "evolution" (default) or "random" (fresh random programs every generation: the control),
+  `SearchConfig.equivalence_cache` (programs equal on the probe share one record).
 - `search.hall_of_fame.export_proxies(run_dir, top)`: the best programs of a run as Proxy objects.
 - `search.pool.EvaluationPool(backend, n_jobs, scheduler, max_shard_bytes=...)`: scoring on
   candidates sharded over workers, one shard each (serial, threading, loky, dask, ray).
@@ -16,7 +18,7 @@ predictor, held-out scores, verdict), `run_folder` (RunFolder: every file of a r
 `checkpoint` (resumable state, log.jsonl), `hall_of_fame` (the hall_of_fame.json format,
 held-out scores, export), `individual` (a program in the population),
 `generate` (random programs as `emq.program.Node` trees),
-`operators` (mutation, crossover), `screening` (cheap rejections with reasons),
+`operators` (mutation, crossover), `screening` (cheap rejections with reasons, probe fingerprints),
 `niches` (behavioural niches, selection, hall of fame on `emq.ga`), `emq.evaluate` (stacked,
 vmapped evaluation), `pool` (the sharded scorer, parent side), `shard_worker` (a worker
 holding its shard), `stats_source` (where a worker finds statistics), `rng` (checkpointable
