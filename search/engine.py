@@ -16,7 +16,7 @@ formula, `valid`, `niches` (distinct niches among the valid programs),
 `evaluations` (programs screened this generation), `cache_hits` (known programs
 not scored again), `equivalent_hits` (programs screened whose probe fingerprint matched
 a program scored earlier in the run, given its record instead of being scored on the
-search split: `config.equivalence_cache`), `rejections` (this generation's screenings by reason),
+search split: `search.equivalence`), `rejections` (this generation's screenings by reason),
 `shared_subexpressions` (distinct op subexpressions found in two or more
 programs of the population), `top_subexpression` (the one in most programs:
 `formula`, `programs`; null when none is shared; `search.subexpressions`),
@@ -53,6 +53,7 @@ from emq.stats import NetworkStats
 from search import run_lock
 from search.checkpoint import SearchState, load_checkpoint, save_checkpoint, state_path, write_log
 from search.config import ResumeError, SearchConfig, SeedProxyError
+from search.equivalence import Twins
 from search.generate import Grammar, GrowConfig, random_program
 from search.hall_of_fame import hall_entry
 from search.individual import Program
@@ -64,9 +65,7 @@ from search.report import plot_evolution, plot_hall_of_fame
 from search.rng import SearchRNG
 from search.run_inputs import PhaseClock, checked_predictors, checked_truth
 from search.run_folder import RunFolder
-from search.screening import (
-    UNDEFINED_FITNESS, Outcome, ProbeInputs, ScreenLimits, probe_fingerprint, score_outcome, screen_probe,
-)
+from search.screening import UNDEFINED_FITNESS, Outcome, ProbeInputs, ScreenLimits, score_outcome, screen_probe
 from search.shard_worker import one_thread, worker_device
 from search.stats_source import StatsSource
 from search.subexpressions import common_subexpressions
@@ -349,8 +348,7 @@ class _Engine:
         outcomes: list[Outcome] = []
         jobs = []
         items = list(todo.values())
-        twins: dict[str, str] = {}  # hash -> hash of a program with its probe fingerprint, scored or sent
-        sent: dict[str, str] = {}  # fingerprint -> hash of the program sent to the pool with it, this generation
+        twins = Twins(state.fingerprints, state.memo, self.config.equivalence_cache)
         with torch.no_grad(), one_thread():
             for start in range(0, len(items), SCREEN_BATCH):
                 if stop_requested():
@@ -361,7 +359,7 @@ class _Engine:
                          for ind in items[start: start + SCREEN_BATCH]]
                 outcomes += batch
                 passed = [(ind, out) for ind, out in zip(items[start:], batch)
-                          if out.reason is None and not self._twin(state, ind, out, twins, sent)]
+                          if out.reason is None and not twins.found(ind.hash, out)]
                 if passed:
                     jobs.append((passed, self.pool.submit(self.search_set, [ind.proxy for ind, _ in passed])))
         clock.lap("screening")
@@ -371,7 +369,7 @@ class _Engine:
         rejections: Counter = Counter()
         seconds = 0.0
         for ind, outcome in zip(todo.values(), outcomes):
-            twin = twins.get(ind.hash)  # scored earlier (this generation: earlier in `todo`), so in the memo
+            twin = twins.of.get(ind.hash)  # scored earlier (this generation: earlier in `todo`), so in the memo
             record = copy.deepcopy(state.memo[twin]) if twin is not None else self._record(outcome)
             state.memo[ind.hash] = record
             seconds += outcome.seconds
@@ -382,37 +380,10 @@ class _Engine:
             ind.set_record(state.memo[ind.hash])
         while len(state.memo) > self.config.memo_size:
             state.memo.popitem(last=False)
-        for key, h in sent.items():
-            state.fingerprints[key] = h
-            state.fingerprints.move_to_end(key)
-        while len(state.fingerprints) > self.config.memo_size:
-            state.fingerprints.popitem(last=False)
+        twins.remember(self.config.memo_size)
         clock.lap("evaluation")
-        return {"evaluations": len(todo), "cache_hits": len(individuals) - len(todo), "equivalent_hits": len(twins),
+        return {"evaluations": len(todo), "cache_hits": len(individuals) - len(todo), "equivalent_hits": len(twins.of),
                 "rejections": dict(sorted(rejections.items())), "eval_seconds": seconds}
-
-    def _twin(self, state: SearchState, ind: Program, out: Outcome, twins: dict[str, str],
-              sent: dict[str, str]) -> bool:
-        """Return True when a program with `out`'s probe fingerprint was scored in this run, or is being scored.
-
-        The functional-equivalence cache (`config.equivalence_cache`): `ind` then takes
-        that program's record (`twins`) instead of being scored on the search split; else
-        its fingerprint is noted in `sent`. See `search.screening.probe_fingerprint` for
-        what equal fingerprints do and do not promise.
-        """
-        if not self.config.equivalence_cache:
-            return False
-        key = probe_fingerprint(out)
-        known = state.fingerprints.get(key)
-        if known is not None and known in state.memo:
-            state.fingerprints.move_to_end(key)
-            twins[ind.hash] = known
-            return True
-        if key in sent:
-            twins[ind.hash] = sent[key]
-            return True
-        sent[key] = ind.hash
-        return False
 
     def _record(self, outcome: Outcome) -> dict[str, Any]:
         if outcome.reason is not None:

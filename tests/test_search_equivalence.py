@@ -62,7 +62,8 @@ def test_equivalent_program_takes_the_known_record_and_is_counted(problem, tmp_p
 
 
 def test_cache_off_scores_every_program(problem, tmp_path):
-    result = search(problem, tmp_path / "plain", config=SearchConfig(**{**CONFIG.to_json(), "equivalence_cache": False}))
+    off = SearchConfig(**{**CONFIG.to_json(), "equivalence_cache": False})
+    result = search(problem, tmp_path / "plain", config=off)
     assert [row["equivalent_hits"] for row in result.log] == [0] * CONFIG.generations
     records, state = memo(tmp_path / "plain")
     a, b = (Proxy.from_formula(f).simplified().canonical_hash() for f in TWINS)

@@ -58,7 +58,8 @@ def test_random_search_is_reproducible_for_a_seed(problem, reference, tmp_path):
 
 
 def test_random_search_differs_from_evolution_after_the_first_generation(problem, reference, tmp_path):
-    evolved = search(problem, tmp_path / "evolved", config=SearchConfig(**{**RANDOM.to_json(), "strategy": "evolution"}))
+    evolution = SearchConfig(**{**RANDOM.to_json(), "strategy": "evolution"})
+    evolved = search(problem, tmp_path / "evolved", config=evolution)
     assert without_timing(evolved.log)[0] == without_timing(reference.log)[0]  # same first population
     assert without_timing(evolved.log)[1:] != without_timing(reference.log)[1:]
 
