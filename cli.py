@@ -339,7 +339,7 @@ def fit(source: Path, rank: int, out_file: Path | None, mode: str, buckets: int,
 
     \b
     Examples:
-      emq fit results/nas-bench-201/study-fp_acc-v2/seed0-batch0
+      emq fit results/nas-bench-201/study-fp_acc-uniform/seed0-batch0
       emq fit proxy.json --mode name --steps 500 -o proxy-fitted.json
     """
     from emq.fit import FitSettings
