@@ -154,7 +154,7 @@ def main() -> None:
              *([args.note, ""] if args.note else []),
              f"Split `{args.split}`, {len(candidates)} candidates, batch {bench.batch(0, args.batch_size).describe()}; "
              f"statistics `{','.join(needed)}` ({disk / len(candidates) / 1e6:.2f} MB per candidate on disk, "
-             f"{folder}); scoring every program took {stats_seconds:.0f} s (statistics computed or read once). "
+             f"cache key `{folder.parent.name}/{folder.name}`); scoring every program took {stats_seconds:.0f} s (statistics computed or read once). "
              f"Program cost: its statistics alone plus evaluation, mean over {len(sample)} candidates, "
              f"{torch.get_num_threads()} torch thread(s). Reference cost: as recorded by its baseline "
              "(aggregates: not a per-network cost).", ""]
