@@ -65,3 +65,20 @@ def expected_verdict(differences) -> str:
     if not lows or not all(np.isfinite(lows)):
         return "no discovery"
     return "discovery" if float(np.median(lows)) > 0 else "no discovery"
+
+
+#: Log-row fields that depend on the clock; runs are compared without them.
+TIMING = ("seconds", "time", "programs_per_s")
+
+
+def without_timing(log):
+    """Return a run's log rows without the clock-dependent fields (what two equal runs share exactly)."""
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in log]
+
+
+def search_synthetic(problem, run_dir, config, **kwargs):
+    """Run the search on a `search.synthetic` problem (its probe networks on a second batch), quietly."""
+    from search.engine import run_search
+
+    return run_search(problem.search, problem.probe_other, problem.truth, config, run_dir, progress=False,
+                      probe_index=problem.probe_index, **kwargs)

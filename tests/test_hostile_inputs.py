@@ -28,11 +28,12 @@ from emq.errors import BuildTargetError, EMQUserError, UnsafeOutputError
 from emq.paths import results_dir
 from emq.proxy import MAX_DEPTH, MAX_FILE_BYTES, MAX_FORMULA_CHARS, MAX_TREE_SIZE, Proxy, ProxyFormatError
 from search.config import ResumeError, SearchConfig, SeedProxyError
-from search.engine import run_search
 from search.hall_of_fame import export_run, write_hall_of_fame
 from search.run_lock import RunLockedError, StaleLockWarning, acquire, release
 from search.synthetic import synthetic_problem
 from emq.program import parse_formula
+
+from conftest import search_synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 FORMULA = "mean_layers(l2(weight))"
@@ -178,8 +179,7 @@ def problem():
 
 
 def search(problem, run_dir, config=CONFIG, **kwargs):
-    return run_search(problem.search, problem.probe_other, problem.truth, config, run_dir, progress=False,
-                      probe_index=problem.probe_index, **kwargs)
+    return search_synthetic(problem, run_dir, config, **kwargs)
 
 
 @pytest.fixture

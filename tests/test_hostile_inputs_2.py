@@ -17,6 +17,8 @@ from emq.proxy import Proxy
 from search.config import SearchConfig
 from search.hall_of_fame import write_hall_of_fame
 
+from conftest import search_synthetic
+
 FORMULA = "mean_layers(l2(weight))"
 
 
@@ -231,10 +233,7 @@ def problem():
 
 
 def search(problem, run_dir, config=CONFIG, **kwargs):
-    from search.engine import run_search
-
-    return run_search(problem.search, problem.probe_other, problem.truth, config, run_dir, progress=False,
-                      probe_index=problem.probe_index, **kwargs)
+    return search_synthetic(problem, run_dir, config, **kwargs)
 
 
 @pytest.fixture(scope="module")

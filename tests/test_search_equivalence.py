@@ -8,11 +8,11 @@ import pytest
 
 from emq.proxy import Proxy
 from search.config import SearchConfig
-from search.engine import run_search
 from search.screening import Outcome, probe_fingerprint
 from search.synthetic import synthetic_problem
 
-TIMING = ("seconds", "time", "programs_per_s")
+from conftest import search_synthetic, without_timing
+
 # l2 is never negative, so s_abs changes nothing; the simplifier does not know it (two canonical hashes).
 TWINS = ("sum_layers(l2(grad))", "sum_layers(s_abs(l2(grad)))")
 CONFIG = SearchConfig(population=8, generations=3, seed=1, probe_size=8, hof_size=2, targets=("test_acc",),
@@ -25,12 +25,7 @@ def problem():
 
 
 def search(problem, run_dir, config=CONFIG, **kwargs):
-    return run_search(problem.search, problem.probe_other, problem.truth, config, run_dir, progress=False,
-                      probe_index=problem.probe_index, **kwargs)
-
-
-def without_timing(log):
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in log]
+    return search_synthetic(problem, run_dir, config, **kwargs)
 
 
 def memo(run_dir):

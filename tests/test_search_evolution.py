@@ -14,10 +14,11 @@ import pytest
 
 from emq.proxy import Proxy
 from search.config import ResumeError, SearchConfig
-from search.engine import run_search
 from search.hall_of_fame import export_proxies, export_run, load_hall_of_fame
 from search.subexpressions import common_subexpressions
 from search.synthetic import synthetic_problem
+
+from conftest import search_synthetic, without_timing
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = SearchConfig(population=14, generations=5, seed=3, probe_size=8, hof_size=4, targets=("test_acc",))
@@ -29,19 +30,13 @@ def problem():
 
 
 def search(problem, run_dir, config=CONFIG, **kwargs):
-    return run_search(problem.search, problem.probe_other, problem.truth, config, run_dir, progress=False,
-                      probe_index=problem.probe_index, **kwargs)
+    return search_synthetic(problem, run_dir, config, **kwargs)
 
 
 def hall_formulas(result):
     return [(h["formula"], h["fitness"]) for h in result.hall_of_fame]
 
 
-TIMING = ("seconds", "time", "programs_per_s")
-
-
-def without_timing(log):
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in log]
 
 
 @pytest.fixture(scope="module")

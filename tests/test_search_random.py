@@ -6,10 +6,10 @@ import json
 import pytest
 
 from search.config import SearchConfig
-from search.engine import run_search
 from search.synthetic import synthetic_problem
 
-TIMING = ("seconds", "time", "programs_per_s")
+from conftest import search_synthetic, without_timing
+
 RANDOM = SearchConfig(population=10, generations=4, seed=5, probe_size=8, hof_size=3, targets=("test_acc",),
                       strategy="random")
 
@@ -20,12 +20,7 @@ def problem():
 
 
 def search(problem, run_dir, config=RANDOM, **kwargs):
-    return run_search(problem.search, problem.probe_other, problem.truth, config, run_dir, progress=False,
-                      probe_index=problem.probe_index, **kwargs)
-
-
-def without_timing(log):
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in log]
+    return search_synthetic(problem, run_dir, config, **kwargs)
 
 
 @pytest.fixture(scope="module")
