@@ -241,25 +241,25 @@ def _layer_tensors(name: str, names: Sequence[str], run: _Run, fp_weight: torch.
 def head_stats(net: nn.Module, inputs: torch.Tensor, wanted: Sequence[str], teacher: Teacher | None,
                device: torch.device) -> dict[str, torch.Tensor]:
     """Return the network-level statistics (logits, DisWOT and stage relation matrices; the teacher's, on the same batch)."""
-    out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        if "logits" in wanted:
-            out["logits"] = network_logits(net, inputs).detach()
-        if {"relation", "semantic"} & set(wanted):
-            mine = diswot_matrices(net, inputs)
-            out.update({"relation": mine.relation, "semantic": mine.semantic})
-        if "stage_relation" in wanted:
-            out["stage_relation"] = stage_relations(net, inputs)
+        out = _network_matrices(net, inputs, wanted, prefix="")
         if teacher is not None and any(STATS[n].needs_teacher for n in wanted):
-            tnet, tin = teacher.model(device), teacher.inputs(inputs)
-            if "teacher_logits" in wanted:
-                out["teacher_logits"] = network_logits(tnet, tin).detach()
-            if {"teacher_relation", "teacher_semantic"} & set(wanted):
-                theirs = diswot_matrices(tnet, tin)
-                out.update({"teacher_relation": theirs.relation, "teacher_semantic": theirs.semantic})
-            if "teacher_stage_relation" in wanted:
-                out["teacher_stage_relation"] = stage_relations(tnet, tin)
+            out.update(_network_matrices(teacher.model(device), teacher.inputs(inputs), wanted, prefix="teacher_"))
     return {k: v for k, v in out.items() if k in wanted}
+
+
+def _network_matrices(net: nn.Module, inputs: torch.Tensor, wanted: Sequence[str],
+                      prefix: str) -> dict[str, torch.Tensor]:
+    """Return `net`'s wanted logits / relation / semantic / stage_relation, named with `prefix` ("" or "teacher_")."""
+    out: dict[str, torch.Tensor] = {}
+    if prefix + "logits" in wanted:
+        out[prefix + "logits"] = network_logits(net, inputs).detach()
+    if {prefix + "relation", prefix + "semantic"} & set(wanted):
+        matrices = diswot_matrices(net, inputs)
+        out.update({prefix + "relation": matrices.relation, prefix + "semantic": matrices.semantic})
+    if prefix + "stage_relation" in wanted:
+        out[prefix + "stage_relation"] = stage_relations(net, inputs)
+    return out
 
 
 class _Run:
