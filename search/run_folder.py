@@ -74,13 +74,9 @@ class RunFolder:
             "search": config.to_json(), "stats": list(stats), "targets": list(targets),
             "engine": ENGINE, "best_trivial": {t: c.to_json() for t, c in best_trivial.items()}})
 
-    def read_config(self) -> dict[str, Any]:
-        """Return config.json with `search` as a SearchConfig (RunFolderError naming the field otherwise)."""
-        return read_run_config(self.path)
-
     def search_config(self) -> SearchConfig:
-        """Return the run's search settings, checked."""
-        return self.read_config()["search"]
+        """Return the run's search settings from config.json, checked (`read_run_config`)."""
+        return read_run_config(self.path)["search"]
 
     def write_hall(self, hall: list[dict[str, Any]], config: SearchConfig, command: str | None,
                    meta: Mapping[str, Any] | None = None) -> Path:
@@ -118,14 +114,6 @@ class RunFolder:
     def summary_text(self) -> str:
         """Return summary.md ("" before the run wrote one)."""
         return self.summary.read_text(encoding="utf-8") if self.summary.is_file() else ""
-
-    def record(self) -> "RunRecord":
-        """Return the checked record of a finished run (`read_run`)."""
-        return read_run(self.path)
-
-    def files(self, except_names: tuple[str, ...] = ()) -> list[Path]:
-        """Return the files a command that reads this folder must not replace (`run_folder_files`)."""
-        return run_folder_files(self.path, except_names)
 
 
 def run_folder_files(run_dir: str | Path, except_names: tuple[str, ...] = ()) -> list[Path]:
@@ -169,7 +157,7 @@ class RunRecord:
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     """Return a run folder's config.json with `search` as a SearchConfig; fail (RunFolderError) naming the field."""
-    path = Path(run_dir) / "config.json"
+    path = Path(run_dir) / CONFIG_FILE
     try:
         data = loads_strict(read_text_limited(path, MAX_JSON_BYTES, "run config (config.json)", RunFolderError))
     except ValueError as err:
