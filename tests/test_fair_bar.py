@@ -160,3 +160,24 @@ def test_score_table_meta_is_json(tmp_path):
     path = table.write(tmp_path / "t.csv")
     first = path.read_text().splitlines()[0]
     assert json.loads(first.split(" ", 2)[2]) == {"best_trivial": {"acc": "flops"}}
+
+
+@needs_nb201
+def test_study_states_the_heldout_replicate_ceiling_beside_its_verdict(tmp_path):
+    from emq.bench.registry import open_benchmark
+    from search.config import SearchConfig
+    from search.protocol import cut_run
+    from search.study import heldout_ceiling, load_study, write_study
+
+    bench = open_benchmark("nas-bench-201")
+    config = SearchConfig(targets=["fp_acc"])
+    ceiling = heldout_ceiling(bench, config, 1000, 5000)
+    truth = bench.ground_truth()["fp_acc"]
+    cut = cut_run(bench, ["fp_acc"], 0.5, 0, "hash", 1000, 5000)
+    expected = replicate_ceiling([bench.function_class(c) for c in cut.heldout], truth[cut.split.heldout])
+    assert ceiling["fp_acc"]["kendall"] == pytest.approx(expected.value)
+    assert ceiling["fp_acc"]["n_cells"] == expected.n_cells and 0.85 < expected.value < 0.99
+    write_study(tmp_path, bench.name, "emq search nas-bench-201", [], 6, ceiling)
+    assert load_study(tmp_path)["replicate_ceiling"]["fp_acc"]["kendall"] == pytest.approx(expected.value)
+    line = [x for x in (tmp_path / "study.md").read_text().splitlines() if x.startswith("Replicate ceiling (fp_acc")]
+    assert f"Kendall {expected.value:+.3f}" in line[0] and f"on the {expected.n_cells} held-out cells" in line[0]
