@@ -79,7 +79,8 @@ def heldout_ceiling(bench: Benchmark, config: SearchConfig, max_search: int | No
     from emq.scoring import ceiling_rows
     from search.protocol import cut_run
 
-    cut = cut_run(bench, config.targets, config.heldout_fraction, config.split_seed, config.split_order,
+    targets = list(config.targets or bench.ground_truth())
+    cut = cut_run(bench, targets, config.heldout_fraction, config.split_seed, config.split_order,
                   max_search, max_heldout)
     return {row.target: {"kendall": row.kendall, "spearman": row.spearman, "n_cells": row.n, "about": row.flags[0]}
             for row in ceiling_rows(bench, cut.heldout, cut.heldout_truth)}
