@@ -278,8 +278,12 @@ def run_job_command(job_file: Path, as_json: bool) -> None:
 @json_option
 @click.option("--from-scores", is_flag=True,
               help="Recompute the verdict from RUN_DIR/heldout_scores.csv alone (no statistics); write nothing.")
+@click.option("--known-bar", "known_bar", multiple=True,
+              help="Add the second bar: judge the run (or every run of a study folder) against the best of these "
+                   "known-proxy baselines, chosen on its search split (repeatable, e.g. --known-bar nwot "
+                   "--known-bar jacov); reads the programs' committed held-out scores.")
 def verdict(run_dir: Path, data_dir: Path | None, n_boot: int, config: Any, batch_source: str | None,
-            as_json: bool, from_scores: bool) -> None:
+            as_json: bool, from_scores: bool, known_bar: tuple[str, ...]) -> None:
     """Judge a finished search run under the honest bar and append the verdict to its summary.md.
 
     Its best program against the best trivial predictor (chosen on the search split), on the
@@ -289,9 +293,20 @@ def verdict(run_dir: Path, data_dir: Path | None, n_boot: int, config: Any, batc
     With --from-scores, recompute the verdict of a run (or of a study: every run, then the
     median rule) from its committed heldout_scores.csv alone, write nothing, and say whether
     it agrees with the recorded one (exit 1 when it does not).
+
+    With --known-bar, add the comparison with the best known proxy to a finished run (or to
+    every run of a study, then rewrite study.md): the run's hall of fame, heldout_scores.csv
+    and summary get it, and the claim becomes "discovery over known proxies", "discovery
+    over trivial predictors" or "no discovery".
     """
     from search.protocol import verdict_line
     from search.rescore import judge_run, study_verdict_from_scores, verdict_from_scores
+
+    if known_bar:
+        if from_scores:
+            raise click.UsageError("--known-bar writes the run; --from-scores only reads: give one of them")
+        _add_known_bar(run_dir, known_bar, config, data_dir, batch_source, as_json)
+        return
 
     if from_scores:
         study = (run_dir / "study.json").is_file()
@@ -304,6 +319,27 @@ def verdict(run_dir: Path, data_dir: Path | None, n_boot: int, config: Any, batc
         return
     record = judge_run(run_dir, config, data_dir, batch_source, n_boot=n_boot, notify=note)
     echo(record, verdict_line(record["verdict"]), as_json)
+
+
+def _add_known_bar(run_dir: Path, names: tuple[str, ...], config: Any, data_dir: Path | None,
+                   batch_source: str | None, as_json: bool) -> None:
+    """Add the known-proxy bar to one run folder, or to each run of a study folder and then its study.md."""
+    from emq.bench.registry import open_benchmark
+    from search.known_bar import add_known_bar
+    from search.protocol import verdict_line
+    from search.run_folder import read_run
+    from search.study import load_study, refresh_study
+
+    study = (run_dir / "study.json").is_file()
+    folders = [run_dir / r["folder"] for r in load_study(run_dir)["runs"]] if study else [run_dir]
+    bench = open_benchmark(read_run(folders[0]).benchmark, data_dir, notify=note, batch_source=batch_source)
+    outcomes = {str(f): add_known_bar(bench, f, list(names), config) for f in folders}
+    if study:
+        record = refresh_study(run_dir)
+        echo(record, f"Verdict (study): **{record['verdict']}**; over known proxies: "
+                     f"**{record.get('verdict_known', 'n/a')}**; claim: **{record.get('claim', 'n/a')}**", as_json)
+    else:
+        echo(outcomes[str(run_dir)], verdict_line(outcomes[str(run_dir)]), as_json)
 
 
 @main.command()

@@ -32,7 +32,9 @@ from search.config import SearchConfig
 from search.engine import SearchResult, run_search
 from search.hall_of_fame import add_heldout
 from search.pool import EvaluationPool
-from search.protocol import RunCut, against_trivial, cut_run, run_verdict, score_heldout, verdict_line
+from search.protocol import (
+    RunCut, against_trivial, choose_known, cut_run, run_verdict, score_heldout, verdict_line,
+)
 from search.shard_worker import worker_device
 from search.stats_source import StatsSource
 from search.report import plot_scatter, write_summary
@@ -128,10 +130,11 @@ def _judge(bench: Benchmark, cut: RunCut, stats_config: StatsConfig, search_conf
     """Score the hall of fame and the baselines held out, then write hall, scores, scatter, summary and verdict."""
     choices = result.best_trivial
     truth = cut.heldout_truth
+    metric = get_metric(search_config.metric)
+    known = choose_known(bench, names, stats_config, cut, metric, progress, cache_root)  # the second bar
     base = baseline_scores(bench, names, stats_config, progress=progress, candidates=cut.heldout,
                            cache_root=cache_root)
     hall = result.hall_of_fame
-    metric = get_metric(search_config.metric)
     heldout_scores = score_heldout([Proxy.from_formula(e["formula"]) for e in hall], bench, cut, stats_config,
                                    device=worker_device(pool.device if pool is not None else None),
                                    progress=progress, cache_root=cache_root)
@@ -139,6 +142,8 @@ def _judge(bench: Benchmark, cut: RunCut, stats_config: StatsConfig, search_conf
     for entry, (scores, fails) in zip(hall, heldout_scores):
         add_heldout(entry, scores, truth, search_config.metric, dict(fails), n_boot)
         entry.update(against_trivial(scores, choices, base, truth, metric, search_config.joint, n_boot))
+        if known:
+            entry.update(against_trivial(scores, known, base, truth, metric, search_config.joint, n_boot, bar="known"))
         name = f"evolved #{entry['rank']}"
         rows += rows_for(name, "proxy", scores, truth,
                          degeneracy_flags(scores) + list(entry.get("flags", [])), entry["formula"], n_boot)
@@ -151,9 +156,10 @@ def _judge(bench: Benchmark, cut: RunCut, stats_config: StatsConfig, search_conf
     rows += ceiling_rows(bench, cut.heldout, truth)
     batch = bench.batch(stats_config.batch_seed, stats_config.batch_size).describe()
     report = ScoreReport(bench.name, "heldout", len(cut.heldout), batch, stats_config.describe(), rows, failures)
-    outcome = run_verdict(hall[0] if hall else None, choices, list(truth))
+    outcome = run_verdict(hall[0] if hall else None, choices, list(truth), known)
     meta = {"benchmark": bench.name, "split": cut.describe(),
             "batch": batch, "best_trivial": {t: c.to_json() for t, c in choices.items()},
+            **({"best_known": {t: c.to_json() for t, c in known.items()}} if known else {}),
             "trivial_heldout": hall[0]["trivial_heldout"] if hall else {}, "verdict": outcome,
             "stats": found_with(bench, stats_config)}
     folder = RunFolder(result.run_dir)
@@ -163,6 +169,7 @@ def _judge(bench: Benchmark, cut: RunCut, stats_config: StatsConfig, search_conf
     folder.write_scores(score_table(cut.heldout, truth, columns, {
         "benchmark": bench.name, "split": meta["split"], "batch": batch, "metric": search_config.metric,
         "joint": search_config.joint, "n_boot": n_boot, "best_trivial": meta["best_trivial"],
+        **({"best_known": meta["best_known"]} if known else {}),
         "programs": {f"evolved #{e['rank']}": e["formula"] for e in hall}, "command": command,
     }))
     _write_summary(bench, cut, stats_config, search_config, result, report, outcome, heldout_scores, command)

@@ -109,23 +109,31 @@ def verdict_from_scores(run_dir: str | Path) -> dict[str, Any]:
     table = folder.read_scores()
     meta = table.meta
     try:
-        choices = {t: TrivialChoice(c["target"], c["name"], int(c["sign"]), float(c["search_value"]))
-                   for t, c in meta["best_trivial"].items()}
+        choices, known = _choices(meta["best_trivial"]), _choices(meta.get("best_known", {}))
         metric_name, joint, n_boot, formula = meta["metric"], meta["joint"], int(meta["n_boot"]), \
             meta["programs"]["evolved #1"]
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ScoreTableError(f"{path}: line 1 lacks {err} (best_trivial, metric, joint, n_boot, programs); "
                               "the file is damaged, rerun or restore it") from None
-    missing = [c for c in ["evolved #1", *(f"baseline:{c.name}" for c in choices.values())] if c not in table.scores]
+    wanted = ["evolved #1", *(f"baseline:{c.name}" for c in [*choices.values(), *known.values()])]
+    missing = [c for c in wanted if c not in table.scores]
     if missing:
         raise ScoreTableError(f"{path}: column(s) {missing} missing; the file is damaged, rerun or restore it")
-    trivial = {c.name: table.scores[f"baseline:{c.name}"] for c in choices.values()}
-    entry = {"formula": formula, **against_trivial(table.scores["evolved #1"], choices, trivial, table.truth,
-                                                    get_metric(metric_name), joint, n_boot)}
-    outcome = run_verdict(entry, choices, list(table.truth))
+    values = {c.name: table.scores[f"baseline:{c.name}"] for c in [*choices.values(), *known.values()]}
+    metric, program = get_metric(metric_name), table.scores["evolved #1"]
+    entry = {"formula": formula, **against_trivial(program, choices, values, table.truth, metric, joint, n_boot)}
+    if known:
+        entry.update(against_trivial(program, known, values, table.truth, metric, joint, n_boot, bar="known"))
+    outcome = run_verdict(entry, choices, list(table.truth), known)
     recorded = folder.read_hall().get("verdict") if folder.hall_file.is_file() else None
     return {"format": VERDICT_FORMAT, "run": str(run_dir), "from": str(path), "verdict": outcome,
             "recorded": recorded, "agrees": recorded is None or recorded == json_finite(outcome)}
+
+
+def _choices(recorded: dict[str, Any]) -> dict[str, TrivialChoice]:
+    """Return the per-target choices a score table's first line records (`best_trivial` / `best_known`)."""
+    return {t: TrivialChoice(c["target"], c["name"], int(c["sign"]), float(c["search_value"]))
+            for t, c in recorded.items()}
 
 
 def study_verdict_from_scores(study_dir: str | Path) -> dict[str, Any]:
@@ -134,8 +142,20 @@ def study_verdict_from_scores(study_dir: str | Path) -> dict[str, Any]:
 
     study = load_study(study_dir)
     runs = [verdict_from_scores(Path(study_dir) / r["folder"]) for r in study["runs"]]
-    diffs = [PairedDifference(**r["verdict"]["difference"]) if r["verdict"].get("difference")
-             else PairedDifference(*(float("nan"),) * 3, 0) for r in runs]
-    outcome = verdict(diffs)
-    return {"format": VERDICT_FORMAT, "study": str(study_dir), "runs": runs, "verdict": outcome,
-            "recorded": study["verdict"], "agrees": outcome == study["verdict"] and all(r["agrees"] for r in runs)}
+    outcome = verdict(_run_differences(runs, "difference"))
+    record = {"format": VERDICT_FORMAT, "study": str(study_dir), "runs": runs, "verdict": outcome,
+              "recorded": study["verdict"], "agrees": outcome == study["verdict"] and all(r["agrees"] for r in runs)}
+    if "verdict_known" in study:  # the second bar: every run's difference against its best known proxy
+        record["verdict_known"] = verdict(_run_differences(runs, "over_known"))
+        record["agrees"] = record["agrees"] and record["verdict_known"] == study["verdict_known"]
+    return record
+
+
+def _run_differences(runs: list[dict[str, Any]], key: str) -> list[PairedDifference]:
+    """Return each recomputed run verdict's paired difference (`difference`, or `over_known`'s), NaN where absent."""
+    out = []
+    for r in runs:
+        d = r["verdict"].get(key)
+        d = d.get("difference") if key == "over_known" and d else d
+        out.append(PairedDifference(**d) if d else PairedDifference(*(float("nan"),) * 3, 0))
+    return out

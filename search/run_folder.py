@@ -85,6 +85,12 @@ class RunFolder:
 
         return write_hall_of_fame(self.path, hall, config, command, meta)
 
+    def replace_hall(self, hall: Mapping[str, Any]) -> Path:
+        """Rewrite hall_of_fame.json with `hall` as read and amended (e.g. a second bar added), atomically."""
+        from search.hall_of_fame import json_finite
+
+        return write_json_atomic(self.hall_file, json_finite(dict(hall)))
+
     def read_hall(self) -> dict[str, Any]:
         """Return hall_of_fame.json, checked (format, programs, formulas)."""
         from search.hall_of_fame import load_hall_of_fame

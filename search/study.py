@@ -22,6 +22,7 @@ from emq.safe_read import MAX_JSON_BYTES, read_text_limited
 from emq.stats.config import StatsConfig
 from emq.strict_json import loads_strict
 from search.config import RunFolderError, SearchConfig
+from search.protocol import claim
 from search.run_folder import RunFolder
 
 STUDY_FORMAT = "emq-study/1"
@@ -117,21 +118,37 @@ def _run_row(folder: Path, seed: int, batch_seed: int, seconds: float) -> dict[s
             "formula": best.get("formula"), "heldout": best.get("heldout"),
             "best_trivial": {t: c["label"] for t, c in hall.get("best_trivial", {}).items()},
             "trivial_heldout": hall.get("trivial_heldout", {}),
-            "difference": best.get("vs_best_trivial"), "verdict": hall.get("verdict", {}).get("verdict")}
+            "difference": best.get("vs_best_trivial"), "verdict": hall.get("verdict", {}).get("verdict"),
+            **_known_columns(hall, best)}
+
+
+def _known_columns(hall: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
+    """Return a run row's second-bar fields (best known proxy, its held-out value, the difference), {} without one."""
+    if "best_known" not in hall:
+        return {}
+    return {"best_known": {t: c["label"] for t, c in hall["best_known"].items()},
+            "known_heldout": best.get("known_heldout", {}), "difference_known": best.get("vs_best_known")}
 
 
 def write_study(out_dir: Path, bench_name: str, command: str, runs: list[dict[str, Any]], planned: int,
                 ceiling: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write study.json and study.md for the runs so far (with the held-out replicate ceiling) and return the record."""
-    diffs = [PairedDifference(**r["difference"]) if r["difference"] else PairedDifference(*(float("nan"),) * 3, 0)
-             for r in runs]
+    diffs = _differences(runs, "difference")
     complete = len(runs) == planned
     outcome = verdict(diffs) if complete else "incomplete"
     study = {"format": STUDY_FORMAT, "benchmark": bench_name, "command": command, "runs": runs,
              "planned_runs": planned, "verdict": outcome, "replicate_ceiling": ceiling or {}}
+    if runs and all("difference_known" in r for r in runs):  # the second bar, when every run measured it
+        study["verdict_known"] = verdict(_differences(runs, "difference_known")) if complete else "incomplete"
+        study["claim"] = claim(outcome, study["verdict_known"]) if complete else "incomplete"
     write_json_atomic(out_dir / "study.json", study)
     write_text_atomic(out_dir / "study.md", study_markdown(study))
     return study
+
+
+def _differences(runs: list[dict[str, Any]], key: str) -> list[PairedDifference]:
+    """Return each run's paired difference under `key` (NaN for a run without one: it cannot count as a win)."""
+    return [PairedDifference(**r[key]) if r.get(key) else PairedDifference(*(float("nan"),) * 3, 0) for r in runs]
 
 
 def study_markdown(study: dict[str, Any]) -> str:
@@ -158,11 +175,41 @@ def study_markdown(study: dict[str, Any]) -> str:
         lines.append(f"Median lower bound of the paired 95% intervals: {float(np.median(lows)):+.3f} "
                      "(a discovery needs it above 0).")
     lines += ["", f"Verdict: **{study['verdict']}**", ""]
+    if "verdict_known" in study:
+        lines += _known_table(study)
     for target, c in study.get("replicate_ceiling", {}).items():
         lines.append(f"Replicate ceiling ({target}, held out): Kendall {c['kendall']:+.3f}, Spearman {c['spearman']:+.3f} "
                      f"on the {c['n_cells']} held-out cells with a separately trained twin ({c['about']}): the best "
                      "rank agreement the ground truth's own training noise allows any proxy.")
     return "\n".join(lines) + ("\n" if study.get("replicate_ceiling") else "")
+
+
+def _known_table(study: dict[str, Any]) -> list[str]:
+    """Return the study's second-bar section: each run's best program against the best known proxy, then the claim."""
+    lines = ["## Against the best known proxy", "",
+             "The best of the run's known-proxy baselines (chosen per target on the search split, like the trivial "
+             "predictor), on the same held-out candidates.", "",
+             "| search seed | batch seed | best known | known held-out | difference [95% CI] |", "|---|---|---|---|---|"]
+    for r in study["runs"]:
+        d = r.get("difference_known")
+        diff = f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d else "n/a"
+        labels = ", ".join(dict.fromkeys(r["best_known"].values()))
+        held = ", ".join(f"{v:+.3f}" for v in r["known_heldout"].values() if v is not None) or "n/a"
+        lines.append(f"| {r['seed']} | {r['batch_seed']} | `{labels}` | {held} | {diff} |")
+    lows = [r["difference_known"]["low"] for r in study["runs"] if r.get("difference_known")]
+    if lows:
+        lines += ["", f"Median lower bound against the best known proxy: {float(np.median(lows)):+.3f}."]
+    lines += ["", f"Verdict over known proxies: **{study['verdict_known']}**. Claim: **{study['claim']}**.", ""]
+    return lines
+
+
+def refresh_study(out_dir: str | Path) -> dict[str, Any]:
+    """Rewrite study.json / study.md from its run folders as they are now (after `emq verdict --known-bar`)."""
+    out_dir = Path(out_dir)
+    study = load_study(out_dir)
+    runs = [_run_row(out_dir / r["folder"], r["seed"], r["batch_seed"], r["seconds"]) for r in study["runs"]]
+    return write_study(out_dir, study["benchmark"], study["command"], runs, study["planned_runs"],
+                       study.get("replicate_ceiling"))
 
 
 def load_study(out_dir: str | Path) -> dict[str, Any]:

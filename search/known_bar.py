@@ -1,0 +1,90 @@
+"""Add the second bar to a judged run: its hall of fame against the best known proxy, on its committed scores.
+
+A run judged before the known bar existed (or with fewer baselines) keeps every hall
+program's held-out scores in `heldout_scores.csv`. This chooses the best of the named
+known proxies on the run's own search split (as the trivial predictor was chosen), scores
+the chosen ones on its held-out candidates, and rewrites what the bar changes: each hall
+entry's `known_heldout` / `vs_best_known`, the run's verdict and claim, the score table
+(the new columns beside the old, so `emq verdict --from-scores` recomputes both bars) and
+the summary's verdict line. The programs' own scores are read, never recomputed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+from emq.atomic import write_text_atomic
+from emq.baselines import baseline_scores, is_trivial
+from emq.bench.base import Benchmark
+from emq.fitness import TrivialChoice, get_metric
+from emq.score_table import ScoreTable
+from emq.stats.config import StatsConfig
+from search.config import RunFolderError
+from search.hall_of_fame import json_finite
+from search.protocol import against_trivial, choose_known, cut_run, run_verdict, verdict_line
+from search.run_folder import RunFolder, read_run
+
+
+def add_known_bar(bench: Benchmark, run_dir: str | Path, names: Sequence[str], stats_config: StatsConfig,
+                  progress: bool = True, cache_root: str | Path | None = None) -> dict[str, Any]:
+    """Judge `run_dir`'s hall of fame against the best of the known proxies `names`; return the new verdict.
+
+    The known proxies are scored on the run's own batch (seed, size, init seed and
+    statistic set as its hall of fame and config record them, whatever `stats_config`
+    says of those); `stats_config` gives the rest (storage dtype, device).
+    """
+    folder, run = RunFolder(run_dir), read_run(run_dir)
+    if run.benchmark != bench.name:
+        raise RunFolderError(f"{folder.path} is a run on {run.benchmark}, not on {bench.name}")
+    if not [n for n in names if not is_trivial(n)]:
+        raise RunFolderError(f"--known-bar {', '.join(names) or '(none)'}: name at least one known proxy (a "
+                             "baseline that is not a trivial predictor, e.g. nwot, jacov, synflow)")
+    hall, table = folder.read_hall(), folder.read_scores()
+    stats_config = run_stats_config(hall, run.stat_names, stats_config)
+    targets = list(run.targets or bench.ground_truth())
+    search = run.config
+    cut = cut_run(bench, targets, search.heldout_fraction, search.split_seed, search.split_order, run.n_search,
+                  run.n_heldout)
+    if [c.id for c in cut.heldout] != table.candidates:
+        raise RunFolderError(f"{folder.scores_file} lists other candidates than the run's held-out cut; the file "
+                             "is not this run's: restore it, or rerun the search")
+    metric = get_metric(search.metric)
+    known = choose_known(bench, names, stats_config, cut, metric, progress, cache_root)
+    values = baseline_scores(bench, sorted({c.name for c in known.values()}), stats_config, progress=progress,
+                             candidates=cut.heldout, cache_root=cache_root)
+    joint, n_boot = table.meta["joint"], int(table.meta["n_boot"])
+    for entry in hall["programs"]:
+        scores = table.scores[f"evolved #{entry['rank']}"]
+        entry.update(json_finite(against_trivial(scores, known, values, table.truth, metric, joint, n_boot,
+                                                 bar="known")))
+    choices = {t: TrivialChoice(c["target"], c["name"], int(c["sign"]), float(c["search_value"]))
+               for t, c in hall["best_trivial"].items()}
+    outcome = json_finite(run_verdict(hall["programs"][0] if hall["programs"] else None, choices, targets, known))
+    hall.update(best_known={t: c.to_json() for t, c in known.items()}, verdict=outcome)
+    folder.replace_hall(hall)
+    columns = {**table.scores, **{f"baseline:{n}": v for n, v in values.items()}}
+    folder.write_scores(ScoreTable(table.candidates, table.truth, columns,
+                                   {**table.meta, "best_known": hall["best_known"]}))
+    _replace_verdict_line(folder.summary, verdict_line(outcome))
+    return outcome
+
+
+def run_stats_config(hall: dict[str, Any], stat_names: Sequence[str] | None, base: StatsConfig) -> StatsConfig:
+    """Return `base` with the batch, init seed and statistic set the run recorded (its batch is the one to score on)."""
+    batch, found = hall.get("batch") or {}, hall.get("stats") or {}
+    return dataclasses.replace(base, batch_seed=int(batch.get("seed", base.batch_seed)),
+                               batch_size=int(batch.get("size", base.batch_size)),
+                               init_seed=int(found.get("init_seed", base.init_seed)),
+                               stat_names=tuple(stat_names) if stat_names else base.stat_names)
+
+
+def _replace_verdict_line(summary: Path, line: str) -> None:
+    """Replace summary.md's closing `Verdict (this run): ...` line (the last one) by `line`."""
+    text = summary.read_text(encoding="utf-8") if summary.is_file() else ""
+    head, found, tail = text.rpartition("Verdict (this run):")
+    if not found:
+        write_text_atomic(summary, text.rstrip() + "\n\n" + line + "\n")
+        return
+    rest = tail.split("\n", 1)[1] if "\n" in tail else ""
+    write_text_atomic(summary, head + line + "\n" + rest)
