@@ -89,6 +89,8 @@ class ScoreReport:
     stats_config: dict[str, Any]
     rows: list[ScoreRow]
     failures: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Statistics added to the default set because a proxy reads them (proxy -> names; `stats_for_proxies`).
+    added_stats: dict[str, list[str]] = field(default_factory=dict)
     #: Every scorer's value per candidate (written beside --out as CSV; not part of the JSON report).
     table: ScoreTable | None = field(default=None, repr=False, compare=False)
 
@@ -107,6 +109,7 @@ class ScoreReport:
             f"Benchmark `{self.benchmark}`, split `{self.split}` ({self.n_candidates} candidates), "
             f"batch {self.batch.get('source')} seed {self.batch.get('seed')} size {self.batch.get('size')}.",
             "",
+            *([_added_line(self.added_stats), ""] if self.added_stats else []),
             "| scorer | kind | target | n | Kendall tau [95% CI] | Spearman rho [95% CI] | s / candidate | flags |",
             "|---|---|---|---|---|---|---|---|",
         ]
@@ -125,6 +128,12 @@ class ScoreReport:
             lines += ["", "Evaluation failures (count by reason):"]
             lines += [f"- {name}: {dict(c)}" for name, c in self.failures.items() if c]
         return "\n".join(lines) + "\n"
+
+
+def _added_line(added: Mapping[str, Sequence[str]]) -> str:
+    """Return the sentence saying which statistics were added to the default set, for which proxies."""
+    return ("Statistics added to the default set for the proxies that read them: "
+            + "; ".join(f"{', '.join(stats)} ({name})" for name, stats in added.items()) + ".")
 
 
 def _fmt(value: float, ci: tuple[float, float]) -> str:
@@ -174,7 +183,29 @@ def benchmark_available_stats(bench: Benchmark, config: StatsConfig) -> tuple[st
     return tuple(n for n in benchmark_offered_stats(bench) if n in config.stat_names)
 
 
-def check_proxies_fit(bench: Benchmark, proxies: dict[str, Proxy], config: StatsConfig) -> None:
+def stats_for_proxies(bench: Benchmark, proxies: Mapping[str, Proxy],
+                      config: StatsConfig) -> tuple[StatsConfig, dict[str, list[str]]]:
+    """Return the config to compute and the statistics added for each proxy (empty when none was added).
+
+    With the default statistics (`stat_names=None`) a proxy may read an opt-in statistic the
+    benchmark offers (the classifier, teacher and structured ones: `act_channel_cov` for
+    AZ-NAS); those are added to the default set, so naming a proxy is enough. An explicit
+    `--stats` is the user's choice and is returned unchanged (`check_proxies_fit` then
+    names what it lacks).
+    """
+    if config.stat_names is not None:
+        return config, {}
+    available = set(benchmark_available_stats(bench, config))
+    offered = set(benchmark_offered_stats(bench))
+    added = {name: sorted((proxy.stats_needed - available) & offered) for name, proxy in proxies.items()}
+    added = {name: stats for name, stats in added.items() if stats}
+    if not added:
+        return config, {}
+    extra = tuple(sorted(set().union(*map(set, added.values()))))
+    return dataclasses.replace(config, stat_names=benchmark_available_stats(bench, config) + extra), added
+
+
+def check_proxies_fit(bench: Benchmark, proxies: Mapping[str, Proxy], config: StatsConfig) -> None:
     """Fail before any statistics are computed when a proxy needs a statistic this benchmark (or --stats) lacks."""
     from emq.errors import StatUnavailableError
 
@@ -183,15 +214,17 @@ def check_proxies_fit(bench: Benchmark, proxies: dict[str, Proxy], config: Stats
     for name, proxy in proxies.items():
         missing = sorted(set(proxy.stats_needed) - set(available))
         if missing:
+            fix = f"; available: {', '.join(available)}"
             if not set(missing) <= set(offered):
                 why = f"does not exist for {bench.family} networks"
             elif config.stat_names is None:
                 why = "is not in the default statistics (name it in --stats)"
-            else:
+            else:  # the user chose --stats: say the exact option that adds what is missing
                 why = "is not computed with this --stats"
+                fix = f"; add it: --stats {','.join(config.stat_names + tuple(missing))}"
             raise StatUnavailableError(
                 f"proxy {name!r} ({proxy.formula()}) needs statistic(s) {', '.join(missing)}, which {why} on "
-                f"benchmark {bench.name}; available: {', '.join(available)}")
+                f"benchmark {bench.name}{fix}")
 
 
 def trivial_flags(scores: np.ndarray, trivial: dict[str, np.ndarray], tau_limit: float = 0.95,
@@ -267,6 +300,7 @@ def score_benchmark(
     config = config or StatsConfig()
     all_truth = bench.ground_truth()
     targets = bench.check_targets(targets) or list(all_truth)
+    config, added_stats = stats_for_proxies(bench, proxies, config)
     check_proxies_fit(bench, proxies, config)
     idx = select_split(bench, split)[:limit]
     cands = [bench.candidates()[i] for i in idx]
@@ -307,5 +341,5 @@ def score_benchmark(
     return ScoreReport(
         benchmark=bench.name, split=split, n_candidates=len(cands), batch=batch,
         stats_config=config.describe() if hasattr(config, "describe") else dataclasses.asdict(config),
-        rows=rows, failures=failures, table=table,
+        rows=rows, failures=failures, table=table, added_stats=added_stats,
     )

@@ -143,14 +143,36 @@ def test_emq_proxies_list_names_every_known_proxy(run):
 
 
 @needs_vit_digits
-def test_score_reads_known_proxies_and_asks_for_their_statistics(run):
+def test_score_adds_the_statistics_known_proxies_read_to_the_default_set(run):
+    import json
+
     result = run("score", "vit-digits", "--proxy", "known:naswot,meco", "--limit", "6", "--bootstrap", "20",
+                 "--batch-size", "8", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["added_stats"] == {"naswot": ["act_codes_kernel"], "meco": ["act_channel_corr"]}
+    assert {"act_codes_kernel", "act_channel_corr", "weight", "grad"} <= set(report["stats_config"]["stat_names"])
+    assert {r["name"] for r in report["rows"]} == {"naswot", "meco"}
+    result = run("score", "vit-digits", "--proxy", "known:az_expressivity", "--limit", "3", "--bootstrap", "20",
                  "--batch-size", "8")
-    assert result.exit_code == 2 and "act_codes_kernel" in result.output and "--stats" in result.output
+    assert result.exit_code == 0, result.output
+    assert "Statistics added to the default set for the proxies that read them: act_channel_cov (az_expressivity)" \
+        in result.output and "| az_expressivity | proxy | test_acc |" in result.output
+
+
+@needs_vit_digits
+def test_score_with_explicit_stats_lacking_one_names_proxy_statistic_and_the_fix(run):
+    result = run("score", "vit-digits", "--proxy", "known:naswot,meco", "--limit", "6", "--bootstrap", "20",
+                 "--batch-size", "8", "--stats", "act_codes_kernel")
+    assert result.exit_code == 2
+    message = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(message) == 1 and "'meco'" in message[0] and "act_channel_corr" in message[0]
+    assert message[0].endswith("add it: --stats act_codes_kernel,act_channel_corr")
     result = run("score", "vit-digits", "--proxy", "known:naswot,meco", "--limit", "6", "--bootstrap", "20",
                  "--batch-size", "8", "--stats", "act_codes_kernel,act_channel_corr", "--baseline", "nwot")
     assert result.exit_code == 0, result.output
     assert "| naswot | proxy | test_acc |" in result.output and "| meco | proxy | test_acc |" in result.output
+    assert "Statistics added" not in result.output
 
 
 @needs_vit_digits
