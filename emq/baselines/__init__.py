@@ -28,7 +28,8 @@ from emq.baselines import program as _program  # noqa: F401  (registers the form
 from emq.baselines.model import HAWQ_V2_SAMPLES, hawq_v2_layer_costs, hawq_v2_traces
 from emq.baselines.structured import REFERENCES
 from emq.baselines.scoring import (
-    arch_scores, baseline_cache_path, baseline_costs, baseline_scores, model_baseline_cost, model_baseline_scores,
+    arch_scores, baseline_cache_path, baseline_costs, baseline_scores, baseline_seconds, model_baseline_cost,
+    model_baseline_scores,
 )
 
 # The known-proxy library's references: MeCo, ZiCo, SWAP, the AZ-NAS terms and network-side SynFlow / SNIP /
@@ -39,7 +40,7 @@ for _reference in REFERENCES:
 __all__ = [
     "ARCH_PREFIX", "BASELINES", "Baseline", "BaselineContext", "BaselineNotApplicableError", "HAWQ_V2_SAMPLES",
     "UnknownBaselineError", "applicable_baselines", "arch_baseline_names", "arch_scores", "baseline_cache_path",
-    "baseline_costs", "baseline_scores", "benchmark_baselines", "get_baseline", "hawq_v2_layer_costs",
-    "hawq_v2_traces", "is_trivial", "list_baselines", "model_baseline_cost", "model_baseline_scores",
-    "register_baseline", "trivial_baselines",
+    "baseline_costs", "baseline_scores", "baseline_seconds", "benchmark_baselines", "get_baseline",
+    "hawq_v2_layer_costs", "hawq_v2_traces", "is_trivial", "list_baselines", "model_baseline_cost",
+    "model_baseline_scores", "register_baseline", "trivial_baselines",
 ]

@@ -173,6 +173,23 @@ def baseline_costs(bench: Benchmark, names: Sequence[str], config: StatsConfig,
     return out
 
 
+def baseline_seconds(bench: Benchmark, names: Sequence[str], config: StatsConfig, candidates: Sequence[Candidate],
+                     cache_root: str | Path | None = None) -> dict[str, np.ndarray]:
+    """Return the recorded seconds of each model baseline among `names` on each of `candidates` (NaN: not recorded).
+
+    `baseline_costs` is the mean over every candidate a score file holds; this is the cost
+    of the candidates named, so tables built in chunks can keep it per candidate.
+    """
+    out = {}
+    for name in names:
+        if name.startswith(ARCH_PREFIX) or get_baseline(name).kind != "model":
+            continue
+        path, key = baseline_cache_path(bench, get_baseline(name), config, cache_root)
+        seconds = _read_model_scores(path, key, get_baseline(name)).seconds
+        out[name] = np.array([seconds.get(_score_key(c), math.nan) for c in candidates], dtype=np.float64)
+    return out
+
+
 class _Scores(dict):
     """Cached scores by candidate id, with the seconds each took (the baseline's cost, kept beside it)."""
 
