@@ -26,7 +26,7 @@ whose file exists with the same settings is skipped, so rerunning a command resu
 headed "partial: N of 5,000 cells (chunks ...)" until all are there; rank aggregates
 (AZ-NAS) are ranked over the cells assembled. A chunk of 250 cells costs about 250 x 9 s
 = 38 minutes on one CPU thread (statistics 4 s, references 5 s per cell), plus the
-program costs measured on its first `--cost-sample` cells (about 3 minutes at 20):
+program costs measured on its first `--cost-sample` cells (a few minutes at 20):
 
     python results/known_proxies.py nas-bench-201 --split heldout --limit 5000 --targets fp_acc,ptq_acc \\
         --chunk 0 --chunk-size 250           (then --chunk 1 ... --chunk 19, in any order, on any machine)
