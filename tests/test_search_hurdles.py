@@ -157,3 +157,10 @@ def test_a_larger_budget_extends_a_finished_run_as_if_uninterrupted(problem, tmp
     assert json.loads((run / "config.json").read_text())["search"]["budget"] == 70
     with pytest.raises(ResumeError, match="hurdle_size"):
         search(problem, run, config=SearchConfig(**{**larger.to_json(), "hurdle_size": 16}), resume=True)
+
+
+def test_hurdle_results_do_not_depend_on_the_backend(problem, spied, tmp_path):
+    reference, _ = spied
+    with EvaluationPool("threading", n_jobs=2) as pool:  # the subset is sharded like the whole split
+        threaded = search(problem, tmp_path / "threaded", pool=pool)
+    assert without_timing(threaded.log) == without_timing(reference.log)
