@@ -62,9 +62,10 @@ class SearchConfig:
     programs evaluated (new programs screened, cache hits not counted) reach it;
     `generations` stays a cap. `hurdle_size` > 0 scores each new program first on the
     first `hurdle_size` search networks and on the whole split only when it reaches the
-    `hurdle_quantile` of the population's fitness there (`search.hurdles`). `equivalence_cache` gives a program whose probe scores equal (to 6
-    significant digits, `search.screening.probe_fingerprint`) those of a program scored
-    earlier in the run that program's record instead of scoring it on the search split;
+    `hurdle_quantile` of the population's fitness there (`search.hurdles`).
+    `equivalence_cache` gives a program whose probe scores equal (to 6 significant
+    digits, `search.screening.probe_fingerprint`) those of a program scored earlier in
+    the run that program's record instead of scoring it on the search split;
     programs equal on the probe but not on the full split then share a fitness (the
     AutoML-Zero trade-off). `memo_size` bounds both caches.
     """
@@ -122,7 +123,8 @@ class SearchConfig:
         if self.budget is not None and self.budget < 1:
             raise ValueError(f"budget must be >= 1 program (None: no budget), got {self.budget}")
         if self.hurdle_size != 0 and self.hurdle_size < 3:
-            raise ValueError(f"hurdle_size must be 0 (off) or >= 3 networks (a rank correlation), got {self.hurdle_size}")
+            raise ValueError(f"hurdle_size must be 0 (off) or >= 3 networks (a rank correlation), "
+                             f"got {self.hurdle_size}")
         if not 0 <= self.hurdle_quantile <= 1:
             raise ValueError(f"hurdle_quantile must be in [0, 1], got {self.hurdle_quantile}")
         if self.split_order not in SPLIT_ORDERS:
@@ -177,7 +179,7 @@ class SearchConfig:
         return [k for k in mine if k not in EXTENSIBLE and mine[k] != theirs[k]]
 
     def extends(self, saved: "SearchConfig") -> bool:
-        """Whether this config continues `saved` further (another `generations` or `budget`): config.json is rewritten."""
+        """Whether this config takes `saved` further (another `generations` or `budget`; config.json is rewritten)."""
         return any(getattr(self, k) != getattr(saved, k) for k in EXTENSIBLE)
 
 

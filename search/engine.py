@@ -16,7 +16,8 @@ networks reaches the population's (`search.hurdles`). The run ends after
 
 `log.jsonl` has one line per generation: `gen`, `best` / `median` fitness of the
 valid programs in the population scored on the whole split (not those stopped at a
-hurdle), `best_ever` (the hall of fame's best) and its formula, `valid`, `niches` (distinct niches among the valid programs),
+hurdle), `best_ever` (the hall of fame's best) and its formula, `valid`, `niches`
+(distinct niches among the valid programs),
 `evaluations` (programs screened this generation), `cache_hits` (known programs
 not scored again), `equivalent_hits` (programs screened whose probe fingerprint matched
 a program scored earlier in the run, given its record instead of being scored on the
