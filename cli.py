@@ -208,6 +208,9 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
 @setting_option("batch_seeds", help="Comma-separated batch seeds for a study, e.g. 0,1 (overrides --batch-seed).")
 @setting_option("fitness")
 @setting_option("strategy")
+@setting_option("budget")
+@setting_option("hurdle_size")
+@setting_option("hurdle_quantile")
 @setting_option("reject_input_independent")
 @setting_option("hof_size")
 @setting_option("max_search", help="Use at most N networks of the search split (bounds memory and time; 0 = all).")
@@ -244,6 +247,8 @@ def search(name: str, seed: int, seeds: tuple[int, ...] | None, baselines: tuple
     Examples:
       emq search mq-digits                                  # defaults: < 10 min on 2 cores
       emq search mq-digits --seeds 0,1,2 --batch-seeds 0,1 --out runs/mq-study   # the discovery verdict
+      emq search mq-digits --strategy random --budget 720   # the control: random programs, same budget
+      emq search mq-digits --max-search 0 --hurdle-size 100 --generations 1000 --budget 20000   # at scale
     """
     from search.session import SearchRequest, run_search_request
 

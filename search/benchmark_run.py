@@ -188,8 +188,8 @@ def _write_summary(bench: Benchmark, cut: RunCut, stats_config: StatsConfig, sea
                      ylabel=f"{t0} (held-out)")
     extra = [f"Benchmark `{bench.name}`: {len(cut.search)} search networks, {len(cut.heldout)} held-out "
              f"(split seed {search_config.split_seed}); fitness = {search_config.fitness} {search_config.metric} "
-             f"({search_config.joint} over {', '.join(targets)}); seed {search_config.seed}; "
-             f"batch seed {stats_config.batch_seed}.", "",
+             f"({search_config.joint} over {', '.join(targets)}); {search_config.strategy_text()}; "
+             f"seed {search_config.seed}; batch seed {stats_config.batch_seed}.", "",
              "Best trivial predictor per target (chosen on the search split): "
              + (", ".join(f"{t}: `{c.label}` ({search_config.metric} {c.search_value:+.3f})"
                           for t, c in choices.items()) or "none") + ".", ""]

@@ -79,7 +79,7 @@ def load_checkpoint(run_dir: Path, config: SearchConfig) -> tuple[SearchState, S
     """Return the checkpointed state and the config it was saved with.
 
     A damaged checkpoint, or `config` contradicting the saved one in anything but
-    `generations`, is a ResumeError that says what to do.
+    `generations` and `budget`, is a ResumeError that says what to do.
     """
     path = state_path(run_dir)
     try:
@@ -106,7 +106,8 @@ def _load_checked(path: Path, run_dir: Path, config: SearchConfig) -> tuple[Sear
         mine, theirs = config.to_json(), saved.to_json()
         diff = "; ".join(f"{k}: checkpoint {theirs[k]!r}, asked {mine[k]!r}" for k in conflicts)
         raise ResumeError(f"cannot resume {run_dir}: the settings contradict its checkpoint ({diff}); "
-                          "only `generations` may change: drop the contradicting options or start a new run folder")
+                          "only `generations` and `budget` may change: drop the contradicting options or start a new "
+                          "run folder")
     rng = SearchRNG.restore(data["rng"], path.parent / data["torch_rng"], max_bytes=MAX_SMALL_TENSOR_BYTES)
     hof = NicheHallOfFame(config.hof_size, config.niche_threshold)
     hof.restore([_individual(e) for e in data["hall_of_fame"]])

@@ -58,9 +58,14 @@ class SearchConfig:
     (`emq.fitness.partial_correlation`: it finds complements that rank badly alone).
     Without trivial predictors all are the same.
     `strategy` "evolution" breeds each generation; "random" samples it afresh (the
-    control). `equivalence_cache` gives a program whose probe scores equal (to 6
-    significant digits, `search.screening.probe_fingerprint`) those of a program scored
-    earlier in the run that program's record instead of scoring it on the search split;
+    control). `budget` (None: none) ends the run after the generation in which the
+    programs evaluated (new programs screened, cache hits not counted) reach it;
+    `generations` stays a cap. `hurdle_size` > 0 scores each new program first on the
+    first `hurdle_size` search networks and on the whole split only when it reaches the
+    `hurdle_quantile` of the population's fitness there (`search.hurdles`).
+    `equivalence_cache` gives a program whose probe scores equal (to 6 significant
+    digits, `search.screening.probe_fingerprint`) those of a program scored earlier in
+    the run that program's record instead of scoring it on the search split;
     programs equal on the probe but not on the full split then share a fitness (the
     AutoML-Zero trade-off). `memo_size` bounds both caches.
     """
@@ -88,6 +93,9 @@ class SearchConfig:
     arch_eta_limit: float = 0.99
     fitness: str = SETTINGS["fitness"].default
     strategy: str = SETTINGS["strategy"].default
+    budget: int | None = SETTINGS["budget"].default
+    hurdle_size: int = SETTINGS["hurdle_size"].default
+    hurdle_quantile: float = SETTINGS["hurdle_quantile"].default
     stats: tuple[str, ...] | None = None
     op_weights: tuple[tuple[str, float], ...] = ()
     heldout_fraction: float = 0.5
@@ -111,6 +119,14 @@ class SearchConfig:
             raise ValueError(f"fitness must be one of {', '.join(FITNESS_MODES)}, got {self.fitness!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        object.__setattr__(self, "hurdle_quantile", float(self.hurdle_quantile))
+        if self.budget is not None and self.budget < 1:
+            raise ValueError(f"budget must be >= 1 program (None: no budget), got {self.budget}")
+        if self.hurdle_size != 0 and self.hurdle_size < 3:
+            raise ValueError(f"hurdle_size must be 0 (off) or >= 3 networks (a rank correlation), "
+                             f"got {self.hurdle_size}")
+        if not 0 <= self.hurdle_quantile <= 1:
+            raise ValueError(f"hurdle_quantile must be in [0, 1], got {self.hurdle_quantile}")
         if self.split_order not in SPLIT_ORDERS:
             raise ValueError(f"split_order must be one of {', '.join(SPLIT_ORDERS)}, got {self.split_order!r}")
         if self.population < 2:
@@ -140,6 +156,7 @@ class SearchConfig:
 
         A config without `split_order` was written before splits were ordered by their
         hash: it reads as "index", so old run folders rescore on the candidates they ran on.
+        Other missing fields (a folder older than them) take their defaults: no budget, no hurdle.
         """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
@@ -147,7 +164,24 @@ class SearchConfig:
             raise ValueError(f"unknown search config field(s): {sorted(unknown)}")
         return cls(**{"split_order": "index", **dict(data)})
 
+    def strategy_text(self) -> str:
+        """Return how the run searches, for summaries and studies, e.g. `strategy random, budget 720 programs`."""
+        parts = [f"strategy {self.strategy}"]
+        if self.budget is not None:
+            parts.append(f"budget {self.budget} programs")
+        if self.hurdle_size:
+            parts.append(f"hurdle: the {self.hurdle_quantile:g} quantile on the first {self.hurdle_size} networks")
+        return ", ".join(parts)
+
     def resume_conflicts(self, saved: "SearchConfig") -> list[str]:
-        """Return the fields (other than `generations`, which may grow) that differ from a saved run's."""
+        """Return the fields (other than `generations` and `budget`, which may grow) that differ from a saved run's."""
         mine, theirs = self.to_json(), saved.to_json()
-        return [k for k in mine if k != "generations" and mine[k] != theirs[k]]
+        return [k for k in mine if k not in EXTENSIBLE and mine[k] != theirs[k]]
+
+    def extends(self, saved: "SearchConfig") -> bool:
+        """Whether this config takes `saved` further (another `generations` or `budget`; config.json is rewritten)."""
+        return any(getattr(self, k) != getattr(saved, k) for k in EXTENSIBLE)
+
+
+#: Fields a resumed run may change: they say how far the run goes, not what each generation does.
+EXTENSIBLE = ("generations", "budget")

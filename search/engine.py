@@ -8,15 +8,22 @@ on the search split by the pool; fitness is the rank correlation with each targe
 column, combined by mean or min. Programs already evaluated are looked up by
 canonical hash, not scored again. With `strategy` "random" (the control of
 evolution) every generation after the first is `population` fresh random programs
-instead, on the same screens, hall of fame, log and checkpoint.
+instead, on the same screens, hall of fame, log and checkpoint. With `hurdle_size`,
+a new program is scored on the whole split only when its fitness on the split's first
+networks reaches the population's (`search.hurdles`). The run ends after
+`generations`, or earlier after the generation in which the programs evaluated reach
+`budget`.
 
 `log.jsonl` has one line per generation: `gen`, `best` / `median` fitness of the
-valid programs in the population, `best_ever` (the hall of fame's best) and its
-formula, `valid`, `niches` (distinct niches among the valid programs),
+valid programs in the population scored on the whole split (not those stopped at a
+hurdle), `best_ever` (the hall of fame's best) and its formula, `valid`, `niches`
+(distinct niches among the valid programs),
 `evaluations` (programs screened this generation), `cache_hits` (known programs
 not scored again), `equivalent_hits` (programs screened whose probe fingerprint matched
 a program scored earlier in the run, given its record instead of being scored on the
 search split: `search.equivalence`), `rejections` (this generation's screenings by reason),
+`hurdle` (with hurdles only: `stopped`, `passed`, this generation's programs scored on the
+hurdle's subset that stopped there or went on to the whole split),
 `shared_subexpressions` (distinct op subexpressions found in two or more
 programs of the population), `top_subexpression` (the one in most programs:
 `formula`, `programs`; null when none is shared; `search.subexpressions`),
@@ -56,6 +63,7 @@ from search.config import ResumeError, SearchConfig, SeedProxyError
 from search.equivalence import Twins
 from search.generate import Grammar, GrowConfig, random_program
 from search.hall_of_fame import hall_entry
+from search.hurdles import Hurdle, hurdle_size, is_stopped, judge
 from search.individual import Program
 from search.interrupt import stop_requested
 from search.niches import NicheHallOfFame, count_niches, representatives, tournament
@@ -132,7 +140,7 @@ def run_search(
     run_lock.acquire(run_dir)  # before any write: a second search on this folder fails here, at once
     own_pool = pool is None
     pool = pool or EvaluationPool("serial")
-    search_set = None
+    search_set = hurdle = None
     try:
         limits = ScreenLimits(config.max_size, config.time_budget_s, config.reject_input_independent,
                               config.trivial_tau_limit, config.arch_eta_limit)
@@ -147,19 +155,26 @@ def run_search(
             probe_features={k: np.asarray(v, dtype=np.float64)[index] for k, v in (features or {}).items()})
         search_set = pool.attach(search_stats, sources[0])
         choices = choose_best_trivial(predictors, {t: truth[t] for t in targets}, get_metric(config.metric))
+        controls = {t: (c, c.oriented(predictors[c.name])) for t, c in choices.items()}
+        h = hurdle_size(config.hurdle_size, n)
+        if h:
+            hurdle_set = pool.attach(search_stats[:h], sources[0].part(0, h) if sources[0] is not None else None)
+            hurdle = Hurdle.cut(h, config.hurdle_quantile, hurdle_set, {t: truth[t] for t in targets}, controls)
         engine = _Engine(config, grammar, {t: truth[t] for t in targets}, pool, search_set, probe, limits, run_dir,
-                         {t: (c, c.oriented(predictors[c.name])) for t, c in choices.items()})
+                         controls, hurdle)
         try:
             state = engine.start(resume)
         except GenerationStopped:  # SIGTERM during the first generation: nothing was checkpointed yet
             return SearchResult(run_dir, [], [], -1, False, choices)
         _generations(engine, state, config, progress, stop_after, on_generation)
-        finished = state.generation + 1 >= config.generations
+        finished = engine.done(state)
         hall = engine.finish(state, command)
         return SearchResult(run_dir, hall, state.log, state.generation, finished, choices)
     finally:
         if search_set is not None:
             pool.detach(search_set)
+        if hurdle is not None:
+            pool.detach(hurdle.data)
         if own_pool:
             pool.close()
         run_lock.release(run_dir)
@@ -171,7 +186,7 @@ def _generations(engine: "_Engine", state: SearchState, config: SearchConfig, pr
     bar = tqdm(total=config.generations, initial=min(state.generation + 1, config.generations),
                desc="search", unit="gen", disable=not progress, leave=False)
     try:
-        while state.generation + 1 < config.generations:
+        while not engine.done(state):
             if stop_after is not None and state.generation >= stop_after:
                 break
             if stop_requested():  # SIGTERM in a batch job: the last generation is checkpointed
@@ -211,8 +226,9 @@ class _Engine:
 
     def __init__(self, config: SearchConfig, grammar: Grammar, truth: dict[str, np.ndarray], pool: EvaluationPool,
                  search_set: ShardedStats, probe: ProbeInputs, screen_limits: ScreenLimits, run_dir: Path,
-                 controls: dict[str, tuple[TrivialChoice, np.ndarray]]) -> None:
+                 controls: dict[str, tuple[TrivialChoice, np.ndarray]], hurdle: Hurdle | None = None) -> None:
         self.config = config
+        self.hurdle = hurdle
         self.controls = controls  # per target: the best trivial predictor and its oriented values
         self.grammar = grammar
         self.truth = truth
@@ -232,7 +248,7 @@ class _Engine:
                 raise ResumeError(f"{self.run_dir} already holds a search; resume it (resume=True / --resume) "
                                   "or choose another folder")
             state, saved = load_checkpoint(self.run_dir, self.config)
-            if self.config.generations != saved.generations:
+            if self.config.extends(saved):
                 self._write_config()
             return state
         seen: set[str] = set()
@@ -248,6 +264,12 @@ class _Engine:
         stats = self._evaluate(state, population, clock)
         self._advance(state, population, stats, clock)
         return state
+
+    def done(self, state: SearchState) -> bool:
+        """Whether the run is over: its last generation finished, or its budget of evaluated programs spent."""
+        spent = sum(row["evaluations"] for row in state.log)
+        return state.generation + 1 >= self.config.generations or (
+            self.config.budget is not None and spent >= self.config.budget)
 
     # ------------------------------------------------------------- step
     def step(self, state: SearchState) -> dict[str, Any]:
@@ -349,6 +371,7 @@ class _Engine:
         jobs = []
         items = list(todo.values())
         twins = Twins(state.fingerprints, state.memo, self.config.equivalence_cache)
+        first = self.hurdle.data if self.hurdle is not None else self.search_set  # where survivors are scored first
         with torch.no_grad(), one_thread():
             for start in range(0, len(items), SCREEN_BATCH):
                 if stop_requested():
@@ -361,8 +384,11 @@ class _Engine:
                 passed = [(ind, out) for ind, out in zip(items[start:], batch)
                           if out.reason is None and not twins.found(ind.hash, out)]
                 if passed:
-                    jobs.append((passed, self.pool.submit(self.search_set, [ind.proxy for ind, _ in passed])))
+                    jobs.append((passed, self.pool.submit(first, [ind.proxy for ind, _ in passed])))
         clock.lap("screening")
+        subset: dict[str, dict[str, Any]] = {}  # hash -> record on the hurdle's subset
+        if self.hurdle is not None:
+            jobs, subset = self._hurdle(state, jobs)
         for passed, job in jobs:
             for (_, out), (scores, failures) in zip(passed, job.result()):
                 score_outcome(out, scores, failures)
@@ -370,7 +396,14 @@ class _Engine:
         seconds = 0.0
         for ind, outcome in zip(todo.values(), outcomes):
             twin = twins.of.get(ind.hash)  # scored earlier (this generation: earlier in `todo`), so in the memo
-            record = copy.deepcopy(state.memo[twin]) if twin is not None else self._record(outcome)
+            if twin is not None:
+                record = copy.deepcopy(state.memo[twin])
+            elif is_stopped(subset.get(ind.hash)):
+                record = subset[ind.hash]
+            else:
+                record = self._record(outcome)
+                if self.hurdle is not None:
+                    record["hurdle"] = (subset.get(ind.hash) or {}).get("fitness")
             state.memo[ind.hash] = record
             seconds += outcome.seconds
             if record["reason"] is not None:
@@ -382,18 +415,39 @@ class _Engine:
             state.memo.popitem(last=False)
         twins.remember(self.config.memo_size)
         clock.lap("evaluation")
-        return {"evaluations": len(todo), "cache_hits": len(individuals) - len(todo), "equivalent_hits": len(twins.of),
-                "rejections": dict(sorted(rejections.items())), "eval_seconds": seconds}
+        out = {"evaluations": len(todo), "cache_hits": len(individuals) - len(todo), "equivalent_hits": len(twins.of),
+               "rejections": dict(sorted(rejections.items())), "eval_seconds": seconds}
+        if self.hurdle is not None:
+            stopped = sum(is_stopped(r) for r in subset.values())
+            out["hurdle"] = {"stopped": stopped, "passed": len(subset) - stopped}
+        return out
 
-    def _record(self, outcome: Outcome) -> dict[str, Any]:
+    def _hurdle(self, state: SearchState, jobs: list[tuple[list[tuple[Program, Outcome]], Any]]
+                ) -> tuple[list[tuple[list[tuple[Program, Outcome]], Any]], dict[str, dict[str, Any]]]:
+        """Judge the programs scored on the hurdle's subset; return the jobs scoring the passers on the whole split,
+        and every program's subset record (stopped ones already in their final form: `search.hurdles`)."""
+        hurdle = self.hurdle
+        results = [(ind, out, *res) for passed, job in jobs for (ind, out), res in zip(passed, job.result())]
+        subset = judge(hurdle, [(ind.hash, out, scores, fails) for ind, out, scores, fails in results],
+                       [ind.record for ind in state.population if ind.fitness is not None],
+                       lambda out: self._record(out, hurdle.truth, hurdle.controls))
+        passers = [(ind, out) for ind, out, _, _ in results if not is_stopped(subset[ind.hash])]
+        batches = [passers[i: i + SCREEN_BATCH] for i in range(0, len(passers), SCREEN_BATCH)]
+        return [(b, self.pool.submit(self.search_set, [ind.proxy for ind, _ in b])) for b in batches], subset
+
+    def _record(self, outcome: Outcome, truth: Mapping[str, np.ndarray] | None = None,
+                controls: Mapping[str, tuple[TrivialChoice, np.ndarray]] | None = None) -> dict[str, Any]:
+        """Return the evaluation record of a scored outcome: fitness against `truth` (default: the search split's)."""
+        truth = self.truth if truth is None else truth
+        controls = self.controls if controls is None else controls
         if outcome.reason is not None:
             return {"reason": outcome.reason, "fitness": None, "targets": {}, "probe": None}
-        plain = {t: self.metric(outcome.scores, col) for t, col in self.truth.items()}
+        plain = {t: self.metric(outcome.scores, col) for t, col in truth.items()}
         per = dict(plain)
         if self.config.fitness != "plain":
             beyond = beyond_trivial if self.config.fitness == "partial" else partial_correlation
-            per = {t: beyond(self.metric, outcome.scores, col, self.controls[t][1])
-                   if t in self.controls else plain[t] for t, col in self.truth.items()}
+            per = {t: beyond(self.metric, outcome.scores, col, controls[t][1])
+                   if t in controls else plain[t] for t, col in truth.items()}
         value = joint(list(per.values()), self.config.joint)
         if not math.isfinite(value):
             return {"reason": UNDEFINED_FITNESS, "fitness": None, "targets": {}, "probe": None}
@@ -406,8 +460,9 @@ class _Engine:
         state.generation += 1
         state.population = population
         valid = [ind for ind in population if ind.fitness is not None]
-        state.hof.update(valid)
-        values = [ind.fitness for ind in valid]
+        scored = [ind for ind in valid if not is_stopped(ind.record)]  # on the whole split (hurdles stop the rest)
+        state.hof.update(scored)
+        values = [ind.fitness for ind in scored]
         row = {
             "gen": state.generation,
             "best": max(values) if values else None,
@@ -421,6 +476,7 @@ class _Engine:
             "cache_hits": stats["cache_hits"],
             "equivalent_hits": stats["equivalent_hits"],
             "rejections": stats["rejections"],
+            **({"hurdle": stats["hurdle"]} if "hurdle" in stats else {}),
             **common_subexpressions(ind.proxy for ind in population),
         }
         clock.lap("selection")

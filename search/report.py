@@ -199,6 +199,7 @@ def write_summary(path: str | Path, title: str, command: str | None, table: str,
                 rejections[reason] = rejections.get(reason, 0) + n
         lines += ["", "## Search", "",
                   f"{len(log)} generations, {total} programs evaluated, {last['niches']} niches in the last population.",
+                  *_cost_line(log),
                   *_shared_line(last),
                   "", "Rejections by reason: " + (", ".join(f"{k} {v}" for k, v in
                                                            sorted(rejections.items(), key=lambda kv: -kv[1])) or "none"),
@@ -207,6 +208,17 @@ def write_summary(path: str | Path, title: str, command: str | None, table: str,
     if verdict:
         lines += ["", "## Verdict", "", verdict]
     return write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def _cost_line(log: Sequence[dict[str, Any]]) -> list[str]:
+    """Return the summary's line on the work saved: equivalence-cache hits and programs stopped at the hurdle."""
+    twins = sum(row.get("equivalent_hits", 0) for row in log)
+    text = f"{twins} programs shared the record of a functionally equivalent one (equivalence cache)"
+    if any("hurdle" in row for row in log):
+        stopped = sum(row["hurdle"]["stopped"] for row in log if "hurdle" in row)
+        passed = sum(row["hurdle"]["passed"] for row in log if "hurdle" in row)
+        text += f"; at the hurdle, {stopped} stopped and {passed} went on to the whole search split"
+    return ["", text + "."]
 
 
 def _shared_line(row: dict[str, Any]) -> list[str]:

@@ -7,9 +7,10 @@ them). Bounds are documented limits, not tuning: they keep a typo such as
 `population = 9223372036854775807` from allocating memory for hours.
 
 Limits (README, "Hostile input"): population 2..100,000, generations 1..100,000,
-hof_size 0..1,000, max_search 0 (all) ..10,000,000, max_heldout 3..10,000,000,
-at most 100 seeds and 100 batch seeds (each 0..2**31-1), workers 1..1,024,
-batch_size 1..1,024, hessian_samples 1..1,000, shard_memory_mb 1..10,000,000.
+budget 1..1,000,000,000, hurdle_size 0..10,000,000, hurdle_quantile 0..1, hof_size 0..1,000,
+max_search 0 (all) ..10,000,000, max_heldout 3..10,000,000, at most 100 seeds and 100
+batch seeds (each 0..2**31-1), workers 1..1,024, batch_size 1..1,024, hessian_samples
+1..1,000, shard_memory_mb 1..10,000,000.
 """
 from __future__ import annotations
 
@@ -89,6 +90,14 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
             "evolution: breed programs (selection, crossover, mutation); random: every generation a fresh batch of "
             "random programs, screened and scored the same way (the control that says what evolution adds).",
             "--strategy", "search.strategy", choices="search.config:STRATEGIES"),
+    _int("budget", None, 1, 1_000_000_000, "Programs to evaluate in all (new programs screened; cache hits do not "
+         "count): the run ends after the generation in which the count reaches N. --generations stays a cap: raise "
+         "it to let the budget decide (default: no budget).", "--budget", "search.budget"),
+    _int("hurdle_size", 0, 0, 10_000_000, "Multi-fidelity hurdle: score each new program first on the first N "
+         "networks of the search split (a uniform sample); only those at or above the hurdle are scored on the "
+         "whole split (0 = off; at least 3; as large as the split = off).", "--hurdle-size", "search.hurdle_size"),
+    Setting("hurdle_quantile", "float", 0.5, "The hurdle: this quantile of the current population's fitness on the "
+            "--hurdle-size networks (0.5 = its median).", "--hurdle-quantile", "search.hurdle_quantile", 0, 1),
     _int("hof_size", 10, 0, 1_000, "Elite programs carried into every generation.", "--hof-size", "search.hof_size"),
     _int("max_search", 160, 0, 10_000_000, "Use at most N networks of the search split (bounds memory and time; "
          "0 = all).", "--max-search", "search.max_search"),

@@ -119,7 +119,15 @@ def _run_row(folder: Path, seed: int, batch_seed: int, seconds: float) -> dict[s
             "best_trivial": {t: c["label"] for t, c in hall.get("best_trivial", {}).items()},
             "trivial_heldout": hall.get("trivial_heldout", {}),
             "difference": best.get("vs_best_trivial"), "verdict": hall.get("verdict", {}).get("verdict"),
-            **_known_columns(hall, best)}
+            "search": _search_text(folder), **_known_columns(hall, best)}
+
+
+def _search_text(folder: Path) -> str | None:
+    """Return how the run in `folder` searched (strategy, budget, hurdle), None when its config.json is unreadable."""
+    try:
+        return RunFolder(folder).search_config().strategy_text()
+    except (OSError, ValueError, RunFolderError):
+        return None
 
 
 def _known_columns(hall: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
@@ -171,6 +179,9 @@ def study_markdown(study: dict[str, Any]) -> str:
                      f"{diff} | {r['verdict']} | {r['seconds']:.0f} |")
     lows = [r["difference"]["low"] for r in study["runs"] if r["difference"]]
     lines += ["", f"Runs: {len(study['runs'])} of {study['planned_runs']}."]
+    searches = sorted({r["search"] for r in study["runs"] if r.get("search")})  # rows of older studies lack it
+    if searches:
+        lines.append(f"How the runs searched: {'; '.join(searches)}.")
     if lows:
         lines.append(f"Median lower bound of the paired 95% intervals: {float(np.median(lows)):+.3f} "
                      "(a discovery needs it above 0).")

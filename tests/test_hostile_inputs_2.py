@@ -130,6 +130,10 @@ def test_cli_job_files_and_search_request_share_every_default():
     job = Job.from_mapping({"benchmark": {"name": "mq-digits"}, "output": {"dir": "x"}}, Path("job.toml"))
     assert job.search == {} and job.stats == {}  # a silent job file takes SearchRequest's defaults
     for name, setting in SETTINGS.items():
+        if setting.job and setting.job.startswith(("search.", "backend.")):
+            assert name in request, f"{name}: a job-file setting SearchRequest does not take"
+        if setting.cli and setting.job and setting.job.startswith("search."):
+            assert name in options, f"{name}: a search setting `emq search` does not offer"
         if name in request:
             assert request[name] == setting.default, name
         if setting.cli and name in options and setting.kind not in ("ints", "names", "paths"):
@@ -143,7 +147,7 @@ def test_cli_job_files_and_search_request_share_every_default():
 
     engine = SearchConfig()  # the engine's own defaults (library users who build a SearchConfig directly)
     for name in ("population", "generations", "metric", "joint", "targets", "hof_size", "fitness",
-                 "reject_input_independent", "strategy"):
+                 "reject_input_independent", "strategy", "budget", "hurdle_size", "hurdle_quantile"):
         assert getattr(engine, name) == SETTINGS[name].default, name
     assert engine.seed == SETTINGS["seeds"].default[0]
 

@@ -119,3 +119,19 @@ def test_sigterm_checkpoints_exits_3_and_the_same_job_resumes(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "out" / "seed0-batch0" / "log.jsonl").read_text().splitlines()]
     assert [row["gen"] for row in log] == list(range(stopped_at + 2))
     assert _events(tmp_path / "out") == ["start", "interrupted", "start", "done"]
+
+
+@needs_mq_digits
+def test_job_fields_reach_the_search_config_as_the_options_do(tmp_path):
+    from search.session import SearchRequest, plan_search
+
+    path = tmp_path / "job.toml"
+    text = TINY.format(generations=2).replace("hof_size = 3\n", "hof_size = 3\nstrategy = 'random'\nbudget = 30\n"
+                                              "hurdle_size = 12\nhurdle_quantile = 0.25\n")
+    path.write_text(text)
+    job = Job.load(path)
+    config = plan_search(SearchRequest(job.benchmark, out=tmp_path / "out", **job.search)).search_config
+    assert (config.strategy, config.budget, config.hurdle_size, config.hurdle_quantile) == ("random", 30, 12, 0.25)
+    path.write_text(text.replace("hurdle_quantile = 0.25", "hurdle_quantile = 2"))
+    with pytest.raises(JobFileError, match="search.hurdle_quantile must be in 0..1"):
+        Job.load(path)
