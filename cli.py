@@ -208,6 +208,8 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
 @setting_option("batch_seeds", help="Comma-separated batch seeds for a study, e.g. 0,1 (overrides --batch-seed).")
 @setting_option("fitness")
 @setting_option("strategy")
+@setting_option("evolution")
+@setting_option("offspring")
 @setting_option("budget")
 @setting_option("hurdle_size")
 @setting_option("hurdle_quantile")
@@ -249,6 +251,7 @@ def search(name: str, seed: int, seeds: tuple[int, ...] | None, baselines: tuple
       emq search mq-digits --seeds 0,1,2 --batch-seeds 0,1 --out runs/mq-study   # the discovery verdict
       emq search mq-digits --strategy random --budget 720   # the control: random programs, same budget
       emq search mq-digits --max-search 0 --hurdle-size 100 --generations 1000 --budget 20000   # at scale
+      emq search mq-digits --evolution aging --population 200 --offspring 50 --budget 2000   # regularized
     """
     from search.session import SearchRequest, run_search_request
 

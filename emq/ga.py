@@ -1,98 +1,71 @@
-"""The one genetic-algorithm core both searches share: seeded tournament selection and a hall of fame.
+"""What DEAP lacks for the searches that evolve on it: a run's own stream for DEAP's global draws, and a saved hall.
 
 Proxy programs (`search/engine.py`) and bit / architecture genomes (`emq/apply/evolve.py`)
-evolve with these two pieces. An individual is any object with a `fitness` attribute:
-a float (higher is better), or None while it is unscored or screened out.
+evolve on DEAP: each run registers its operators on a `deap.base.Toolbox`, selects with
+`deap.tools.selTournament`, keeps its best in a `deap.tools.HallOfFame` (the genome
+search as is; the proxy search in `search.niches.NicheHallOfFame`, DEAP's hall with at
+most one program per niche), and the proxy search's per-generation figures come from
+`deap.tools.Statistics` and `deap.tools.Logbook`.
 
-Every random draw comes from the `random.Random` the caller passes, never from the
-global `random` module: a seeded run is reproducible, resumable from its saved stream,
-and leaves the caller's global random state alone. The rules are DEAP's
-(`tools.selTournament`, `tools.HallOfFame`), kept draw for draw and tie for tie, so
-runs seeded before this module replaced DEAP's globals give the same results.
+DEAP's selection draws from the global `random` module. A run keeps those draws in a
+stream of its own, a `random.Random` (`drawing_from`): its state is put into the global
+module for the length of one DEAP call and taken back out after it, and the caller's
+global state is put back. So the same seed gives the same draws, a checkpoint saves the
+stream as plain data (`random.getstate()` as DEAP left it) and a resumed run continues it
+bit for bit, and whatever the caller (or a fitness function) does with the global
+`random` module between calls neither changes the run nor is changed by it.
+
+`aged` is the replacement rule of regularized (aging) evolution (Real et al. 2019), which
+DEAP's algorithms do not offer: children join the population at its end and the oldest
+leave. `restore_hall` puts a saved hall of fame back in its saved order (DEAP's `insert`
+would put each restored member ahead of the members as fit as it, reversing ties).
 """
 from __future__ import annotations
 
+import functools
 import random
-from bisect import bisect_right
-from typing import Callable, Generic, Iterator, Protocol, Sequence, TypeVar, overload
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+from deap import tools
+
+R = TypeVar("R")
+T = TypeVar("T")
 
 
-class Scored(Protocol):
-    """An individual: its fitness, None while unscored or screened out."""
+@contextmanager
+def global_draws(stream: random.Random) -> Iterator[None]:
+    """Let the global `random` module draw from `stream` inside the block; after it the caller's state is back."""
+    caller = random.getstate()
+    random.setstate(stream.getstate())
+    try:
+        yield
+    finally:
+        stream.setstate(random.getstate())
+        random.setstate(caller)
 
-    fitness: float | None
+
+def drawing_from(stream: random.Random, function: Callable[..., R]) -> Callable[..., R]:
+    """Return `function` (a DEAP operator) with its draws from the global `random` module taken from `stream`."""
+    @functools.wraps(function)
+    def drawing(*args: Any, **kwargs: Any) -> R:
+        with global_draws(stream):
+            return function(*args, **kwargs)
+
+    return drawing
 
 
-T = TypeVar("T", bound=Scored)
+def restore_hall(hall: tools.HallOfFame, members: Sequence[Any]) -> None:
+    """Set a DEAP hall of fame's members (best first) exactly as saved, without re-sorting ties."""
+    hall.items = list(members)
+    hall.keys = [ind.fitness for ind in reversed(hall.items)]
 
 
-def tournament(candidates: Sequence[T], k: int, rng: random.Random, size: int) -> list[T]:
-    """Return `k` winners, each the fittest of `size` candidates drawn with replacement from `rng`.
+def aged(population: Sequence[T], children: Sequence[T], size: int) -> list[T]:
+    """Return the aging queue (oldest first) after `children` join its end and the oldest leave, `size` at most.
 
-    The first drawn of equally fit aspirants wins. Every candidate must be scored.
+    One child at a time, this is regularized evolution's step: the population minus its
+    oldest plus the child (once the queue is full); a batch is those steps in order.
     """
-    # One rng.choice per aspirant, then max keeping the first best: DEAP's selTournament draws the same way.
-    return [max([rng.choice(candidates) for _ in range(size)], key=_fitness) for _ in range(k)]
-
-
-def _fitness(ind: Scored) -> float:
-    return ind.fitness  # type: ignore[return-value]  # tournament() takes scored candidates only
-
-
-class HallOfFame(Generic[T]):
-    """The best `maxsize` individuals offered so far, best first, no two `similar`.
-
-    `update` follows DEAP's HallOfFame: a newcomer enters when the hall has room or it
-    beats the worst member, and only if it resembles no member; among equal fitness the
-    newest ranks first. Members are kept as given, not copied: individuals are never
-    changed once scored.
-    """
-
-    def __init__(self, maxsize: int, similar: Callable[[T, T], bool]) -> None:
-        self.maxsize = maxsize
-        self.similar = similar
-        self.members: list[T] = []  # best first
-        self._keys: list[float] = []  # the members' fitness, ascending (worst first), for bisect
-
-    def update(self, population: Sequence[T]) -> None:
-        """Offer every scored individual of `population`, in order."""
-        for ind in population:
-            if ind.fitness is None or self.maxsize == 0:
-                continue
-            if len(self) < self.maxsize or ind.fitness > self.members[-1].fitness:
-                if any(self.similar(ind, member) for member in self.members):
-                    continue
-                if len(self) >= self.maxsize:
-                    self.remove(-1)
-                self.insert(ind)
-
-    def insert(self, ind: T) -> None:
-        """Place `ind` by fitness, ahead of members as fit as it (the size is not checked)."""
-        i = bisect_right(self._keys, ind.fitness)
-        self.members.insert(len(self.members) - i, ind)
-        self._keys.insert(i, ind.fitness)  # type: ignore[arg-type]
-
-    def remove(self, index: int) -> None:
-        """Drop the member at `index` (negative counts from the worst)."""
-        del self._keys[len(self) - (index % len(self) + 1)]
-        del self.members[index]
-
-    def restore(self, members: Sequence[T]) -> None:
-        """Set the members (best first) exactly as saved, without re-sorting ties."""
-        self.members = list(members)
-        self._keys = [ind.fitness for ind in reversed(self.members)]  # type: ignore[misc]
-
-    def __len__(self) -> int:
-        return len(self.members)
-
-    @overload
-    def __getitem__(self, index: int) -> T: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[T]: ...
-
-    def __getitem__(self, index: int | slice) -> T | list[T]:
-        return self.members[index]
-
-    def __iter__(self) -> Iterator[T]:
-        return iter(self.members)
+    joined = [*population, *children]
+    return joined[max(0, len(joined) - size):]

@@ -19,13 +19,17 @@ from typing import Any, Callable, Mapping, Sequence
 from emq.atomic import write_json_atomic, write_text_atomic
 from emq.proxy import Proxy
 from emq.safe_read import MAX_CHECKPOINT_BYTES, MAX_SMALL_TENSOR_BYTES, read_text_limited
+from emq.ga import restore_hall
 from emq.strict_json import loads_strict
 from search.config import ENGINE, ResumeError, SearchConfig
 from search.individual import Program
 from search.niches import NicheHallOfFame
 from search.rng import SearchRNG
 
-STATE_FORMAT = "emq-search-state/1"
+STATE_FORMAT = "emq-search-state/2"
+#: Checkpoints of earlier engines: readable, but their random draws are not this engine's, so they do not resume.
+#: /1: emq-search/1, whose tournaments drew from the variation stream (before DEAP's selection, `search.rng`).
+PREVIOUS_STATE_FORMATS = ("emq-search-state/1",)
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
 
@@ -78,8 +82,9 @@ def save_checkpoint(run_dir: Path, state: SearchState, config: SearchConfig) -> 
 def load_checkpoint(run_dir: Path, config: SearchConfig) -> tuple[SearchState, SearchConfig]:
     """Return the checkpointed state and the config it was saved with.
 
-    A damaged checkpoint, or `config` contradicting the saved one in anything but
-    `generations` and `budget`, is a ResumeError that says what to do.
+    A damaged checkpoint, one an earlier engine wrote (its draws differ: the rest of
+    the run would not be the run it started), or `config` contradicting the saved one
+    in anything but `generations` and `budget`, is a ResumeError that says what to do.
     """
     path = state_path(run_dir)
     try:
@@ -97,6 +102,11 @@ def load_checkpoint(run_dir: Path, config: SearchConfig) -> tuple[SearchState, S
 
 def _load_checked(path: Path, run_dir: Path, config: SearchConfig) -> tuple[SearchState, SearchConfig]:
     data = loads_strict(read_text_limited(path, MAX_CHECKPOINT_BYTES, "checkpoint (state.json)", ResumeError))
+    if isinstance(data, dict) and data.get("format") in PREVIOUS_STATE_FORMATS:
+        made_by = data.get("engine") if isinstance(data.get("engine"), str) else "an earlier engine"
+        raise ResumeError(f"{path}: this run was made by the previous engine ({made_by[:40]}), whose random draws "
+                          f"differ from {ENGINE}'s, so it cannot resume exactly; start a new run folder (its "
+                          "finished results stay readable)")
     if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
         raise ResumeError(f"{path}: not an {STATE_FORMAT} checkpoint; restore the run folder or start a new one")
     saved = SearchConfig.from_json(data["config"])
@@ -110,7 +120,7 @@ def _load_checked(path: Path, run_dir: Path, config: SearchConfig) -> tuple[Sear
                           "run folder")
     rng = SearchRNG.restore(data["rng"], path.parent / data["torch_rng"], max_bytes=MAX_SMALL_TENSOR_BYTES)
     hof = NicheHallOfFame(config.hof_size, config.niche_threshold)
-    hof.restore([_individual(e) for e in data["hall_of_fame"]])
+    restore_hall(hof, [_individual(e) for e in data["hall_of_fame"]])
     memo = OrderedDict((h, r) for h, r in data["memo"])
     fingerprints = OrderedDict((f, h) for f, h in data.get("fingerprints", []))
     state = SearchState(int(data["generation"]), [_individual(e) for e in data["population"]], hof, memo, rng,

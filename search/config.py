@@ -10,8 +10,10 @@ from emq.fitness import SPLIT_ORDERS, get_metric
 from search.generate import GrowConfig
 from search.settings import SETTINGS
 
-#: The engine that wrote a run folder (recorded in its config, checkpoint and hall of fame).
-ENGINE = "emq-search/1"
+#: The engine that wrote a run folder (recorded in its config, checkpoint and hall of fame). /2: the loop runs on
+#: DEAP (selection draws from its own stream, `search.rng`), so its draws differ from /1's; /1 folders stay
+#: readable, and their checkpoints are refused on resume (`search.checkpoint`).
+ENGINE = "emq-search/2"
 #: "plain" (default): the rank correlation, what the verdict measures held out;
 #: "partial": min(plain, partialled on the best trivial predictor) (`emq.fitness.beyond_trivial`);
 #: "residual": the partial correlation alone (rewards complements of the trivial predictor).
@@ -19,6 +21,10 @@ FITNESS_MODES = ("plain", "partial", "residual")
 #: "evolution" (default): selection, crossover and mutation breed each generation; "random": each generation
 #: after the first is `population` fresh random programs from the same grammar (the control of evolution).
 STRATEGIES = ("evolution", "random")
+#: How strategy "evolution" replaces programs. "generational" (default): each generation is a new population, the
+#: hall of fame carried into it (elitism); "aging": regularized evolution (Real et al. 2019), the population a queue
+#: in which each child replaces the oldest program, `offspring` children per log row (`search.engine`).
+EVOLUTIONS = ("generational", "aging")
 
 
 class RunFolderError(EMQUserError, ValueError):
@@ -63,6 +69,10 @@ class SearchConfig:
     `generations` stays a cap. `hurdle_size` > 0 scores each new program first on the
     first `hurdle_size` search networks and on the whole split only when it reaches the
     `hurdle_quantile` of the population's fitness there (`search.hurdles`).
+    `evolution` "generational" breeds a new population each generation, the hall of fame
+    carried over; "aging" (regularized evolution) keeps the population as a queue in
+    which each child replaces the oldest program, `offspring` children per generation
+    (log row, checkpoint); None: a quarter of `population` (`offspring_size`).
     `equivalence_cache` gives a program whose probe scores equal (to 6 significant
     digits, `search.screening.probe_fingerprint`) those of a program scored earlier in
     the run that program's record instead of scoring it on the search split;
@@ -93,6 +103,8 @@ class SearchConfig:
     arch_eta_limit: float = 0.99
     fitness: str = SETTINGS["fitness"].default
     strategy: str = SETTINGS["strategy"].default
+    evolution: str = SETTINGS["evolution"].default
+    offspring: int | None = SETTINGS["offspring"].default
     budget: int | None = SETTINGS["budget"].default
     hurdle_size: int = SETTINGS["hurdle_size"].default
     hurdle_quantile: float = SETTINGS["hurdle_quantile"].default
@@ -119,6 +131,13 @@ class SearchConfig:
             raise ValueError(f"fitness must be one of {', '.join(FITNESS_MODES)}, got {self.fitness!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.evolution not in EVOLUTIONS:
+            raise ValueError(f"evolution must be one of {', '.join(EVOLUTIONS)}, got {self.evolution!r}")
+        if self.evolution == "aging" and self.strategy != "evolution":
+            raise ValueError(f"evolution 'aging' breeds programs: it needs strategy 'evolution', not {self.strategy!r}")
+        if self.offspring is not None and not 1 <= self.offspring <= self.population:
+            raise ValueError(f"offspring must be in 1..population ({self.population}) (None: a quarter of it), "
+                             f"got {self.offspring}")
         object.__setattr__(self, "hurdle_quantile", float(self.hurdle_quantile))
         if self.budget is not None and self.budget < 1:
             raise ValueError(f"budget must be >= 1 program (None: no budget), got {self.budget}")
@@ -156,7 +175,8 @@ class SearchConfig:
 
         A config without `split_order` was written before splits were ordered by their
         hash: it reads as "index", so old run folders rescore on the candidates they ran on.
-        Other missing fields (a folder older than them) take their defaults: no budget, no hurdle.
+        Other missing fields (a folder older than them) take their defaults: no budget, no hurdle,
+        generational evolution.
         """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
@@ -167,11 +187,17 @@ class SearchConfig:
     def strategy_text(self) -> str:
         """Return how the run searches, for summaries and studies, e.g. `strategy random, budget 720 programs`."""
         parts = [f"strategy {self.strategy}"]
+        if self.evolution != "generational":
+            parts.append(f"evolution {self.evolution} ({self.offspring_size()} children per generation)")
         if self.budget is not None:
             parts.append(f"budget {self.budget} programs")
         if self.hurdle_size:
             parts.append(f"hurdle: the {self.hurdle_quantile:g} quantile on the first {self.hurdle_size} networks")
         return ", ".join(parts)
+
+    def offspring_size(self) -> int:
+        """Return the children per generation of aging evolution: `offspring`, else a quarter of `population`."""
+        return self.offspring if self.offspring is not None else max(1, self.population // 4)
 
     def resume_conflicts(self, saved: "SearchConfig") -> list[str]:
         """Return the fields (other than `generations` and `budget`, which may grow) that differ from a saved run's."""

@@ -1,13 +1,24 @@
-"""The evolutionary search for proxy programs: variation, screening, niche selection, elitism, resume.
+"""The evolutionary search for proxy programs on DEAP: variation, screening, niche selection, elitism, aging, resume.
 
-One generation: the hall of fame (best distinct programs, at most one per niche)
-is carried over unchanged; parents are drawn by tournament among niche
-representatives and varied (subtree crossover, typed mutations); a share of fresh
-random programs joins; new programs are screened on the probe networks and scored
-on the search split by the pool; fitness is the rank correlation with each target
-column, combined by mean or min. Programs already evaluated are looked up by
-canonical hash, not scored again. With `strategy` "random" (the control of
-evolution) every generation after the first is `population` fresh random programs
+The loop runs on a DEAP toolbox (`_Engine._attach`): `select` is DEAP's `selTournament`
+among niche representatives (`search.niches`), drawing from the run's own stream of
+DEAP's global-random draws (`emq.ga.drawing_from`, saved in the checkpoint), `mate` the
+typed subtree crossover, `mutate` the typed mutations and `generate` random programs
+(`search.operators`, `search.generate`, drawing from the run's variation stream). The
+hall of fame is DEAP's with at most one program per niche (`search.niches`); the log's
+`best` / `median` / `valid` are compiled by DEAP's `Statistics` into a `Logbook`.
+
+One generation (`evolution` "generational", the default): the hall of fame (best
+distinct programs, at most one per niche) is carried over unchanged; parents are drawn
+by tournament among niche representatives and varied; a share of fresh random programs
+joins; new programs are screened on the probe networks and scored on the search split
+by the pool; fitness is the rank correlation with each target column, combined by mean
+or min. With `evolution` "aging" (regularized evolution, Real et al. 2019) the
+population is a queue: each generation breeds `offspring` children the same way, they
+join the queue's end and as many of the oldest programs leave it (`emq.ga.aged`); no
+elites are kept in the population, only in the hall of fame. Programs already evaluated
+are looked up by canonical hash, not scored again. With `strategy` "random" (the control
+of evolution) every generation after the first is `population` fresh random programs
 instead, on the same screens, hall of fame, log and checkpoint. With `hurdle_size`,
 a new program is scored on the whole split only when its fitness on the split's first
 networks reaches the population's (`search.hurdles`). The run ends after
@@ -50,11 +61,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from deap import base, tools
 from tqdm.auto import tqdm
 
 from emq.errors import StatUnavailableError
 from emq.evaluate import StackedStats
 from emq.fitness import TrivialChoice, beyond_trivial, choose_best_trivial, get_metric, joint, partial_correlation
+from emq.ga import aged, drawing_from
 from emq.proxy import Proxy
 from emq.stats import NetworkStats
 from search import run_lock
@@ -204,6 +217,31 @@ def _generations(engine: "_Engine", state: SearchState, config: SearchConfig, pr
         bar.close()
 
 
+def _on_whole_split(values: Sequence[tuple[float | None, bool]]) -> list[float]:
+    return [fitness for fitness, stopped in values if fitness is not None and not stopped]
+
+
+def _best(values: Sequence[tuple[float | None, bool]]) -> float | None:
+    scored = _on_whole_split(values)
+    return max(scored) if scored else None
+
+
+def _median(values: Sequence[tuple[float | None, bool]]) -> float | None:
+    scored = _on_whole_split(values)
+    return float(np.median(scored)) if scored else None
+
+
+def _valid(values: Sequence[tuple[float | None, bool]]) -> int:
+    return sum(fitness is not None for fitness, _ in values)
+
+
+#: A population's figures in log.jsonl: `best` / `median` fitness of the programs scored on the whole split (not
+#: screened out, not stopped at a hurdle) and `valid` (not screened out), compiled by DEAP from (fitness, stopped).
+STATISTICS = tools.Statistics(key=lambda ind: (ind.fitness, is_stopped(ind.record)))
+STATISTICS.register("best", _best)
+STATISTICS.register("median", _median)
+STATISTICS.register("valid", _valid)
+
 #: Programs screened before their survivors are sent to the pool (the pool scores while the next batch is screened).
 SCREEN_BATCH = 8
 
@@ -250,6 +288,9 @@ class _Engine:
             state, saved = load_checkpoint(self.run_dir, self.config)
             if self.config.extends(saved):
                 self._write_config()
+            self._attach(state)
+            for row in state.log:
+                self.logbook.record(**{k: row[k] for k in ('gen', *STATISTICS.fields)})
             return state
         seen: set[str] = set()
         population = self._seeded(seen)  # checked before the first write: a bad seed leaves no half-started run
@@ -258,6 +299,7 @@ class _Engine:
         rng = SearchRNG.from_seed(self.config.seed)
         state = SearchState(-1, [], NicheHallOfFame(self.config.hof_size, self.config.niche_threshold), OrderedDict(),
                             rng)
+        self._attach(state)
         clock = PhaseClock()
         population += self._fresh(state, self.config.population - len(population), seen)
         clock.lap("variation")
@@ -271,13 +313,31 @@ class _Engine:
         return state.generation + 1 >= self.config.generations or (
             self.config.budget is not None and spent >= self.config.budget)
 
+    def _attach(self, state: SearchState) -> None:
+        """Register this run's operators on a DEAP toolbox, drawing from `state`'s streams; start the logbook.
+
+        `select` is DEAP's `selTournament` among niche representatives, drawing from the
+        run's DEAP stream (lent to the global `random` module for each call); `mate`,
+        `mutate` and `generate` are the typed crossover, mutations and random programs,
+        drawing from `state.rng.py`.
+        """
+        toolbox = base.Toolbox()
+        toolbox.register("select", drawing_from(state.rng.deap, tournament), tournsize=self.config.tournament)
+        toolbox.register("mate", crossover, rng=state.rng.py, limits=self.limits)
+        toolbox.register("mutate", mutate, rng=state.rng.py, grammar=self.grammar, limits=self.limits)
+        toolbox.register("generate", random_program, state.rng.py, self.grammar)
+        self.toolbox = toolbox
+        self.logbook = tools.Logbook()
+
     # ------------------------------------------------------------- step
     def step(self, state: SearchState) -> dict[str, Any]:
-        """Breed, evaluate and select one generation; checkpoint; return its log row."""
+        """Breed, evaluate and select one generation (aging: one batch of children); checkpoint; return its log row."""
         if self.config.strategy == "random":
             return self._random_step(state)
+        if self.config.evolution == "aging":
+            return self._aging_step(state)
         clock = PhaseClock()
-        cfg, rng = self.config, state.rng
+        cfg = self.config
         elites = [Program(m.proxy, m.record) for m in state.hof]
         seen = {e.hash for e in elites}
         valid = [ind for ind in state.population if ind.fitness is not None]
@@ -285,33 +345,69 @@ class _Engine:
         clock.lap("selection")
         n_fresh = int(round(cfg.fresh_share * cfg.population)) if reps else cfg.population - len(elites)
         n_off = max(0, cfg.population - len(elites) - n_fresh)
+        offspring = self._breed(state, reps, n_off, seen)
+        fresh = self._fresh(state, cfg.population - len(elites) - len(offspring), seen)
+        population = elites + offspring + fresh
+        clock.lap("variation")
+        stats = self._evaluate(state, offspring + fresh, clock)
+        return self._advance(state, population, stats, clock)
+
+    def _aging_step(self, state: SearchState) -> dict[str, Any]:
+        """Breed, evaluate and admit one batch of `offspring` children into the aging queue (evolution "aging").
+
+        Regularized evolution (Real et al. 2019): the population is a queue, oldest
+        first; each child is bred from tournament winners among the niche
+        representatives of the population, joins the queue at its end, and the oldest
+        program leaves it once the queue holds `population`. Nothing is kept for being
+        good (no elites in the population: the hall of fame keeps the best), so a
+        program's lineage survives only by breeding good children. Children are bred
+        from the population as it was at the batch's start and evaluated together, so
+        the pool scores a batch at a time; a batch is one log row and one checkpoint.
+        """
+        clock = PhaseClock()
+        cfg = self.config
+        queue = state.population
+        seen = {ind.hash for ind in queue}  # a child already alive would be a duplicate in the queue
+        reps = representatives([ind for ind in queue if ind.fitness is not None], cfg.niche_threshold)
+        clock.lap("selection")
+        batch = cfg.offspring_size()
+        n_fresh = int(round(cfg.fresh_share * batch)) if reps else batch
+        children = self._breed(state, reps, batch - n_fresh, seen)
+        children += self._fresh(state, batch - len(children), seen)
+        clock.lap("variation")
+        stats = self._evaluate(state, children, clock)
+        return self._advance(state, aged(queue, children, cfg.population), stats, clock)
+
+    def _breed(self, state: SearchState, reps: Sequence[Program], n: int, seen: set[str]) -> list[Program]:
+        """Return up to `n` new programs bred from tournament winners among `reps`, none of them in `seen` (updated).
+
+        Each draw crosses two winners (`cx_prob`), mutates one (`mut_prob`) or copies one;
+        a program screened out before is not bred again. At most 20 draws per program.
+        """
+        cfg, toolbox = self.config, self.toolbox
         offspring: list[Program] = []
         attempts = 0
-        while reps and len(offspring) < n_off and attempts < 20 * max(1, n_off):
+        while reps and len(offspring) < n and attempts < 20 * max(1, n):
             attempts += 1
-            r = rng.py.random()
+            r = state.rng.py.random()
             if r < cfg.cx_prob:
-                a, b = tournament(reps, 2, rng.py, cfg.tournament)
-                kids = list(crossover(a.proxy, b.proxy, rng.py, self.limits))
+                a, b = toolbox.select(reps, 2)
+                kids = list(toolbox.mate(a.proxy, b.proxy))
             elif r < cfg.cx_prob + cfg.mut_prob:
-                (a,) = tournament(reps, 1, rng.py, cfg.tournament)
-                kids = [mutate(a.proxy, rng.py, self.grammar, self.limits)[0]]
+                (a,) = toolbox.select(reps, 1)
+                kids = [toolbox.mutate(a.proxy)[0]]
             else:
-                (a,) = tournament(reps, 1, rng.py, cfg.tournament)
+                (a,) = toolbox.select(reps, 1)
                 kids = [a.proxy]
             for kid in kids:
                 ind = Program(kid)
                 known = state.memo.get(ind.hash)
                 if known is not None and known["fitness"] is None:
                     continue  # already screened out: do not spend a population slot on it again
-                if len(offspring) < n_off and ind.hash not in seen:
+                if len(offspring) < n and ind.hash not in seen:
                     seen.add(ind.hash)
                     offspring.append(ind)
-        fresh = self._fresh(state, cfg.population - len(elites) - len(offspring), seen)
-        population = elites + offspring + fresh
-        clock.lap("variation")
-        stats = self._evaluate(state, offspring + fresh, clock)
-        return self._advance(state, population, stats, clock)
+        return offspring
 
     def _random_step(self, state: SearchState) -> dict[str, Any]:
         """Sample, evaluate and select one generation of `population` fresh random programs (strategy "random").
@@ -350,7 +446,7 @@ class _Engine:
         for _ in range(k):
             ind = None
             for _ in range(20):  # prefer programs never evaluated before
-                ind = Program(program(random_program(state.rng.py, self.grammar)))
+                ind = Program(program(self.toolbox.generate()))
                 if ind.hash not in seen and ind.hash not in state.memo:
                     break
             if ind.hash in seen:
@@ -462,15 +558,16 @@ class _Engine:
         valid = [ind for ind in population if ind.fitness is not None]
         scored = [ind for ind in valid if not is_stopped(ind.record)]  # on the whole split (hurdles stop the rest)
         state.hof.update(scored)
-        values = [ind.fitness for ind in scored]
+        self.logbook.record(gen=state.generation, **STATISTICS.compile(population))
+        figures = self.logbook[-1]
         row = {
             "gen": state.generation,
-            "best": max(values) if values else None,
-            "median": float(np.median(values)) if values else None,
+            "best": figures["best"],
+            "median": figures["median"],
             "best_ever": state.hof[0].fitness if len(state.hof) else None,
             "best_formula": state.hof[0].proxy.formula() if len(state.hof) else None,
             "population": len(population),
-            "valid": len(valid),
+            "valid": figures["valid"],
             "niches": count_niches(valid, self.config.niche_threshold),
             "evaluations": stats["evaluations"],
             "cache_hits": stats["cache_hits"],

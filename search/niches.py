@@ -3,20 +3,17 @@
 Two programs share a niche when they have the same canonical hash or when the
 Spearman correlation of their scores on the probe candidates reaches the
 threshold (0.98 by default): `sum(abs(x))` and `l1(x)`, or a proxy and its
-monotone transform, are one idea, not two. Selection runs tournaments among the
-best program of each niche, so one idea cannot take over the population, and the
-hall of fame keeps at most one program per niche.
+monotone transform, are one idea, not two. Selection runs DEAP's tournaments among
+the best program of each niche, so one idea cannot take over the population, and the
+hall of fame (DEAP's, with its own update rule) keeps at most one program per niche.
 """
 from __future__ import annotations
 
-import random
 from typing import Any, Sequence
 
 import numpy as np
+from deap import tools
 from scipy.stats import rankdata
-
-from emq.ga import HallOfFame
-from emq.ga import tournament as ga_tournament
 
 DEFAULT_THRESHOLD = 0.98
 
@@ -77,19 +74,25 @@ def count_niches(individuals: Sequence[Any], threshold: float = DEFAULT_THRESHOL
     return len(set(assign_niches(individuals, threshold))) if individuals else 0
 
 
-def tournament(candidates: Sequence[Any], k: int, rng: random.Random, tournsize: int = 3) -> list[Any]:
-    """Return `k` tournament winners among `candidates` (at most all of them per tournament), drawing from `rng`."""
+def tournament(candidates: Sequence[Any], k: int, tournsize: int = 3) -> list[Any]:
+    """Return `k` winners of DEAP's `selTournament` among `candidates` (at most all of them per tournament).
+
+    DEAP draws from the global `random` module: register this on a toolbox through
+    `emq.ga.drawing_from`, so the draws come from the run's own stream.
+    """
     if not candidates:
         return []
-    return ga_tournament(list(candidates), k, rng, min(tournsize, len(candidates)))
+    return tools.selTournament(list(candidates), k, min(tournsize, len(candidates)))
 
 
-class NicheHallOfFame(HallOfFame[Any]):
-    """The hall of fame of the best `maxsize` programs, at most one per niche.
+class NicheHallOfFame(tools.HallOfFame):
+    """DEAP's hall of fame of the best `maxsize` programs, with at most one per niche.
 
-    The generic rule (`emq.ga.HallOfFame.update`) skips a newcomer similar to a
-    member even when it is better; here the better one replaces the member of its
-    niche, so the best program ever seen is always kept.
+    DEAP's `update` skips a newcomer similar to a member even when it is better, and
+    compares fitness objects that screened-out programs lack; here screened-out
+    programs are passed over and the better program replaces the member of its niche,
+    so the best program ever seen is always kept. Among equal fitness the newest ranks
+    first (DEAP's `insert`, which stores a copy).
     """
 
     def __init__(self, maxsize: int, threshold: float = DEFAULT_THRESHOLD) -> None:
@@ -97,12 +100,13 @@ class NicheHallOfFame(HallOfFame[Any]):
         super().__init__(maxsize, similar=lambda a, b: same_niche(a, b, threshold))
 
     def update(self, population: Sequence[Any]) -> None:
+        """Offer every scored program of `population`, in order."""
         for ind in population:
-            if ind.fitness is None:
+            if ind.fitness is None or self.maxsize == 0:
                 continue
-            clash = [i for i, member in enumerate(self.members) if self.similar(ind, member)]
+            clash = [i for i, member in enumerate(self.items) if self.similar(ind, member)]
             if clash:
-                if all(ind.fitness > self.members[i].fitness for i in clash):
+                if all(ind.fitness > self.items[i].fitness for i in clash):
                     for i in sorted(clash, reverse=True):
                         self.remove(i)
                     self.insert(ind)

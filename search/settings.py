@@ -6,7 +6,7 @@ defaults from them (`default`), so the three cannot drift apart (a test compares
 them). Bounds are documented limits, not tuning: they keep a typo such as
 `population = 9223372036854775807` from allocating memory for hours.
 
-Limits (README, "Hostile input"): population 2..100,000, generations 1..100,000,
+Limits (README, "Hostile input"): population 2..100,000, generations 1..100,000, offspring 1..population,
 budget 1..1,000,000,000, hurdle_size 0..10,000,000, hurdle_quantile 0..1, hof_size 0..1,000,
 max_search 0 (all) ..10,000,000, max_heldout 3..10,000,000, at most 100 seeds and 100
 batch seeds (each 0..2**31-1), workers 1..1,024, batch_size 1..1,024, hessian_samples
@@ -90,6 +90,13 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
             "evolution: breed programs (selection, crossover, mutation); random: every generation a fresh batch of "
             "random programs, screened and scored the same way (the control that says what evolution adds).",
             "--strategy", "search.strategy", choices="search.config:STRATEGIES"),
+    Setting("evolution", "str", "generational",
+            "generational: each generation breeds a new population, the hall of fame carried into it (elitism); "
+            "aging: regularized evolution (Real et al. 2019), each child replaces the oldest program of the "
+            "population, --offspring children per generation.", "--evolution", "search.evolution",
+            choices="search.config:EVOLUTIONS"),
+    _int("offspring", None, 1, 100_000, "Children per generation (log line, checkpoint) of --evolution aging "
+         "(default: a quarter of --population; at most --population).", "--offspring", "search.offspring"),
     _int("budget", None, 1, 1_000_000_000, "Programs to evaluate in all (new programs screened; cache hits do not "
          "count): the run ends after the generation in which the count reaches N. --generations stays a cap: raise "
          "it to let the budget decide (default: no budget).", "--budget", "search.budget"),

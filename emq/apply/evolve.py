@@ -1,9 +1,12 @@
-"""A small seeded genetic algorithm over any genome: bit configurations, architectures.
+"""A small seeded genetic algorithm over any genome (bit configurations, architectures), on DEAP.
 
 The caller supplies the genome operators (sample, mutate, crossover, repair into the
-budget) and the fitness; every random draw, tournament selection included
-(`emq.ga.tournament`), comes from one `random.Random(seed)`, so the same seed gives
-the same run and the global random state is never read or changed.
+budget) and the fitness; they are registered on a `deap.base.Toolbox` beside DEAP's
+`tools.selTournament`, and the best genomes are kept in DEAP's `tools.HallOfFame`.
+The operators draw from one `random.Random(seed)`; DEAP's selection draws from a
+second stream seeded from it, lent to the global `random` module only for each
+selection (`emq.ga.drawing_from`). So the same seed gives the same run, and the
+caller's global random state is left as it was.
 """
 from __future__ import annotations
 
@@ -13,7 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Hashable, TypeVar
 
-from emq.ga import HallOfFame, tournament as select_tournament
+from deap import base, tools
+
+from emq.ga import drawing_from
 
 G = TypeVar("G")
 
@@ -69,12 +74,21 @@ def evolve(
 
     Every genome is repaired into the budget before it is scored, so the result is
     always feasible. `seeds` (repaired too) join the first population. Scores are
-    cached by genome key; a non-finite score ranks last.
+    cached by genome key; a non-finite score ranks last. Each generation is the
+    `elite` best genomes ever seen (the hall of fame) plus `population - elite`
+    children of tournament winners.
     """
     if population < 2 or generations < 0:
         raise ValueError(f"population must be >= 2 and generations >= 0, got {population} and {generations}")
     start = time.perf_counter()
     rng = random.Random(seed)
+    toolbox = base.Toolbox()
+    toolbox.register("generate", ops.sample, rng)
+    toolbox.register("mate", lambda a, b: ops.crossover(a, b, rng))
+    toolbox.register("mutate", lambda g: ops.mutate(g, rng))
+    # DEAP draws its tournaments from the global random module: lend it a stream of this run's own.
+    toolbox.register("select", drawing_from(random.Random(rng.getrandbits(64)), tools.selTournament),
+                     tournsize=tournament)
     cache: dict[Hashable, float] = {}
 
     def make(value: G) -> Genome[G]:
@@ -87,19 +101,19 @@ def evolve(
 
     pop = [make(s) for s in list(seeds)[:population]]
     while len(pop) < population:
-        pop.append(make(ops.sample(rng)))
-    hof: HallOfFame[Genome[G]] = HallOfFame(max(top, elite), similar=lambda a, b: a.key == b.key)
+        pop.append(make(toolbox.generate()))
+    hof = tools.HallOfFame(max(top, elite), similar=lambda a, b: a.key == b.key)
     hof.update(pop)
     history = [_row(0, pop, len(cache))]
     if progress:
         progress(0, hof[0].fitness)
     for gen in range(1, generations + 1):
-        parents = select_tournament(pop, population - elite, rng, tournament)
+        parents = toolbox.select(pop, population - elite)
         children = [p.value for p in parents]
         for i in range(1, len(children), 2):
             if rng.random() < cx_prob:
-                children[i - 1], children[i] = ops.crossover(children[i - 1], children[i], rng)
-        children = [ops.mutate(c, rng) if rng.random() < mut_prob else c for c in children]
+                children[i - 1], children[i] = toolbox.mate(children[i - 1], children[i])
+        children = [toolbox.mutate(c) if rng.random() < mut_prob else c for c in children]
         pop = [make(c) for c in children] + [make(h.value) for h in hof[:elite]]
         hof.update(pop)
         history.append(_row(gen, pop, len(cache)))
