@@ -9,6 +9,7 @@ from emq.paths import results_dir
 from emq.stats.config import StatsConfig
 from search.config import ResumeError, SearchConfig
 from search.hall_of_fame import load_hall_of_fame
+from search.job import Job, JobFileError
 from search.session import SearchRequest, SearchSettingsError, plan_search, run_search_request
 from search.synthetic import synthetic_problem
 
@@ -162,6 +163,14 @@ def test_aging_options_reach_the_search_config_and_bad_ones_are_one_line(tmp_pat
     assert _planned(request) == ("aging", 5)
     with pytest.raises(SearchSettingsError, match="offspring must be in 1..population"):
         _planned(SearchRequest("mq-digits", out=tmp_path / "out", evolution="aging", offspring=30, population=20))
+    job = tmp_path / "job.toml"
+    job.write_text("[benchmark]\nname = 'mq-digits'\n[search]\npopulation = 20\nevolution = 'aging'\noffspring = 6\n"
+                   "[output]\ndir = 'out'\n")
+    loaded = Job.load(job)
+    assert _planned(SearchRequest(loaded.benchmark, out=tmp_path / "job-out", **loaded.search)) == ("aging", 6)
+    job.write_text(job.read_text().replace("'aging'", "'steady'"))
+    with pytest.raises(JobFileError, match="search.evolution must be one of generational, aging"):
+        Job.load(job)
 
 
 def _planned(request):
