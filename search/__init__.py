@@ -20,7 +20,7 @@ held-out scores, export), `individual` (a program in the population),
 `generate` (random programs as `emq.program.Node` trees),
 `operators` (mutation, crossover), `screening` (cheap rejections with reasons, probe fingerprints),
 `equivalence` (the functional-equivalence cache),
-`niches` (behavioural niches, selection, hall of fame on `emq.ga`), `emq.evaluate` (stacked,
+`niches` (behavioural niches, DEAP's tournament and hall of fame per niche), `emq.evaluate` (stacked,
 vmapped evaluation), `pool` (the sharded scorer, parent side), `shard_worker` (a worker
 holding its shard), `stats_source` (where a worker finds statistics), `rng` (checkpointable
 random streams), `report` (plots, summary), `subexpressions` (common subexpressions of a

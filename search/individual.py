@@ -12,7 +12,7 @@ from search.niches import rank_vector
 class Program:
     """A program in the population; `fitness` and `ranks` come from its evaluation record (None until scored).
 
-    `fitness` is what selection and the hall of fame compare (`emq.ga`); `ranks` (the
+    `fitness` is what DEAP's selection and hall of fame compare (`search.niches`); `ranks` (the
     program's ranking of the probe networks) is what decides its niche.
     """
 

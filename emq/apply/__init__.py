@@ -11,7 +11,7 @@
 - `emq.apply.requests`: what `emq apply mq` / `emq apply vit` ask for (`BitRequest`,
   `ArchRequest`) and the one call each makes (`apply_bits`, `apply_arch`);
 - `emq.apply.decompose`: recognising proxies that are sums of per-layer terms;
-- `emq.apply.evolve`: the small seeded genetic algorithm both searches share (on `emq.ga`).
+- `emq.apply.evolve`: the small seeded genetic algorithm of both apply searches (on DEAP and `emq.ga`).
 """
 from __future__ import annotations
 
