@@ -19,6 +19,10 @@ program using one runs in stages (`emq.cross_layer_eval`): the network-wide valu
 computed once per candidate and read by every layer. A population op (`n_rank_log`,
 ...) needs every candidate's score first, so its program is scored as its parts and
 joined over the whole set (`emq.population`), never within a block, piece or shard.
+
+On a stack with sketches (`emq.sketch`, `--sketch K`), a program that can read them is
+scored, in each layer where what it reads is sketched alike, on the K-entry samples, its
+reductions estimating their full values; any other program or layer reads the full tensors.
 """
 from __future__ import annotations
 
@@ -35,10 +39,11 @@ from emq.eval_plan import Plan
 from emq.layer_weights import LayerWeights
 from emq.population import Expansion, join_reasons, join_scores, refuse_population, split_population
 from emq.program import Node
+from emq.sketch import estimate, sketch_ratio, sketchable
 from emq.stacked_ops import ChunkFailed, apply_op
 from emq.stacked_stats import MIN_BLOCK, Block, StackedStats, Value, block_for, column_pieces
 from emq.stats import NetworkStats
-from primitives import get_op
+from primitives import Kind, get_op
 
 # StackedStats and its block size are part of the evaluator's interface: callers build the stack they pass in.
 __all__ = ["MIN_BLOCK", "LayerGroup", "Scorable", "StackedStats", "block_for", "evaluate_pieces", "evaluate_stacked",
@@ -91,9 +96,10 @@ def _scores_and_reasons(root: Node, weights: LayerWeights | None, stacked: Stack
     reasons: list[str | None] = [None] * stacked.n
     plan = Plan.of(root)
     needed = root.stats()
+    sketch = stacked.sketch > 0 and sketchable(root)
     for blk in stacked.blocks:
         failed: list[str | None] = [None] * len(blk.index)
-        out = _run_block(plan, blk, needed, failed, dtype, stacked.chunk_elements, weights)
+        out = _run_block(plan, blk, needed, failed, dtype, stacked.chunk_elements, weights, sketch=sketch)
         for k, pos in enumerate(blk.index):
             reasons[int(pos)] = failed[k]
             if failed[k] is None:
@@ -135,8 +141,11 @@ def layer_groups(proxy: Scorable | Node, stacked: StackedStats,
 
 def _run_block(plan: Plan, blk: Block, needed: set[str], failed: list[str | None], dtype: torch.dtype,
                chunk_elements: int, layer_weights: LayerWeights | None = None,
-               capture: list[LayerGroup] | None = None) -> np.ndarray:
-    """Return the block's scores (failures marked in `failed`): per-layer nodes by column, network nodes by layer count."""
+               capture: list[LayerGroup] | None = None, sketch: bool = False) -> np.ndarray:
+    """Return the block's scores (failures marked in `failed`): per-layer nodes by column, network nodes by layer count.
+
+    `sketch`: the program may read the columns' sketches (`emq.sketch.sketchable`).
+    """
     usable = [c for c, col in enumerate(blk.columns) if needed <= col.stat_names]
     offsets: dict[int, int] = {}
     size = 0
@@ -146,12 +155,12 @@ def _run_block(plan: Plan, blk: Block, needed: set[str], failed: list[str | None
     if plan.cross:
         flat = staged_terms(plan, blk, usable, needed, failed, dtype, chunk_elements)
     else:
-        flat = _column_terms(plan, blk, usable, needed, failed, dtype, chunk_elements)
+        flat = _column_terms(plan, blk, usable, needed, failed, dtype, chunk_elements, sketch)
     return _network_part(plan, blk, usable, offsets, flat, failed, dtype, layer_weights, capture)
 
 
 def _column_terms(plan: Plan, blk: Block, usable: list[int], needed: set[str], failed: list[str | None],
-                  dtype: torch.dtype, chunk_elements: int) -> dict[int, list[torch.Tensor]]:
+                  dtype: torch.dtype, chunk_elements: int, sketch: bool = False) -> dict[int, list[torch.Tensor]]:
     """Return, per usable column, the [m] values of the per-layer nodes aggregations read (column by column)."""
     # Per column and per-layer node read by an aggregation: its value for each member, [m].
     flat: dict[int, list[torch.Tensor]] = {nid: [] for nid in plan.to_net}
@@ -160,10 +169,13 @@ def _column_terms(plan: Plan, blk: Block, usable: list[int], needed: set[str], f
         m = len(col.members)
         part = [failed[int(k)] for k in col.members]
         pieces: dict[int, list[torch.Tensor]] = {nid: [] for nid in plan.to_net}
-        for start, stop in column_pieces(col, needed, chunk_elements):
+        ratio = sketch_ratio(needed, col.tensors, col.sketch) if sketch else None
+        tensors = col.tensors if ratio is None else {**col.tensors, **col.sketch}
+        for start, stop in column_pieces(col, needed, chunk_elements, tensors):
             sub = part[start:stop]
             try:
-                values = _run_layer(plan, col.tensors, start, stop, sub, dtype, col.name)
+                values = _run_layer(plan, tensors, start, stop, sub, dtype, col.name,
+                                    (ratio, set(col.sketch)) if ratio is not None else None)
             except ChunkFailed:
                 values = {nid: (torch.full((stop - start,), math.nan, dtype=dtype), True) for nid in plan.to_net}
             part[start:stop] = sub
@@ -244,9 +256,15 @@ def network_tensor(plan: Plan, per_layer: dict[int, torch.Tensor], params: torch
 
 
 def _run_layer(plan: Plan, tensors: dict[str, Value], start: int, stop: int,
-               failed: list[str | None], dtype: torch.dtype, layer: str) -> dict[int, Value]:
-    """Evaluate the per-layer nodes on the column's networks [start, stop)."""
+               failed: list[str | None], dtype: torch.dtype, layer: str,
+               sketch: tuple[float, set[str]] | None = None) -> dict[int, Value]:
+    """Evaluate the per-layer nodes on the column's networks [start, stop).
+
+    `sketch` (n / K, the sketched statistics): those leaves are K-entry samples, and a
+    reduction of a value computed from them returns its estimate of the full value.
+    """
     count = stop - start
+    sampled: set[int] = set()  # nodes whose value is a sample of the full one
 
     def leaf(v: Value) -> Value:
         t, b = v
@@ -259,8 +277,17 @@ def _run_layer(plan: Plan, tensors: dict[str, Value], start: int, stop: int,
         node = plan.nodes[nid]
         if node.is_leaf:
             values[nid] = leaf(tensors[node.name])
+            if sketch is not None and node.name in sketch[1]:
+                sampled.add(nid)
             continue
         values[nid] = apply_op(node.name, [values[a] for a in plan.args[nid]], count, failed, f"layer {layer}")
+        if sketch is not None and any(a in sampled for a in plan.args[nid]):
+            op = get_op(node.name)
+            if op.output == Kind.T:
+                sampled.add(nid)
+            else:
+                t, b = values[nid]
+                values[nid] = (estimate(op.sketch, t, sketch[0]), b)
         for a in plan.args[nid]:
             left[a] -= 1
             if left[a] == 0 and a not in plan.to_net:
