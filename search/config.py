@@ -19,6 +19,8 @@ FITNESS_MODES = ("plain", "partial", "residual")
 #: "evolution" (default): selection, crossover and mutation breed each generation; "random": each generation
 #: after the first is `population` fresh random programs from the same grammar (the control of evolution).
 STRATEGIES = ("evolution", "random")
+#: Fewest entries of a sketch (`SearchConfig.sketch`): fewer make spreads and extremes mostly noise.
+MIN_SKETCH = 16
 
 
 class RunFolderError(EMQUserError, ValueError):
@@ -62,7 +64,10 @@ class SearchConfig:
     programs evaluated (new programs screened, cache hits not counted) reach it;
     `generations` stays a cap. `hurdle_size` > 0 scores each new program first on the
     first `hurdle_size` search networks and on the whole split only when it reaches the
-    `hurdle_quantile` of the population's fitness there (`search.hurdles`).
+    `hurdle_quantile` of the population's fitness there (`search.hurdles`). `sketch` K > 0
+    scores programs on the search split and probe on K-entry samples of the large
+    positional statistics where they can (`emq.sketch`); the hall of fame is then scored
+    again on the full search split, ranked by that fitness, and keeps the sketched one.
     `equivalence_cache` gives a program whose probe scores equal (to 6 significant
     digits, `search.screening.probe_fingerprint`) those of a program scored earlier in
     the run that program's record instead of scoring it on the search split;
@@ -96,6 +101,7 @@ class SearchConfig:
     budget: int | None = SETTINGS["budget"].default
     hurdle_size: int = SETTINGS["hurdle_size"].default
     hurdle_quantile: float = SETTINGS["hurdle_quantile"].default
+    sketch: int = SETTINGS["sketch"].default
     stats: tuple[str, ...] | None = None
     op_weights: tuple[tuple[str, float], ...] = ()
     heldout_fraction: float = 0.5
@@ -125,6 +131,8 @@ class SearchConfig:
         if self.hurdle_size != 0 and self.hurdle_size < 3:
             raise ValueError(f"hurdle_size must be 0 (off) or >= 3 networks (a rank correlation), "
                              f"got {self.hurdle_size}")
+        if self.sketch != 0 and self.sketch < MIN_SKETCH:
+            raise ValueError(f"sketch must be 0 (off) or >= {MIN_SKETCH} entries, got {self.sketch}")
         if not 0 <= self.hurdle_quantile <= 1:
             raise ValueError(f"hurdle_quantile must be in [0, 1], got {self.hurdle_quantile}")
         if self.split_order not in SPLIT_ORDERS:
@@ -156,7 +164,7 @@ class SearchConfig:
 
         A config without `split_order` was written before splits were ordered by their
         hash: it reads as "index", so old run folders rescore on the candidates they ran on.
-        Other missing fields (a folder older than them) take their defaults: no budget, no hurdle.
+        Other missing fields (a folder older than them) take their defaults: no budget, no hurdle, no sketch.
         """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
@@ -171,6 +179,8 @@ class SearchConfig:
             parts.append(f"budget {self.budget} programs")
         if self.hurdle_size:
             parts.append(f"hurdle: the {self.hurdle_quantile:g} quantile on the first {self.hurdle_size} networks")
+        if self.sketch:
+            parts.append(f"sketch: {self.sketch} entries per statistic (hall of fame rescored on full statistics)")
         return ", ".join(parts)
 
     def resume_conflicts(self, saved: "SearchConfig") -> list[str]:

@@ -13,8 +13,8 @@ Sections and fields (all optional except `benchmark.name` and `output.dir`):
     [benchmark]  name, data_dir, batch_source (benchmarks that offer one: see `emq search --help`)
     [stats]      batch_size, init_seed, dtype ("float16"|"float32"), hessian_samples, device, stats (list)
     [search]     population, generations, seeds (list), batch_seeds (list), targets (list), joint,
-                 metric, fitness, strategy, budget, hurdle_size, hurdle_quantile, hof_size, max_search,
-                 max_heldout, seed_proxies (list of files)
+                 metric, fitness, strategy, budget, hurdle_size, hurdle_quantile, sketch, hof_size,
+                 max_search, max_heldout, seed_proxies (list of files)
     [backend]    name ("serial"|"threading"|"loky"|"dask"|"ray"), scheduler (address), workers, device,
                  shard_memory_mb
     [output]     dir
