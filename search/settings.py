@@ -7,10 +7,10 @@ them). Bounds are documented limits, not tuning: they keep a typo such as
 `population = 9223372036854775807` from allocating memory for hours.
 
 Limits (README, "Hostile input"): population 2..100,000, generations 1..100,000,
-budget 1..1,000,000,000, hurdle_size 0..10,000,000, hurdle_quantile 0..1, sketch 0..10,000,000, hof_size 0..1,000,
-max_search 0 (all) ..10,000,000, max_heldout 3..10,000,000, at most 100 seeds and 100
-batch seeds (each 0..2**31-1), workers 1..1,024, batch_size 1..1,024, hessian_samples
-1..1,000, shard_memory_mb 1..10,000,000.
+budget 1..1,000,000,000, hurdle_size 0..10,000,000, hurdle_quantile 0..1, sketch 0 or
+16..10,000,000, hof_size 0..1,000, max_search 0 (all) ..10,000,000, max_heldout
+3..10,000,000, at most 100 seeds and 100 batch seeds (each 0..2**31-1), workers 1..1,024,
+batch_size 1..1,024, hessian_samples 1..1,000, shard_memory_mb 1..10,000,000.
 """
 from __future__ import annotations
 
