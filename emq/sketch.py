@@ -134,14 +134,18 @@ def sketch_ratio(needed: set[str], tensors: Mapping[str, Value], sketches: Mappi
     return math.prod(shape) / k
 
 
-def estimate(rule: str, value: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Return a reduction's estimate on the full tensor from its value on a sample (`ratio` = n / K; see module doc)."""
-    if rule == "total":
-        return value * ratio
+def estimate(rule: str, value: torch.Tensor, ratio: float | torch.Tensor) -> torch.Tensor:
+    """Return a reduction's estimate on the full tensor from its value on a sample (see the module doc).
+
+    `ratio` is n / K: one number, or one per row of a batched `value`.
+    """
+    if rule not in ("total", "norm", "log_total", "count"):
+        return value
+    r = torch.as_tensor(ratio, dtype=torch.float64, device=value.device)
     if rule == "norm":
-        return value * math.sqrt(ratio)
+        r = r.sqrt()
     if rule == "log_total":
-        return value + math.log(ratio)
-    if rule == "count":
-        return torch.round(value * ratio)  # K * n / K: exactly n once rounded (counts are integers)
-    return value
+        return (value.to(torch.float64) + r.log()).to(value.dtype)
+    out = value.to(torch.float64) * r
+    # K * n / K is n once rounded (counts are integers)
+    return (torch.round(out) if rule == "count" else out).to(value.dtype)

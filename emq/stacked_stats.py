@@ -190,17 +190,19 @@ class StackedStats:
                    for t, _ in (*col.tensors.values(), *col.sketch.values()))
 
 
-def column_pieces(column: Column, needed: set[str], chunk_elements: int,
-                  tensors: dict[str, Value] | None = None) -> list[tuple[int, int]]:
-    """Return [start, stop) pieces covering a column's members.
+def column_pieces(column: Column, needed: set[str], chunk_elements: int) -> list[tuple[int, int]]:
+    """Return [start, stop) pieces covering a column's members (`piece_bounds` of its full tensors)."""
+    return piece_bounds(len(column.members), column.tensors, needed, chunk_elements)
+
+
+def piece_bounds(m: int, tensors: dict[str, Value], needed: set[str], chunk_elements: int) -> list[tuple[int, int]]:
+    """Return [start, stop) pieces covering `m` stacked rows of `tensors` (a column's members, or sketches stacked).
 
     Pieces are sized so one intermediate holds about `chunk_elements` entries (at
     least two networks): the chain of ops on a piece stays in cache and memory is
     bounded. How a piece is computed depends only on its block, so a shard of whole
-    blocks gives the same scores. `tensors` are the ones read (default: the full ones; a sketch's are smaller).
+    blocks gives the same scores.
     """
-    m = len(column.members)
-    tensors = column.tensors if tensors is None else tensors
     widths = [t[0].numel() for s, (t, b) in tensors.items() if b and s in needed]
     if not widths:
         return [(0, m)]  # nothing per-network in this layer: computed once

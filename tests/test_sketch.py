@@ -66,7 +66,8 @@ def test_only_large_positional_statistics_are_sketched():
     sketched = {col.name: set(col.sketch) for col in stack.blocks[0].columns}
     # conv weight 1,152 and fc weight 400 entries are sampled; act (2 x C) is smaller than K; params is 0-d;
     # the channel correlation matrix is read by matrix ops, never sampled
-    assert sketched == {"conv": {"weight", "grad", "bits", "quant_error"}, "fc": {"weight", "grad", "bits", "quant_error"}}
+    large = {"weight", "grad", "bits", "quant_error"}
+    assert sketched == {"conv": large, "fc": large}
     assert StackedStats([big_stats(0)], sketch=10_000).blocks[0].columns[0].sketch == {}
 
 
