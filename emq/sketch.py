@@ -28,6 +28,10 @@ How a sketch is read (`Op.sketch` of each op, `primitives.registry`):
 - logsumexp: plus log(n / K);
 - numel: n, exactly (read from the full tensor's shape).
 
+Every sketch has K entries whatever its layer's size, so the evaluator stacks the sketched
+layers of a block into one [rows, K] tensor per statistic and runs each op once for them
+(`emq.evaluate`): at K = 1024 that, not the entries, is what made sketches fast.
+
 A program is scored on a layer's sketch only when that is sound (`sketch_ratio`): it has
 no cross-layer op and no op that reads shapes or positions (softmax, row_norms, matrix
 ops: `Op.sketch` ""), and every statistic with more than one entry it reads in that layer

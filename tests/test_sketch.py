@@ -220,3 +220,14 @@ def test_sketch_zero_runs_as_a_search_without_sketch(problem, tmp_path):
     assert SearchConfig.from_json(data).sketch == 0  # a config.json written before the option reads as off
     with pytest.raises(ValueError, match="sketch"):
         SearchConfig(sketch=8)
+
+
+def test_a_job_file_and_the_command_line_take_the_sketch(run, tmp_path):
+    from search.job import Job
+
+    job = Job.from_mapping({"benchmark": {"name": "mq-digits"}, "search": {"sketch": 1024}, "output": {"dir": "x"}},
+                           tmp_path / "job.toml")
+    assert job.search["sketch"] == 1024
+    assert "--sketch" in run("search", "--help").output
+    refused = run("search", "mq-digits", "--sketch", "-1")
+    assert refused.exit_code != 0 and "--sketch" in refused.output
