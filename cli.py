@@ -213,6 +213,7 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
 @setting_option("budget")
 @setting_option("hurdle_size")
 @setting_option("hurdle_quantile")
+@setting_option("sketch")
 @setting_option("reject_input_independent")
 @setting_option("hof_size")
 @setting_option("max_search", help="Use at most N networks of the search split (bounds memory and time; 0 = all).")

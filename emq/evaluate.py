@@ -19,6 +19,10 @@ program using one runs in stages (`emq.cross_layer_eval`): the network-wide valu
 computed once per candidate and read by every layer. A population op (`n_rank_log`,
 ...) needs every candidate's score first, so its program is scored as its parts and
 joined over the whole set (`emq.population`), never within a block, piece or shard.
+
+On a stack with sketches (`emq.sketch`, `--sketch K`), a program that can read them is
+scored, in each layer where what it reads is sketched alike, on the K-entry samples, its
+reductions estimating their full values; any other program or layer reads the full tensors.
 """
 from __future__ import annotations
 
@@ -35,10 +39,11 @@ from emq.eval_plan import Plan
 from emq.layer_weights import LayerWeights
 from emq.population import Expansion, join_reasons, join_scores, refuse_population, split_population
 from emq.program import Node
+from emq.sketch import estimate, per_candidate_shape, sketch_ratio, sketchable
 from emq.stacked_ops import ChunkFailed, apply_op
-from emq.stacked_stats import MIN_BLOCK, Block, StackedStats, Value, block_for, column_pieces
+from emq.stacked_stats import MIN_BLOCK, Block, StackedStats, Value, block_for, piece_bounds
 from emq.stats import NetworkStats
-from primitives import get_op
+from primitives import Kind, get_op
 
 # StackedStats and its block size are part of the evaluator's interface: callers build the stack they pass in.
 __all__ = ["MIN_BLOCK", "LayerGroup", "Scorable", "StackedStats", "block_for", "evaluate_pieces", "evaluate_stacked",
@@ -91,9 +96,10 @@ def _scores_and_reasons(root: Node, weights: LayerWeights | None, stacked: Stack
     reasons: list[str | None] = [None] * stacked.n
     plan = Plan.of(root)
     needed = root.stats()
+    sketch = stacked.sketch > 0 and sketchable(root)
     for blk in stacked.blocks:
         failed: list[str | None] = [None] * len(blk.index)
-        out = _run_block(plan, blk, needed, failed, dtype, stacked.chunk_elements, weights)
+        out = _run_block(plan, blk, needed, failed, dtype, stacked.chunk_elements, weights, sketch=sketch)
         for k, pos in enumerate(blk.index):
             reasons[int(pos)] = failed[k]
             if failed[k] is None:
@@ -135,8 +141,11 @@ def layer_groups(proxy: Scorable | Node, stacked: StackedStats,
 
 def _run_block(plan: Plan, blk: Block, needed: set[str], failed: list[str | None], dtype: torch.dtype,
                chunk_elements: int, layer_weights: LayerWeights | None = None,
-               capture: list[LayerGroup] | None = None) -> np.ndarray:
-    """Return the block's scores (failures marked in `failed`): per-layer nodes by column, network nodes by layer count."""
+               capture: list[LayerGroup] | None = None, sketch: bool = False) -> np.ndarray:
+    """Return the block's scores (failures marked in `failed`): per-layer nodes by column, network nodes by layer count.
+
+    `sketch`: the program may read the columns' sketches (`emq.sketch.sketchable`).
+    """
     usable = [c for c, col in enumerate(blk.columns) if needed <= col.stat_names]
     offsets: dict[int, int] = {}
     size = 0
@@ -146,35 +155,93 @@ def _run_block(plan: Plan, blk: Block, needed: set[str], failed: list[str | None
     if plan.cross:
         flat = staged_terms(plan, blk, usable, needed, failed, dtype, chunk_elements)
     else:
-        flat = _column_terms(plan, blk, usable, needed, failed, dtype, chunk_elements)
+        flat = _column_terms(plan, blk, usable, needed, failed, dtype, chunk_elements, sketch)
     return _network_part(plan, blk, usable, offsets, flat, failed, dtype, layer_weights, capture)
 
 
 def _column_terms(plan: Plan, blk: Block, usable: list[int], needed: set[str], failed: list[str | None],
-                  dtype: torch.dtype, chunk_elements: int) -> dict[int, list[torch.Tensor]]:
-    """Return, per usable column, the [m] values of the per-layer nodes aggregations read (column by column)."""
-    # Per column and per-layer node read by an aggregation: its value for each member, [m].
-    flat: dict[int, list[torch.Tensor]] = {nid: [] for nid in plan.to_net}
+                  dtype: torch.dtype, chunk_elements: int, sketch: bool = False) -> dict[int, list[torch.Tensor]]:
+    """Return, per usable column, the [m] values of the per-layer nodes aggregations read (column by column).
+
+    With `sketch` (the program reads sketches), columns are evaluated together, one stack
+    per shape of what the program reads (`_sketch_groups`): every sketch has K entries
+    whatever its layer's size, so one op call serves many layers.
+    """
+    values: dict[int, dict[int, torch.Tensor]] = {}
+    done: set[int] = set()
+    if sketch:
+        for group in _sketch_groups(blk, usable, needed):
+            if len(group) == 1:
+                continue  # alone: evaluated as a column below
+            cols = [blk.columns[c] for c, _ in group]
+            read = [col.tensors if r is None else {**col.tensors, **col.sketch} for col, (_, r) in zip(cols, group)]
+            tensors = {s: (torch.cat([t if b else t.unsqueeze(0).expand(len(col.members), *t.shape)
+                                      for col, d in zip(cols, read) for t, b in [d[s]]]), True) for s in needed}
+            members = np.concatenate([col.members for col in cols])
+            ratio = torch.cat([torch.full((len(col.members),), r or 1.0, dtype=torch.float64)
+                               for col, (_, r) in zip(cols, group)])
+            sampled = {s for s in needed if s in cols[0].sketch} if group[0][1] is not None else set()
+            terms = _member_terms(plan, tensors, members, failed, dtype, chunk_elements, "stacked layers",
+                                  needed, (ratio, sampled))
+            offset = 0
+            for col, (c, _) in zip(cols, group):
+                m = len(col.members)
+                values[c] = {nid: t[offset: offset + m] for nid, t in terms.items()}
+                offset += m
+                done.add(c)
+    for c in usable:
+        if c in done:
+            continue
+        col = blk.columns[c]
+        ratio = sketch_ratio(needed, col.tensors, col.sketch) if sketch else None
+        tensors = col.tensors if ratio is None else {**col.tensors, **col.sketch}
+        values[c] = _member_terms(plan, tensors, col.members, failed, dtype, chunk_elements, f"layer {col.name}",
+                                  needed, (ratio, set(col.sketch)) if ratio is not None else None)
+    return {nid: [values[c][nid] for c in usable] for nid in plan.to_net}
+
+
+def _sketch_groups(blk: Block, usable: list[int], needed: set[str]) -> list[list[tuple[int, float | None]]]:
+    """Return the usable columns as (column, n / K or None: read in full), grouped to be stacked for a sketch reader.
+
+    Columns whose statistics read (sketched alike, or all in full) have the same
+    per-candidate shapes and dtypes stack into one tensor per statistic: each row is
+    computed as in its own column (entry-wise ops and per-row reductions), with one op
+    call for the group. The groups are a function of the block alone, so shards still
+    give the same scores as the whole set.
+    """
+    groups: dict[tuple, list[tuple[int, float | None]]] = {}
     for c in usable:
         col = blk.columns[c]
-        m = len(col.members)
-        part = [failed[int(k)] for k in col.members]
-        pieces: dict[int, list[torch.Tensor]] = {nid: [] for nid in plan.to_net}
-        for start, stop in column_pieces(col, needed, chunk_elements):
-            sub = part[start:stop]
-            try:
-                values = _run_layer(plan, col.tensors, start, stop, sub, dtype, col.name)
-            except ChunkFailed:
-                values = {nid: (torch.full((stop - start,), math.nan, dtype=dtype), True) for nid in plan.to_net}
-            part[start:stop] = sub
-            for nid, (t, b) in values.items():
-                pieces[nid].append(t.reshape(-1) if b else t.reshape(()).expand(stop - start))
-        for k, reason in zip(col.members, part):
-            if reason is not None and failed[int(k)] is None:
-                failed[int(k)] = reason
-        for nid, parts in pieces.items():
-            flat[nid].append(torch.cat(parts) if len(parts) > 1 else parts[0].reshape(m))
-    return flat
+        ratio = sketch_ratio(needed, col.tensors, col.sketch)
+        read = col.tensors if ratio is None else {**col.tensors, **col.sketch}
+        key = (ratio is None, *((s, per_candidate_shape(read[s]), read[s][0].dtype) for s in sorted(needed)))
+        groups.setdefault(key, []).append((c, ratio))
+    return list(groups.values())
+
+
+def _member_terms(plan: Plan, tensors: dict[str, Value], members: np.ndarray, failed: list[str | None],
+                  dtype: torch.dtype, chunk_elements: int, where: str, needed: set[str],
+                  sketch: tuple[float | torch.Tensor, set[str]] | None) -> dict[int, torch.Tensor]:
+    """Return the [m] values of the per-layer nodes aggregations read, for the rows `members` of `tensors`.
+
+    Evaluated in pieces (`piece_bounds`); a row's failure is written to its candidate in `failed`.
+    """
+    m = len(members)
+    part = [failed[int(k)] for k in members]
+    pieces: dict[int, list[torch.Tensor]] = {nid: [] for nid in plan.to_net}
+    for start, stop in piece_bounds(m, tensors, needed, chunk_elements):
+        sub = part[start:stop]
+        try:
+            values = _run_layer(plan, tensors, start, stop, sub, dtype, where, sketch)
+        except ChunkFailed:
+            values = {nid: (torch.full((stop - start,), math.nan, dtype=dtype), True) for nid in plan.to_net}
+        part[start:stop] = sub
+        for nid, (t, b) in values.items():
+            pieces[nid].append(t.reshape(-1) if b else t.reshape(()).expand(stop - start))
+    for k, reason in zip(members, part):
+        if reason is not None and failed[int(k)] is None:
+            failed[int(k)] = reason
+    return {nid: torch.cat(parts) if len(parts) > 1 else parts[0].reshape(m) for nid, parts in pieces.items()}
 
 
 def _network_part(plan: Plan, blk: Block, usable: list[int], offsets: dict[int, int],
@@ -244,9 +311,19 @@ def network_tensor(plan: Plan, per_layer: dict[int, torch.Tensor], params: torch
 
 
 def _run_layer(plan: Plan, tensors: dict[str, Value], start: int, stop: int,
-               failed: list[str | None], dtype: torch.dtype, layer: str) -> dict[int, Value]:
-    """Evaluate the per-layer nodes on the column's networks [start, stop)."""
+               failed: list[str | None], dtype: torch.dtype, where: str,
+               sketch: tuple[float | torch.Tensor, set[str]] | None = None) -> dict[int, Value]:
+    """Evaluate the per-layer nodes on the rows [start, stop) of `tensors` (a column's networks).
+
+    `sketch` (n / K, one number or one per row; the sketched statistics): those leaves
+    are K-entry samples, and a reduction of a value computed from them returns its
+    estimate of the full value.
+    """
     count = stop - start
+    ratio = None
+    if sketch is not None:
+        ratio = sketch[0][start:stop] if isinstance(sketch[0], torch.Tensor) else sketch[0]
+    sampled: set[int] = set()  # nodes whose value is a sample of the full one
 
     def leaf(v: Value) -> Value:
         t, b = v
@@ -259,8 +336,17 @@ def _run_layer(plan: Plan, tensors: dict[str, Value], start: int, stop: int,
         node = plan.nodes[nid]
         if node.is_leaf:
             values[nid] = leaf(tensors[node.name])
+            if sketch is not None and node.name in sketch[1]:
+                sampled.add(nid)
             continue
-        values[nid] = apply_op(node.name, [values[a] for a in plan.args[nid]], count, failed, f"layer {layer}")
+        values[nid] = apply_op(node.name, [values[a] for a in plan.args[nid]], count, failed, where)
+        if sketch is not None and any(a in sampled for a in plan.args[nid]):
+            op = get_op(node.name)
+            if op.output == Kind.T:
+                sampled.add(nid)
+            else:
+                t, b = values[nid]
+                values[nid] = (estimate(op.sketch, t, ratio), b)
         for a in plan.args[nid]:
             left[a] -= 1
             if left[a] == 0 and a not in plan.to_net:

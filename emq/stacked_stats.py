@@ -5,16 +5,18 @@ leading candidate dimension; statistics equal in every member of a column (the
 full-precision weights of a mixed-precision benchmark) stay unstacked, so what only
 reads them is computed once. A column is computed in pieces (`column_pieces`) of about
 CHUNK_ELEMENTS entries per intermediate (and at least MIN_BATCH networks), so a chain
-of ops on a piece stays in cache and memory is bounded.
+of ops on a piece stays in cache and memory is bounded. A stack built with `sketch` K
+also holds, per column, K-entry samples of its large positional statistics (`emq.sketch`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from emq.sketch import sketch_tensors
 from emq.stats import NetworkStats
 
 #: Entries one intermediate tensor of a piece of candidates may hold (bounds memory, keeps pieces in cache).
@@ -51,6 +53,8 @@ class Column:
     stat_names: frozenset[str]
     tensors: dict[str, Value]
     params: torch.Tensor  # [m] float64: the layer's parameter count in each member
+    #: K-entry samples of the positional statistics with more than K entries (`emq.sketch`; empty: not sketched)
+    sketch: dict[str, Value] = field(default_factory=dict)
 
 
 @dataclass
@@ -75,16 +79,44 @@ class StackedStats:
     made of whole blocks gives bit-identical scores to the whole set: torch's
     vectorised kernels round an entry differently depending on where it sits in a
     tensor, so a candidate must sit at the same place in every run.
+
+    With `sketch` K > 0 each column also holds K-entry samples of its positional
+    statistics larger than K, which programs that can read them are scored on
+    (`emq.sketch`); the full tensors stay, for the programs that cannot.
     """
 
     def __init__(self, stats_list: Sequence[NetworkStats], device: str | torch.device | None = None,
-                 chunk_elements: int = CHUNK_ELEMENTS, block: int | None = None) -> None:
+                 chunk_elements: int = CHUNK_ELEMENTS, block: int | None = None, sketch: int = 0) -> None:
         self.n = len(stats_list)
         self.chunk_elements = chunk_elements
         self.block = block_for(self.n) if block is None else block
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.sketch = 0
+        self._views: dict[int, StackedStats] = {}
         self.blocks = [self._stack(stats_list[a:a + self.block], np.arange(a, min(self.n, a + self.block)))
                        for a in range(0, self.n, self.block)]
+        if sketch:
+            self.blocks, self.sketch = self._sketched(sketch), sketch
+
+    def with_sketch(self, k: int) -> "StackedStats":
+        """Return these statistics with K-entry sketches (k = 0: none), sharing the full tensors; built once per k."""
+        if k == self.sketch:
+            return self
+        if k not in self._views:
+            view = self._copy()
+            view.blocks, view.sketch = self._sketched(k), k
+            self._views[k] = view
+        return self._views[k]
+
+    def _sketched(self, k: int) -> list[Block]:
+        return [Block(blk.index, [replace(col, sketch=sketch_tensors(col.name, col.tensors, k)) for col in blk.columns],
+                      blk.layout) for blk in self.blocks]
+
+    def _copy(self) -> "StackedStats":
+        out = StackedStats.__new__(StackedStats)
+        out.n, out.chunk_elements, out.block, out.device = self.n, self.chunk_elements, self.block, self.device
+        out.sketch, out._views, out.blocks = self.sketch, {}, self.blocks
+        return out
 
     def _stack(self, items: Sequence[NetworkStats], index: np.ndarray) -> Block:
         by_key: dict[tuple, list[int]] = {}
@@ -114,11 +146,8 @@ class StackedStats:
 
     def subset(self, positions: Sequence[int]) -> "StackedStats":
         """Return the stacked statistics of some candidates (by position), keeping their blocks' stacking."""
-        out = StackedStats.__new__(StackedStats)
+        out = self._copy()
         out.n = len(positions)
-        out.chunk_elements = self.chunk_elements
-        out.block = self.block
-        out.device = self.device
         out.blocks = []
         new_position = {int(p): k for k, p in enumerate(positions)}
         for blk in self.blocks:
@@ -140,7 +169,9 @@ class StackedStats:
                                        col.stat_names,
                                        {s: ((t.index_select(0, sel), True) if b else (t, False))
                                         for s, (t, b) in col.tensors.items()},
-                                       col.params.index_select(0, sel)))
+                                       col.params.index_select(0, sel),
+                                       {s: ((t.index_select(0, sel), True) if b else (t, False))
+                                        for s, (t, b) in col.sketch.items()}))
             layout = [[(renumber[c], rows[c][r]) for c, r in blk.layout[k]] for k in keep]
             out.blocks.append(Block(np.array([new_position[int(blk.index[k])] for k in keep]), columns, layout))
         return out
@@ -156,19 +187,23 @@ class StackedStats:
     def nbytes(self) -> int:
         """Return the bytes held by the stacked tensors."""
         return sum(t.numel() * t.element_size() for blk in self.blocks for col in blk.columns
-                   for t, _ in col.tensors.values())
+                   for t, _ in (*col.tensors.values(), *col.sketch.values()))
 
 
 def column_pieces(column: Column, needed: set[str], chunk_elements: int) -> list[tuple[int, int]]:
-    """Return [start, stop) pieces covering a column's members.
+    """Return [start, stop) pieces covering a column's members (`piece_bounds` of its full tensors)."""
+    return piece_bounds(len(column.members), column.tensors, needed, chunk_elements)
+
+
+def piece_bounds(m: int, tensors: dict[str, Value], needed: set[str], chunk_elements: int) -> list[tuple[int, int]]:
+    """Return [start, stop) pieces covering `m` stacked rows of `tensors` (a column's members, or sketches stacked).
 
     Pieces are sized so one intermediate holds about `chunk_elements` entries (at
     least two networks): the chain of ops on a piece stays in cache and memory is
     bounded. How a piece is computed depends only on its block, so a shard of whole
     blocks gives the same scores.
     """
-    m = len(column.members)
-    widths = [t[0].numel() for s, (t, b) in column.tensors.items() if b and s in needed]
+    widths = [t[0].numel() for s, (t, b) in tensors.items() if b and s in needed]
     if not widths:
         return [(0, m)]  # nothing per-network in this layer: computed once
     size = max(MIN_BATCH, chunk_elements // max(widths))

@@ -63,7 +63,16 @@ class Op:
       (f(f(x)) = x), `projection` (f(f(x)) = f(x)), `sign_blind` (f reads only |x| entry
       by entry, so f(neg(x)) = f(abs(x)) = f(x)), `order_blind` (a reduction of all entries
       that ignores their order and shape, so f(p(x)) = f(x) for a `permutes` op p such as
-      flatten_sort; equal up to the order of summation).
+      flatten_sort; equal up to the order of summation);
+    - `sketch`: what the op computes from a uniform sample of K of its argument's n entries
+      (`emq.sketch`, searches with `--sketch K`): "sample" (the same formula on the sample
+      estimates the whole tensor's value: means, spreads, extremes, and zscore / minmax,
+      whose centring and scale come from the sample), "total" (a sum over entries: the
+      sample's value times n / K), "norm" (a root of a sum of squares: times sqrt(n / K)),
+      "log_total" (a log of a sum: plus log(n / K)), "count" (the number of entries: n);
+      "" when the op reads the argument's shape or positions (matrix, softmax, row ops):
+      a program with such an op is scored on the full statistics. Entry-wise ops
+      (`elementwise`) need no rule: a sample of their output is their output on the sample.
     """
 
     name: str
@@ -81,6 +90,7 @@ class Op:
     sign_blind: bool = False
     order_blind: bool = False
     permutes: bool = False
+    sketch: str = ""
 
     @property
     def arity(self) -> int:
@@ -112,6 +122,8 @@ class UnknownOpError(UnknownNameError):
 OPS: Registry[Op] = Registry("op", UnknownOpError)
 #: How an op's output shape follows from its inputs (see `Op`).
 SHAPE_RULES = ("same", "align", "reduce", "layers", "across", "population", "custom")
+#: How an op reads a sample of its argument's entries (see `Op.sketch`; "" = it cannot).
+SKETCH_RULES = ("", "sample", "total", "norm", "log_total", "count")
 
 
 def register(
@@ -147,6 +159,8 @@ def add_op(
             **metadata)
     if op.shape_rule not in SHAPE_RULES:
         raise ValueError(f"op {name!r}: shape_rule {op.shape_rule!r} is not one of {', '.join(SHAPE_RULES)}")
+    if op.sketch not in SKETCH_RULES:
+        raise ValueError(f"op {name!r}: sketch {op.sketch!r} is not one of {', '.join(map(repr, SKETCH_RULES))}")
     return OPS.add(name, op)
 
 

@@ -91,7 +91,7 @@ def sign(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x)
 
 
-@register("zscore", (T,), T, "unary", shape_rule="same")
+@register("zscore", (T,), T, "unary", shape_rule="same", sketch="sample")
 def zscore(x: torch.Tensor) -> torch.Tensor:
     """Return (x - mean) / std over the whole tensor (population std); zeros if x is constant."""
     centered = x - x.mean()
@@ -104,7 +104,7 @@ def zscore(x: torch.Tensor) -> torch.Tensor:
     return torch.where(constant, torch.zeros_like(x), scaled / torch.where(constant, torch.ones_like(std), std))
 
 
-@register("minmax", (T,), T, "unary", shape_rule="same")
+@register("minmax", (T,), T, "unary", shape_rule="same", sketch="sample")
 def minmax(x: torch.Tensor) -> torch.Tensor:
     """Return (x - min) / (max - min) over the whole tensor, in [0, 1]; zeros if x is constant."""
     lo = x.amin()

@@ -25,6 +25,8 @@ STRATEGIES = ("evolution", "random")
 #: hall of fame carried into it (elitism); "aging": regularized evolution (Real et al. 2019), the population a queue
 #: in which each child replaces the oldest program, `offspring` children per log row (`search.engine`).
 EVOLUTIONS = ("generational", "aging")
+#: Fewest entries of a sketch (`SearchConfig.sketch`): fewer make spreads and extremes mostly noise.
+MIN_SKETCH = 16
 
 
 class RunFolderError(EMQUserError, ValueError):
@@ -72,7 +74,10 @@ class SearchConfig:
     `evolution` "generational" breeds a new population each generation, the hall of fame
     carried over; "aging" (regularized evolution) keeps the population as a queue in
     which each child replaces the oldest program, `offspring` children per generation
-    (log row, checkpoint); None: a quarter of `population` (`offspring_size`).
+    (log row, checkpoint); None: a quarter of `population` (`offspring_size`). `sketch` K > 0
+    scores programs on the search split and probe on K-entry samples of the large
+    positional statistics where they can (`emq.sketch`); the hall of fame is then scored
+    again on the full search split, ranked by that fitness, and keeps the sketched one.
     `equivalence_cache` gives a program whose probe scores equal (to 6 significant
     digits, `search.screening.probe_fingerprint`) those of a program scored earlier in
     the run that program's record instead of scoring it on the search split;
@@ -108,6 +113,7 @@ class SearchConfig:
     budget: int | None = SETTINGS["budget"].default
     hurdle_size: int = SETTINGS["hurdle_size"].default
     hurdle_quantile: float = SETTINGS["hurdle_quantile"].default
+    sketch: int = SETTINGS["sketch"].default
     stats: tuple[str, ...] | None = None
     op_weights: tuple[tuple[str, float], ...] = ()
     heldout_fraction: float = 0.5
@@ -144,6 +150,8 @@ class SearchConfig:
         if self.hurdle_size != 0 and self.hurdle_size < 3:
             raise ValueError(f"hurdle_size must be 0 (off) or >= 3 networks (a rank correlation), "
                              f"got {self.hurdle_size}")
+        if self.sketch != 0 and self.sketch < MIN_SKETCH:
+            raise ValueError(f"sketch must be 0 (off) or >= {MIN_SKETCH} entries, got {self.sketch}")
         if not 0 <= self.hurdle_quantile <= 1:
             raise ValueError(f"hurdle_quantile must be in [0, 1], got {self.hurdle_quantile}")
         if self.split_order not in SPLIT_ORDERS:
@@ -176,7 +184,7 @@ class SearchConfig:
         A config without `split_order` was written before splits were ordered by their
         hash: it reads as "index", so old run folders rescore on the candidates they ran on.
         Other missing fields (a folder older than them) take their defaults: no budget, no hurdle,
-        generational evolution.
+        generational evolution, no sketch.
         """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
@@ -193,6 +201,8 @@ class SearchConfig:
             parts.append(f"budget {self.budget} programs")
         if self.hurdle_size:
             parts.append(f"hurdle: the {self.hurdle_quantile:g} quantile on the first {self.hurdle_size} networks")
+        if self.sketch:
+            parts.append(f"sketch: {self.sketch} entries per statistic (hall of fame rescored on full statistics)")
         return ", ".join(parts)
 
     def offspring_size(self) -> int:

@@ -21,9 +21,11 @@ are looked up by canonical hash, not scored again. With `strategy` "random" (the
 of evolution) every generation after the first is `population` fresh random programs
 instead, on the same screens, hall of fame, log and checkpoint. With `hurdle_size`,
 a new program is scored on the whole split only when its fitness on the split's first
-networks reaches the population's (`search.hurdles`). The run ends after
-`generations`, or earlier after the generation in which the programs evaluated reach
-`budget`.
+networks reaches the population's (`search.hurdles`). With `sketch`, the probe and the
+search split are read through K-entry sketches of their large statistics (`emq.sketch`),
+and the hall of fame is scored again on the full split before it is ranked and written.
+The run ends after `generations`, or earlier after the generation in which the programs
+evaluated reach `budget`.
 
 `log.jsonl` has one line per generation: `gen`, `best` / `median` fitness of the
 valid programs in the population scored on the whole split (not those stopped at a
@@ -75,7 +77,7 @@ from search.checkpoint import SearchState, load_checkpoint, save_checkpoint, sta
 from search.config import ResumeError, SearchConfig, SeedProxyError
 from search.equivalence import Twins
 from search.generate import Grammar, GrowConfig, random_program
-from search.hall_of_fame import hall_entry
+from search.hall_of_fame import hall_entry, rescored_hall
 from search.hurdles import Hurdle, hurdle_size, is_stopped, judge
 from search.individual import Program
 from search.interrupt import stop_requested
@@ -162,16 +164,18 @@ def run_search(
         # The probe is small: it is screened here; only the survivors go to the pool's shards of the search set.
         device = worker_device(pool.device)
         probe = ProbeInputs.build(
-            StackedStats([search_stats[i] for i in index], device),
-            StackedStats(probe_stats_other_batch, device) if probe_stats_other_batch is not None else None, n,
+            StackedStats([search_stats[i] for i in index], device, sketch=config.sketch),
+            StackedStats(probe_stats_other_batch, device, sketch=config.sketch)
+            if probe_stats_other_batch is not None else None, n,
             probe_trivial={k: np.asarray(v, dtype=np.float64)[index] for k, v in predictors.items()},
             probe_features={k: np.asarray(v, dtype=np.float64)[index] for k, v in (features or {}).items()})
-        search_set = pool.attach(search_stats, sources[0])
+        search_set = pool.attach(search_stats, sources[0], config.sketch)
         choices = choose_best_trivial(predictors, {t: truth[t] for t in targets}, get_metric(config.metric))
         controls = {t: (c, c.oriented(predictors[c.name])) for t, c in choices.items()}
         h = hurdle_size(config.hurdle_size, n)
         if h:
-            hurdle_set = pool.attach(search_stats[:h], sources[0].part(0, h) if sources[0] is not None else None)
+            hurdle_set = pool.attach(search_stats[:h], sources[0].part(0, h) if sources[0] is not None else None,
+                                     config.sketch)
             hurdle = Hurdle.cut(h, config.hurdle_quantile, hurdle_set, {t: truth[t] for t in targets}, controls)
         engine = _Engine(config, grammar, {t: truth[t] for t in targets}, pool, search_set, probe, limits, run_dir,
                          controls, hurdle)
@@ -594,6 +598,12 @@ class _Engine:
         """Write hall_of_fame.json (search split only; `search.benchmark_run` judges it held out),
         hall_of_fame.png and evolution.png; return the hall."""
         hall = [hall_entry(rank, ind) for rank, ind in enumerate(state.hof, start=1)]
+        if self.config.sketch and hall:  # ranked and exported on the full statistics, never on a sketch (emq.sketch)
+            full = self.pool.score(self.search_set.with_sketch(0), [ind.proxy for ind in state.hof])
+            hall = rescored_hall(hall, [self._record(score_outcome(
+                Outcome(ind.proxy.formula(), ind.hash, probe=np.asarray(ind.record["probe"]),
+                        detail={"flags": ind.record.get("flags", [])}), scores, failures))
+                for ind, (scores, failures) in zip(state.hof, full)])
         RunFolder(self.run_dir).write_hall(hall, self.config, command)
         plot_hall_of_fame(hall, self.run_dir / "hall_of_fame.png")
         plot_evolution(state.log, self.run_dir / "evolution.png", self.config.metric)

@@ -34,6 +34,28 @@ def hall_entry(rank: int, ind: Program) -> dict[str, Any]:
             "size": ind.proxy.size, "flags": list(rec.get("flags", []))}
 
 
+def rescored_hall(hall: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return a sketched search's hall with its search-split fitness from `records` (scored on the full statistics).
+
+    Each entry keeps its sketched values under `search_sketched` (fitness, search,
+    search_plain); `fitness`, `search` and `search_plain` become the full-statistics ones,
+    and the hall is ranked again by them (ties keep the sketched order). An entry that
+    fails or has no fitness on the full statistics is dropped: it cannot be judged.
+    """
+    out = []
+    for entry, rec in zip(hall, records):
+        if rec["fitness"] is None:
+            continue
+        full = dict(entry, search_sketched={k: entry[k] for k in ("fitness", "search", "search_plain")})
+        plain = rec.get("plain", rec["targets"])
+        full.update(fitness=rec["fitness"], search=dict(rec["targets"]), search_plain=dict(plain))
+        out.append(full)
+    out.sort(key=lambda e: -e["fitness"])
+    for rank, entry in enumerate(out, start=1):
+        entry["rank"] = rank
+    return out
+
+
 def add_heldout(entry: dict[str, Any], scores: np.ndarray, truth: Mapping[str, np.ndarray], metric: str,
                 failures: dict[str, int] | None = None, n_boot: int = 1000) -> None:
     """Add held-out correlations (with 95% bootstrap intervals) per target to a hall-of-fame entry."""

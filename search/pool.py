@@ -73,6 +73,13 @@ class ShardedStats:
     def n(self) -> int:
         return self.source.n
 
+    def with_sketch(self, k: int) -> "ShardedStats":
+        """Return the same attached set scored with K-entry sketches (0: on the full statistics).
+
+        The workers keep one stack per set, so this loads nothing again.
+        """
+        return ShardedStats(self.source, tuple(replace(shard, sketch=k) for shard in self.shards))
+
 
 class Scoring:
     """Programs being scored on the shards; `result()` waits for every shard and concatenates."""
@@ -160,11 +167,12 @@ class EvaluationPool:
 
     # ----------------------------------------------------------- sources
     def attach(self, stats_list: Sequence[NetworkStats] | None = None,
-               source: StatsSource | None = None) -> ShardedStats:
+               source: StatsSource | None = None, sketch: int = 0) -> ShardedStats:
         """Return `stats_list` (or the files of `source`) sharded over the workers; workers load their shard on first use.
 
         In-process backends register the list (no copy); process backends read
-        `source`'s files, or a spill of the list written here.
+        `source`'s files, or a spill of the list written here. `sketch` K > 0: programs
+        that can are scored on K-entry sketches of the large statistics (`emq.sketch`).
         """
         if self.in_process and stats_list is not None:
             src = register_local(stats_list)
@@ -177,7 +185,7 @@ class EvaluationPool:
         else:
             raise ValueError("attach needs statistics or a source")
         block = self.block or block_for(src.n)
-        shard = Shard(src, self.device, self.claim_dir, self.parent_pid, self.max_shard_bytes, block)
+        shard = Shard(src, self.device, self.claim_dir, self.parent_pid, self.max_shard_bytes, block, sketch)
         return ShardedStats(src, tuple(replace(shard, source=src.part(a, b))
                                        for a, b in shard_bounds(src.n, self.n_shards, block)))
 

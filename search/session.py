@@ -62,6 +62,7 @@ class SearchRequest:
     budget: int | None = default("budget")
     hurdle_size: int = default("hurdle_size")
     hurdle_quantile: float = default("hurdle_quantile")
+    sketch: int = default("sketch")
     reject_input_independent: bool = default("reject_input_independent")
     hof_size: int = default("hof_size")
     seed_proxies: tuple[Path, ...] = default("seed_proxies")
@@ -168,7 +169,8 @@ def plan_search(request: SearchRequest, notify: Callable[[str], None] | None = N
             hof_size=min(request.hof_size, request.population - 1), seed_formulas=seed_formulas,
             fitness=request.fitness, reject_input_independent=request.reject_input_independent,
             strategy=request.strategy, budget=request.budget, hurdle_size=request.hurdle_size,
-            hurdle_quantile=request.hurdle_quantile, evolution=request.evolution, offspring=request.offspring)
+            hurdle_quantile=request.hurdle_quantile, evolution=request.evolution, offspring=request.offspring,
+            sketch=request.sketch)
         stats_config = dataclasses.replace(request.stats, batch_seed=batch_seeds[0])
     except (ValueError, TypeError, KeyError) as err:  # KeyError: an unknown metric name
         raise SearchSettingsError(str(err.args[0]) if err.args else type(err).__name__) from None

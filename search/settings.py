@@ -7,8 +7,8 @@ them). Bounds are documented limits, not tuning: they keep a typo such as
 `population = 9223372036854775807` from allocating memory for hours.
 
 Limits (README, "Hostile input"): population 2..100,000, generations 1..100,000, offspring 1..population,
-budget 1..1,000,000,000, hurdle_size 0..10,000,000, hurdle_quantile 0..1, hof_size 0..1,000,
-max_search 0 (all) ..10,000,000, max_heldout 3..10,000,000, at most 100 seeds and 100
+budget 1..1,000,000,000, hurdle_size 0..10,000,000, hurdle_quantile 0..1, sketch 0 or 16..10,000,000,
+hof_size 0..1,000, max_search 0 (all) ..10,000,000, max_heldout 3..10,000,000, at most 100 seeds and 100
 batch seeds (each 0..2**31-1), workers 1..1,024, batch_size 1..1,024, hessian_samples
 1..1,000, shard_memory_mb 1..10,000,000.
 """
@@ -105,6 +105,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
          "whole split (0 = off; at least 3; as large as the split = off).", "--hurdle-size", "search.hurdle_size"),
     Setting("hurdle_quantile", "float", 0.5, "The hurdle: this quantile of the current population's fitness on the "
             "--hurdle-size networks (0.5 = its median).", "--hurdle-quantile", "search.hurdle_quantile", 0, 1),
+    _int("sketch", 0, 0, 10_000_000, "Sketched statistics: score the search split's programs on a fixed random sample "
+         "of K entries of each per-layer tensor statistic larger than K (weight, grad, act, ...; sums scale by "
+         "numel / K), where a program only maps entries and reduces them; the hall of fame is scored again on the "
+         "full statistics (0 = off; at least 16).", "--sketch", "search.sketch"),
     _int("hof_size", 10, 0, 1_000, "Elite programs carried into every generation.", "--hof-size", "search.hof_size"),
     _int("max_search", 160, 0, 10_000_000, "Use at most N networks of the search split (bounds memory and time; "
          "0 = all).", "--max-search", "search.max_search"),

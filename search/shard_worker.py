@@ -4,7 +4,9 @@ A worker (this process for the serial and threading backends, a loky process, a 
 worker or a ray actor) loads its shard once and keeps it stacked (`MAX_SHARDS` sets
 at most, least recently used dropped first), or streams it in pieces when it is over
 its `max_bytes`. Shards and pieces are whole stacking blocks, so a candidate's score
-does not depend on the shard it sits in. The parent side is `search.pool`.
+does not depend on the shard it sits in. A shard with `sketch` K is the same stack read
+through its K-entry sketches (built once per stack), so the full and the sketched
+scoring of one set share its tensors. The parent side is `search.pool`.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class Shard:
     parent_pid: int | None = None  # local worker processes exit when this process is gone
     max_bytes: int | None = None  # stream the shard in pieces of at most this many bytes instead of keeping it
     block: int = 32  # the evaluator's stacking block of the whole set: shards and pieces are whole blocks
+    sketch: int = 0  # score on K-entry sketches of the large statistics where a program can (`emq.sketch`); 0: full
 
 
 def shard_bounds(n: int, shards: int, block: int | None = None) -> list[tuple[int, int]]:
@@ -121,6 +124,11 @@ def _resident(source: StatsSource, device: str, block: int) -> list[tuple[int, S
 
 
 def _pieces(shard: Shard, device: str) -> Iterator[tuple[int, StackedStats]]:
+    for offset, stacked in _full_pieces(shard, device):
+        yield offset, stacked.with_sketch(shard.sketch)
+
+
+def _full_pieces(shard: Shard, device: str) -> Iterator[tuple[int, StackedStats]]:
     source = shard.source
     if shard.max_bytes is None or source.n == 0:
         yield from _resident(source, device, shard.block)

@@ -39,7 +39,11 @@ class StatInfo:
     - `head_entry`: one matrix per network, on the classifier's entry (the last linear
       layer), not one per layer;
     - `memory`: the stored size per candidate, mean (largest) over the benchmark it was
-      measured on (the structured statistics: `benchmarks/structured_stats_cost.py`).
+      measured on (the structured statistics: `benchmarks/structured_stats_cost.py`);
+    - `positional`: its entries are exchangeable positions of one tensor (weight-shaped or
+      activation tensors), so a fixed sample of them stands in for it in a sketched search
+      (`emq.sketch`); False for 0-d counts and for matrices whose structure ops read
+      (kernels, correlations, attention maps, relation matrices).
     """
 
     name: str
@@ -52,6 +56,7 @@ class StatInfo:
     needs_teacher: bool = False
     head_entry: bool = False
     memory: str = ""
+    positional: bool = False
 
 
 class UnknownStatError(UnknownNameError):
@@ -66,25 +71,30 @@ def register_stat(name: str, doc: str, **properties: object) -> StatInfo:
     return STATS.add(name, StatInfo(name, doc, **properties))  # type: ignore[arg-type]
 
 
-register_stat("weight", "layer weight (full precision, as initialised or trained)", layer_local=True)
-register_stat("grad", "gradient of the cross-entropy loss w.r.t. the weight, on the batch", needs_loss=True)
-register_stat("act", "layer output on the batch", needs_output=True)
-register_stat("act_grad", "gradient of the loss w.r.t. the layer output", needs_loss=True, needs_output=True)
-register_stat("virtual_grad", "synflow-style gradient: |W| network, all-ones input, d(sum out)/dW")
-register_stat("hessian_diag", "Hutchinson estimate of the loss Hessian diagonal w.r.t. the weight", needs_loss=True)
+register_stat("weight", "layer weight (full precision, as initialised or trained)", layer_local=True, positional=True)
+register_stat("grad", "gradient of the cross-entropy loss w.r.t. the weight, on the batch", needs_loss=True,
+              positional=True)
+register_stat("act", "layer output on the batch", needs_output=True, positional=True)
+register_stat("act_grad", "gradient of the loss w.r.t. the layer output", needs_loss=True, needs_output=True,
+              positional=True)
+register_stat("virtual_grad", "synflow-style gradient: |W| network, all-ones input, d(sum out)/dW", positional=True)
+register_stat("hessian_diag", "Hutchinson estimate of the loss Hessian diagonal w.r.t. the weight", needs_loss=True,
+              positional=True)
 register_stat("params", "number of weight parameters of the layer (0-d)", layer_local=True)
 register_stat("flops", "multiply-accumulates of the layer for one input (0-d)", layer_local=True)
-register_stat("bits", "weight bit-width of the layer, shaped like the weight", needs_bits=True, layer_local=True)
-register_stat("quant_weight", "weight after fake quantization at the layer's bits", needs_bits=True, layer_local=True)
-register_stat("quant_error", "quant_weight - weight", needs_bits=True, layer_local=True)
+register_stat("bits", "weight bit-width of the layer, shaped like the weight", needs_bits=True, layer_local=True,
+              positional=True)
+register_stat("quant_weight", "weight after fake quantization at the layer's bits", needs_bits=True, layer_local=True,
+              positional=True)
+register_stat("quant_error", "quant_weight - weight", needs_bits=True, layer_local=True, positional=True)
 register_stat("attn", "(ViT) attention probabilities (softmax output), batch x heads x tokens x tokens; "
               "entry: the attention module, e.g. blocks.3.attn", family="vit")
 register_stat("attn_grad", "(ViT) gradient of the loss w.r.t. attn; entry: the attention module", needs_loss=True,
               family="vit")
 register_stat("head_out", "(ViT) per-head attention outputs attn @ v, batch x heads x tokens x head_dim; "
-              "entry: the attention module", family="vit")
+              "entry: the attention module", family="vit", positional=True)
 register_stat("mlp_hidden", "(ViT) MLP hidden activations after the GELU, batch x tokens x hidden; "
-              "entry: the MLP's first linear layer, e.g. blocks.3.mlp.fc1", family="vit")
+              "entry: the MLP's first linear layer, e.g. blocks.3.mlp.fc1", family="vit", positional=True)
 register_stat("logits", "network logits on the batch, batch x classes; entry: the classifier (last linear layer)",
               head_entry=True)
 register_stat("relation", "sample-relation matrix of the features feeding the classifier, batch x batch, "
@@ -103,7 +113,7 @@ register_stat("stage_relation", "sample-relation matrices at the network's 3 fea
 register_stat("teacher_stage_relation", "the teacher's `stage_relation` (its 3 stage outputs) on the same batch; "
               "entry: the student's classifier", head_entry=True, needs_teacher=True)
 register_stat("ln_out", "(ViT) LayerNorm output, batch x tokens x width; entry: the LayerNorm, e.g. blocks.3.norm1",
-              family="vit")
+              family="vit", positional=True)
 # Structured statistics (emq.stats.structured computes them; opt-in by --stats): small matrices, float32.
 register_stat("act_codes_kernel", "B x B agreement counts of the binary activation codes (output > 0), NASWOT's "
               "Hamming kernel; entry: each activation module, e.g. stage1.cell0.edge0to1.relu", needs_output=True,
@@ -121,13 +131,13 @@ register_stat("act_channel_cov", "C x C covariance of the output channels over b
               memory="NB201: 318 KB (708 KB) at any batch")
 register_stat("grad_batch_mean", "mean over 2 mini-batches (the batch's halves) of |dL/dW|, weight-shaped (ZiCo)",
               needs_loss=True,
-              memory="NB201: 1.5 MB (4.2 MB), float32, at any batch")
+              memory="NB201: 1.5 MB (4.2 MB), float32, at any batch", positional=True)
 register_stat("grad_batch_std", "population std over the same 2 mini-batches of dL/dW, weight-shaped (ZiCo)",
               needs_loss=True,
-              memory="NB201: 1.5 MB (4.2 MB), float32, at any batch")
+              memory="NB201: 1.5 MB (4.2 MB), float32, at any batch", positional=True)
 register_stat("hessian_grad", "H g: the loss Hessian times the loss gradient g = dL/dW on the batch, weight-shaped "
               "(GraSP)", needs_loss=True,
-              memory="NB201: 0.75 MB (2.1 MB), 16-bit, at any batch")
+              memory="NB201: 0.75 MB (2.1 MB), 16-bit, at any batch", positional=True)
 register_stat("jacobian_corr", "B x B Pearson correlation of the per-input Jacobians d(sum logits)/dx (jacov); "
               "entry: the classifier",
               memory="1 KB at batch 16, 16 KB at 64")
