@@ -141,6 +141,7 @@ def stats(name: str | None, data_dir: Path | None, config: Any, batch_source: st
     if list_stats or not name:
         return echo([dataclasses.asdict(i) for i in STATS.values()], "\n".join(
             f"{i.name:<16} {'(MQ only) ' if i.needs_bits else ''}{i.doc}{f' [{i.memory}]' if i.memory else ''}"
+            f"{f' [cost: {i.cost}]' if i.cost else ''}"
             for i in STATS.values()), as_json)
     bench_obj = open_bench(name, data_dir, batch_source)
     start = time.perf_counter()

@@ -14,6 +14,7 @@ from emq.baselines.registry import BaselineContext, BaselineNotApplicableError, 
 from emq.bench.base import Batch
 from emq.quant.layers import quantizable_layers
 from emq.stats.compute import network_logits, virtual_grads
+from emq.stats.hessian_trace import TRACE_SAMPLES, average_traces
 
 
 #: Modules whose outputs give NASWOT's binary codes (the sign pattern of each unit).
@@ -242,8 +243,8 @@ def qloss_calib(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: 
         return -float(F.cross_entropy(logits, calib.labels.to(ctx.device)))
 
 
-#: Hutchinson samples per layer of HAWQ-v2's full-precision traces (results/hawq-v2-convergence.md: they settle).
-HAWQ_V2_SAMPLES = 128
+#: Hutchinson samples per layer of HAWQ-v2's full-precision traces (`emq.stats.hessian_trace.TRACE_SAMPLES`).
+HAWQ_V2_SAMPLES = TRACE_SAMPLES
 
 
 def hawq_v2_traces(float_model: nn.Module, batch: Batch, seed: int,
@@ -252,11 +253,7 @@ def hawq_v2_traces(float_model: nn.Module, batch: Batch, seed: int,
 
     One estimate serves every bit configuration of the network (HAWQ-v2 measures it once).
     """
-    from emq.stats.hessian_trace import hessian_traces
-
-    fp_layers = quantizable_layers(float_model)
-    running = hessian_traces(float_model, batch.inputs, batch.labels, samples, seed)
-    return {n: values[-1] / fp_layers[n].weight.numel() for n, values in running.items()}
+    return average_traces(float_model, batch.inputs, batch.labels, samples, seed)
 
 
 def hawq_v2_term(average_trace: float, weight: torch.Tensor, quantized: torch.Tensor) -> float:
@@ -279,7 +276,7 @@ def hawq_v2_layer_costs(float_model: nn.Module, choices: Sequence[int],
             for name, layer in quantizable_layers(float_model).items()}
 
 
-@register_baseline("hawq_v2", ("mq",), version=2)
+@register_baseline("hawq_v2", ("mq",), version=2, separable=True)
 def hawq_v2(net: nn.Module, batch: Batch, bits: dict[str, int] | None, ctx: BaselineContext) -> float:
     """HAWQ-v2 (Dong et al. 2020): -sum over layers of Tr(H_l)/n_l * ||Q(W_l) - W_l||^2, H of the full-precision net.
 

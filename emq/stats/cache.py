@@ -13,6 +13,10 @@ ground-truth file that reuses an id for another configuration never reads a stal
 Integrity: each file carries a checksum of its content (`content_checksum`), verified on
 every read; a file that fails it (or has none) is recomputed with a warning, never used.
 
+Per-(layer, bits) statistics (`lb_*`, `emq.stats.layer_bits`) are not in the candidate files:
+one table per (benchmark, batch, init seed), `layer-bits-table.json` (JSON, checked on read) in the
+folder of that neutral config, is computed once and each configuration's values are read from it.
+
 Memory: files hold 16-bit tensors by default (see `emq.stats.compute` for the
 float16 / bfloat16 rule); on load, tensors of `SHARED_STATS` that are identical
 across candidates (the full-precision weights of a mixed-precision benchmark) are
@@ -35,13 +39,15 @@ from emq.atomic import save_tensors_atomic, write_json_atomic
 from emq.bench.base import Batch, Benchmark, Candidate
 from emq.errors import DeviceError
 from emq.paths import cache_dir
-from emq.stats import NetworkStats
+from emq.stats import STATS, NetworkStats
 from emq.stats.compute import compute_stats
 from emq.stats.config import StatsConfig
+from emq.stats.layer_bits import LayerBitsTable, compute_layer_bits_table
 
 #: Bump whenever a statistic's definition or the file layout changes: old cache folders are then ignored.
 CODE_VERSION = 2  # 2: ViT benchmarks' "all applicable" set gained the transformer statistics
 FILE_FORMAT = "emq-stats/1"
+LAYER_BITS_FILE = "layer-bits-table.json"
 #: Statistics kept once in memory when equal across candidates (MQ: one full-precision network).
 SHARED_STATS: tuple[str, ...] = ("weight",)
 
@@ -187,8 +193,19 @@ def iter_stats(
     device = config.resolved_device()
 
     computed = 0
+    table: LayerBitsTable | None = None
     bar = tqdm(candidates, desc=f"stats {bench.name}", unit="net", disable=not progress, leave=False)
     for cand in bar:
+        names = config.stats_for(cand, bench.family)
+        from_table = [n for n in names if STATS[n].per_layer_bits]
+        if from_table:
+            if cand.bits is None:
+                raise ValueError(f"statistic(s) {from_table} need a bit assignment; candidate {cand.id!r} has none")
+            table = table or layer_bits_table(bench, config, cache_root)
+            table_stats = table.network_stats(cand.bits, from_table)
+            if len(from_table) == len(names):  # nothing per configuration: no network pass, no file
+                yield table_stats
+                continue
         path = folder / f"{safe_name(cand.id)}.pt"
         key = cache_key(bench.name, cand, config, extra)
         stats = read_stats(path, key) if path.exists() else None
@@ -196,15 +213,63 @@ def iter_stats(
             start = time.perf_counter()
             model = bench.build_model(cand, init_seed=config.init_seed)
             stats = compute_stats(
-                model, batch, cand.bits, config.stats_for(cand, bench.family),
+                model, batch, cand.bits, [n for n in names if n not in from_table],
                 act_bits=act_bits, calib_inputs=calib, hessian_samples=config.hessian_samples,
                 seed=config.batch_seed, device=device, store_dtype=config.torch_dtype(), teacher=bench.teacher(),
             )
             write_stats(path, key, cand.id, stats, seconds=time.perf_counter() - start)
             computed += 1
             bar.set_postfix(computed=computed)
+        if from_table:
+            for layer, values in table_stats.layers.items():
+                stats.layers.setdefault(layer, {}).update(values)
         yield stats
     bar.close()
+
+
+def bit_choices(bench: Benchmark) -> tuple[int, ...]:
+    """Return the weight bit-widths of `bench`'s configurations (its `weight_bit_choices`, else those they use)."""
+    declared = getattr(bench, "weight_bit_choices", None)
+    if declared:
+        return tuple(sorted({int(b) for b in declared}))
+    return tuple(sorted({int(b) for c in bench.candidates() if c.bits for b in c.bits.values()}))
+
+
+def layer_bits_table(bench: Benchmark, config: StatsConfig | None = None,
+                     cache_root: str | Path | None = None) -> LayerBitsTable:
+    """Return `bench`'s per-(layer, bits) table for `config`'s batch, computing and caching it once.
+
+    The file is keyed like the statistics of the neutral config (batch seed, batch size,
+    init seed; stat names, dtype and Hessian samples do not change the table) plus the
+    bit choices; an unreadable or stale file is recomputed with a warning.
+    """
+    config = config or StatsConfig()
+    batch = bench.batch(config.batch_seed, config.batch_size)
+    neutral = StatsConfig(batch_seed=config.batch_seed, batch_size=config.batch_size, init_seed=config.init_seed)
+    choices = bit_choices(bench)
+    key = f"{config_key(bench.name, neutral, bench_fields(bench, batch))}/layer-bits{list(choices)}"
+    root = Path(cache_root) if cache_root is not None else cache_dir()
+    path = root / safe_name(bench.name) / config_key(bench.name, neutral, bench_fields(bench, batch)) / LAYER_BITS_FILE
+    if path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or data.get("key") != key:
+                raise ValueError(f"written for key {data.get('key') if isinstance(data, dict) else None!r}")
+            table = LayerBitsTable.from_json(data["table"])
+            if table.choices != choices:
+                raise ValueError(f"bit choices {list(table.choices)}, expected {list(choices)}")
+            return table
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            warnings.warn(f"per-(layer, bits) table {path} is unreadable ({err}); recomputing it", stacklevel=2)
+    cands = bench.candidates()
+    if not cands or not choices:
+        raise ValueError(f"{bench.name} has no bit configurations: it has no per-(layer, bits) table")
+    table = compute_layer_bits_table(
+        bench.build_model(cands[0], init_seed=config.init_seed), choices, batch,
+        evaluation=bench.calibration_batch(), act_bits=getattr(bench, "act_bits", 8),
+        calib_inputs=calibration_inputs(bench), seed=config.batch_seed, device=config.resolved_device())
+    write_json_atomic(path, {"key": key, "table": table.to_json()})
+    return table
 
 
 def write_stats(path: str | Path, key: str, candidate_id: str, stats: NetworkStats, seconds: float = 0.0) -> Path:

@@ -43,7 +43,11 @@ class StatInfo:
     - `positional`: its entries are exchangeable positions of one tensor (weight-shaped or
       activation tensors), so a fixed sample of them stands in for it in a sketched search
       (`emq.sketch`); False for 0-d counts and for matrices whose structure ops read
-      (kernels, correlations, attention maps, relation matrices).
+      (kernels, correlations, attention maps, relation matrices);
+    - `per_layer_bits`: read from the benchmark's per-(layer, bits) table (`emq.stats.layer_bits`), measured
+      once per (layer, bit-width) with that layer alone quantized; a configuration's value at layer l is the
+      table's at (l, its bits at l), a 0-d tensor, so any sum over layers of a function of these is separable;
+    - `cost`: what computing it costs when that is not one statistics pass per candidate.
     """
 
     name: str
@@ -57,6 +61,8 @@ class StatInfo:
     head_entry: bool = False
     memory: str = ""
     positional: bool = False
+    per_layer_bits: bool = False
+    cost: str = ""
 
 
 class UnknownStatError(UnknownNameError):
@@ -142,6 +148,17 @@ register_stat("jacobian_corr", "B x B Pearson correlation of the per-input Jacob
               "entry: the classifier",
               memory="1 KB at batch 16, 16 KB at 64")
 
+# Per-(layer, bits) statistics (emq.stats.layer_bits): one table per benchmark, opt-in by --stats or --separable.
+_LB = dict(needs_bits=True, layer_local=True, per_layer_bits=True, cost="|L| x |B| passes, once")
+register_stat("lb_weight_error", "||Q_b(W) - W||^2 of the layer's weight at its bits b (0-d)", **_LB)
+register_stat("lb_hessian_error", "HAWQ-v2's term Tr(H)/numel x ||Q_b(W) - W||^2, H of the full-precision "
+              "network on the statistics batch (0-d)", **_LB)
+register_stat("lb_output_perturbation", "squared L2 change of the layer's output on the calibration images "
+              "(per image), that layer alone at its bits (0-d)", **_LB)
+register_stat("lb_loss_increase", "cross-entropy increase on the calibration images, that layer alone at its "
+              "bits, over the full-precision-weight network (0-d)", **_LB)
+register_stat("lb_params", "the layer's weight count, from the per-(layer, bits) table (0-d)", **_LB)
+
 
 def stats_with(**properties: object) -> frozenset[str]:
     """Return the names of the statistics whose properties equal `properties` (e.g. needs_loss=True)."""
@@ -152,7 +169,9 @@ def stats_with(**properties: object) -> frozenset[str]:
 #: Statistics every network gets, whatever the benchmark family.
 BASE_STATS: tuple[str, ...] = ("weight", "grad", "act", "act_grad", "virtual_grad", "hessian_diag", "params", "flops")
 #: Statistics that exist only when the candidate carries a bit assignment.
-BIT_STATS: tuple[str, ...] = tuple(n for n, info in STATS.items() if info.needs_bits)
+BIT_STATS: tuple[str, ...] = tuple(n for n, info in STATS.items() if info.needs_bits and not info.per_layer_bits)
+#: Statistics read from the per-(layer, bits) table (`emq.stats.layer_bits`); opt-in, never in the default set.
+LAYER_BITS_STATS: tuple[str, ...] = tuple(n for n, info in STATS.items() if info.per_layer_bits)
 #: Statistics of transformer internals; only networks with attention modules have them.
 TRANSFORMER_STATS: tuple[str, ...] = tuple(n for n, info in STATS.items() if info.family == "vit")
 #: Statistics a benchmark family adds to BASE_STATS (CNN families add none of the transformer ones).

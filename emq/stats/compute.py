@@ -49,7 +49,8 @@ from emq.stats.stage_features import stage_relations
 from emq.quant.fake_quant import quantized_model
 from emq.quant.layers import check_bit_assignment, quantizable_layers
 from emq.stats import (
-    BASE_STATS, BIT_STATS, FAMILY_STATS, STATS, TRANSFORMER_STATS, NetworkStats, check_stat_names, stats_with,
+    BASE_STATS, BIT_STATS, FAMILY_STATS, LAYER_BITS_STATS, STATS, TRANSFORMER_STATS, NetworkStats, check_stat_names,
+    stats_with,
 )
 from emq.stats.structured import STRUCTURED_STATS, add_structured_stats
 from emq.stats.synflow import network_logits, virtual_grads
@@ -74,10 +75,10 @@ def applicable_stats(has_bits: bool, family: str | None = None) -> tuple[str, ..
 
 def offered_stats(has_bits: bool, family: str | None = None, has_teacher: bool = False) -> tuple[str, ...]:
     """Return every statistic that can be asked for: the default set (`applicable_stats`), the classifier-entry
-    ones (`logits`, `relation`, `semantic`), the teacher's when the benchmark has a teacher, and the structured ones
-    (`emq.stats.structured`) (opt-in by --stats)."""
+    ones (`logits`, `relation`, `semantic`), the teacher's when the benchmark has a teacher, the structured ones
+    (`emq.stats.structured`) and, with bits, the per-(layer, bits) ones (`LAYER_BITS_STATS`) (opt-in by --stats)."""
     head = tuple(n for n, info in STATS.items() if info.head_entry and (has_teacher or not info.needs_teacher))
-    return applicable_stats(has_bits, family) + head + STRUCTURED_STATS
+    return applicable_stats(has_bits, family) + head + STRUCTURED_STATS + (LAYER_BITS_STATS if has_bits else ())
 
 
 def prepare_network(
@@ -183,6 +184,10 @@ def _check_request(model: nn.Module, names: tuple[str, ...], bits: dict[str, int
                    teacher: Teacher | None) -> None:
     """Fail (ValueError naming the statistics) when `model`, its bits or the benchmark cannot give `names`."""
     check_stat_names(names)
+    table = [n for n in names if STATS[n].per_layer_bits]
+    if table:
+        raise ValueError(f"statistic(s) {table} come from the benchmark's per-(layer, bits) table "
+                         "(emq.stats.cache.layer_bits_table / iter_stats), not from one network's pass")
     needs_bits = [n for n in names if STATS[n].needs_bits]
     if bits is None and needs_bits:
         raise ValueError(f"statistic(s) {needs_bits} need a bit assignment, but the candidate has none")

@@ -17,6 +17,9 @@ from torch import nn
 
 from emq.quant.layers import quantizable_layers
 
+#: Hutchinson samples per layer of HAWQ-v2's full-precision traces (results/hawq-v2-convergence.md: they settle).
+TRACE_SAMPLES = 128
+
 
 def hessian_traces(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, samples: int = 64,
                    seed: int = 0) -> dict[str, list[float]]:
@@ -49,3 +52,11 @@ def hessian_traces(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
                 values.append(total / k)
             running[name] = values
     return running
+
+
+def average_traces(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, samples: int = TRACE_SAMPLES,
+                   seed: int = 0) -> dict[str, float]:
+    """Return HAWQ-v2's layer sensitivity Tr(H_l)/n_l of `model` (the one owner: `hawq_v2` and `lb_hessian_error`)."""
+    layers = quantizable_layers(model)
+    running = hessian_traces(model, inputs, labels, samples, seed)
+    return {n: values[-1] / layers[n].weight.numel() for n, values in running.items()}
