@@ -56,6 +56,10 @@ class Baseline:
     trivial: bool = False
     #: Applies only to benchmarks that name a distillation teacher (`Benchmark.teacher`).
     needs_teacher: bool = False
+    #: Scores a configuration as a sum of per-layer terms of each layer's own bits (`emq.separable`): one
+    #: per-(layer, bits) table scores every configuration, and the exact knapsack allocates with it. False:
+    #: each configuration costs its own network pass (e.g. `qloss_calib`).
+    separable: bool = False
 
     def applies_to(self, bench: Benchmark) -> bool:
         """Whether this baseline can score `bench`'s candidates (its family; its teacher when needed)."""
@@ -92,6 +96,7 @@ def register_baseline(
     version: int = 1,
     trivial: bool = False,
     needs_teacher: bool = False,
+    separable: bool = False,
 ) -> Any:
     """Register a baseline under `name`.
 
@@ -103,7 +108,8 @@ def register_baseline(
         text = doc
         if not text and fn is not None and fn.__doc__:
             text = fn.__doc__.strip().splitlines()[0]
-        return BASELINES.add(name, Baseline(name, tuple(families), text, formula, fn, version, trivial, needs_teacher))
+        return BASELINES.add(name, Baseline(name, tuple(families), text, formula, fn, version, trivial, needs_teacher,
+                                            separable))
 
     if formula is not None:
         return add(None)

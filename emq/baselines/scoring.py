@@ -23,6 +23,7 @@ from emq.baselines.registry import (
 from emq.bench.base import Batch, Benchmark, Candidate
 from emq.paths import cache_dir
 from emq.proxy import Proxy, ProxyEvaluationError
+from emq.stats import STATS
 from emq.stats.cache import (
     StatsConfig, bench_fields, calibration_inputs, config_key, iter_stats, safe_name,
 )
@@ -59,17 +60,24 @@ def baseline_scores(
         raise BaselineNotApplicableError(f"baseline(s) {wrong} do not apply to {bench.name}{why}; applicable: {fitting}")
     out: dict[str, np.ndarray] = {}
     programs = {e.name: e.proxy() for e in entries if e.kind == "program"}
-    if programs:
-        needed = set().union(*(p.stats_needed for p in programs.values()))
+    # Programs of the per-(layer, bits) table alone read it without any per-configuration pass or file.
+    from_table = {n: p for n, p in programs.items() if p.stats_needed and all(STATS[s].per_layer_bits
+                                                                                for s in p.stats_needed)}
+    for group in (from_table, {n: p for n, p in programs.items() if n not in from_table}):
+        if not group:
+            continue
+        needed = set().union(*(p.stats_needed for p in group.values()))
         stats_config = config
-        if config.stat_names is not None and not needed <= set(config.stat_names):
+        if group is from_table:
+            stats_config = dataclasses.replace(config, stat_names=tuple(sorted(needed)))
+        elif config.stat_names is not None and not needed <= set(config.stat_names):
             extra = tuple(sorted(needed - set(config.stat_names)))
             stats_config = dataclasses.replace(config, stat_names=config.stat_names + extra)
         # One candidate's statistics in memory at a time: a ViT's are tens to hundreds of MB.
-        rows = [[_evaluate(proxy, stats) for proxy in programs.values()]
+        rows = [[_evaluate(proxy, stats) for proxy in group.values()]
                 for stats in iter_stats(bench, cands, stats_config, progress=progress, cache_root=cache_root)]
-        table = np.array(rows, dtype=np.float64).reshape(len(cands), len(programs))
-        for k, name in enumerate(programs):
+        table = np.array(rows, dtype=np.float64).reshape(len(cands), len(group))
+        for k, name in enumerate(group):
             out[name] = table[:, k]
     for entry in entries:
         if entry.kind == "model":
