@@ -215,6 +215,7 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
 @setting_option("hurdle_size")
 @setting_option("hurdle_quantile")
 @setting_option("sketch")
+@setting_option("separable")
 @setting_option("reject_input_independent")
 @setting_option("hof_size")
 @setting_option("max_search", help="Use at most N networks of the search split (bounds memory and time; 0 = all).")
@@ -254,6 +255,7 @@ def search(name: str, seed: int, seeds: tuple[int, ...] | None, baselines: tuple
       emq search mq-digits --strategy random --budget 720   # the control: random programs, same budget
       emq search mq-digits --max-search 0 --hurdle-size 100 --generations 1000 --budget 20000   # at scale
       emq search mq-digits --evolution aging --population 200 --offspring 50 --budget 2000   # regularized
+      emq search mq-digits --separable   # sum_layers(f(lb_*)): one table, exact bit allocation
     """
     from search.session import SearchRequest, run_search_request
 

@@ -78,6 +78,8 @@ class SearchConfig:
     scores programs on the search split and probe on K-entry samples of the large
     positional statistics where they can (`emq.sketch`); the hall of fame is then scored
     again on the full search split, ranked by that fitness, and keeps the sketched one.
+    `separable` builds only programs sum_layers(f(per-(layer, bits) statistics `lb_*`)) (`search.generate.
+    separable_grow_config`), each separable by construction (`emq.separable.is_separable`).
     `equivalence_cache` gives a program whose probe scores equal (to 6 significant
     digits, `search.screening.probe_fingerprint`) those of a program scored earlier in
     the run that program's record instead of scoring it on the search split;
@@ -114,6 +116,7 @@ class SearchConfig:
     hurdle_size: int = SETTINGS["hurdle_size"].default
     hurdle_quantile: float = SETTINGS["hurdle_quantile"].default
     sketch: int = SETTINGS["sketch"].default
+    separable: bool = SETTINGS["separable"].default
     stats: tuple[str, ...] | None = None
     op_weights: tuple[tuple[str, float], ...] = ()
     heldout_fraction: float = 0.5
@@ -184,7 +187,7 @@ class SearchConfig:
         A config without `split_order` was written before splits were ordered by their
         hash: it reads as "index", so old run folders rescore on the candidates they ran on.
         Other missing fields (a folder older than them) take their defaults: no budget, no hurdle,
-        generational evolution, no sketch.
+        generational evolution, no sketch, not separable.
         """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
@@ -201,6 +204,8 @@ class SearchConfig:
             parts.append(f"budget {self.budget} programs")
         if self.hurdle_size:
             parts.append(f"hurdle: the {self.hurdle_quantile:g} quantile on the first {self.hurdle_size} networks")
+        if self.separable:
+            parts.append("separable programs only: sum_layers(f(lb_*))")
         if self.sketch:
             parts.append(f"sketch: {self.sketch} entries per statistic (hall of fame rescored on full statistics)")
         return ", ".join(parts)

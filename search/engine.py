@@ -71,12 +71,13 @@ from emq.evaluate import StackedStats
 from emq.fitness import TrivialChoice, beyond_trivial, choose_best_trivial, get_metric, joint, partial_correlation
 from emq.ga import aged, drawing_from
 from emq.proxy import Proxy
-from emq.stats import NetworkStats
+from emq.separable import is_separable, why_not_separable
+from emq.stats import STATS, NetworkStats
 from search import run_lock
 from search.checkpoint import SearchState, load_checkpoint, save_checkpoint, state_path, write_log
 from search.config import ResumeError, SearchConfig, SeedProxyError
 from search.equivalence import Twins
-from search.generate import Grammar, GrowConfig, random_program
+from search.generate import Grammar, GrowConfig, random_program, separable_op_weights
 from search.hall_of_fame import hall_entry, rescored_hall
 from search.hurdles import Hurdle, hurdle_size, is_stopped, judge
 from search.individual import Program
@@ -151,7 +152,11 @@ def run_search(
         k = len(probe_stats_other_batch) if probe_stats_other_batch is not None else min(config.probe_size, n)
         probe_index = list(range(k))
     stats_names = list(config.stats or sorted(set.intersection(*(s.available() for s in search_stats))))
-    grammar = Grammar(stats_names, GrowConfig(config.max_depth, config.max_size, op_weights=dict(config.op_weights)))
+    op_weights = dict(config.op_weights)
+    if config.separable:  # sum_layers(f(lb_*)) only: every program separable by construction (emq.separable)
+        stats_names = [n for n in stats_names if STATS[n].per_layer_bits]
+        op_weights.update(separable_op_weights())
+    grammar = Grammar(stats_names, GrowConfig(config.max_depth, config.max_size, op_weights=op_weights))
     run_lock.acquire(run_dir)  # before any write: a second search on this folder fails here, at once
     own_pool = pool is None
     pool = pool or EvaluationPool("serial")
@@ -439,6 +444,9 @@ class _Engine:
             if missing:
                 raise StatUnavailableError(f"seed proxy {formula!r} uses statistic(s) {missing} that this search's networks "
                                  f"lack; available: {', '.join(self.grammar.stats)}")
+            if self.config.separable and not is_separable(tree):
+                raise SeedProxyError(f"seed proxy {formula!r} is not separable ({why_not_separable(tree)}); a "
+                                     "--separable search takes sum_layers(f(lb_*)) programs only")
             ind = Program(tree)
             if ind.hash not in seen:
                 seen.add(ind.hash)

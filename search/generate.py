@@ -93,6 +93,27 @@ class Grammar:
         return [o for o in list_ops(output=op.output, inputs=op.inputs) if self.weight(o) > 0]
 
 
+#: Ops of a separable program (`separable_op_weights`): each layer's term is built from that layer's 0-d
+#: per-(layer, bits) statistics by entry-wise tensor ops, `mean` (a 0-d tensor's value) and scalar ops,
+#: and `sum_layers` adds the terms. Cross-layer, matrix, position and network ops would couple layers or do nothing.
+SEPARABLE_GROUPS = ("unary", "binary", "scalar")
+SEPARABLE_DOWN = ("mean", "sum_layers")
+
+
+def separable_op_weights() -> dict[str, float]:
+    """Return op weights (0 removes an op) that leave the grammar only programs sum_layers(f(per-layer statistics)).
+
+    With them every N node is `sum_layers` (no network op, no other aggregation), so every
+    program the grammar grows, and every mutation or crossover of such programs, is separable.
+    """
+    def allowed(op: Op) -> bool:
+        if op.name in SEPARABLE_DOWN:
+            return True
+        return op.group in SEPARABLE_GROUPS and (op.group == "scalar" or op.elementwise)
+
+    return {op.name: 0.0 for op in list_ops() if not allowed(op)}
+
+
 def grow(rng: random.Random, grammar: Grammar, kind: Kind = Kind.N, depth: int = 1,
          max_depth: int | None = None, chain_start: int | None = None) -> Node:
     """Return a random subtree of `kind` whose root sits at `depth` (1 = program root).

@@ -63,6 +63,7 @@ class SearchRequest:
     hurdle_size: int = default("hurdle_size")
     hurdle_quantile: float = default("hurdle_quantile")
     sketch: int = default("sketch")
+    separable: bool = default("separable")
     reject_input_independent: bool = default("reject_input_independent")
     hof_size: int = default("hof_size")
     seed_proxies: tuple[Path, ...] = default("seed_proxies")
@@ -170,12 +171,32 @@ def plan_search(request: SearchRequest, notify: Callable[[str], None] | None = N
             fitness=request.fitness, reject_input_independent=request.reject_input_independent,
             strategy=request.strategy, budget=request.budget, hurdle_size=request.hurdle_size,
             hurdle_quantile=request.hurdle_quantile, evolution=request.evolution, offspring=request.offspring,
-            sketch=request.sketch)
+            sketch=request.sketch, separable=request.separable)
         stats_config = dataclasses.replace(request.stats, batch_seed=batch_seeds[0])
+        if request.separable:
+            stats_config = separable_stats(bench, stats_config)
     except (ValueError, TypeError, KeyError) as err:  # KeyError: an unknown metric name
         raise SearchSettingsError(str(err.args[0]) if err.args else type(err).__name__) from None
     workers = check_workers(request.backend, request.workers, request.force_workers, notify)
     return SearchPlan(request, bench, search_config, stats_config, seeds, batch_seeds, run_dir, study, workers)
+
+
+def separable_stats(bench: Benchmark, config: StatsConfig) -> StatsConfig:
+    """Return the statistics of a `--separable` search: the per-(layer, bits) ones (its --stats among them, else all).
+
+    Fails (SettingError) on a benchmark without bit configurations or a --stats naming none of them.
+    """
+    from emq.stats import LAYER_BITS_STATS
+
+    if bench.family != "mq":
+        raise SearchSettingsError(f"--separable needs a mixed-precision benchmark (per-layer bits); {bench.name} "
+                                  f"is a {bench.family} benchmark")
+    names = LAYER_BITS_STATS if config.stat_names is None else tuple(
+        n for n in config.stat_names if n in LAYER_BITS_STATS)
+    if not names:
+        raise SearchSettingsError(f"--separable reads the per-(layer, bits) statistics only; --stats names none of "
+                                  f"them ({', '.join(LAYER_BITS_STATS)})")
+    return dataclasses.replace(config, stat_names=names)
 
 
 def check_request(request: SearchRequest) -> None:

@@ -109,6 +109,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
          "of K entries of each per-layer tensor statistic larger than K (weight, grad, act, ...; sums scale by "
          "numel / K), where a program only maps entries and reduces them; the hall of fame is scored again on the "
          "full statistics (0 = off; at least 16).", "--sketch", "search.sketch"),
+    Setting("separable", "bool", False, "Separable programs only: sum_layers(f(the layer's own per-(layer, bits) "
+            "statistics lb_*)), each layer's term read from one table computed once (|L| x |B| passes), so a "
+            "program scores any configuration as a sum and `emq apply mq` allocates bits exactly (MQ benchmarks; "
+            "default --stats: every lb_* statistic).", "--separable", "search.separable"),
     _int("hof_size", 10, 0, 1_000, "Elite programs carried into every generation.", "--hof-size", "search.hof_size"),
     _int("max_search", 160, 0, 10_000_000, "Use at most N networks of the search split (bounds memory and time; "
          "0 = all).", "--max-search", "search.max_search"),

@@ -148,7 +148,7 @@ def test_cli_job_files_and_search_request_share_every_default():
     engine = SearchConfig()  # the engine's own defaults (library users who build a SearchConfig directly)
     for name in ("population", "generations", "metric", "joint", "targets", "hof_size", "fitness",
                  "reject_input_independent", "strategy", "budget", "hurdle_size", "hurdle_quantile", "evolution",
-                 "offspring", "sketch"):
+                 "offspring", "sketch", "separable"):
         assert getattr(engine, name) == SETTINGS[name].default, name
     assert engine.seed == SETTINGS["seeds"].default[0]
 
