@@ -104,6 +104,21 @@ def test_more_bits_quantize_the_weight_with_less_error(table):
         assert table.value("lb_weight_error", layer, 8) < table.value("lb_weight_error", layer, 2)
 
 
+def test_hessian_error_is_hawq_v2s_term_and_can_be_added_later(table, bench):
+    from emq.baselines import hawq_v2_layer_costs, hawq_v2_traces
+
+    model = bench.build_model(bench.candidates()[0])
+    traces = hawq_v2_traces(model, bench.batch(0, 16), 0, samples=SAMPLES)
+    costs = hawq_v2_layer_costs(model, CHOICES, traces)
+    for n in table.layers:
+        for b in CHOICES:
+            assert table.value("lb_hessian_error", n, b) == pytest.approx(costs[n][b], rel=1e-9)
+    bare = LayerBitsTable(table.layers, table.choices,
+                          {k: v for k, v in table.values.items() if k != "lb_hessian_error"}, table.params)
+    assert LayerBitsTable.from_json(bare.to_json()) == bare
+    assert bare.with_hessian(traces).values == table.values
+
+
 def test_table_round_trips_through_json_and_refuses_a_damaged_one(table):
     data = json.loads(json.dumps(table.to_json()))
     assert LayerBitsTable.from_json(data) == table

@@ -42,7 +42,7 @@ from emq.paths import cache_dir
 from emq.stats import STATS, NetworkStats
 from emq.stats.compute import compute_stats
 from emq.stats.config import StatsConfig
-from emq.stats.layer_bits import LayerBitsTable, compute_layer_bits_table
+from emq.stats.layer_bits import LayerBitsTable, compute_layer_bits_table, layer_traces
 
 #: Bump whenever a statistic's definition or the file layout changes: old cache folders are then ignored.
 CODE_VERSION = 2  # 2: ViT benchmarks' "all applicable" set gained the transformer statistics
@@ -201,7 +201,8 @@ def iter_stats(
         if from_table:
             if cand.bits is None:
                 raise ValueError(f"statistic(s) {from_table} need a bit assignment; candidate {cand.id!r} has none")
-            table = table or layer_bits_table(bench, config, cache_root)
+            if table is None or ("lb_hessian_error" in from_table and "lb_hessian_error" not in table.values):
+                table = layer_bits_table(bench, config, cache_root, hessian="lb_hessian_error" in from_table)
             table_stats = table.network_stats(cand.bits, from_table)
             if len(from_table) == len(names):  # nothing per configuration: no network pass, no file
                 yield table_stats
@@ -236,12 +237,13 @@ def bit_choices(bench: Benchmark) -> tuple[int, ...]:
 
 
 def layer_bits_table(bench: Benchmark, config: StatsConfig | None = None,
-                     cache_root: str | Path | None = None) -> LayerBitsTable:
+                     cache_root: str | Path | None = None, hessian: bool = True) -> LayerBitsTable:
     """Return `bench`'s per-(layer, bits) table for `config`'s batch, computing and caching it once.
 
     The file is keyed like the statistics of the neutral config (batch seed, batch size,
     init seed; stat names, dtype and Hessian samples do not change the table) plus the
-    bit choices; an unreadable or stale file is recomputed with a warning.
+    bit choices; an unreadable or stale file is recomputed with a warning. `hessian=False` does not
+    compute `lb_hessian_error`'s traces when the file lacks them (they cost most of the table).
     """
     config = config or StatsConfig()
     batch = bench.batch(config.batch_seed, config.batch_size)
@@ -258,6 +260,11 @@ def layer_bits_table(bench: Benchmark, config: StatsConfig | None = None,
             table = LayerBitsTable.from_json(data["table"])
             if table.choices != choices:
                 raise ValueError(f"bit choices {list(table.choices)}, expected {list(choices)}")
+            if hessian and "lb_hessian_error" not in table.values:
+                table = table.with_hessian(layer_traces(bench.build_model(bench.candidates()[0], init_seed=
+                                                                          config.init_seed), batch,
+                                                        config.batch_seed, device=config.resolved_device()))
+                write_json_atomic(path, {"key": key, "table": table.to_json()})
             return table
         except (OSError, ValueError, KeyError, TypeError) as err:
             warnings.warn(f"per-(layer, bits) table {path} is unreadable ({err}); recomputing it", stacklevel=2)
@@ -267,7 +274,8 @@ def layer_bits_table(bench: Benchmark, config: StatsConfig | None = None,
     table = compute_layer_bits_table(
         bench.build_model(cands[0], init_seed=config.init_seed), choices, batch,
         evaluation=bench.calibration_batch(), act_bits=getattr(bench, "act_bits", 8),
-        calib_inputs=calibration_inputs(bench), seed=config.batch_seed, device=config.resolved_device())
+        calib_inputs=calibration_inputs(bench), seed=config.batch_seed, hessian=hessian,
+        device=config.resolved_device())
     write_json_atomic(path, {"key": key, "table": table.to_json()})
     return table
 
