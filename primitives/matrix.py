@@ -11,6 +11,11 @@ How a tensor is read as a matrix (one rule, stated once):
 - *row ops* (`gram`, `corrcoef`, `count_unique_rows`) read any tensor as rows along
   dim 0, `x.reshape(shape[0], -1)` (a 0-d tensor is one row of one value, a 1-d
   tensor a column of one-value rows), like `row_norms`.
+- `gram` and `corrcoef` return n x n for n rows, so their output is bounded: at most
+  `MAX_SQUARE_GROWTH` times the input's entries or `MIN_SQUARE_BOUND` entries, whichever
+  is larger; beyond it they refuse (`MatrixShapeError`, counted as `op_error`). Without
+  the bound a 1-d tensor of n entries (`flatten_sort(weight)`) squares to n^2, and an
+  NB201 search stacked over its candidates was killed for memory (15 GB in one process).
 
 Eigenvalue ops use the symmetric part (X + X^T) / 2, so their values are real whatever
 the input (statistics such as kernels and correlations are symmetric already, and for
@@ -28,6 +33,12 @@ from primitives.registry import register
 from primitives.types import Kind
 
 T, S = Kind.T, Kind.S
+
+
+#: gram / corrcoef output may hold this many times the input's entries (or MIN_SQUARE_BOUND), no more.
+MAX_SQUARE_GROWTH = 16
+#: Entries a gram / corrcoef output may always hold (a 64 x 64 matrix), whatever the input's size.
+MIN_SQUARE_BOUND = 64 * 64
 
 
 class MatrixShapeError(ValueError):
@@ -49,6 +60,16 @@ def as_rows(x: torch.Tensor) -> torch.Tensor:
     if x.dim() == 0:
         return x.reshape(1, 1)
     return x.reshape(x.shape[0], -1)
+
+
+def bounded_rows(x: torch.Tensor, op_name: str) -> torch.Tensor:
+    """Return `as_rows(x)`, refusing (MatrixShapeError) rows whose n x n product would outgrow the input (module doc)."""
+    rows = as_rows(x)
+    n = rows.shape[0]
+    if n * n > max(MIN_SQUARE_BOUND, MAX_SQUARE_GROWTH * x.numel()):
+        raise MatrixShapeError(f"{op_name}: {n} rows of {rows.shape[1]} would make a {n} x {n} matrix, more than "
+                               f"{MAX_SQUARE_GROWTH} x the input's {x.numel()} entries")
+    return rows
 
 
 def symmetric_eigenvalues(x: torch.Tensor) -> torch.Tensor:
@@ -138,14 +159,14 @@ def eff_rank(x: torch.Tensor) -> torch.Tensor:
 @register("gram", (T,), T, "matrix")
 def gram(x: torch.Tensor) -> torch.Tensor:
     """Return R R^T of the rows R of x (rows along dim 0): n x n, symmetric, positive semi-definite."""
-    rows = as_rows(x).to(torch.float64)
+    rows = bounded_rows(x, "gram").to(torch.float64)
     return (rows @ rows.mT).to(x.dtype)
 
 
 @register("corrcoef", (T,), T, "matrix")
 def corrcoef(x: torch.Tensor) -> torch.Tensor:
     """Return the Pearson correlation of the rows of x (n x n); a constant row correlates 0 with every row, itself too."""
-    rows = as_rows(x).to(torch.float64)
+    rows = bounded_rows(x, "corrcoef").to(torch.float64)
     centered = rows - rows.mean(dim=1, keepdim=True)
     # Scaling each row by its largest deviation first keeps the squares finite for any finite input.
     scale = centered.abs().amax(dim=1, keepdim=True)

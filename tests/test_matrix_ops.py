@@ -205,3 +205,14 @@ def test_rank_add_sums_the_two_log_ranks_and_ignores_scale():
     expected = np.log(np.array([1, 2, 3, 4]) / 4) + np.log(np.array([4, 1, 3, 2]) / 4)
     np.testing.assert_allclose(op("n_rank_add")(a, b).numpy(), expected)
     np.testing.assert_allclose(op("n_rank_add")(a * 1e5, b - 7).numpy(), expected)
+
+
+def test_gram_and_corrcoef_refuse_to_square_a_long_column_instead_of_allocating_n_squared():
+    from primitives.matrix import MatrixShapeError
+    column = torch.arange(5000.0)  # 5,000 one-value rows: a 5,000 x 5,000 output, 5,000 x the input
+    for name in ("gram", "corrcoef"):
+        with pytest.raises(MatrixShapeError, match="rows"):
+            op(name)(column)
+    weight_like = torch.ones(64, 16, 3, 3)  # 64 rows: within the bound, as every statistic's rows are
+    assert op("gram")(weight_like).shape == (64, 64)
+    assert op("corrcoef")(torch.ones(16)).shape == (16, 16)  # a small column is still squared
