@@ -142,11 +142,12 @@ def study_verdict_from_scores(study_dir: str | Path) -> dict[str, Any]:
 
     study = load_study(study_dir)
     runs = [verdict_from_scores(Path(study_dir) / r["folder"]) for r in study["runs"]]
-    outcome = verdict(_run_differences(runs, "difference"))
+    complete = len(runs) == study.get("planned_runs", len(runs))  # a study short of its planned runs has no verdict
+    outcome = verdict(_run_differences(runs, "difference")) if complete else "incomplete"
     record = {"format": VERDICT_FORMAT, "study": str(study_dir), "runs": runs, "verdict": outcome,
               "recorded": study["verdict"], "agrees": outcome == study["verdict"] and all(r["agrees"] for r in runs)}
     if "verdict_known" in study:  # the second bar: every run's difference against its best known proxy
-        record["verdict_known"] = verdict(_run_differences(runs, "over_known"))
+        record["verdict_known"] = verdict(_run_differences(runs, "over_known")) if complete else "incomplete"
         record["agrees"] = record["agrees"] and record["verdict_known"] == study["verdict_known"]
     return record
 

@@ -84,3 +84,20 @@ def test_a_study_states_both_verdicts_and_recomputes_them_from_its_scores(bench,
     text = (tmp_path / "study" / "study.md").read_text()
     assert "## Against the best known proxy" in text and f"Claim: **{study['claim']}**" in text
     assert load_study(tmp_path / "study") == study
+
+
+def test_a_study_short_of_its_planned_runs_recomputes_as_incomplete(bench, tmp_path):  # noqa: F811
+    import json
+
+    from search.rescore import study_verdict_from_scores
+    from search.study import run_study
+
+    config = SearchConfig(population=10, generations=2, seed=0, probe_size=8, hof_size=2, targets=("test_acc",))
+    run_study(bench, StatsConfig(), config, tmp_path / "study", [0], [0], search_benchmark,
+              "emq search synthetic-mq --seeds 0", progress=False, n_boot=30, baselines=["params", *KNOWN],
+              trivial=TRIVIAL)
+    record = json.loads((tmp_path / "study" / "study.json").read_text())
+    record.update(planned_runs=2, verdict="incomplete", verdict_known="incomplete")  # one of two runs finished
+    (tmp_path / "study" / "study.json").write_text(json.dumps(record))
+    again = study_verdict_from_scores(tmp_path / "study")
+    assert again["verdict"] == again["verdict_known"] == "incomplete" and again["agrees"]
