@@ -11,7 +11,8 @@ import numpy as np
 
 from emq.bench.base import Benchmark
 from emq.degeneracy import (
-    INPUT_INDEPENDENT, TRIVIAL_EQUIVALENT, degeneracy_flags, hyperparameter_function, is_input_independent, trivial_match,
+    CONSTANT, INPUT_INDEPENDENT, TRIVIAL_EQUIVALENT, degeneracy_flags, hyperparameter_function, is_input_independent,
+    trivial_match,
 )
 from emq.fitness import bootstrap_interval, heldout_split, kendall, spearman
 from emq.score_table import ScoreTable, score_table
@@ -319,7 +320,8 @@ def score_benchmark(
         for (name, proxy), (scores, fails) in zip(proxies.items(), all_scores):
             other_scores, _ = proxy_scores(proxy, probe_stats)
             flags = degeneracy_flags(scores)
-            if not flags and len(probe) > 1 and is_input_independent(scores[probe], other_scores):
+            # A flag, not an exclusion: SynFlow is data-free and also overflows on a few cells (nonfinite).
+            if CONSTANT not in flags and len(probe) > 1 and is_input_independent(scores[probe], other_scores):
                 flags.append(INPUT_INDEPENDENT)
             if not flags:
                 flags += trivial_flags(scores, trivial)

@@ -76,6 +76,19 @@ def test_score_flags_an_input_independent_formula(run):
     assert data["rows"][0]["flags"] == ["input_independent"]
 
 
+@needs_mq_digits
+def test_score_flags_input_independence_beside_nonfinite_scores(run, monkeypatch):
+    # SynFlow on NB201 overflows on a few cells and is data-free: both flags, no rejection (issue 21).
+    import emq.scoring
+
+    monkeypatch.setattr(emq.scoring, "degeneracy_flags", lambda scores: ["nonfinite"])
+    result = run("score", "mq-digits", "--formula", "sum_layers(sum(bits))", "--limit", "10", "--bootstrap", "20",
+                 "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output[result.output.index("{"):])
+    assert data["rows"][0]["flags"] == ["nonfinite", "input_independent"]
+
+
 @pytest.mark.parametrize("formula, message", [
     ("sum_layers(frob(weight))", "unknown op 'frob'"),
     ("sum_layers(weight)", "receives (T)"),
