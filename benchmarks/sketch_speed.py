@@ -1,6 +1,6 @@
 """Programs per second with sketched statistics (`--sketch K`) against full ones, and whether the ranking survives.
 
-    OMP_NUM_THREADS=1 python benchmarks/sketch_speed.py --cache-root /work/cache --max-search 1000 --programs 50
+    OMP_NUM_THREADS=1 python benchmarks/sketch_speed.py --cache-root "$EMQ_CACHE_DIR" --max-search 1000 --programs 50
 
 On one benchmark's search split (cut as `emq search` cuts it: split seed 0, hash order,
 the first `--max-search` networks), read from an existing statistics cache (never
