@@ -271,6 +271,11 @@ class TrivialChoice:
         return {"target": self.target, "name": self.name, "sign": self.sign, "label": self.label,
                 "search_value": self.search_value}
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "TrivialChoice":
+        """Return the choice `to_json` recorded (hall_of_fame.json and score tables keep it per target)."""
+        return cls(data["target"], data["name"], int(data["sign"]), float(data["search_value"]))
+
 
 def choose_best_trivial(trivial: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray],
                         metric: Metric = kendall) -> dict[str, TrivialChoice]:

@@ -58,8 +58,7 @@ def add_known_bar(bench: Benchmark, run_dir: str | Path, names: Sequence[str], s
         scores = table.scores[f"evolved #{entry['rank']}"]
         entry.update(json_finite(against_trivial(scores, known, values, table.truth, metric, joint, n_boot,
                                                  bar="known")))
-    choices = {t: TrivialChoice(c["target"], c["name"], int(c["sign"]), float(c["search_value"]))
-               for t, c in hall["best_trivial"].items()}
+    choices = {t: TrivialChoice.from_json(c) for t, c in hall["best_trivial"].items()}
     outcome = json_finite(run_verdict(hall["programs"][0] if hall["programs"] else None, choices, targets, known))
     hall.update(best_known={t: c.to_json() for t, c in known.items()}, verdict=outcome)
     folder.replace_hall(hall)

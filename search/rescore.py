@@ -17,7 +17,7 @@ import numpy as np
 from emq.atomic import write_json_atomic, write_text_atomic
 from emq.baselines import trivial_baselines
 from emq.bench.base import Benchmark
-from emq.fitness import PairedDifference, TrivialChoice, get_metric, verdict
+from emq.fitness import TrivialChoice, get_metric
 from emq.score_table import ScoreTableError
 from emq.scoring import check_proxies_fit
 from emq.stats.config import StatsConfig
@@ -132,31 +132,22 @@ def verdict_from_scores(run_dir: str | Path) -> dict[str, Any]:
 
 def _choices(recorded: dict[str, Any]) -> dict[str, TrivialChoice]:
     """Return the per-target choices a score table's first line records (`best_trivial` / `best_known`)."""
-    return {t: TrivialChoice(c["target"], c["name"], int(c["sign"]), float(c["search_value"]))
-            for t, c in recorded.items()}
+    return {t: TrivialChoice.from_json(c) for t, c in recorded.items()}
 
 
 def study_verdict_from_scores(study_dir: str | Path) -> dict[str, Any]:
     """Return a study's verdict recomputed from each run's `heldout_scores.csv` (the median rule of `emq.fitness`)."""
-    from search.study import load_study
+    from search.study import load_study, study_verdict
 
     study = load_study(study_dir)
     runs = [verdict_from_scores(Path(study_dir) / r["folder"]) for r in study["runs"]]
     complete = len(runs) == study.get("planned_runs", len(runs))  # a study short of its planned runs has no verdict
-    outcome = verdict(_run_differences(runs, "difference")) if complete else "incomplete"
+    outcome = study_verdict([r["verdict"].get("difference") for r in runs], complete)
     record = {"format": VERDICT_FORMAT, "study": str(study_dir), "runs": runs, "verdict": outcome,
               "recorded": study["verdict"], "agrees": outcome == study["verdict"] and all(r["agrees"] for r in runs)}
     if "verdict_known" in study:  # the second bar: every run's difference against its best known proxy
-        record["verdict_known"] = verdict(_run_differences(runs, "over_known")) if complete else "incomplete"
+        record["verdict_known"] = study_verdict(
+            [(r["verdict"].get("over_known") or {}).get("difference") for r in runs], complete)
         record["agrees"] = record["agrees"] and record["verdict_known"] == study["verdict_known"]
     return record
 
-
-def _run_differences(runs: list[dict[str, Any]], key: str) -> list[PairedDifference]:
-    """Return each recomputed run verdict's paired difference (`difference`, or `over_known`'s), NaN where absent."""
-    out = []
-    for r in runs:
-        d = r["verdict"].get(key)
-        d = d.get("difference") if key == "over_known" and d else d
-        out.append(PairedDifference(**d) if d else PairedDifference(*(float("nan"),) * 3, 0))
-    return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -141,22 +141,27 @@ def _known_columns(hall: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]
 def write_study(out_dir: Path, bench_name: str, command: str, runs: list[dict[str, Any]], planned: int,
                 ceiling: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write study.json and study.md for the runs so far (with the held-out replicate ceiling) and return the record."""
-    diffs = _differences(runs, "difference")
     complete = len(runs) == planned
-    outcome = verdict(diffs) if complete else "incomplete"
+    outcome = study_verdict([r.get("difference") for r in runs], complete)
     study = {"format": STUDY_FORMAT, "benchmark": bench_name, "command": command, "runs": runs,
              "planned_runs": planned, "verdict": outcome, "replicate_ceiling": ceiling or {}}
     if runs and all("difference_known" in r for r in runs):  # the second bar, when every run measured it
-        study["verdict_known"] = verdict(_differences(runs, "difference_known")) if complete else "incomplete"
+        study["verdict_known"] = study_verdict([r.get("difference_known") for r in runs], complete)
         study["claim"] = claim(outcome, study["verdict_known"]) if complete else "incomplete"
     write_json_atomic(out_dir / "study.json", study)
     write_text_atomic(out_dir / "study.md", study_markdown(study))
     return study
 
 
-def _differences(runs: list[dict[str, Any]], key: str) -> list[PairedDifference]:
-    """Return each run's paired difference under `key` (NaN for a run without one: it cannot count as a win)."""
-    return [PairedDifference(**r[key]) if r.get(key) else PairedDifference(*(float("nan"),) * 3, 0) for r in runs]
+def study_verdict(differences: Sequence[Mapping[str, Any] | None], complete: bool) -> str:
+    """Return the median-rule verdict of the runs' paired differences, "incomplete" short of the planned runs.
+
+    A run without a difference counts as NaN: it cannot count as a win. Used by the study
+    itself and by `emq verdict --from-scores`, so both apply one rule.
+    """
+    if not complete:
+        return "incomplete"
+    return verdict([PairedDifference(**d) if d else PairedDifference(*(float("nan"),) * 3, 0) for d in differences])
 
 
 def study_markdown(study: dict[str, Any]) -> str:
