@@ -38,7 +38,7 @@ def apply_group() -> None:
 @click.option("--random", "random_configs", default=10, show_default=True, type=click.IntRange(min=0),
               help="Random feasible configurations measured by --compare.")
 @click.option("--baseline", "baselines", multiple=True,
-              help="Baseline allocated as an objective by --compare (repeatable; default: hawq and bparams).")
+              help="Baseline allocated as an objective by --compare (repeatable; default: hawq, bparams and qloss_layer_sum, the separable quantized loss).")
 @click.option("--allocator", "allocators", multiple=True, type=Names("emq.apply.mq:COMPARE_ALLOCATORS", "none"),
               help="Allocator compared by --compare besides the objectives (repeatable; default: both). hawq_v2: "
                    "HAWQ-v2 as published, solved exactly; qloss-greedy: greedy lowering by the quantized "

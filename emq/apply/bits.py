@@ -20,6 +20,10 @@ of sensitivity-based allocation (HAWQ measures sensitivities once, too).
 `exact=True` instead measures every scored configuration's own quantized network
 (one statistics pass each; genetic algorithm only).
 
+The per-(layer, bits) statistics `lb_*` (`emq.stats.layer_bits`) come from the table
+given as `layer_bits`: each is already one layer quantized alone at each width, so
+a configuration's values are exact in either mode and cost no pass.
+
 The size budget is `emq.apply.budget`; finding the best configuration under it,
 `emq.apply.allocation`.
 """
@@ -40,7 +44,9 @@ from emq.errors import StatUnavailableError
 from emq.proxy import Proxy, ProxyEvaluationError
 from emq.quant.layers import quantizable_layers
 from emq.stats import NetworkStats, stats_with
+from emq.stats.catalogue import LAYER_BITS_STATS
 from emq.stats.compute import applicable_stats, compute_stats
+from emq.stats.layer_bits import LayerBitsTable
 
 #: The weight bit-widths of the embedded MQ benchmark.
 DEFAULT_CHOICES: tuple[int, ...] = (2, 3, 4, 8)
@@ -81,8 +87,9 @@ class BitObjective:
         device: torch.device | str = "cpu",
         store_dtype: torch.dtype = torch.float32,
         progress: Callable[[int, int], None] | None = None,
+        layer_bits: LayerBitsTable | None = None,
     ) -> None:
-        check_stats(proxy)
+        check_stats(proxy, layer_bits_available=layer_bits is not None)
         self.proxy = proxy
         self.model = model
         self.batch = batch
@@ -95,7 +102,12 @@ class BitObjective:
         self.exact = exact
         self._stats_kwargs = dict(act_bits=act_bits, calib_inputs=calib_inputs, hessian_samples=hessian_samples,
                                   seed=seed, device=device, store_dtype=store_dtype)
-        self.needed = sorted(proxy.stats_needed)
+        self.layer_bits = layer_bits
+        self.table_stats = sorted(proxy.stats_needed & set(LAYER_BITS_STATS))
+        if layer_bits is not None and not set(self.table_stats) <= set(layer_bits.values):
+            raise StatUnavailableError(f"the per-(layer, bits) table lacks {sorted(set(self.table_stats) - set(layer_bits.values))} "
+                                       "(lb_hessian_error needs a table built with its Hessian traces)")
+        self.needed = sorted(proxy.stats_needed - set(LAYER_BITS_STATS))  # those a statistics pass measures
         self.network_stats = sorted(set(self.needed) - LOCAL_STATS)
         self.stats_passes = 0
         self.stats_seconds = 0.0
@@ -109,14 +121,33 @@ class BitObjective:
 
     # ------------------------------------------------------------------ stats
     def _measure(self, bits: Mapping[str, int]) -> NetworkStats:
+        if not self.needed:  # the proxy reads the per-(layer, bits) table only: no pass
+            return self._from_layer_bits(bits)
         start = time.perf_counter()
         stats = compute_stats(self.model, self.batch, dict(bits), self.needed, **self._stats_kwargs)
         self.stats_passes += 1
         self.stats_seconds += time.perf_counter() - start
+        if self.table_stats:
+            for layer, values in self._from_layer_bits(bits).layers.items():
+                stats.layers.setdefault(layer, {}).update(values)
         return stats
+
+    def _from_layer_bits(self, bits: Mapping[str, int]) -> NetworkStats:
+        """Return configuration `bits`'s `lb_*` statistics from the per-(layer, bits) table."""
+        assert self.layer_bits is not None  # check_stats refuses a proxy reading lb_* without a table
+        return self.layer_bits.network_stats(bits, self.table_stats)
 
     def _build_table(self, progress: Callable[[int, int], None] | None) -> None:
         ref = {n: self.reference for n in self.layers}
+        if not self.needed:
+            # Only per-(layer, bits) statistics: the table already holds every (layer, width).
+            table = self.layer_bits
+            assert table is not None
+            self._sizes, self._order = (dict(table.params), {}), list(table.layers)
+            for b in self.choices:
+                for name, values in self._from_layer_bits({n: b for n in self.layers}).layers.items():
+                    self._table[(name, b)] = values
+            return
         if not self.network_stats:
             # Local statistics of a layer at b bits are the same whatever the others' bits: one pass per choice.
             runs = [({n: b for n in self.layers}, None, b) for b in self.choices]
@@ -130,7 +161,7 @@ class BitObjective:
                 self._order = list(stats.layers)  # forward order, as compute_stats gives it
             for name in ([layer] if layer is not None else self.layers):
                 if name in stats.layers:
-                    self._table[(name, b)] = stats.layers[name]
+                    self._table[(name, b)] = stats.layers[name]  # lb_* included: _measure merged them
             if progress:
                 progress(i + 1, len(runs))
 
@@ -227,9 +258,18 @@ class BitObjective:
         return Separable(coef, direction, structure), ""
 
 
-def check_stats(proxy: Proxy) -> None:
-    """Fail naming the statistics `proxy` reads that a quantized CNN does not have (e.g. transformer ones)."""
-    available = set(applicable_stats(True))
+def check_stats(proxy: Proxy, layer_bits_available: bool = False) -> None:
+    """Fail naming the statistics `proxy` reads that a quantized CNN does not have (e.g. transformer ones).
+
+    `lb_*` statistics need the per-(layer, bits) table (`layer_bits_available`:
+    `emq.apply.mq.benchmark_objective` builds it for an MQ benchmark).
+    """
+    table = [n for n in sorted(proxy.stats_needed) if n in LAYER_BITS_STATS]
+    if table and not layer_bits_available:
+        raise StatUnavailableError(
+            f"proxy {proxy.formula()} reads {', '.join(table)}, from the per-(layer, bits) table of a benchmark: "
+            "allocate it on an MQ benchmark (emq apply mq NAME), which builds the table, or pass layer_bits=")
+    available = set(applicable_stats(True)) | set(LAYER_BITS_STATS)
     missing = sorted(proxy.stats_needed - available)
     if missing:
         raise StatUnavailableError(

@@ -15,6 +15,9 @@ real post-training-quantization accuracy on the benchmark's test split (mq-digit
 - `qloss-greedy`: layers lowered greedily by the quantized network's calibration
   cross-entropy (`emq.apply.greedy`), the trivial predictor used as an allocator;
 - `bparams`: the registered bit-weighted parameter count, maximised (fill the budget);
+- `qloss_layer_sum`: minus the sum of each layer's calibration-loss increase alone at
+  its bits (the per-(layer, bits) table, `emq.stats.layer_bits`), maximised exactly: the
+  separable trivial predictor, of the cost HAWQ-v2 has;
 - `uniform`: every layer at the largest width that fits;
 - `random`: N configurations drawn uniformly per layer, repaired into the budget like
   GA children; mean and standard deviation of their accuracies;
@@ -46,10 +49,12 @@ from emq.bench.base import Benchmark
 from emq.fitness import kendall as kendall_tau
 from emq.proxy import Proxy
 from emq.quant.layers import quantizable_layers
-from emq.stats.cache import calibration_inputs
+from emq.stats.cache import calibration_inputs, layer_bits_table
+from emq.stats.catalogue import LAYER_BITS_STATS
+from emq.stats.config import StatsConfig
 
 #: Baselines used as allocation objectives in the comparison.
-COMPARE_BASELINES: tuple[str, ...] = ("hawq", "bparams")
+COMPARE_BASELINES: tuple[str, ...] = ("hawq", "bparams", "qloss_layer_sum")
 #: Allocators that are not "maximise an objective over statistics", compared by default.
 COMPARE_ALLOCATORS: tuple[str, ...] = ("hawq_v2", "qloss-greedy")
 
@@ -79,7 +84,7 @@ def precheck(bench: Benchmark, proxies: dict[str, Proxy], budgets: Sequence[Budg
     for budget in budgets:
         check_budget(budget, params, choices)
     for proxy in proxies.values():
-        check_stats(proxy)
+        check_stats(proxy, layer_bits_available=True)  # benchmark_objective builds the table a proxy reads
         check_method(proxy, method, exact)
 
 
@@ -91,10 +96,13 @@ def benchmark_objective(bench: Benchmark, proxy: Proxy, *, batch_seed: int = 0, 
     if bench.family != "mq":
         raise ValueError(f"benchmark {bench.name!r} is a {bench.family} benchmark; bit allocation needs an MQ one")
     model = bench.build_model(bench.candidates()[0])
+    reads = sorted(proxy.stats_needed & set(LAYER_BITS_STATS))
+    table = layer_bits_table(bench, StatsConfig(batch_seed=batch_seed, batch_size=batch_size, device=device),
+                             hessian="lb_hessian_error" in reads) if reads else None
     return BitObjective(proxy, model, bench.batch(batch_seed, batch_size), choices=bit_choices(bench),
                         act_bits=getattr(bench, "act_bits", 8), calib_inputs=calibration_inputs(bench), exact=exact,
                         hessian_samples=hessian_samples, seed=batch_seed, device=device, store_dtype=store_dtype,
-                        progress=progress)
+                        progress=progress, layer_bits=table)
 
 
 class AccuracyMeter:
