@@ -93,12 +93,13 @@ def search_benchmark(
     targets = list(search_config.targets or bench.ground_truth())
     cut = cut_run(bench, targets, search_config.heldout_fraction, search_config.split_seed,
                   search_config.split_order, max_search, max_heldout)
-    trivial_names = list(trivial) if trivial is not None else trivial_baselines(bench)
+    trivial_names = list(trivial) if trivial is not None else trivial_baselines(bench, search_config.separable)
     result = _evolve(bench, cut, stats_config, search_config, run_dir, pool, trivial_names, progress, resume,
                      cache_root, command)
     if result.finished:
         names = list(baselines) if baselines is not None else default_baselines(bench.family)
-        names += [n for n in trivial_names if n not in names]
+        # every trivial predictor is a row; a separable run's bar is chosen among the separable ones only
+        names += [n for n in [*trivial_names, *trivial_baselines(bench)] if n not in names]
         _judge(bench, cut, stats_config, search_config, result, names, pool, progress, cache_root, command, n_boot)
     return result
 
@@ -190,7 +191,9 @@ def _write_summary(bench: Benchmark, cut: RunCut, stats_config: StatsConfig, sea
              f"(split seed {search_config.split_seed}); fitness = {search_config.fitness} {search_config.metric} "
              f"({search_config.joint} over {', '.join(targets)}); {search_config.strategy_text()}; "
              f"seed {search_config.seed}; batch seed {stats_config.batch_seed}.", "",
-             "Best trivial predictor per target (chosen on the search split): "
+             "Best trivial predictor per target (chosen on the search split"
+             + (" among the separable ones, of the search's cost; `qloss_calib`, a pass per configuration, is a "
+                "row of the table" if search_config.separable else "") + "): "
              + (", ".join(f"{t}: `{c.label}` ({search_config.metric} {c.search_value:+.3f})"
                           for t, c in choices.items()) or "none") + ".", ""]
     write_summary(folder.summary, f"EMQ search on {bench.name}", command, report.to_markdown(), hall,

@@ -53,7 +53,8 @@ def rescore_run(bench: Benchmark, run_dir: str | Path, stats_config: StatsConfig
     best = run.programs[0]
     config = stats_config
     check_proxies_fit(bench, {"best": proxy}, config)
-    choices = choose_trivial(bench, trivial_baselines(bench), config, cut, metric, progress, cache_root)
+    choices = choose_trivial(bench, trivial_baselines(bench, search.separable), config, cut, metric, progress,
+                             cache_root)
     ((scores, failures),) = score_heldout([proxy], bench, cut, config, progress=progress, cache_root=cache_root)
     on_heldout = trivial_on_heldout(bench, choices, config, cut, progress, cache_root)
     entry = {**best, **against_trivial(scores, choices, on_heldout, cut.heldout_truth, metric, search.joint, n_boot)}
