@@ -12,6 +12,7 @@ from torch import nn
 
 from emq.baselines.registry import BaselineContext, BaselineNotApplicableError, register_baseline
 from emq.bench.base import Batch
+from emq.quant.fake_quant import squared_quantization_error
 from emq.quant.layers import quantizable_layers
 from emq.stats.compute import network_logits, virtual_grads
 from emq.stats.hessian_trace import TRACE_SAMPLES, average_traces
@@ -258,8 +259,7 @@ def hawq_v2_traces(float_model: nn.Module, batch: Batch, seed: int,
 
 def hawq_v2_term(average_trace: float, weight: torch.Tensor, quantized: torch.Tensor) -> float:
     """Return one layer's HAWQ-v2 cost, Tr(H_l)/n_l * ||Q(W_l) - W_l||^2 (lower is better)."""
-    w = weight.detach().to(torch.float64)
-    return average_trace * float((quantized.detach().to(torch.float64) - w).pow(2).sum())
+    return average_trace * squared_quantization_error(weight, quantized)
 
 
 def hawq_v2_layer_costs(float_model: nn.Module, choices: Sequence[int],

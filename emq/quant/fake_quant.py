@@ -63,6 +63,11 @@ class ActivationQuantizer(nn.Module):
         return _ActQuant.apply(x, self.lo, self.hi, self.bits)
 
 
+def squared_quantization_error(weight: torch.Tensor, quantized: torch.Tensor) -> float:
+    """Return ||Q(W) - W||^2 in float64: HAWQ-v2's error term (`hawq_v2`, `lb_weight_error`), one definition."""
+    return float((quantized.detach().to(torch.float64) - weight.detach().to(torch.float64)).pow(2).sum())
+
+
 def quantized_model(
     model: nn.Module,
     bits: dict[str, int],

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emq.bench.base import Batch
-from emq.quant.fake_quant import quantize_weight, quantized_model
+from emq.quant.fake_quant import quantize_weight, quantized_model, squared_quantization_error
 from emq.quant.layers import MAX_WEIGHT_BITS, quantizable_layers
 from emq.stats.catalogue import LAYER_BITS_STATS, NetworkStats
 from emq.stats.hessian_trace import TRACE_SAMPLES, average_traces
@@ -167,7 +167,7 @@ def compute_layer_bits_table(
     for name in names:
         weight = fp_layers[name].weight.detach()
         for b in choices:
-            error = float((quantize_weight(weight, b).double() - weight.double()).pow(2).sum())
+            error = squared_quantization_error(weight, quantize_weight(weight, b))
             loss, out = _run(_network(model, {**full, name: b}, act_bits, calib, device), [name], x, y)
             values["lb_weight_error"][name][b] = error
             values["lb_output_perturbation"][name][b] = float(
