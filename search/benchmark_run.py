@@ -99,7 +99,7 @@ def search_benchmark(
     if result.finished:
         names = list(baselines) if baselines is not None else default_baselines(bench.family)
         # every trivial predictor is a row; a separable run's bar is chosen among the separable ones only
-        names += [n for n in [*trivial_names, *trivial_baselines(bench)] if n not in names]
+        names = list(dict.fromkeys([*names, *trivial_names, *trivial_baselines(bench)]))
         _judge(bench, cut, stats_config, search_config, result, names, pool, progress, cache_root, command, n_boot)
     return result
 

@@ -247,4 +247,6 @@ def test_separable_search_on_mq_digits_evolves_separable_programs_to_a_verdict(t
     assert "qloss_calib" not in trivial_baselines(bench, separable_only=True)
     columns = RunFolder(tmp_path / "run").read_scores().scores
     assert "baseline:qloss_calib" in columns and "baseline:qloss_layer_sum" in columns
-    assert "among the separable ones" in (tmp_path / "run" / "summary.md").read_text()
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert "among the separable ones" in summary
+    assert summary.count("| qloss_layer_sum |") == 1  # each baseline is one row
