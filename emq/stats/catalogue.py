@@ -152,7 +152,8 @@ register_stat("jacobian_corr", "B x B Pearson correlation of the per-input Jacob
 _LB = dict(needs_bits=True, layer_local=True, per_layer_bits=True, cost="|L| x |B| passes, once")
 register_stat("lb_weight_error", "||Q_b(W) - W||^2 of the layer's weight at its bits b (0-d)", **_LB)
 register_stat("lb_hessian_error", "HAWQ-v2's term Tr(H)/numel x ||Q_b(W) - W||^2, H of the full-precision "
-              "network on the statistics batch (0-d)", **_LB)
+              "network on the statistics batch (0-d)",
+              **{**_LB, "cost": "|L| x |B| passes + Hessian traces (128 Hutchinson samples per layer), once"})
 register_stat("lb_output_perturbation", "squared L2 change of the layer's output on the calibration images "
               "(per image), that layer alone at its bits (0-d)", **_LB)
 register_stat("lb_loss_increase", "cross-entropy increase on the calibration images, that layer alone at its "
