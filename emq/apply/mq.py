@@ -192,7 +192,8 @@ class MQComparison:
             "",
             f"Proxy statistics: batch {self.batch.get('source')} seed {self.batch.get('seed')} size "
             f"{self.batch.get('size')}; the separable model of `emq.apply.bits` (each layer's statistics measured "
-            "with that layer at its width and the others at the largest width).",
+            "with that layer at its width and the others at the largest width; `lb_*` statistics from the "
+            "per-(layer, bits) table, whose passes and seconds count in its objectives' setup even when cached).",
             "",
             "Objectives, and how faithful each is where the optimiser looks: Kendall tau between the objective "
             "(separable statistics) and the measured accuracy of all the benchmark's configurations:",
@@ -288,7 +289,10 @@ def compare_mq(
         t0 = time.perf_counter()
         built[name] = benchmark_objective(bench, proxy, batch_seed=batch_seed, batch_size=batch_size,
                                           hessian_samples=hessian_samples, device=device, store_dtype=store_dtype)
-        setup[name] = {"passes": built[name].stats_passes, "seconds": round(time.perf_counter() - t0, 2)}
+        table = built[name].layer_bits if built[name].table_stats else None
+        # a per-(layer, bits) table counts its |L| x |B| passes and the seconds it took when computed (maybe cached)
+        setup[name] = {"passes": built[name].stats_passes + (table.passes if table else 0),
+                       "seconds": round(time.perf_counter() - t0 + (table.seconds if table else 0.0), 2)}
         kendall[name] = _finite_kendall([built[name].score(c.bits) for c in cands], truth)  # type: ignore[arg-type]
     first = next(iter(built.values()))
     params, choices, layers = first.params, first.choices, first.layers
