@@ -28,6 +28,18 @@ SPLITS = ("all", "search", "heldout")
 STREAM_CHUNK = 512
 
 
+def _baseline_cost_text(name: str) -> str:
+    """Return the cost column of a baseline without measured seconds: read from the statistics cache or the table."""
+    from emq.baselines import get_baseline
+    from emq.baselines.registry import ARCH_PREFIX
+    from emq.stats.catalogue import LAYER_BITS_STATS
+
+    if name.startswith(ARCH_PREFIX) or get_baseline(name).kind != "program":
+        return "stats cache"
+    reads_table = get_baseline(name).proxy().stats_needed & set(LAYER_BITS_STATS)
+    return "per-(layer, bits) table, once" if reads_table else "stats cache"
+
+
 def stream_scores(
     programs: Sequence[Proxy], bench: Benchmark, candidates: Sequence[Any], config: StatsConfig,
     chunk: int = STREAM_CHUNK, device: str | None = None, progress: bool = True,
@@ -116,7 +128,7 @@ class ScoreReport:
         ]
         for r in self.rows:
             kind = f"{r.kind} (trivial)" if r.trivial else r.kind
-            cost = "stats cache" if r.seconds is None and r.kind == "baseline" else \
+            cost = _baseline_cost_text(r.name) if r.seconds is None and r.kind == "baseline" else \
                 ("-" if r.seconds is None else f"{r.seconds:.3g}")
             lines.append(
                 f"| {r.name} | {kind} | {r.target} | {r.n} | {_fmt(r.kendall, r.kendall_ci)} | "
