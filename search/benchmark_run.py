@@ -98,8 +98,9 @@ def search_benchmark(
                      cache_root, command)
     if result.finished:
         names = list(baselines) if baselines is not None else default_baselines(bench.family)
-        # every trivial predictor is a row; a separable run's bar is chosen among the separable ones only
-        names = list(dict.fromkeys([*names, *trivial_names, *trivial_baselines(bench)]))
+        # a separable run's bar is chosen among the separable trivial predictors; the others are rows of its table
+        rows = trivial_baselines(bench) if search_config.separable and trivial is None else []
+        names = list(dict.fromkeys([*names, *trivial_names, *rows]))
         _judge(bench, cut, stats_config, search_config, result, names, pool, progress, cache_root, command, n_boot)
     return result
 

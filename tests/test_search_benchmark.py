@@ -132,7 +132,7 @@ def test_verdict_of_a_finished_run_matches_the_runs_own_and_closes_its_summary(b
     import search.rescore
     from search.rescore import rescore_run
 
-    monkeypatch.setattr(search.rescore, "trivial_baselines", lambda b: ["params", "bit_sum", "bparams", "bops"])
+    monkeypatch.setattr(search.rescore, "trivial_baselines", lambda b, separable_only=False: ["params", "bit_sum", "bparams", "bops"])
     config = SearchConfig(population=12, generations=2, seed=0, probe_size=8, hof_size=3, targets=("test_acc",))
     search_benchmark(bench, StatsConfig(), config, tmp_path / "run", progress=False, n_boot=40, max_heldout=20,
                      trivial=["params", "bit_sum", "bparams", "bops"], command="emq search synthetic-mq")
