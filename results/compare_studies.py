@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, when run as a script
 
-from emq.atomic import write_text_atomic  # noqa: E402
+from results.report import publish, reproduce_line  # noqa: E402
 from emq.fitness import kendall, paired_bootstrap_difference  # noqa: E402
 from search.run_folder import RunFolder  # noqa: E402
 from search.study import load_study  # noqa: E402
@@ -51,22 +51,20 @@ def main() -> None:
     if not rows:
         raise SystemExit("the two studies share no run folder (seedS-batchB)")
     lines = [f"# `{args.study_a}` against `{args.study_b}`, run for run", "",
-             f"Reproduce: `python3 results/compare_studies.py {args.study_a} {args.study_b}"
-             + (f" --out {args.out}`" if args.out else "`"), "",
+             reproduce_line(f"python3 results/compare_studies.py {args.study_a} {args.study_b}", args.out),
+             "",
              "Held-out Kendall of each run's best program (chosen on the search split); the difference A - B is "
              "paired-bootstrapped over the shared held-out candidates (1000 resamples).", "",
              "| run | A | B | A - B [95% CI] |", "|---|---|---|---|"]
     for r in rows:
         d = r["diff"]
-        lines.append(f"| {r['folder']} | {r['a']:+.3f} | {r['b']:+.3f} | {d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}] |")
+        lines.append(f"| {r['folder']} | {r['a']:+.3f} | {r['b']:+.3f} | "
+                     f"{d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}] |")
     lows, highs = [r["diff"].low for r in rows], [r["diff"].high for r in rows]
     above, below = sum(low > 0 for low in lows), sum(high < 0 for high in highs)
     lines += ["", f"Runs where A is above B (interval above 0): {above} of {len(rows)}; below: {below}; "
               f"median difference {float(np.median([r['diff'].value for r in rows])):+.3f}."]
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        write_text_atomic(args.out, text)
-    print(text, end="")
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -104,8 +104,9 @@ class BitObjective:
                                   seed=seed, device=device, store_dtype=store_dtype)
         self.layer_bits = layer_bits
         self.table_stats = sorted(proxy.stats_needed & set(LAYER_BITS_STATS))
-        if layer_bits is not None and not set(self.table_stats) <= set(layer_bits.values):
-            raise StatUnavailableError(f"the per-(layer, bits) table lacks {sorted(set(self.table_stats) - set(layer_bits.values))} "
+        lacking = sorted(set(self.table_stats) - set(layer_bits.values)) if layer_bits is not None else []
+        if lacking:
+            raise StatUnavailableError(f"the per-(layer, bits) table lacks {lacking} "
                                        "(lb_hessian_error needs a table built with its Hessian traces)")
         self.needed = sorted(proxy.stats_needed - set(LAYER_BITS_STATS))  # those a statistics pass measures
         self.network_stats = sorted(set(self.needed) - LOCAL_STATS)
@@ -142,7 +143,7 @@ class BitObjective:
         if not self.needed:
             # Only per-(layer, bits) statistics: the table already holds every (layer, width).
             table = self.layer_bits
-            assert table is not None
+            assert table is not None  # check_stats refuses a proxy reading lb_* without a table
             self._sizes, self._order = (dict(table.params), {}), list(table.layers)
             for b in self.choices:
                 for name, values in self._from_layer_bits({n: b for n in self.layers}).layers.items():

@@ -289,7 +289,7 @@ def compare_mq(
         t0 = time.perf_counter()
         built[name] = benchmark_objective(bench, proxy, batch_seed=batch_seed, batch_size=batch_size,
                                           hessian_samples=hessian_samples, device=device, store_dtype=store_dtype)
-        table = built[name].layer_bits if built[name].table_stats else None
+        table = built[name].layer_bits  # given only to a proxy that reads it (benchmark_objective)
         # a per-(layer, bits) table counts its |L| x |B| passes and the seconds it took when computed (maybe cached)
         setup[name] = {"passes": built[name].stats_passes + (table.passes if table else 0),
                        "seconds": round(time.perf_counter() - t0 + (table.seconds if table else 0.0), 2)}

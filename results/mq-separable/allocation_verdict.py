@@ -21,7 +21,7 @@ from scipy.stats import binomtest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, when run as a script
 
-from emq.atomic import write_text_atomic  # noqa: E402
+from results.report import publish, reproduce_line  # noqa: E402
 
 #: The allocators every evolved winner is paired with (those present in the comparison).
 REFERENCES = ("hawq_v2", "qloss_layer_sum", "qloss-greedy", "uniform", "hawq", "bparams")
@@ -64,14 +64,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     data = json.loads(args.comparison.read_text(encoding="utf-8"))
-    winners = [p for p in data["proxies"]]
+    command = f"python3 results/mq-separable/allocation_verdict.py {args.comparison}"
     lines = ["# Allocation verdict: evolved separable proxies against the reference allocators", "",
-             f"Reproduce: `python3 results/mq-separable/allocation_verdict.py {args.comparison}"
-             + (f" --out {args.out}`" if args.out else "`"), "", *verdict_lines(data, winners)]
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        write_text_atomic(args.out, text)
-    print(text, end="")
+             reproduce_line(command, args.out), "", *verdict_lines(data, list(data["proxies"]))]
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

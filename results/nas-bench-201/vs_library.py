@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, when run as a script
 
-from emq.atomic import write_text_atomic  # noqa: E402
+from results.report import publish, reproduce_line  # noqa: E402
 from emq.fitness import kendall, paired_bootstrap_difference  # noqa: E402
 from emq.score_table import ScoreTable  # noqa: E402
 from search.run_folder import RunFolder  # noqa: E402
@@ -51,18 +51,19 @@ def main() -> None:
     if not files:
         raise SystemExit(f"{args.chunks}: no chunk-*.scores.csv files")
     cells, truth, library = library_columns([ScoreTable.read(f) for f in files])
+    runs = load_study(args.study)["runs"]
+    command = f"python3 results/nas-bench-201/vs_library.py {args.study} {args.chunks}"
     lines = [f"# The study's winners against the known-proxy library on {len(cells)} held-out cells", "",
-             f"Reproduce: `python3 results/nas-bench-201/vs_library.py {args.study} {args.chunks}"
-             + (f" --out {args.out}`" if args.out else "`"), "",
+             reproduce_line(command, args.out), "",
              f"Cells: those of {', '.join(f.name for f in files)} (the first {len(cells)} of the study's 5,000 "
              f"held-out cells); target `{TARGET}`; batch seed 0 for the library, each run's own batch for its "
              "program. Each cell: Kendall of the run's best program minus the library program's, paired bootstrap "
              "95% CI over the cells (1,000 resamples). Not a verdict: no choice on a search split (see the script).",
              "", "| library program | its Kendall | " + " | ".join(
-                 f"{r['folder']}" for r in load_study(args.study)["runs"]) + " |",
-             "|---|---|" + "---|" * len(load_study(args.study)["runs"])]
+                 r["folder"] for r in runs) + " |",
+             "|---|---|" + "---|" * len(runs)]
     evolved = {}
-    for run in load_study(args.study)["runs"]:
+    for run in runs:
         table = RunFolder(args.study / run["folder"]).read_scores()
         where = {c: i for i, c in enumerate(table.candidates)}
         missing = [c for c in cells if c not in where]
@@ -77,10 +78,7 @@ def main() -> None:
             d = paired_bootstrap_difference(s, scores, {TARGET: truth})
             cells_text.append(f"{d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}]")
         lines.append(f"| {name} | {kendall(scores, truth):+.3f} | " + " | ".join(cells_text) + " |")
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        write_text_atomic(args.out, text)
-    print(text, end="")
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":
