@@ -20,7 +20,9 @@ In chunks (the 5,000-cell NB201 table, accumulated across sessions or machines):
 writes their per-candidate values (truth, every program, every reference, the seconds
 each cost) to `results/known-proxies-nb201/chunk-KKK.scores.csv` with the settings on its
 first line, and deletes that chunk's statistics cache (`--keep-cache` keeps it), so the
-disk holds one chunk's statistics at a time (about 6 GB at 23.4 MB per cell). A chunk
+disk holds one chunk's statistics at a time (about 6 GB at 23.4 MB per cell), and memory the
+statistics of `--hold` candidates (default 64: a chunk of 250 NB201 cells peaks near 4 GB
+instead of 18 GB, so two chunks run side by side on 2 cores). A chunk
 whose file exists with the same settings is skipped, so rerunning a command resumes.
 `--assemble` reads the chunks present and writes the table over the cells they cover,
 headed "partial: N of 5,000 cells (chunks ...)" until all are there; rank aggregates
@@ -57,24 +59,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-import torch
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
-from emq.atomic import write_text_atomic
-from emq.baselines import baseline_scores, baseline_seconds, get_baseline
-from emq.baselines.structured import AGGREGATES, rank_aggregate
-from emq.bench.registry import open_benchmark
-from emq.errors import EMQUserError
-from emq.evaluate import StackedStats, evaluate_stacked
-from emq.fitness import bootstrap_interval, kendall, spearman
-from emq.known import KnownProxy, get_known, known_proxies
-from emq.paths import cache_dir, results_dir
-from emq.population import Expansion
-from emq.score_table import ScoreTable, ScoreTableError, score_table
-from emq.scoring import benchmark_offered_stats, select_split, stream_scores
-from emq.stats.cache import cache_folder
-from emq.stats.config import StatsConfig
-from emq.stats.compute import compute_stats
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from emq.atomic import write_text_atomic  # noqa: E402
+from emq.baselines import baseline_scores, baseline_seconds, get_baseline  # noqa: E402
+from emq.baselines.structured import AGGREGATES, rank_aggregate  # noqa: E402
+from emq.bench.registry import open_benchmark  # noqa: E402
+from emq.errors import EMQUserError  # noqa: E402
+from emq.evaluate import StackedStats, evaluate_stacked  # noqa: E402
+from emq.fitness import bootstrap_interval, kendall, spearman  # noqa: E402
+from emq.known import KnownProxy, get_known, known_proxies  # noqa: E402
+from emq.paths import cache_dir, results_dir  # noqa: E402
+from emq.population import Expansion  # noqa: E402
+from emq.score_table import ScoreTable, ScoreTableError, score_table  # noqa: E402
+from emq.scoring import benchmark_offered_stats, select_split, stream_scores  # noqa: E402
+from emq.stats.cache import cache_folder  # noqa: E402
+from emq.stats.config import StatsConfig  # noqa: E402
+from emq.stats.compute import compute_stats  # noqa: E402
 
 #: Published NAS-Bench-201 CIFAR-10 figures (Kendall, Spearman) quoted by the issue that asked for this table.
 PUBLISHED_NB201 = {
@@ -146,12 +151,14 @@ def part_columns(library: Mapping[str, KnownProxy]) -> list[str]:
 
 
 def candidate_columns(bench: Any, library: Mapping[str, KnownProxy], candidates: Sequence[Any], config: StatsConfig,
-                      cost_sample: int, cache_root: Path | None) -> tuple[dict[str, np.ndarray], float]:
+                      cost_sample: int, cache_root: Path | None,
+                      hold: int = 64) -> tuple[dict[str, np.ndarray], float]:
     """Return the per-candidate columns of `candidates` (programs or their parts, references, seconds) and the
-    seconds the programs' statistics took."""
+    seconds the programs' statistics took. `hold`: candidates whose statistics are held in memory at once (whole
+    stacking blocks, so the scores do not depend on it)."""
     expansion = Expansion.of([e.proxy for e in library.values()])
     start = time.perf_counter()
-    parts = stream_scores(expansion.parts, bench, candidates, config, cache_root=cache_root)
+    parts = stream_scores(expansion.parts, bench, candidates, config, chunk=hold, cache_root=cache_root)
     stats_seconds = time.perf_counter() - start
     columns = {name: scores for name, (scores, _) in zip(part_columns(library), parts)}
     references = reference_names(library)
@@ -359,6 +366,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int, default=250)
     parser.add_argument("--chunk-dir", type=Path,
                         help="folder of the chunk files (default: results/known-proxies-<benchmark's short name>)")
+    parser.add_argument("--hold", type=int, default=64,
+                        help="candidates whose statistics are held in memory at once (default 64: about 2 GB on "
+                             "NAS-Bench-201; the scores do not depend on it)")
     parser.add_argument("--keep-cache", action="store_true", help="keep a chunk's statistics after writing its file")
     parser.add_argument("--assemble", action="store_true", help="write the table from the chunk files present")
     args = parser.parse_args(argv)
@@ -418,7 +428,8 @@ def score_command(args: argparse.Namespace, argv: Sequence[str]) -> None:
         cache_root = (args.cache_root or cache_dir()) / f"known-proxies-chunk-{args.chunk:03d}"
     candidates = [bench.candidates()[i] for i in index]
     truth = {t: np.asarray(all_truth[t], dtype=np.float64)[index] for t in args.targets_list}
-    columns, stats_seconds = candidate_columns(bench, library, candidates, config, args.cost_sample, cache_root)
+    columns, stats_seconds = candidate_columns(bench, library, candidates, config, args.cost_sample, cache_root,
+                                               args.hold)
     folder = cache_folder(bench, config, cache_root)
     threads = str(torch.get_num_threads())
     if args.chunk is not None:
