@@ -29,6 +29,25 @@ class Plan:
     #: Per-layer node -> how many cross-layer nodes lie on its longest path to a leaf (the stage it is computed in).
     level: dict[int, int] = field(default_factory=dict)
 
+    @property
+    def scalar_nodes(self) -> list[int]:
+        """Return the per-layer op nodes with one value per layer (kind S): what a subprogram memo keeps."""
+        return [i for i in self.layer_nodes if self.nodes[i].kind == Kind.S and not self.nodes[i].is_leaf
+                and i not in self.wide]
+
+    def live_nodes(self, given: set[int] | frozenset[int]) -> list[int]:
+        """Return the per-layer nodes (children first) needed for the aggregations' inputs when `given` are known."""
+        live: set[int] = set()
+        stack = list(self.to_net)
+        while stack:
+            i = stack.pop()
+            if i in live:
+                continue
+            live.add(i)
+            if i not in given:
+                stack.extend(self.args[i])
+        return [i for i in self.layer_nodes if i in live]
+
     @classmethod
     def of(cls, root: Node) -> "Plan":
         nodes = root.unique()

@@ -42,6 +42,7 @@ from emq.program import Node
 from emq.sketch import estimate, per_candidate_shape, sketch_ratio, sketchable
 from emq.stacked_ops import ChunkFailed, apply_op
 from emq.stacked_stats import MIN_BLOCK, Block, StackedStats, Value, block_for, piece_bounds
+from emq.subprogram_memo import SubprogramMemo
 from emq.stats import NetworkStats
 from primitives import Kind, get_op
 
@@ -97,9 +98,10 @@ def _scores_and_reasons(root: Node, weights: LayerWeights | None, stacked: Stack
     plan = Plan.of(root)
     needed = root.stats()
     sketch = stacked.sketch > 0 and sketchable(root)
-    for blk in stacked.blocks:
+    for b, blk in enumerate(stacked.blocks):
         failed: list[str | None] = [None] * len(blk.index)
-        out = _run_block(plan, blk, needed, failed, dtype, stacked.chunk_elements, weights, sketch=sketch)
+        out = _run_block(plan, blk, needed, failed, dtype, stacked.chunk_elements, weights, sketch=sketch,
+                         memo=stacked.memo, scope=b)
         for k, pos in enumerate(blk.index):
             reasons[int(pos)] = failed[k]
             if failed[k] is None:
@@ -141,10 +143,12 @@ def layer_groups(proxy: Scorable | Node, stacked: StackedStats,
 
 def _run_block(plan: Plan, blk: Block, needed: set[str], failed: list[str | None], dtype: torch.dtype,
                chunk_elements: int, layer_weights: LayerWeights | None = None,
-               capture: list[LayerGroup] | None = None, sketch: bool = False) -> np.ndarray:
+               capture: list[LayerGroup] | None = None, sketch: bool = False,
+               memo: SubprogramMemo | None = None, scope: int = 0) -> np.ndarray:
     """Return the block's scores (failures marked in `failed`): per-layer nodes by column, network nodes by layer count.
 
-    `sketch`: the program may read the columns' sketches (`emq.sketch.sketchable`).
+    `sketch`: the program may read the columns' sketches (`emq.sketch.sketchable`). `memo`: the stack's subprogram
+    memo (`emq.subprogram_memo`), `scope` the block's position in the stack.
     """
     usable = [c for c, col in enumerate(blk.columns) if needed <= col.stat_names]
     offsets: dict[int, int] = {}
@@ -155,12 +159,13 @@ def _run_block(plan: Plan, blk: Block, needed: set[str], failed: list[str | None
     if plan.cross:
         flat = staged_terms(plan, blk, usable, needed, failed, dtype, chunk_elements)
     else:
-        flat = _column_terms(plan, blk, usable, needed, failed, dtype, chunk_elements, sketch)
+        flat = _column_terms(plan, blk, usable, needed, failed, dtype, chunk_elements, sketch, memo, scope)
     return _network_part(plan, blk, usable, offsets, flat, failed, dtype, layer_weights, capture)
 
 
 def _column_terms(plan: Plan, blk: Block, usable: list[int], needed: set[str], failed: list[str | None],
-                  dtype: torch.dtype, chunk_elements: int, sketch: bool = False) -> dict[int, list[torch.Tensor]]:
+                  dtype: torch.dtype, chunk_elements: int, sketch: bool = False,
+                  memo: SubprogramMemo | None = None, scope: int = 0) -> dict[int, list[torch.Tensor]]:
     """Return, per usable column, the [m] values of the per-layer nodes aggregations read.
 
     Columns are evaluated together, one stack per shape of what the program reads
@@ -185,7 +190,8 @@ def _column_terms(plan: Plan, blk: Block, usable: list[int], needed: set[str], f
                                for col, (_, r) in zip(cols, group)])
             sketched = (ratio, {s for s in needed if s in cols[0].sketch})
         terms = _member_terms(plan, tensors, members, failed, dtype, chunk_elements,
-                              f"layers {cols[0].name} .. {cols[-1].name}", needed, sketched)
+                              f"layers {cols[0].name} .. {cols[-1].name}", needed, sketched,
+                              memo, (scope, tuple(c for c, _ in group), sketched is not None, dtype))
         offset = 0
         for col, (c, _) in zip(cols, group):
             m = len(col.members)
@@ -199,7 +205,8 @@ def _column_terms(plan: Plan, blk: Block, usable: list[int], needed: set[str], f
         ratio = sketch_ratio(needed, col.tensors, col.sketch) if sketch else None
         tensors = col.tensors if ratio is None else {**col.tensors, **col.sketch}
         values[c] = _member_terms(plan, tensors, col.members, failed, dtype, chunk_elements, f"layer {col.name}",
-                                  needed, (ratio, set(col.sketch)) if ratio is not None else None)
+                                  needed, (ratio, set(col.sketch)) if ratio is not None else None,
+                                  memo, (scope, (c,), ratio is not None, dtype))
     return {nid: [values[c][nid] for c in usable] for nid in plan.to_net}
 
 
@@ -226,23 +233,46 @@ def _shape_groups(blk: Block, usable: list[int], needed: set[str],
 
 def _member_terms(plan: Plan, tensors: dict[str, Value], members: np.ndarray, failed: list[str | None],
                   dtype: torch.dtype, chunk_elements: int, where: str, needed: set[str],
-                  sketch: tuple[float | torch.Tensor, set[str]] | None) -> dict[int, torch.Tensor]:
+                  sketch: tuple[float | torch.Tensor, set[str]] | None, memo: SubprogramMemo | None = None,
+                  memo_where: tuple | None = None) -> dict[int, torch.Tensor]:
     """Return the [m] values of the per-layer nodes aggregations read, for the rows `members` of `tensors`.
 
-    Evaluated in pieces (`piece_bounds`); a row's failure is written to its candidate in `failed`.
+    Evaluated in pieces (`piece_bounds`); a row's failure is written to its candidate in `failed`. With a `memo`,
+    per-layer scalar subprograms computed before at the same place (`memo_where` and the pieces) are read from it,
+    and the ones computed here are kept in it when no row failed.
     """
     m = len(members)
     part = [failed[int(k)] for k in members]
+    bounds = piece_bounds(m, tensors, needed, chunk_elements)
+    known: dict[int, list[Value]] = {}
+    keep: frozenset[int] = frozenset()
+    if memo is not None:
+        memo_where = (memo_where, tuple(bounds))
+        for nid in plan.scalar_nodes:
+            found = memo.get(memo_where, plan.nodes[nid])
+            if found is not None:
+                known[nid] = found
+        keep = frozenset(plan.scalar_nodes) - set(known)
+    computed: dict[int, list[Value]] = {nid: [] for nid in keep}
     pieces: dict[int, list[torch.Tensor]] = {nid: [] for nid in plan.to_net}
-    for start, stop in piece_bounds(m, tensors, needed, chunk_elements):
+    for p, (start, stop) in enumerate(bounds):
         sub = part[start:stop]
         try:
-            values = _run_layer(plan, tensors, start, stop, sub, dtype, where, sketch)
+            values = _run_layer(plan, tensors, start, stop, sub, dtype, where, sketch,
+                                {nid: v[p] for nid, v in known.items()}, keep)
         except ChunkFailed:
             values = {nid: (torch.full((stop - start,), math.nan, dtype=dtype), True) for nid in plan.to_net}
         part[start:stop] = sub
-        for nid, (t, b) in values.items():
+        for nid in computed:
+            if nid in values:
+                computed[nid].append(values[nid])
+        for nid in plan.to_net:
+            t, b = values[nid]
             pieces[nid].append(t.reshape(-1) if b else t.reshape(()).expand(stop - start))
+    if memo is not None and all(r is None for r in part):
+        for nid, per_piece in computed.items():
+            if len(per_piece) == len(bounds):
+                memo.put(memo_where, plan.nodes[nid], per_piece)
     for k, reason in zip(members, part):
         if reason is not None and failed[int(k)] is None:
             failed[int(k)] = reason
@@ -317,12 +347,14 @@ def network_tensor(plan: Plan, per_layer: dict[int, torch.Tensor], params: torch
 
 def _run_layer(plan: Plan, tensors: dict[str, Value], start: int, stop: int,
                failed: list[str | None], dtype: torch.dtype, where: str,
-               sketch: tuple[float | torch.Tensor, set[str]] | None = None) -> dict[int, Value]:
+               sketch: tuple[float | torch.Tensor, set[str]] | None = None,
+               given: dict[int, Value] | None = None, keep: frozenset[int] = frozenset()) -> dict[int, Value]:
     """Evaluate the per-layer nodes on the rows [start, stop) of `tensors` (a column's networks).
 
     `sketch` (n / K, one number or one per row; the sketched statistics): those leaves
     are K-entry samples, and a reduction of a value computed from them returns its
-    estimate of the full value.
+    estimate of the full value. `given`: values of some nodes on these rows (a subprogram
+    memo's), whose subtrees are not computed; `keep`: nodes whose values are returned too.
     """
     count = stop - start
     ratio = None
@@ -335,10 +367,15 @@ def _run_layer(plan: Plan, tensors: dict[str, Value], start: int, stop: int,
         return (t[start:stop].to(dtype), True) if b else (t.to(dtype), False)
 
     values: dict[int, Value] = {}
-    left = dict(plan.uses)
+    given = given or {}
+    order = plan.live_nodes(set(given)) if given else plan.layer_nodes
+    left = Counter(a for i in order if i not in given for a in plan.args[i]) if given else dict(plan.uses)
     # Values are dropped after their last use, so a piece holds only the live intermediates.
-    for nid in plan.layer_nodes:
+    for nid in order:
         node = plan.nodes[nid]
+        if nid in given:
+            values[nid] = given[nid]
+            continue
         if node.is_leaf:
             values[nid] = leaf(tensors[node.name])
             if sketch is not None and node.name in sketch[1]:
@@ -354,9 +391,9 @@ def _run_layer(plan: Plan, tensors: dict[str, Value], start: int, stop: int,
                 values[nid] = (estimate(op.sketch, t, ratio), b)
         for a in plan.args[nid]:
             left[a] -= 1
-            if left[a] == 0 and a not in plan.to_net:
+            if left[a] == 0 and a not in plan.to_net and a not in keep:
                 del values[a]
-    return {nid: values[nid] for nid in plan.to_net}
+    return {nid: values[nid] for nid in plan.to_net | keep if nid in values}
 
 
 def evaluate_pieces(programs: Sequence[Scorable | Node], pieces: Iterable[tuple[int, StackedStats]],

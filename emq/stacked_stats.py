@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from emq.sketch import sketch_tensors
+from emq.subprogram_memo import MAX_ELEMENTS as MAX_MEMO_ELEMENTS, SubprogramMemo
 from emq.stats import NetworkStats
 
 #: Entries one intermediate tensor of a piece of candidates may hold (bounds memory, keeps pieces in cache).
@@ -93,10 +94,19 @@ class StackedStats:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.sketch = 0
         self._views: dict[int, StackedStats] = {}
+        #: Per-layer scalar subprogram values kept across programs (`enable_memo`; None: off).
+        self.memo: SubprogramMemo | None = None
         self.blocks = [self._stack(stats_list[a:a + self.block], np.arange(a, min(self.n, a + self.block)))
                        for a in range(0, self.n, self.block)]
         if sketch:
             self.blocks, self.sketch = self._sketched(sketch), sketch
+
+    def enable_memo(self, max_elements: int = MAX_MEMO_ELEMENTS) -> "StackedStats":
+        """Keep the per-layer scalar values of the subprograms scored on this stack for later programs (a search's
+        shards and probe: `emq.subprogram_memo`); sketch views made after this keep their own. Returns self."""
+        if self.memo is None:
+            self.memo = SubprogramMemo(max_elements)
+        return self
 
     def with_sketch(self, k: int) -> "StackedStats":
         """Return these statistics with K-entry sketches (k = 0: none), sharing the full tensors; built once per k."""
@@ -105,6 +115,8 @@ class StackedStats:
         if k not in self._views:
             view = self._copy()
             view.blocks, view.sketch = self._sketched(k), k
+            if self.memo is not None:
+                view.memo = SubprogramMemo(self.memo.max_elements)
             self._views[k] = view
         return self._views[k]
 
@@ -115,7 +127,7 @@ class StackedStats:
     def _copy(self) -> "StackedStats":
         out = StackedStats.__new__(StackedStats)
         out.n, out.chunk_elements, out.block, out.device = self.n, self.chunk_elements, self.block, self.device
-        out.sketch, out._views, out.blocks = self.sketch, {}, self.blocks
+        out.sketch, out._views, out.blocks, out.memo = self.sketch, {}, self.blocks, None
         return out
 
     def _stack(self, items: Sequence[NetworkStats], index: np.ndarray) -> Block:

@@ -169,8 +169,8 @@ def run_search(
         # The probe is small: it is screened here; only the survivors go to the pool's shards of the search set.
         device = worker_device(pool.device)
         probe = ProbeInputs.build(
-            StackedStats([search_stats[i] for i in index], device, sketch=config.sketch),
-            StackedStats(probe_stats_other_batch, device, sketch=config.sketch)
+            StackedStats([search_stats[i] for i in index], device, sketch=config.sketch).enable_memo(),
+            StackedStats(probe_stats_other_batch, device, sketch=config.sketch).enable_memo()
             if probe_stats_other_batch is not None else None, n,
             probe_trivial={k: np.asarray(v, dtype=np.float64)[index] for k, v in predictors.items()},
             probe_features={k: np.asarray(v, dtype=np.float64)[index] for k, v in (features or {}).items()})

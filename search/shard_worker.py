@@ -4,7 +4,9 @@ A worker (this process for the serial and threading backends, a loky process, a 
 worker or a ray actor) loads its shard once and keeps it stacked (`MAX_SHARDS` sets
 at most, least recently used dropped first), or streams it in pieces when it is over
 its `max_bytes`. Shards and pieces are whole stacking blocks, so a candidate's score
-does not depend on the shard it sits in. A shard with `sketch` K is the same stack read
+does not depend on the shard it sits in. A resident shard keeps a subprogram memo
+(`emq.subprogram_memo`): a child's subprograms scored before, in its parent, are read
+back, with the same scores. A shard with `sketch` K is the same stack read
 through its K-entry sketches (built once per stack), so the full and the sketched
 scoring of one set share its tensors. The parent side is `search.pool`.
 """
@@ -116,7 +118,8 @@ def _resident(source: StatsSource, device: str, block: int) -> list[tuple[int, S
             _SHARDS.move_to_end(key)
             return _SHARDS[key]
         # Loaded and stacked in pieces, so the transient file copies stay one piece, not a second shard.
-        pieces = list(_stack_pieces(source, device, LOAD_PIECE, block))
+        # A resident shard scores program after program: it keeps their subprograms' per-layer values.
+        pieces = [(a, stacked.enable_memo()) for a, stacked in _stack_pieces(source, device, LOAD_PIECE, block)]
         _SHARDS[key] = pieces
         while len(_SHARDS) > MAX_SHARDS:
             _SHARDS.popitem(last=False)
