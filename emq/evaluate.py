@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Protocol, Sequence
+from typing import Hashable, Iterable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -101,7 +101,7 @@ def _scores_and_reasons(root: Node, weights: LayerWeights | None, stacked: Stack
     for b, blk in enumerate(stacked.blocks):
         failed: list[str | None] = [None] * len(blk.index)
         out = _run_block(plan, blk, needed, failed, dtype, stacked.chunk_elements, weights, sketch=sketch,
-                         memo=stacked.memo, scope=b)
+                         memo=stacked.memo, scope=(stacked.memo_scope, b))
         for k, pos in enumerate(blk.index):
             reasons[int(pos)] = failed[k]
             if failed[k] is None:
@@ -144,11 +144,11 @@ def layer_groups(proxy: Scorable | Node, stacked: StackedStats,
 def _run_block(plan: Plan, blk: Block, needed: set[str], failed: list[str | None], dtype: torch.dtype,
                chunk_elements: int, layer_weights: LayerWeights | None = None,
                capture: list[LayerGroup] | None = None, sketch: bool = False,
-               memo: SubprogramMemo | None = None, scope: int = 0) -> np.ndarray:
+               memo: SubprogramMemo | None = None, scope: Hashable = 0) -> np.ndarray:
     """Return the block's scores (failures marked in `failed`): per-layer nodes by column, network nodes by layer count.
 
     `sketch`: the program may read the columns' sketches (`emq.sketch.sketchable`). `memo`: the stack's subprogram
-    memo (`emq.subprogram_memo`), `scope` the block's position in the stack.
+    memo (`emq.subprogram_memo`), `scope` where the block sits in what the memo serves.
     """
     usable = [c for c, col in enumerate(blk.columns) if needed <= col.stat_names]
     offsets: dict[int, int] = {}
@@ -165,7 +165,7 @@ def _run_block(plan: Plan, blk: Block, needed: set[str], failed: list[str | None
 
 def _column_terms(plan: Plan, blk: Block, usable: list[int], needed: set[str], failed: list[str | None],
                   dtype: torch.dtype, chunk_elements: int, sketch: bool = False,
-                  memo: SubprogramMemo | None = None, scope: int = 0) -> dict[int, list[torch.Tensor]]:
+                  memo: SubprogramMemo | None = None, scope: Hashable = 0) -> dict[int, list[torch.Tensor]]:
     """Return, per usable column, the [m] values of the per-layer nodes aggregations read.
 
     Columns are evaluated together, one stack per shape of what the program reads

@@ -11,13 +11,13 @@ also holds, per column, K-entry samples of its large positional statistics (`emq
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Hashable, Sequence
 
 import numpy as np
 import torch
 
 from emq.sketch import sketch_tensors
-from emq.subprogram_memo import MAX_ELEMENTS as MAX_MEMO_ELEMENTS, SubprogramMemo
+from emq.subprogram_memo import SubprogramMemo
 from emq.stats import NetworkStats
 
 #: Entries one intermediate tensor of a piece of candidates may hold (bounds memory, keeps pieces in cache).
@@ -94,18 +94,22 @@ class StackedStats:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.sketch = 0
         self._views: dict[int, StackedStats] = {}
-        #: Per-layer scalar subprogram values kept across programs (`enable_memo`; None: off).
+        #: Per-layer scalar subprogram values kept across programs (`enable_memo`; None: off), and where in it.
         self.memo: SubprogramMemo | None = None
+        self.memo_scope: Hashable = 0
         self.blocks = [self._stack(stats_list[a:a + self.block], np.arange(a, min(self.n, a + self.block)))
                        for a in range(0, self.n, self.block)]
         if sketch:
             self.blocks, self.sketch = self._sketched(sketch), sketch
 
-    def enable_memo(self, max_elements: int = MAX_MEMO_ELEMENTS) -> "StackedStats":
+    def enable_memo(self, memo: SubprogramMemo | None = None, scope: Hashable = 0) -> "StackedStats":
         """Keep the per-layer scalar values of the subprograms scored on this stack for later programs (a search's
-        shards and probe: `emq.subprogram_memo`); sketch views made after this keep their own. Returns self."""
-        if self.memo is None:
-            self.memo = SubprogramMemo(max_elements)
+        shards and probe: `emq.subprogram_memo`), in `memo` (default: a new one) under `scope`: the pieces of one
+        shard share one memo, and so one bound, each under its own scope. Sketch views share it. Returns self."""
+        self.memo = memo if memo is not None else SubprogramMemo()
+        self.memo_scope = scope
+        for k, view in self._views.items():
+            view.memo, view.memo_scope = self.memo, (scope, "sketch", k)
         return self
 
     def with_sketch(self, k: int) -> "StackedStats":
@@ -115,8 +119,7 @@ class StackedStats:
         if k not in self._views:
             view = self._copy()
             view.blocks, view.sketch = self._sketched(k), k
-            if self.memo is not None:
-                view.memo = SubprogramMemo(self.memo.max_elements)
+            view.memo, view.memo_scope = self.memo, (self.memo_scope, "sketch", k)
             self._views[k] = view
         return self._views[k]
 
@@ -127,7 +130,7 @@ class StackedStats:
     def _copy(self) -> "StackedStats":
         out = StackedStats.__new__(StackedStats)
         out.n, out.chunk_elements, out.block, out.device = self.n, self.chunk_elements, self.block, self.device
-        out.sketch, out._views, out.blocks, out.memo = self.sketch, {}, self.blocks, None
+        out.sketch, out._views, out.blocks, out.memo, out.memo_scope = self.sketch, {}, self.blocks, None, 0
         return out
 
     def _stack(self, items: Sequence[NetworkStats], index: np.ndarray) -> Block:

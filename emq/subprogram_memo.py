@@ -27,8 +27,8 @@ import torch
 
 Value = tuple[torch.Tensor, bool]  # (tensor, batched: has the leading candidate dimension)
 
-#: Default bound of a memo: stored values (float32: 4 bytes each). NB201's 1,000 search cells have about 42,000
-#: layer rows, so 2**24 values hold about 400 subprograms' values (64 MB).
+#: Default bound of a memo (one per resident shard, shared by its pieces): stored values (float32: 4 bytes each).
+#: NB201's 1,000 search cells have about 42,000 layer rows, so 2**24 values hold about 400 subprograms' (64 MB).
 MAX_ELEMENTS = 2 ** 24
 
 

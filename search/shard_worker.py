@@ -25,6 +25,7 @@ import torch
 
 from emq.evaluate import StackedStats, block_for, evaluate_pieces
 from emq.proxy import Proxy
+from emq.subprogram_memo import SubprogramMemo
 from search.stats_source import LOCK, StatsSource, forget_local, loads_here
 
 
@@ -119,7 +120,8 @@ def _resident(source: StatsSource, device: str, block: int) -> list[tuple[int, S
             return _SHARDS[key]
         # Loaded and stacked in pieces, so the transient file copies stay one piece, not a second shard.
         # A resident shard scores program after program: it keeps their subprograms' per-layer values.
-        pieces = [(a, stacked.enable_memo()) for a, stacked in _stack_pieces(source, device, LOAD_PIECE, block)]
+        memo = SubprogramMemo()
+        pieces = [(a, stacked.enable_memo(memo, a)) for a, stacked in _stack_pieces(source, device, LOAD_PIECE, block)]
         _SHARDS[key] = pieces
         while len(_SHARDS) > MAX_SHARDS:
             _SHARDS.popitem(last=False)

@@ -63,6 +63,21 @@ def test_a_failure_is_never_hidden_by_a_memo_hit():
     assert first[1] == second[1] == plain[1] and sum(plain[1].values()) > 0
 
 
+def test_pieces_share_one_memo_each_under_its_own_scope():
+    stats_list = _stats()
+    shared = SubprogramMemo()
+    pieces = [StackedStats(stats_list[a:a + 4], block=4).enable_memo(shared, a) for a in (0, 4, 8)]
+    proxy = Proxy.from_formula("sum_layers(l1(mul(grad, weight)))")
+    first = [evaluate_stacked(proxy, pieces[0])[0]]
+    per_piece = len(shared)  # one entry per stack of same-shaped layers
+    first += [evaluate_stacked(proxy, p)[0] for p in pieces[1:]]
+    assert shared.hits == 0 and len(shared) == 3 * per_piece  # same block position in each: no mix-up
+    again = [evaluate_stacked(proxy, p)[0] for p in pieces]
+    assert shared.hits == 3 * per_piece and all(np.array_equal(x, y) for x, y in zip(first, again))
+    sketched = pieces[0].with_sketch(16)
+    assert sketched.memo is shared and sketched.memo_scope != pieces[0].memo_scope
+
+
 def test_values_are_reused_only_where_they_were_computed():
     memo = SubprogramMemo()
     value = [(torch.ones(3), True)]
