@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py --out benchmarks/throughput.md             # the table in benchmarks/README.md
     python benchmarks/throughput.py --sets mq-digits:160 --programs 12 --no-search   # a quick look
+    python benchmarks/throughput.py --sets "" --no-search --nb201-cache "$EMQ_CACHE_DIR" --nb201-budget 200   # NB201 loop
 
 Modes, on the same random programs (seeded) and the same candidates:
 - `recompute`: per program, build every network and compute the statistics it
@@ -14,6 +15,11 @@ Modes, on the same random programs (seeded) and the same candidates:
   each holding its shard of the cache files (timed warm: the second call);
 - `search loop`: a short `emq search` run (loky, default settings), its log's
   evaluations / seconds over the generations after the first;
+- NB201 `search loop` rows (with `--nb201-cache`): whole `emq search nas-bench-201`
+  runs of `--nb201-budget` programs on 1,000 search cells, one process and thread
+  (serial backend), with the study's settings and with every lever of issue 23
+  (aging evolution, a 100-cell hurdle, sketches; the subprogram memo and the
+  functional-equivalence cache are always on): evaluations / seconds over all generations;
 - `gpu` (only when CUDA is present): cached, 1 process on `cuda`, and the largest
   score difference to the CPU.
 `peak RSS` is the largest resident size of each process while its mode ran (the
@@ -210,6 +216,43 @@ def measure_search(args, rows: list[dict]) -> None:
                           + ", ".join(f"{k} {v:.0%}" for k, v in phases.items())))
 
 
+#: The NB201 search-loop configurations compared in one run: the study's (issue 21) and the one with every lever.
+NB201_CONFIGS = {
+    "study settings (generational, full statistics)": ["--population", "32", "--generations", "1000"],
+    "aging + hurdle 100 @ q0.75 + sketch 1024": ["--evolution", "aging", "--population", "64", "--offspring", "16",
+                                                  "--generations", "1000", "--hurdle-size", "100",
+                                                  "--hurdle-quantile", "0.75", "--sketch", "1024"],
+}
+
+
+def measure_nb201_search(args, rows: list[dict]) -> None:
+    """Add a row per NB201 search configuration: programs/s over a whole run of `--nb201-budget` programs on
+    `--nb201-cells` search cells read from the cache at `--nb201-cache` (one process and thread: the serial backend)."""
+    for label, options in NB201_CONFIGS.items():
+        with tempfile.TemporaryDirectory(prefix="throughput-nb201-") as tmp:
+            out = Path(tmp) / "run"
+            cmd = [sys.executable, str(REPO / "cli.py"), "search", "nas-bench-201", "--targets", "fp_acc",
+                   "--max-search", str(args.nb201_cells), "--max-heldout", "64", "--backend", "serial",
+                   "--stats", "weight,grad,virtual_grad,params,flops", "--budget", str(args.nb201_budget),
+                   "--out", str(out), *options]
+            env = {**os.environ, "EMQ_CACHE_DIR": str(args.nb201_cache), "OMP_NUM_THREADS": "1"}
+            with PeakRSS() as mem:
+                subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        evaluations = sum(r["evaluations"] for r in log)
+        seconds = sum(r["seconds"] for r in log)
+        phases = {k: sum(r["time"][k] for r in log) / seconds for k in log[0]["time"]}
+        stopped = sum(r.get("hurdle", {}).get("stopped", 0) for r in log)
+        passed = sum(r.get("hurdle", {}).get("passed", 0) for r in log)
+        hits = sum(r.get("equivalent_hits", 0) for r in log)
+        rows.append(dict(set=f"nas-bench-201 ({args.nb201_cells} search cells)", mode=f"search loop, serial: {label}",
+                         rate=evaluations / seconds, ratio=None, peak=max([mem.self_peak, *mem.children.values()]),
+                         stats=None,
+                         note=f"{evaluations} evaluations in {seconds:.0f} s over {len(log)} generations; hurdle "
+                              f"stopped {stopped}, passed {passed}; {hits} functional-equivalence hits; time: "
+                              + ", ".join(f"{k} {v:.0%}" for k, v in phases.items())))
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| set | mode | programs/s | x recompute | peak RSS MiB / process | stats MiB | note |",
              "|---|---|---|---|---|---|---|"]
@@ -231,15 +274,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--search-generations", type=int, default=6)
     parser.add_argument("--no-search", action="store_true", help="skip the search-loop measurement")
+    parser.add_argument("--nb201-cache", type=Path, default=None,
+                        help="statistics cache holding the NB201 search cells (weight,grad,virtual_grad,params,flops "
+                             "at batch seed 0): adds the NB201 search-loop rows; never computes statistics itself "
+                             "unless they are missing (then the first run computes them)")
+    parser.add_argument("--nb201-cells", type=int, default=1000)
+    parser.add_argument("--nb201-budget", type=int, default=200)
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
     args = parser.parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     rows: list[dict] = []
-    for spec in args.sets.split(","):
+    for spec in filter(None, args.sets.split(",")):
         name, n = spec.rsplit(":", 1)
         measure_set(name, int(n), args, rows)
     if not args.no_search:
         measure_search(args, rows)
+    if args.nb201_cache is not None:
+        measure_nb201_search(args, rows)
     text = (f"{table(rows)}\n\n{args.programs} random programs (seed {args.seed}); {os.cpu_count()} CPU cores, torch "
             f"{torch.__version__}, CUDA {'yes' if torch.cuda.is_available() else 'no'}.\n\ncommand: `{command}`\n")
     print(text)

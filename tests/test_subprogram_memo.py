@@ -1,4 +1,4 @@
-"""The subprogram memo (emq.subprogram_memo): same scores and failures as without it, reuse where a subprogram repeats."""
+"""The subprogram memo (emq.subprogram_memo): the scores and failures of no memo, reuse where a subprogram repeats."""
 from __future__ import annotations
 
 import random
@@ -87,12 +87,27 @@ def test_values_are_reused_only_where_they_were_computed():
     assert found is not None and found[0][0].equal(torch.ones(3))
 
 
-def test_the_memo_stays_within_its_bound_dropping_the_least_recently_used():
+def test_the_memo_stays_within_its_bound_overwriting_the_oldest():
     memo = SubprogramMemo(max_elements=10)
     for k in range(5):
-        memo.put("here", f"node{k}", [(torch.zeros(4), True)])
+        memo.put("here", f"node{k}", [(torch.full((4,), float(k)), True)])
         assert memo.elements <= 10
     assert len(memo) == 2
-    assert memo.get("here", "node0") is None and memo.get("here", "node4") is not None
+    assert memo.get("here", "node0") is None and memo.get("here", "node3") is not None
+    found = memo.get("here", "node4")
+    assert found is not None and found[0][0].equal(torch.full((4,), 4.0))  # not overwritten by node0..3
     memo.put("here", "huge", [(torch.zeros(11), True)])  # larger than the bound: not kept
     assert memo.get("here", "huge") is None and memo.elements <= 10
+
+
+def test_values_come_back_exactly_with_their_dtype_shape_and_batching():
+    memo = SubprogramMemo()
+    pieces = [(torch.tensor([1 / 3, float("nan"), -0.0, float("inf")], dtype=torch.float32), True),
+              (torch.tensor(2 / 3, dtype=torch.float32), False)]
+    memo.put("here", "node", pieces)
+    back = memo.get("here", "node")
+    for (t, b), (u, c) in zip(pieces, back):
+        assert b == c and u.dtype == t.dtype and u.shape == t.shape
+        assert torch.equal(torch.nan_to_num(u), torch.nan_to_num(t)) and torch.equal(u.signbit(), t.signbit())
+    memo.put("here", "half", [(torch.ones(3, dtype=torch.float16), True)])  # not exact through float64: not kept
+    assert memo.get("here", "half") is None
