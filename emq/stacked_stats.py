@@ -68,6 +68,24 @@ class Block:
     layout: list[list[tuple[int, int]]]
 
 
+def _dtype_parts(items: Sequence[NetworkStats], layer: str, members: list[int]) -> list[list[int]]:
+    """Return the members of a layer's group split by the dtypes of the statistics whose dtype differs among them.
+
+    The statistics cache stores each tensor as float16 or bfloat16, whichever holds it
+    better, so one layer's statistic can come in both: stacked together they would be
+    widened to float32 (twice the memory). Each dtype combination is a column of its own
+    instead; evaluation stacks columns of one shape and dtype again (`emq.evaluate`).
+    """
+    first = items[members[0]].layers[layer]
+    mixed = [stat for stat, t0 in first.items() if any(items[k].layers[layer][stat].dtype != t0.dtype for k in members)]
+    if not mixed:
+        return [members]
+    parts: dict[tuple, list[int]] = {}
+    for k in members:
+        parts.setdefault(tuple(str(items[k].layers[layer][stat].dtype) for stat in mixed), []).append(k)
+    return list(parts.values())
+
+
 class StackedStats:
     """Statistics of many networks, stacked per layer along a leading candidate dimension.
 
@@ -140,22 +158,27 @@ class StackedStats:
                 by_key.setdefault((layer, tuple(sorted((n, tuple(t.shape)) for n, t in d.items()))), []).append(k)
         columns: list[Column] = []
         where: dict[tuple[str, int], tuple[int, int]] = {}
-        for (layer, _), members in by_key.items():
-            first = items[members[0]].layers[layer]
-            tensors: dict[str, Value] = {}
-            for stat, t0 in first.items():
-                column = [items[k].layers[layer][stat] for k in members]
-                if len(members) > 1 and all(t is t0 or (t.dtype == t0.dtype and torch.equal(t, t0))
-                                            for t in column[1:]):
-                    tensors[stat] = (t0.to(self.device), False)  # equal in every member: computed once
-                else:
+        for (layer, _), group in by_key.items():
+            first = items[group[0]].layers[layer]
+            # Equal in every member of the layer's group: kept once (unbatched) in each of its columns.
+            once = {stat for stat, t0 in first.items() if len(group) > 1 and all(
+                items[k].layers[layer][stat] is t0 or (items[k].layers[layer][stat].dtype == t0.dtype
+                                                       and torch.equal(items[k].layers[layer][stat], t0))
+                for k in group[1:])}
+            for members in _dtype_parts(items, layer, group):
+                tensors: dict[str, Value] = {}
+                for stat, t0 in items[members[0]].layers[layer].items():
+                    if stat in once:
+                        tensors[stat] = (first[stat].to(self.device), False)
+                        continue
+                    column = [items[k].layers[layer][stat] for k in members]
                     dtype = t0.dtype if all(t.dtype == t0.dtype for t in column) else torch.float32
                     tensors[stat] = (torch.stack([t.to(dtype) for t in column]).to(self.device), True)
-            params = torch.tensor([float(items[k].params.get(layer, 0)) for k in members], dtype=torch.float64,
-                                  device=self.device)
-            for row, k in enumerate(members):
-                where[(layer, k)] = (len(columns), row)
-            columns.append(Column(layer, np.array(members), frozenset(first), tensors, params))
+                params = torch.tensor([float(items[k].params.get(layer, 0)) for k in members], dtype=torch.float64,
+                                      device=self.device)
+                for row, k in enumerate(members):
+                    where[(layer, k)] = (len(columns), row)
+                columns.append(Column(layer, np.array(members), frozenset(first), tensors, params))
         layout = [[where[(layer, k)] for layer in s.layers] for k, s in enumerate(items)]
         return Block(index, columns, layout)
 

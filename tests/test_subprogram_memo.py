@@ -1,4 +1,4 @@
-"""The subprogram memo (emq.subprogram_memo): the scores and failures of no memo, reuse where a subprogram repeats."""
+"""The subprogram memo (emq.subprogram_memo) and 16-bit stacking: the scores and failures of the plain evaluator."""
 from __future__ import annotations
 
 import random
@@ -111,3 +111,22 @@ def test_values_come_back_exactly_with_their_dtype_shape_and_batching():
         assert torch.equal(torch.nan_to_num(u), torch.nan_to_num(t)) and torch.equal(u.signbit(), t.signbit())
     memo.put("here", "half", [(torch.ones(3, dtype=torch.float16), True)])  # not exact through float64: not kept
     assert memo.get("here", "half") is None
+
+
+def test_a_statistic_stored_in_two_16_bit_dtypes_is_stacked_without_widening(monkeypatch):
+    import emq.stacked_stats as stacked_stats
+
+    stats_list = _stats(8)
+    for k, s in enumerate(stats_list):  # the cache picks float16 or bfloat16 per tensor
+        for layer in s.layers.values():
+            layer["grad"] = layer["grad"].to(torch.float16 if k % 3 else torch.bfloat16)
+    split = StackedStats(stats_list, block=8)
+    assert all(t.dtype != torch.float32 for col in split.blocks[0].columns for t, b in [col.tensors["grad"]])
+    monkeypatch.setattr(stacked_stats, "_dtype_parts", lambda items, layer, members: [members])
+    widened = StackedStats(stats_list, block=8)
+    assert split.nbytes() < widened.nbytes()
+    rng = random.Random(5)
+    grammar = Grammar(["weight", "grad", "act", "params"])
+    for p in [program(random_program(rng, grammar)) for _ in range(20)]:
+        a, b = evaluate_stacked(p, split), evaluate_stacked(p, widened)
+        assert np.array_equal(a[0], b[0], equal_nan=True) and a[1] == b[1], p.formula()
