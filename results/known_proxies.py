@@ -26,9 +26,10 @@ instead of 18 GB, so two chunks run side by side on 2 cores). A chunk
 whose file exists with the same settings is skipped, so rerunning a command resumes.
 `--assemble` reads the chunks present and writes the table over the cells they cover,
 headed "partial: N of 5,000 cells (chunks ...)" until all are there; rank aggregates
-(AZ-NAS) are ranked over the cells assembled. A chunk of 250 cells costs about 250 x 9 s
-= 38 minutes on one CPU thread (statistics 4 s, references 5 s per cell), plus the
-program costs measured on its first `--cost-sample` cells (a few minutes at 20):
+(AZ-NAS) are ranked over the cells assembled. A chunk of 250 cells took 22-31 minutes on
+one CPU thread (chunks 0-3: statistics and programs 7-12 minutes, the rest the references
+and the program costs measured on its first `--cost-sample` cells), and 33 MB per cell
+of disk while it ran:
 
     python results/known_proxies.py nas-bench-201 --split heldout --limit 5000 --targets fp_acc,ptq_acc \\
         --chunk 0 --chunk-size 250           (then --chunk 1 ... --chunk 19, in any order, on any machine)
