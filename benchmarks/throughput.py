@@ -2,7 +2,8 @@
 
     python benchmarks/throughput.py --out benchmarks/throughput.md             # the table in benchmarks/README.md
     python benchmarks/throughput.py --sets mq-digits:160 --programs 12 --no-search   # a quick look
-    python benchmarks/throughput.py --sets "" --no-search --nb201-cache "$EMQ_CACHE_DIR" --nb201-budget 200   # NB201 loop
+    python benchmarks/throughput.py --sets "" --no-search --nb201-cache "$EMQ_CACHE_DIR" --nb201-budget 100
+                                                          # the NB201 search-loop rows
 
 Modes, on the same random programs (seeded) and the same candidates:
 - `recompute`: per program, build every network and compute the statistics it
@@ -198,22 +199,33 @@ def measure_set(name: str, n: int, args, rows: list[dict]) -> None:
                           f"load {cold:.1f} s; scores {'bit-identical to' if same else 'DIFFER from'} 1 process"))
 
 
-def measure_search(args, rows: list[dict]) -> None:
+def run_search_log(options: list[str], env: dict[str, str] | None = None) -> tuple[list[dict], float]:
+    """Run `emq search OPTIONS --out <temporary folder>`; return its log.jsonl rows and the largest RSS (MiB) of
+    the run's processes."""
     with tempfile.TemporaryDirectory(prefix="throughput-search-") as tmp:
         out = Path(tmp) / "run"
-        cmd = [sys.executable, str(REPO / "cli.py"), "search", "mq-digits", "--generations", str(args.search_generations),
-               "--out", str(out), "--max-heldout", "24"]
+        cmd = [sys.executable, str(REPO / "cli.py"), "search", *options, "--out", str(out)]
         with PeakRSS() as mem:
-            subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    later = log[1:]
-    evaluations = sum(r["evaluations"] for r in later)
-    seconds = sum(r["seconds"] for r in later)
-    phases = {k: sum(r["time"][k] for r in later) / seconds for k in later[0]["time"]}
+    return log, max([mem.self_peak, *mem.children.values()])
+
+
+def loop_figures(log: list[dict]) -> tuple[int, float, str]:
+    """Return the evaluations, the seconds and the time by phase ("variation 0%, ...") of some log rows."""
+    evaluations = sum(r["evaluations"] for r in log)
+    seconds = sum(r["seconds"] for r in log)
+    phases = ", ".join(f"{k} {sum(r['time'][k] for r in log) / seconds:.0%}" for k in log[0]["time"])
+    return evaluations, seconds, phases
+
+
+def measure_search(args, rows: list[dict]) -> None:
+    log, peak = run_search_log(["mq-digits", "--generations", str(args.search_generations), "--max-heldout", "24"])
+    evaluations, seconds, phases = loop_figures(log[1:])
     rows.append(dict(set="mq-digits (160 search candidates)", mode="search loop, loky x2", rate=evaluations / seconds,
-                     ratio=None, peak=max([mem.self_peak, *mem.children.values()]), stats=None,
+                     ratio=None, peak=peak, stats=None,
                      note=f"{evaluations} evaluations in {seconds:.1f} s over generations 1-{len(log) - 1}; time: "
-                          + ", ".join(f"{k} {v:.0%}" for k, v in phases.items())))
+                          + phases))
 
 
 #: The NB201 search-loop configurations compared in one run: the study's (issue 21) and the one with every lever.
@@ -229,28 +241,20 @@ def measure_nb201_search(args, rows: list[dict]) -> None:
     """Add a row per NB201 search configuration: programs/s over a whole run of `--nb201-budget` programs on
     `--nb201-cells` search cells read from the cache at `--nb201-cache` (one process and thread: the serial backend)."""
     for label, options in NB201_CONFIGS.items():
-        with tempfile.TemporaryDirectory(prefix="throughput-nb201-") as tmp:
-            out = Path(tmp) / "run"
-            cmd = [sys.executable, str(REPO / "cli.py"), "search", "nas-bench-201", "--targets", "fp_acc",
-                   "--max-search", str(args.nb201_cells), "--max-heldout", "64", "--backend", "serial",
-                   "--stats", "weight,grad,virtual_grad,params,flops", "--budget", str(args.nb201_budget),
-                   "--out", str(out), *options]
-            env = {**os.environ, "EMQ_CACHE_DIR": str(args.nb201_cache), "OMP_NUM_THREADS": "1"}
-            with PeakRSS() as mem:
-                subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-        evaluations = sum(r["evaluations"] for r in log)
-        seconds = sum(r["seconds"] for r in log)
-        phases = {k: sum(r["time"][k] for r in log) / seconds for k in log[0]["time"]}
+        env = {**os.environ, "EMQ_CACHE_DIR": str(args.nb201_cache), "OMP_NUM_THREADS": "1"}
+        log, peak = run_search_log(["nas-bench-201", "--targets", "fp_acc", "--max-search", str(args.nb201_cells),
+                                    "--max-heldout", "64", "--backend", "serial",
+                                    "--stats", "weight,grad,virtual_grad,params,flops",
+                                    "--budget", str(args.nb201_budget), *options], env)
+        evaluations, seconds, phases = loop_figures(log)
         stopped = sum(r.get("hurdle", {}).get("stopped", 0) for r in log)
         passed = sum(r.get("hurdle", {}).get("passed", 0) for r in log)
         hits = sum(r.get("equivalent_hits", 0) for r in log)
         rows.append(dict(set=f"nas-bench-201 ({args.nb201_cells} search cells)", mode=f"search loop, serial: {label}",
-                         rate=evaluations / seconds, ratio=None, peak=max([mem.self_peak, *mem.children.values()]),
-                         stats=None,
+                         rate=evaluations / seconds, ratio=None, peak=peak, stats=None,
                          note=f"{evaluations} evaluations in {seconds:.0f} s over {len(log)} generations; hurdle "
                               f"stopped {stopped}, passed {passed}; {hits} functional-equivalence hits; time: "
-                              + ", ".join(f"{k} {v:.0%}" for k, v in phases.items())))
+                              + phases))
 
 
 def table(rows: list[dict]) -> str:
@@ -275,9 +279,9 @@ def main() -> None:
     parser.add_argument("--search-generations", type=int, default=6)
     parser.add_argument("--no-search", action="store_true", help="skip the search-loop measurement")
     parser.add_argument("--nb201-cache", type=Path, default=None,
-                        help="statistics cache holding the NB201 search cells (weight,grad,virtual_grad,params,flops "
-                             "at batch seed 0): adds the NB201 search-loop rows; never computes statistics itself "
-                             "unless they are missing (then the first run computes them)")
+                        help="statistics cache of the NB201 search cells (weight,grad,virtual_grad,params,flops at "
+                             "batch seed 0): adds the NB201 search-loop rows (the first run computes what is missing, "
+                             "which then counts in no rate: rates are the loop's own seconds)")
     parser.add_argument("--nb201-cells", type=int, default=1000)
     parser.add_argument("--nb201-budget", type=int, default=200)
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from emq.program import Node
 from primitives import Kind, get_op
@@ -29,7 +30,7 @@ class Plan:
     #: Per-layer node -> how many cross-layer nodes lie on its longest path to a leaf (the stage it is computed in).
     level: dict[int, int] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def scalar_nodes(self) -> list[int]:
         """Return the per-layer op nodes with one value per layer (kind S): what a subprogram memo keeps."""
         return [i for i in self.layer_nodes if self.nodes[i].kind == Kind.S and not self.nodes[i].is_leaf

@@ -175,8 +175,8 @@ def _column_terms(plan: Plan, blk: Block, usable: list[int], needed: set[str], f
     sketched layers mostly form one stack.
     """
     values: dict[int, dict[int, torch.Tensor]] = {}
-    done: set[int] = set()
-    for group in _shape_groups(blk, usable, needed, sketch):
+    groups = _shape_groups(blk, usable, needed, sketch)
+    for group in groups:
         if len(group) == 1:
             continue  # alone: evaluated as a column below
         cols = [blk.columns[c] for c, _ in group]
@@ -197,12 +197,8 @@ def _column_terms(plan: Plan, blk: Block, usable: list[int], needed: set[str], f
             m = len(col.members)
             values[c] = {nid: t[offset: offset + m] for nid, t in terms.items()}
             offset += m
-            done.add(c)
-    for c in usable:
-        if c in done:
-            continue
+    for (c, ratio), in (g for g in groups if len(g) == 1):
         col = blk.columns[c]
-        ratio = sketch_ratio(needed, col.tensors, col.sketch) if sketch else None
         tensors = col.tensors if ratio is None else {**col.tensors, **col.sketch}
         values[c] = _member_terms(plan, tensors, col.members, failed, dtype, chunk_elements, f"layer {col.name}",
                                   needed, (ratio, set(col.sketch)) if ratio is not None else None,
@@ -248,11 +244,12 @@ def _member_terms(plan: Plan, tensors: dict[str, Value], members: np.ndarray, fa
     keep: frozenset[int] = frozenset()
     if memo is not None:
         memo_where = (memo_where, tuple(bounds))
-        for nid in plan.scalar_nodes:
+        scalars = plan.scalar_nodes
+        for nid in scalars:
             found = memo.get(memo_where, plan.nodes[nid])
             if found is not None:
                 known[nid] = found
-        keep = frozenset(plan.scalar_nodes) - set(known)
+        keep = frozenset(scalars) - set(known)
     computed: dict[int, list[Value]] = {nid: [] for nid in keep}
     pieces: dict[int, list[torch.Tensor]] = {nid: [] for nid in plan.to_net}
     for p, (start, stop) in enumerate(bounds):

@@ -21,7 +21,7 @@ writes their per-candidate values (truth, every program, every reference, the se
 each cost) to `results/known-proxies-nb201/chunk-KKK.scores.csv` with the settings on its
 first line, and deletes that chunk's statistics cache (`--keep-cache` keeps it), so the
 disk holds one chunk's statistics at a time (about 6 GB at 23.4 MB per cell), and memory the
-statistics of `--hold` candidates (default 64: a chunk of 250 NB201 cells peaks near 4 GB
+statistics of `--hold` candidates (default 64: a chunk of 250 NB201 cells peaked near 8 GB
 instead of 18 GB, so two chunks run side by side on 2 cores). A chunk
 whose file exists with the same settings is skipped, so rerunning a command resumes.
 `--assemble` reads the chunks present and writes the table over the cells they cover,
@@ -87,6 +87,8 @@ PUBLISHED_NB201 = {
     "naswot": "0.571 / 0.762", "synflow": "0.561 / 0.758", "jacov": "0.616 / 0.800", "zico": "0.607 / 0.802",
     "meco": "- / 0.89", "az_nas": "0.71-0.74 / 0.89-0.91 (all 4 terms)", "az_complexity": "0.623 / 0.799 (FLOPs)",
 }
+#: Candidates whose statistics are held in memory at once while the programs are scored (`--hold`).
+HOLD = 64
 #: What a chunk file's description says it is (its `settings` must match to be skipped or assembled).
 CHUNK_FORMAT = "emq-known-proxies-chunk/1"
 #: Folder names of the chunk files, by benchmark (the names the committed tables already use).
@@ -153,7 +155,7 @@ def part_columns(library: Mapping[str, KnownProxy]) -> list[str]:
 
 def candidate_columns(bench: Any, library: Mapping[str, KnownProxy], candidates: Sequence[Any], config: StatsConfig,
                       cost_sample: int, cache_root: Path | None,
-                      hold: int = 64) -> tuple[dict[str, np.ndarray], float]:
+                      hold: int = HOLD) -> tuple[dict[str, np.ndarray], float]:
     """Return the per-candidate columns of `candidates` (programs or their parts, references, seconds) and the
     seconds the programs' statistics took. `hold`: candidates whose statistics are held in memory at once (whole
     stacking blocks, so the scores do not depend on it)."""
@@ -367,8 +369,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int, default=250)
     parser.add_argument("--chunk-dir", type=Path,
                         help="folder of the chunk files (default: results/known-proxies-<benchmark's short name>)")
-    parser.add_argument("--hold", type=int, default=64,
-                        help="candidates whose statistics are held in memory at once (default 64: about 2 GB on "
+    parser.add_argument("--hold", type=int, default=HOLD,
+                        help=f"candidates whose statistics are held in memory at once (default {HOLD}: about 2 GB on "
                              "NAS-Bench-201; the scores do not depend on it)")
     parser.add_argument("--keep-cache", action="store_true", help="keep a chunk's statistics after writing its file")
     parser.add_argument("--assemble", action="store_true", help="write the table from the chunk files present")
