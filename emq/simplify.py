@@ -26,12 +26,18 @@ ABSOLUTE = {Kind.T: "abs", Kind.S: "s_abs"}
 
 
 def simplify(node: Node) -> Node:
-    """Return the simplest equivalent of `node` under the registered identities (the same node when none applies)."""
+    """Return the simplest equivalent of `node` under the registered identities (the same node when none applies).
+
+    Equal subtrees of the result are one object, so simplifying a result again returns it
+    unchanged (`simplify(simplify(x)) is simplify(x)`): the search holds only simplified programs.
+    """
     done: dict[Node, Node] = {}
+    shared: dict[Node, Node] = {}  # one object per distinct result, so equal subtrees come out as one object
     for sub in node.unique():  # children first: each distinct subtree is simplified once
         kids = tuple(done[c] for c in sub.children)
         new = sub if all(a is b for a, b in zip(kids, sub.children)) else Node(sub.name, sub.kind, kids)
-        done[sub] = _rewrite(new)
+        result = _rewrite(new)
+        done[sub] = shared.setdefault(result, result)
     return done[node]
 
 

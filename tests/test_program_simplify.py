@@ -55,6 +55,22 @@ def test_simplification_keeps_what_it_must(text):
     assert proxy.simplified().formula() == expected
 
 
+def test_simplifying_twice_returns_the_same_object():
+    # abs(neg(grad)) is rewritten to a new abs(grad) object; the result must share it with its
+    # equal sibling, or a second pass rebuilds the tree (a Hypothesis draw found this)
+    tree = parse_formula("min_layers(l1(add(grad, div(abs(grad), abs(neg(grad))))))")
+    once = simplify(tree)
+    assert once.formula() == "min_layers(l1(add(grad, div(abs(grad), abs(grad)))))"
+    assert simplify(once) is once
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_simplify_is_idempotent_on_random_programs(seed):
+    once = simplify(random_program(random.Random(seed), Grammar(["grad", "weight", "act"])))
+    assert simplify(once) is once
+
+
 def test_self_cancelling_forms_are_reported_not_rewritten():
     proxy = Proxy.from_formula("mean_layers(l2(add(sub(grad, grad), weight)))")
     assert proxy.self_cancelling() == "sub(grad, grad)"
