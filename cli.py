@@ -215,6 +215,7 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
 @setting_option("hurdle_size")
 @setting_option("hurdle_quantile")
 @setting_option("sketch")
+@setting_option("sketch_slices")
 @setting_option("separable")
 @setting_option("reject_input_independent")
 @setting_option("hof_size")

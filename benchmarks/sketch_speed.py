@@ -1,6 +1,9 @@
-"""Programs per second with sketched statistics (`--sketch K`) against full ones, and whether the ranking survives.
+"""Programs per second with sketched statistics (`--sketch K`, `--sketch-slices`) against full ones, and whether the
+ranking survives.
 
     OMP_NUM_THREADS=1 python benchmarks/sketch_speed.py --cache-root "$EMQ_CACHE_DIR" --max-search 1000 --programs 50
+    OMP_NUM_THREADS=1 python benchmarks/sketch_speed.py --cache-root "$EMQ_CACHE_DIR" --max-search 1000 \
+        --programs 80 --sketches 1024 --slices
 
 On one benchmark's search split (cut as `emq search` cuts it: split seed 0, hash order,
 the first `--max-search` networks), read from an existing statistics cache (never
@@ -12,8 +15,10 @@ programs that read the sketch (the others read the full tensors: `emq.sketch`), 
 share of those, the time to build the sketch once, and the Kendall tau between the
 sketched and the full fitness (mean Kendall with the ground-truth columns, as the search's
 default fitness) over the programs whose fitness is defined both ways. A program that
-does not read sketches runs the full evaluation's code path bit for bit, so it is timed
-once, in the full pass, and that time counts again in every sketch's "all programs" rate.
+reads neither sketches nor slices runs the full evaluation's code path bit for bit, so it
+is timed once, in the full pass, and that time counts again in every sketch's "all
+programs" rate. With `--slices` each sketch size has a second row, with slices: there
+the "readers" are the programs that read sketches or slices (`emq.evaluate.reading`).
 """
 from __future__ import annotations
 
@@ -29,10 +34,9 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from emq.evaluate import StackedStats, block_for, evaluate_stacked  # noqa: E402
+from emq.evaluate import StackedStats, block_for, evaluate_stacked, reading  # noqa: E402
 from emq.fitness import get_metric  # noqa: E402
 from emq.proxy import Proxy  # noqa: E402
-from emq.sketch import sketchable  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
 from search.generate import Grammar, GrowConfig, random_program  # noqa: E402
 from search.operators import program  # noqa: E402
@@ -91,6 +95,7 @@ def main() -> None:
     ap.add_argument("--programs", type=int, default=50)
     ap.add_argument("--sketches", default="4096,1024")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--slices", action="store_true", help="also each sketch size with slices (--sketch-slices)")
     ap.add_argument("--cache-root", required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -102,32 +107,32 @@ def main() -> None:
     rng = random.Random(args.seed)
     grammar = Grammar(list(stats), GrowConfig(cfg.max_depth, cfg.max_size))
     programs = [program(random_program(rng, grammar)) for _ in range(args.programs)]
-    readers = np.array([sketchable(p.root) for p in programs])
     with torch.no_grad():
         full_fit, full_secs = run(pieces, n, programs, truth)
-        rows = [("full", 0.0, full_fit, full_secs)]
+        rows = [("full", 0.0, full_fit, full_secs, np.zeros(len(programs), dtype=bool))]
         for k in (int(x) for x in args.sketches.split(",")):
-            t = time.perf_counter()
-            sketched = [(a, s.with_sketch(k)) for a, s in pieces]
-            build = time.perf_counter() - t
-            fit, secs = run(sketched, n, programs, truth,
-                            [None if r else (f, t) for r, f, t in zip(readers, full_fit, full_secs)])
-            rows.append((f"sketch {k}", build, fit, secs))
-            for _, s in pieces:
-                s._views.clear()  # keep one sketch in memory at a time
+            for slices in (False, True) if args.slices else (False,):
+                t = time.perf_counter()
+                sketched = [(a, s.with_sketch(k, slices)) for a, s in pieces]
+                build = time.perf_counter() - t
+                readers = np.array([reading(p.root, sketched[0][1]) is not None for p in programs])
+                fit, secs = run(sketched, n, programs, truth,
+                                [None if r else (f, t) for r, f, t in zip(readers, full_fit, full_secs)])
+                rows.append((f"sketch {k}" + (" + slices" if slices else ""), build, fit, secs, readers))
+                for _, s in pieces:
+                    s._views.clear()  # keep one sketch in memory at a time
     full = np.array(full_fit)
-    print(f"{len(programs)} random programs (seed {args.seed}), {int(readers.sum())} of them read sketches; "
-          "one process, one torch thread")
-    print("| statistics | build s | programs/s (all) | programs/s (sketch readers) | Kendall(sketched, full fitness) |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"{len(programs)} random programs (seed {args.seed}); one process, one torch thread")
+    print("| statistics | build s | programs/s (all) | readers | programs/s (readers) | Kendall(sketched, full fitness) |")
+    print("|---|---:|---:|---:|---:|---:|")
     kendall = get_metric("kendall")
-    for label, build, fit, secs in rows:
+    for label, build, fit, secs, readers in rows:
         fit, secs = np.array(fit), np.array(secs)
         ok = np.isfinite(fit) & np.isfinite(full)
         agree = kendall(fit[ok], full[ok]) if ok.sum() > 2 else float("nan")
         only = kendall(fit[ok & readers], full[ok & readers]) if (ok & readers).sum() > 2 else float("nan")
         rate_readers = readers.sum() / secs[readers].sum() if readers.any() else float("nan")
-        print(f"| {label} | {build:.1f} | {len(secs) / secs.sum():.2f} | {rate_readers:.2f} | "
+        print(f"| {label} | {build:.1f} | {len(secs) / secs.sum():.2f} | {int(readers.sum())} | {rate_readers:.2f} | "
               f"{agree:+.3f} ({ok.sum()} defined; readers {only:+.3f}) |", flush=True)
 
 

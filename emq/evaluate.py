@@ -22,7 +22,9 @@ joined over the whole set (`emq.population`), never within a block, piece or sha
 
 On a stack with sketches (`emq.sketch`, `--sketch K`), a program that can read them is
 scored, in each layer where what it reads is sketched alike, on the K-entry samples, its
-reductions estimating their full values; any other program or layer reads the full tensors.
+reductions estimating their full values. On a stack with slices too (`--sketch-slices`), a
+program that cannot read sketches but has no cross-layer op reads the slices instead
+(sub-tensors of at most K entries); any other program or layer reads the full tensors.
 """
 from __future__ import annotations
 
@@ -39,9 +41,9 @@ from emq.eval_plan import Plan
 from emq.layer_weights import LayerWeights
 from emq.population import Expansion, join_reasons, join_scores, refuse_population, split_population
 from emq.program import Node
-from emq.sketch import estimate, per_candidate_shape, sketch_ratio, sketchable
+from emq.sketch import estimate, per_candidate_shape, sketch_ratio, sketchable, sliceable
 from emq.stacked_ops import ChunkFailed, apply_op
-from emq.stacked_stats import MIN_BLOCK, Block, StackedStats, Value, block_for, piece_bounds
+from emq.stacked_stats import MIN_BLOCK, Block, Column, StackedStats, Value, block_for, piece_bounds
 from emq.subprogram_memo import SubprogramMemo
 from emq.stats import NetworkStats
 from primitives import Kind, get_op
@@ -97,7 +99,7 @@ def _scores_and_reasons(root: Node, weights: LayerWeights | None, stacked: Stack
     reasons: list[str | None] = [None] * stacked.n
     plan = Plan.of(root)
     needed = root.stats()
-    sketch = stacked.sketch > 0 and sketchable(root)
+    sketch = reading(root, stacked)
     for b, blk in enumerate(stacked.blocks):
         failed: list[str | None] = [None] * len(blk.index)
         out = _run_block(plan, blk, needed, failed, dtype, stacked.chunk_elements, weights, sketch=sketch,
@@ -107,6 +109,21 @@ def _scores_and_reasons(root: Node, weights: LayerWeights | None, stacked: Stack
             if failed[k] is None:
                 scores[int(pos)] = float(out[k])
     return scores, reasons
+
+
+def reading(root: Node, stacked: StackedStats) -> str | None:
+    """Return which samples of the large statistics a program reads on `stacked`: "sketch" (K-entry samples,
+    `emq.sketch.sketchable`), "slices" (sub-tensors, `sliceable`, on a stack with slices), or None (full tensors)."""
+    if stacked.sketch <= 0:
+        return None
+    if sketchable(root):
+        return "sketch"
+    return "slices" if stacked.slices and sliceable(root) else None
+
+
+def _samples(col: Column, sketch: str | None) -> dict[str, Value]:
+    """Return the column's samples a program reading `sketch` reads (empty for None)."""
+    return col.sketch if sketch == "sketch" else col.slices if sketch == "slices" else {}
 
 
 @dataclass
@@ -143,11 +160,11 @@ def layer_groups(proxy: Scorable | Node, stacked: StackedStats,
 
 def _run_block(plan: Plan, blk: Block, needed: set[str], failed: list[str | None], dtype: torch.dtype,
                chunk_elements: int, layer_weights: LayerWeights | None = None,
-               capture: list[LayerGroup] | None = None, sketch: bool = False,
+               capture: list[LayerGroup] | None = None, sketch: str | None = None,
                memo: SubprogramMemo | None = None, scope: Hashable = 0) -> np.ndarray:
     """Return the block's scores (failures marked in `failed`): per-layer nodes by column, network nodes by layer count.
 
-    `sketch`: the program may read the columns' sketches (`emq.sketch.sketchable`). `memo`: the stack's subprogram
+    `sketch`: which samples the program may read (`reading`; None: the full tensors). `memo`: the stack's subprogram
     memo (`emq.subprogram_memo`), `scope` where the block sits in what the memo serves.
     """
     usable = [c for c, col in enumerate(blk.columns) if needed <= col.stat_names]
@@ -164,7 +181,7 @@ def _run_block(plan: Plan, blk: Block, needed: set[str], failed: list[str | None
 
 
 def _column_terms(plan: Plan, blk: Block, usable: list[int], needed: set[str], failed: list[str | None],
-                  dtype: torch.dtype, chunk_elements: int, sketch: bool = False,
+                  dtype: torch.dtype, chunk_elements: int, sketch: str | None = None,
                   memo: SubprogramMemo | None = None, scope: Hashable = 0) -> dict[int, list[torch.Tensor]]:
     """Return, per usable column, the [m] values of the per-layer nodes aggregations read.
 
@@ -180,7 +197,7 @@ def _column_terms(plan: Plan, blk: Block, usable: list[int], needed: set[str], f
         if len(group) == 1:
             continue  # alone: evaluated as a column below
         cols = [blk.columns[c] for c, _ in group]
-        read = [col.tensors if r is None else {**col.tensors, **col.sketch} for col, (_, r) in zip(cols, group)]
+        read = [col.tensors if r is None else {**col.tensors, **_samples(col, sketch)} for col, (_, r) in zip(cols, group)]
         tensors = {s: (torch.cat([t if b else t.unsqueeze(0).expand(len(col.members), *t.shape)
                                   for col, d in zip(cols, read) for t, b in [d[s]]]), True) for s in needed}
         members = np.concatenate([col.members for col in cols])
@@ -188,10 +205,10 @@ def _column_terms(plan: Plan, blk: Block, usable: list[int], needed: set[str], f
         if group[0][1] is not None:  # the group reads sketches (all its columns do, by its key)
             ratio = torch.cat([torch.full((len(col.members),), r, dtype=torch.float64)
                                for col, (_, r) in zip(cols, group)])
-            sketched = (ratio, {s for s in needed if s in cols[0].sketch})
+            sketched = (ratio, {s for s in needed if s in _samples(cols[0], sketch)})
         terms = _member_terms(plan, tensors, members, failed, dtype, chunk_elements,
                               f"layers {cols[0].name} .. {cols[-1].name}", needed, sketched,
-                              memo, (scope, tuple(c for c, _ in group), sketched is not None, dtype))
+                              memo, (scope, tuple(c for c, _ in group), sketched is not None and sketch, dtype))
         offset = 0
         for col, (c, _) in zip(cols, group):
             m = len(col.members)
@@ -199,19 +216,19 @@ def _column_terms(plan: Plan, blk: Block, usable: list[int], needed: set[str], f
             offset += m
     for (c, ratio), in (g for g in groups if len(g) == 1):
         col = blk.columns[c]
-        tensors = col.tensors if ratio is None else {**col.tensors, **col.sketch}
+        tensors = col.tensors if ratio is None else {**col.tensors, **_samples(col, sketch)}
         values[c] = _member_terms(plan, tensors, col.members, failed, dtype, chunk_elements, f"layer {col.name}",
-                                  needed, (ratio, set(col.sketch)) if ratio is not None else None,
-                                  memo, (scope, (c,), ratio is not None, dtype))
+                                  needed, (ratio, set(_samples(col, sketch))) if ratio is not None else None,
+                                  memo, (scope, (c,), ratio is not None and sketch, dtype))
     return {nid: [values[c][nid] for c in usable] for nid in plan.to_net}
 
 
 def _shape_groups(blk: Block, usable: list[int], needed: set[str],
-                  sketch: bool) -> list[list[tuple[int, float | None]]]:
+                  sketch: str | None) -> list[list[tuple[int, float | None]]]:
     """Return the usable columns as (column, n / K or None: read in full), grouped to be stacked.
 
-    Columns whose statistics read (sketched alike, or all in full; `sketch`: the program
-    may read sketches) have the same per-candidate shapes and dtypes stack into one
+    Columns whose statistics read (sampled alike, or all in full; `sketch`: the samples
+    the program may read, `reading`) have the same per-candidate shapes and dtypes stack into one
     tensor per statistic: each row is computed as in its own column (entry-wise ops and
     per-row ops under vmap), with one op call for the group; scores are bit-identical to
     evaluating column by column (checked on NAS-Bench-201 programs). The groups are a
@@ -220,8 +237,8 @@ def _shape_groups(blk: Block, usable: list[int], needed: set[str],
     groups: dict[tuple, list[tuple[int, float | None]]] = {}
     for c in usable:
         col = blk.columns[c]
-        ratio = sketch_ratio(needed, col.tensors, col.sketch) if sketch else None
-        read = col.tensors if ratio is None else {**col.tensors, **col.sketch}
+        ratio = sketch_ratio(needed, col.tensors, _samples(col, sketch)) if sketch else None
+        read = col.tensors if ratio is None else {**col.tensors, **_samples(col, sketch)}
         key = (ratio is None, *((s, per_candidate_shape(read[s]), read[s][0].dtype) for s in sorted(needed)))
         groups.setdefault(key, []).append((c, ratio))
     return list(groups.values())

@@ -39,6 +39,29 @@ is sketched with the same full shape. Otherwise it is scored on the full tensors
 sketch never changes what a program means, only how exactly it is estimated. The hall of
 fame is scored again on the full statistics before it is ranked and exported
 (`search.engine`); `hall_of_fame.json` keeps both fitness values.
+
+**Slices** (`--sketch-slices`, with `--sketch K`) serve the programs a sketch cannot: those
+with an op that reads shapes or positions. They read, instead of each large positional
+statistic, a *slice*: the sub-tensor at a fixed random subset of indices along dims 0
+and 1 (output and input channels, rows and columns), every later dim kept whole, at most
+K entries in all (`slice_counts`; a 1-d statistic keeps K entries; a statistic whose
+dims past the second alone hold more than K / 4 entries is read in full). A slice is a
+smaller tensor of the same rank, so every per-layer op runs on it, and what it gives is
+an estimate with a known bias for ops that read shapes:
+- entry-wise maps, then any reduction: as for a sketch (each entry is in the slice with
+  probability k / n, so the `total` rules stay unbiased);
+- softmax_last, log_softmax_last, sum_positions: exact on the kept rows when the last dims
+  are whole (dims past the second always are; on a 2-d statistic the last dim is cut);
+- softmax_first, row_norms, l2_normalize, zscore over the slice, flatten_sort: computed
+  over the kept entries only (row norms over kept columns; normalisers over kept rows);
+  a later `total` rule scales by n / k, which over- or under-states shape-changed
+  values;
+- corrcoef, gram, matrix ops, count_unique_rows: on the kept rows and columns (a
+  principal sub-matrix of the full correlation, for example).
+Programs with a cross-layer op (`concat_layers_t`, `mean_layers_t`, `sum_layers_t`)
+read the full tensors, whose layers must share a shape. Slices change what a
+shape-reading program computes on the search split, not only how exactly, so they are off by
+default; the hall of fame is re-scored on the full statistics as with any sketch.
 """
 from __future__ import annotations
 
@@ -101,6 +124,66 @@ def sketch_tensors(layer: str, tensors: Mapping[str, Value], k: int) -> dict[str
     return out
 
 
+#: Salt of the slices' seeds (`slice_indices`): changing it changes every sliced search.
+SLICE_SALT = "emq-slices/1"
+#: A statistic is sliced only when a slice keeps at least this many (dim 0, dim 1) index pairs.
+MIN_SLICE_PAIRS = 4
+
+
+def slice_counts(shape: tuple[int, ...], k: int) -> tuple[int, ...] | None:
+    """Return how many indices a slice keeps along dims 0 (and 1) of a `shape` statistic, None when it is not sliced.
+
+    At most `k` entries in all, dims past the second kept whole; dims 0 and 1 are cut in
+    proportion to their sizes. None when the statistic has at most `k` entries, or when
+    its dims past the second alone leave fewer than `MIN_SLICE_PAIRS` (dim 0, dim 1) pairs.
+    """
+    if k <= 0 or math.prod(shape) <= k:
+        return None
+    if len(shape) == 1:
+        return (k,)
+    pairs = k // math.prod(shape[2:])
+    if pairs < MIN_SLICE_PAIRS:
+        return None
+    rows = max(1, min(shape[0], round(math.sqrt(pairs * shape[0] / shape[1]))))
+    cols = max(1, min(shape[1], pairs // rows))
+    return (max(1, min(shape[0], pairs // cols)), cols)
+
+
+@functools.lru_cache(maxsize=4096)
+def slice_indices(layer: str, shape: tuple[int, ...], k: int) -> tuple[torch.Tensor, ...] | None:
+    """Return the kept indices (ascending, int64) along dims 0 (and 1) of a `shape` statistic of layer `layer`.
+
+    Seeded by the layer name and the shape only, like `sketch_positions`: every candidate
+    having the layer, and every statistic of that shape in it, is sliced alike.
+    """
+    counts = slice_counts(tuple(shape), k)
+    if counts is None:
+        return None
+    seed = int.from_bytes(hashlib.sha256(f"{SLICE_SALT}|{layer}|{tuple(shape)}".encode()).digest()[:8], "little")
+    rng = np.random.default_rng(seed)
+    return tuple(torch.from_numpy(np.sort(rng.permutation(shape[d])[:c])) for d, c in enumerate(counts))
+
+
+def slice_tensors(layer: str, tensors: Mapping[str, Value], k: int) -> dict[str, Value]:
+    """Return the slices (sub-tensors of at most K entries, same rank) of a column's large positional statistics."""
+    out: dict[str, Value] = {}
+    for stat, (t, batched) in tensors.items():
+        if not is_positional(stat):
+            continue
+        index = slice_indices(layer, per_candidate_shape((t, batched)), k)
+        if index is None:
+            continue
+        for dim, kept in enumerate(index):
+            t = t.index_select(dim + int(batched), kept.to(t.device))
+        out[stat] = (t.contiguous(), batched)
+    return out
+
+
+def sliceable(root: Node) -> bool:
+    """Whether a program may read slices: it has no cross-layer op (those need every layer's tensor in full)."""
+    return not any(get_op(node.name).is_cross_layer for node in root.unique() if not node.is_leaf)
+
+
 def sketchable(root: Node) -> bool:
     """Whether a program may read sketches: no cross-layer op, and every per-layer op on tensors has a sketch rule."""
     for node in root.unique():
@@ -115,7 +198,8 @@ def sketchable(root: Node) -> bool:
 
 
 def sketch_ratio(needed: set[str], tensors: Mapping[str, Value], sketches: Mapping[str, Value]) -> float | None:
-    """Return n / K when a column's statistics read by a program are replaced by their sketches, None for full.
+    """Return n / K when a column's statistics read by a program are replaced by their sketches (or slices: K is
+    then the slice's entry count), None for full.
 
     Every statistic read with more than one entry must be sketched and have the same full
     shape (then binary ops pair the same positions, as on the full tensors, where `align`
@@ -134,7 +218,7 @@ def sketch_ratio(needed: set[str], tensors: Mapping[str, Value], sketches: Mappi
     if len(shapes) != 1:
         return None
     (shape,) = shapes
-    k = per_candidate_shape(sketches[next(s for s in needed if s in sketches)])[0]
+    k = math.prod(per_candidate_shape(sketches[next(s for s in needed if s in sketches)]))
     return math.prod(shape) / k
 
 

@@ -6,7 +6,8 @@ full-precision weights of a mixed-precision benchmark) stay unstacked, so what o
 reads them is computed once. A column is computed in pieces (`column_pieces`) of about
 CHUNK_ELEMENTS entries per intermediate (and at least MIN_BATCH networks), so a chain
 of ops on a piece stays in cache and memory is bounded. A stack built with `sketch` K
-also holds, per column, K-entry samples of its large positional statistics (`emq.sketch`).
+also holds, per column, K-entry samples of its large positional statistics (`emq.sketch`),
+and with `slices` their sub-tensor slices of at most K entries.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Hashable, Sequence
 import numpy as np
 import torch
 
-from emq.sketch import sketch_tensors
+from emq.sketch import slice_tensors, sketch_tensors
 from emq.subprogram_memo import SubprogramMemo
 from emq.stats import NetworkStats
 
@@ -56,6 +57,8 @@ class Column:
     params: torch.Tensor  # [m] float64: the layer's parameter count in each member
     #: K-entry samples of the positional statistics with more than K entries (`emq.sketch`; empty: not sketched)
     sketch: dict[str, Value] = field(default_factory=dict)
+    #: Sub-tensors of at most K entries of the same statistics, for the programs a sketch cannot serve (`emq.sketch`)
+    slices: dict[str, Value] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,24 +104,28 @@ class StackedStats:
 
     With `sketch` K > 0 each column also holds K-entry samples of its positional
     statistics larger than K, which programs that can read them are scored on
-    (`emq.sketch`); the full tensors stay, for the programs that cannot.
+    (`emq.sketch`); the full tensors stay, for the programs that cannot. With `slices` too
+    (and K > 0), each column also holds K-entry slices, which programs that cannot read a
+    sketch but have no cross-layer op are scored on.
     """
 
     def __init__(self, stats_list: Sequence[NetworkStats], device: str | torch.device | None = None,
-                 chunk_elements: int = CHUNK_ELEMENTS, block: int | None = None, sketch: int = 0) -> None:
+                 chunk_elements: int = CHUNK_ELEMENTS, block: int | None = None, sketch: int = 0,
+                 slices: bool = False) -> None:
         self.n = len(stats_list)
         self.chunk_elements = chunk_elements
         self.block = block_for(self.n) if block is None else block
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.sketch = 0
-        self._views: dict[int, StackedStats] = {}
+        self.slices = False
+        self._views: dict[tuple[int, bool], StackedStats] = {}
         #: Per-layer scalar subprogram values kept across programs (`enable_memo`; None: off), and where in it.
         self.memo: SubprogramMemo | None = None
         self.memo_scope: Hashable = 0
         self.blocks = [self._stack(stats_list[a:a + self.block], np.arange(a, min(self.n, a + self.block)))
                        for a in range(0, self.n, self.block)]
         if sketch:
-            self.blocks, self.sketch = self._sketched(sketch), sketch
+            self.blocks, self.sketch, self.slices = self._sketched(sketch, slices), sketch, slices
 
     def enable_memo(self, memo: SubprogramMemo | None = None, scope: Hashable = 0) -> "StackedStats":
         """Keep the per-layer scalar values of the subprograms scored on this stack for later programs (a search's
@@ -127,28 +134,32 @@ class StackedStats:
         self.memo = memo if memo is not None else SubprogramMemo()
         self.memo_scope = scope
         for k, view in self._views.items():
-            view.memo, view.memo_scope = self.memo, (scope, "sketch", k)
+            view.memo, view.memo_scope = self.memo, (scope, "sketch", *k)
         return self
 
-    def with_sketch(self, k: int) -> "StackedStats":
-        """Return these statistics with K-entry sketches (k = 0: none), sharing the full tensors; built once per k."""
-        if k == self.sketch:
+    def with_sketch(self, k: int, slices: bool = False) -> "StackedStats":
+        """Return these statistics with K-entry sketches (k = 0: none) and, with `slices`, K-entry slices, sharing
+        the full tensors; built once per (k, slices)."""
+        key = (k, bool(slices and k))
+        if key == (self.sketch, self.slices):
             return self
-        if k not in self._views:
+        if key not in self._views:
             view = self._copy()
-            view.blocks, view.sketch = self._sketched(k), k
-            view.memo, view.memo_scope = self.memo, (self.memo_scope, "sketch", k)
-            self._views[k] = view
-        return self._views[k]
+            view.blocks, view.sketch, view.slices = self._sketched(*key), *key
+            view.memo, view.memo_scope = self.memo, (self.memo_scope, "sketch", *key)
+            self._views[key] = view
+        return self._views[key]
 
-    def _sketched(self, k: int) -> list[Block]:
-        return [Block(blk.index, [replace(col, sketch=sketch_tensors(col.name, col.tensors, k)) for col in blk.columns],
-                      blk.layout) for blk in self.blocks]
+    def _sketched(self, k: int, slices: bool = False) -> list[Block]:
+        return [Block(blk.index, [replace(col, sketch=sketch_tensors(col.name, col.tensors, k),
+                                          slices=slice_tensors(col.name, col.tensors, k) if slices and k else {})
+                                  for col in blk.columns], blk.layout) for blk in self.blocks]
 
     def _copy(self) -> "StackedStats":
         out = StackedStats.__new__(StackedStats)
         out.n, out.chunk_elements, out.block, out.device = self.n, self.chunk_elements, self.block, self.device
         out.sketch, out._views, out.blocks, out.memo, out.memo_scope = self.sketch, {}, self.blocks, None, 0
+        out.slices = self.slices
         return out
 
     def _stack(self, items: Sequence[NetworkStats], index: np.ndarray) -> Block:

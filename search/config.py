@@ -78,6 +78,8 @@ class SearchConfig:
     scores programs on the search split and probe on K-entry samples of the large
     positional statistics where they can (`emq.sketch`); the hall of fame is then scored
     again on the full search split, ranked by that fitness, and keeps the sketched one.
+    `sketch_slices` (with `sketch`) scores the programs a sketch cannot serve (ops that
+    read shapes) on K-entry slices of the same statistics, unless they have a cross-layer op.
     `separable` builds only programs sum_layers(f(per-(layer, bits) statistics `lb_*`)) (`search.generate.
     separable_grow_config`), each separable by construction (`emq.separable.is_separable`).
     `equivalence_cache` gives a program whose probe scores equal (to 6 significant
@@ -116,6 +118,7 @@ class SearchConfig:
     hurdle_size: int = SETTINGS["hurdle_size"].default
     hurdle_quantile: float = SETTINGS["hurdle_quantile"].default
     sketch: int = SETTINGS["sketch"].default
+    sketch_slices: bool = SETTINGS["sketch_slices"].default
     separable: bool = SETTINGS["separable"].default
     stats: tuple[str, ...] | None = None
     op_weights: tuple[tuple[str, float], ...] = ()
@@ -155,6 +158,9 @@ class SearchConfig:
                              f"got {self.hurdle_size}")
         if self.sketch != 0 and self.sketch < MIN_SKETCH:
             raise ValueError(f"sketch must be 0 (off) or >= {MIN_SKETCH} entries, got {self.sketch}")
+        if self.sketch_slices and not self.sketch:
+            raise ValueError("sketch_slices (--sketch-slices) needs sketch K > 0 (--sketch K): the slices hold at most K "
+                             "entries; add --sketch 1024, or drop --sketch-slices")
         if not 0 <= self.hurdle_quantile <= 1:
             raise ValueError(f"hurdle_quantile must be in [0, 1], got {self.hurdle_quantile}")
         if self.split_order not in SPLIT_ORDERS:
@@ -187,7 +193,7 @@ class SearchConfig:
         A config without `split_order` was written before splits were ordered by their
         hash: it reads as "index", so old run folders rescore on the candidates they ran on.
         Other missing fields (a folder older than them) take their defaults: no budget, no hurdle,
-        generational evolution, no sketch, not separable.
+        generational evolution, no sketch (and no slices), not separable.
         """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
@@ -207,7 +213,9 @@ class SearchConfig:
         if self.separable:
             parts.append("separable programs only: sum_layers(f(lb_*))")
         if self.sketch:
-            parts.append(f"sketch: {self.sketch} entries per statistic (hall of fame rescored on full statistics)")
+            parts.append(f"sketch: {self.sketch} entries per statistic"
+                         + (", slices for shape-reading programs" if self.sketch_slices else "")
+                         + " (hall of fame rescored on full statistics)")
         return ", ".join(parts)
 
     def offspring_size(self) -> int:

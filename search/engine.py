@@ -22,7 +22,8 @@ of evolution) every generation after the first is `population` fresh random prog
 instead, on the same screens, hall of fame, log and checkpoint. With `hurdle_size`,
 a new program is scored on the whole split only when its fitness on the split's first
 networks reaches the population's (`search.hurdles`). With `sketch`, the probe and the
-search split are read through K-entry sketches of their large statistics (`emq.sketch`),
+search split are read through K-entry sketches of their large statistics (`emq.sketch`;
+with `sketch_slices`, through K-entry slices for the programs a sketch cannot serve),
 and the hall of fame is scored again on the full split before it is ranked and written.
 The run ends after `generations`, or earlier after the generation in which the programs
 evaluated reach `budget`.
@@ -169,18 +170,20 @@ def run_search(
         # The probe is small: it is screened here; only the survivors go to the pool's shards of the search set.
         device = worker_device(pool.device)
         probe = ProbeInputs.build(
-            StackedStats([search_stats[i] for i in index], device, sketch=config.sketch).enable_memo(),
-            StackedStats(probe_stats_other_batch, device, sketch=config.sketch).enable_memo()
+            StackedStats([search_stats[i] for i in index], device, sketch=config.sketch,
+                         slices=config.sketch_slices).enable_memo(),
+            StackedStats(probe_stats_other_batch, device, sketch=config.sketch,
+                         slices=config.sketch_slices).enable_memo()
             if probe_stats_other_batch is not None else None, n,
             probe_trivial={k: np.asarray(v, dtype=np.float64)[index] for k, v in predictors.items()},
             probe_features={k: np.asarray(v, dtype=np.float64)[index] for k, v in (features or {}).items()})
-        search_set = pool.attach(search_stats, sources[0], config.sketch)
+        search_set = pool.attach(search_stats, sources[0], config.sketch, config.sketch_slices)
         choices = choose_best_trivial(predictors, {t: truth[t] for t in targets}, get_metric(config.metric))
         controls = {t: (c, c.oriented(predictors[c.name])) for t, c in choices.items()}
         h = hurdle_size(config.hurdle_size, n)
         if h:
             hurdle_set = pool.attach(search_stats[:h], sources[0].part(0, h) if sources[0] is not None else None,
-                                     config.sketch)
+                                     config.sketch, config.sketch_slices)
             hurdle = Hurdle.cut(h, config.hurdle_quantile, hurdle_set, {t: truth[t] for t in targets}, controls)
         engine = _Engine(config, grammar, {t: truth[t] for t in targets}, pool, search_set, probe, limits, run_dir,
                          controls, hurdle)

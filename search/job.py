@@ -14,7 +14,7 @@ Sections and fields (all optional except `benchmark.name` and `output.dir`):
     [stats]      batch_size, init_seed, dtype ("float16"|"float32"), hessian_samples, device, stats (list)
     [search]     population, generations, seeds (list), batch_seeds (list), targets (list), joint,
                  metric, fitness, strategy, evolution, offspring, budget, hurdle_size, hurdle_quantile,
-                 sketch, separable, hof_size, max_search, max_heldout, seed_proxies (list of files)
+                 sketch, sketch_slices, separable, hof_size, max_search, max_heldout, seed_proxies (list of files)
     [backend]    name ("serial"|"threading"|"loky"|"dask"|"ray"), scheduler (address), workers, device,
                  shard_memory_mb
     [output]     dir

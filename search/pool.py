@@ -73,12 +73,14 @@ class ShardedStats:
     def n(self) -> int:
         return self.source.n
 
-    def with_sketch(self, k: int) -> "ShardedStats":
-        """Return the same attached set scored with K-entry sketches (0: on the full statistics).
+    def with_sketch(self, k: int, slices: bool = False) -> "ShardedStats":
+        """Return the same attached set scored with K-entry sketches (0: on the full statistics) and, with `slices`,
+        K-entry slices (`emq.sketch`).
 
         The workers keep one stack per set, so this loads nothing again.
         """
-        return ShardedStats(self.source, tuple(replace(shard, sketch=k) for shard in self.shards))
+        return ShardedStats(self.source, tuple(replace(shard, sketch=k, slices=bool(slices and k))
+                                               for shard in self.shards))
 
 
 class Scoring:
@@ -167,12 +169,13 @@ class EvaluationPool:
 
     # ----------------------------------------------------------- sources
     def attach(self, stats_list: Sequence[NetworkStats] | None = None,
-               source: StatsSource | None = None, sketch: int = 0) -> ShardedStats:
+               source: StatsSource | None = None, sketch: int = 0, slices: bool = False) -> ShardedStats:
         """Return `stats_list` (or the files of `source`) sharded over the workers; workers load their shard on first use.
 
         In-process backends register the list (no copy); process backends read
         `source`'s files, or a spill of the list written here. `sketch` K > 0: programs
-        that can are scored on K-entry sketches of the large statistics (`emq.sketch`).
+        that can are scored on K-entry sketches of the large statistics (`emq.sketch`), and
+        with `slices` the others without a cross-layer op on K-entry slices of them.
         """
         if self.in_process and stats_list is not None:
             src = register_local(stats_list)
@@ -185,7 +188,8 @@ class EvaluationPool:
         else:
             raise ValueError("attach needs statistics or a source")
         block = self.block or block_for(src.n)
-        shard = Shard(src, self.device, self.claim_dir, self.parent_pid, self.max_shard_bytes, block, sketch)
+        shard = Shard(src, self.device, self.claim_dir, self.parent_pid, self.max_shard_bytes, block, sketch,
+                      bool(slices and sketch))
         return ShardedStats(src, tuple(replace(shard, source=src.part(a, b))
                                        for a, b in shard_bounds(src.n, self.n_shards, block)))
 

@@ -63,6 +63,7 @@ class SearchRequest:
     hurdle_size: int = default("hurdle_size")
     hurdle_quantile: float = default("hurdle_quantile")
     sketch: int = default("sketch")
+    sketch_slices: bool = default("sketch_slices")
     separable: bool = default("separable")
     reject_input_independent: bool = default("reject_input_independent")
     hof_size: int = default("hof_size")
@@ -171,7 +172,7 @@ def plan_search(request: SearchRequest, notify: Callable[[str], None] | None = N
             fitness=request.fitness, reject_input_independent=request.reject_input_independent,
             strategy=request.strategy, budget=request.budget, hurdle_size=request.hurdle_size,
             hurdle_quantile=request.hurdle_quantile, evolution=request.evolution, offspring=request.offspring,
-            sketch=request.sketch, separable=request.separable)
+            sketch=request.sketch, sketch_slices=request.sketch_slices, separable=request.separable)
         stats_config = dataclasses.replace(request.stats, batch_seed=batch_seeds[0])
         if request.separable:
             stats_config = separable_stats(bench, stats_config)

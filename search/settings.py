@@ -109,6 +109,11 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
          "of K entries of each per-layer tensor statistic larger than K (weight, grad, act, ...; sums scale by "
          "numel / K), where a program only maps entries and reduces them; the hall of fame is scored again on the "
          "full statistics (0 = off; at least 16).", "--sketch", "search.sketch"),
+    Setting("sketch_slices", "bool", False, "With --sketch K: score the programs a sketch cannot serve (softmax, "
+            "sort, row norms, matrix ops: they read shapes) on slices of the same statistics: the sub-tensor at "
+            "fixed random rows and columns (dims 0 and 1), at most K entries; biased estimates for shape-reading "
+            "ops, much faster; programs with a cross-layer op still read the full tensors; the hall of fame is "
+            "scored again on the full statistics.", "--sketch-slices", "search.sketch_slices"),
     Setting("separable", "bool", False, "Separable programs only: sum_layers(f(the layer's own per-(layer, bits) "
             "statistics lb_*)), each layer's term read from one table computed once (|L| x |B| passes), so a "
             "program scores any configuration as a sum and `emq apply mq` allocates bits exactly (MQ benchmarks; "

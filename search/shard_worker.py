@@ -40,6 +40,7 @@ class Shard:
     max_bytes: int | None = None  # stream the shard in pieces of at most this many bytes instead of keeping it
     block: int = 32  # the evaluator's stacking block of the whole set: shards and pieces are whole blocks
     sketch: int = 0  # score on K-entry sketches of the large statistics where a program can (`emq.sketch`); 0: full
+    slices: bool = False  # with sketch K: score the programs a sketch cannot serve on K-entry slices (`emq.sketch`)
 
 
 def shard_bounds(n: int, shards: int, block: int | None = None) -> list[tuple[int, int]]:
@@ -130,7 +131,7 @@ def _resident(source: StatsSource, device: str, block: int) -> list[tuple[int, S
 
 def _pieces(shard: Shard, device: str) -> Iterator[tuple[int, StackedStats]]:
     for offset, stacked in _full_pieces(shard, device):
-        yield offset, stacked.with_sketch(shard.sketch)
+        yield offset, stacked.with_sketch(shard.sketch, shard.slices)
 
 
 def _full_pieces(shard: Shard, device: str) -> Iterator[tuple[int, StackedStats]]:
