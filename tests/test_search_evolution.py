@@ -101,7 +101,16 @@ def test_stop_and_resume_continues_the_same_stream(problem, reference, tmp_path)
     assert without_timing(resumed.log) == without_timing(reference.log)
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(problem, reference, tmp_path):
+#: Issue 23's modes together: aging evolution, a hurdle, sketches and slices (a SIGKILL must resume them exactly).
+SCALE = SearchConfig(population=14, generations=6, seed=3, probe_size=8, hof_size=4, targets=("test_acc",),
+                     evolution="aging", offspring=5, hurdle_size=8, hurdle_quantile=0.5, sketch=16, sketch_slices=True)
+
+
+@pytest.mark.parametrize("mode", ["generational", "aging + hurdle + sketch + slices"])
+def test_resume_after_sigkill_matches_uninterrupted_run(problem, reference, tmp_path, mode):
+    config = CONFIG if mode == "generational" else SCALE
+    if config is not CONFIG:
+        reference = search(problem, tmp_path / "reference", config)
     run = tmp_path / "killed"
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(f"""
@@ -110,7 +119,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(problem, reference, tmp_
         from search.engine import run_search
         from search.synthetic import synthetic_problem
         p = synthetic_problem(n_search=24, n_heldout=16, probe_size=8)
-        config = SearchConfig(**{CONFIG.to_json()!r})
+        config = SearchConfig.from_json({config.to_json()!r})
         run_search(p.search, p.probe_other, p.truth, config, {str(run)!r}, progress=False,
                    probe_index=p.probe_index, on_generation=lambda gen, row: time.sleep(0.5))
     """))
@@ -130,8 +139,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(problem, reference, tmp_
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     killed_at = json.loads(state.read_text())["generation"]
-    assert killed_at < CONFIG.generations - 1
-    resumed = search(problem, run, resume=True)
+    assert killed_at < config.generations - 1
+    resumed = search(problem, run, config, resume=True)
     assert hall_formulas(resumed) == hall_formulas(reference)
     assert without_timing(resumed.log) == without_timing(reference.log)
 
