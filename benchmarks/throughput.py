@@ -19,8 +19,9 @@ Modes, on the same random programs (seeded) and the same candidates:
 - NB201 `search loop` rows (with `--nb201-cache`): whole `emq search nas-bench-201`
   runs of `--nb201-budget` programs on 1,000 search cells, one process and thread
   (serial backend), with the study's settings and with every lever of issue 23
-  (aging evolution, a 100-cell hurdle, sketches; the subprogram memo and the
-  functional-equivalence cache are always on): evaluations / seconds over all generations;
+  (aging evolution, a 100-cell hurdle, sketches), and those levers with slices
+  (`--sketch-slices`; the subprogram memo and the functional-equivalence cache are
+  always on): evaluations / seconds over all generations;
 - `gpu` (only when CUDA is present): cached, 1 process on `cuda`, and the largest
   score difference to the CPU.
 `peak RSS` is the largest resident size of each process while its mode ran (the
@@ -234,6 +235,10 @@ NB201_CONFIGS = {
     "aging + hurdle 100 @ q0.75 + sketch 1024": ["--evolution", "aging", "--population", "64", "--offspring", "16",
                                                   "--generations", "1000", "--hurdle-size", "100",
                                                   "--hurdle-quantile", "0.75", "--sketch", "1024"],
+    "aging + hurdle 100 @ q0.75 + sketch 1024 + slices": ["--evolution", "aging", "--population", "64", "--offspring",
+                                                          "16", "--generations", "1000", "--hurdle-size", "100",
+                                                          "--hurdle-quantile", "0.75", "--sketch", "1024",
+                                                          "--sketch-slices"],
 }
 
 
