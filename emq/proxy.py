@@ -260,7 +260,8 @@ class Proxy:
         return self._simple
 
     # --------------------------------------------------------------- evaluation
-    def evaluate(self, stats: NetworkStats, dtype: torch.dtype = torch.float32) -> float:
+    def evaluate(self, stats: NetworkStats, dtype: torch.dtype = torch.float32,
+                 stacked: StackedStats | None = None) -> float:
         """Return the program's score for one network; inputs are never modified.
 
         The one evaluator (`emq.evaluate`) with one candidate. The program runs over
@@ -268,6 +269,8 @@ class Proxy:
         no entry has them and ProxyEvaluationError when an op fails; a non-finite
         score is returned as is (callers screen it). A program with rank aggregation
         (`n_rank_log`, ...) has no value for one network alone: PopulationProgramError.
+        `stacked`: `StackedStats([stats])` built by a caller scoring several programs on
+        this network (stacking a network costs more than most programs on it).
         """
         refuse_population(self.root, "one network scored alone")
         needed = self.stats_needed
@@ -278,7 +281,7 @@ class Proxy:
                 f"no layer has all of {sorted(needed)} (statistics present: {have}); "
                 "compute them with a stat set that includes them",
             )
-        scores, failures = evaluate_stacked(self, StackedStats([stats]), dtype)
+        scores, failures = evaluate_stacked(self, stacked if stacked is not None else StackedStats([stats]), dtype)
         failed = Counter({k: v for k, v in failures.items() if k != "nonfinite"})
         if failed:
             reason = next(iter(failed))

@@ -21,6 +21,7 @@ from emq.baselines.registry import (
     list_baselines,
 )
 from emq.bench.base import Batch, Benchmark, Candidate
+from emq.evaluate import StackedStats
 from emq.paths import cache_dir
 from emq.proxy import Proxy, ProxyEvaluationError
 from emq.stats import STATS
@@ -74,7 +75,7 @@ def baseline_scores(
             extra = tuple(sorted(needed - set(config.stat_names)))
             stats_config = dataclasses.replace(config, stat_names=config.stat_names + extra)
         # One candidate's statistics in memory at a time: a ViT's are tens to hundreds of MB.
-        rows = [[_evaluate(proxy, stats) for proxy in group.values()]
+        rows = [_evaluate_all(list(group.values()), stats)
                 for stats in iter_stats(bench, cands, stats_config, progress=progress, cache_root=cache_root)]
         table = np.array(rows, dtype=np.float64).reshape(len(cands), len(group))
         for k, name in enumerate(group):
@@ -99,11 +100,17 @@ def arch_scores(bench: Benchmark, name: str, candidates: Sequence[Candidate]) ->
     return np.asarray(values, dtype=np.float64)
 
 
-def _evaluate(proxy: Proxy, stats: Any) -> float:
+def _evaluate(proxy: Proxy, stats: Any, stacked: StackedStats | None = None) -> float:
     try:
-        return proxy.evaluate(stats)
+        return proxy.evaluate(stats, stacked=stacked)
     except ProxyEvaluationError:
         return math.nan
+
+
+def _evaluate_all(programs: Sequence[Proxy], stats: Any) -> list[float]:
+    """Return each program's score on one network, stacked once for all of them (the same scores as one by one)."""
+    stacked = StackedStats([stats]) if len(programs) > 1 else None
+    return [_evaluate(proxy, stats, stacked) for proxy in programs]
 
 
 def baseline_cache_path(bench: Benchmark, baseline: Baseline, config: StatsConfig,
