@@ -50,7 +50,10 @@ def apply_op(name: str, args: list[Value], count: int, failed: list[str | None],
         # `align` compares whole shapes: an unbatched per-network tensor must look stacked too (a view).
         direct = [t if b or t.numel() == 1 else t.expand(shape) for t, b in args]
         try:
-            return _check_shape(op, (op.fn(*direct), True), failed)
+            out = op.fn(*direct)
+            if out.dim() == 0:  # one candidate of one entry beside a one-entry constant: `align` made both 0-d
+                out = out.reshape(1)
+            return _check_shape(op, (out, True), failed)
         except Exception:
             pass  # a real failure on some candidates: the loop below tells which
     else:

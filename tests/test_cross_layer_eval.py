@@ -159,3 +159,20 @@ def test_staged_evaluation_equals_the_per_network_definition(formula, networks):
     got, fail = evaluate_stacked(proxy, StackedStats(nets))
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-6)
     assert fail == expected_fail
+
+
+def test_a_lone_candidate_column_keeps_its_candidate_axis_beside_a_shared_scalar():
+    """Seed 1 of the 10,000-program NB201 run crashed here: a layer whose statistics come in two dtypes is split
+    into columns, one of a single network; there a network-wide scalar plus a per-layer scalar shared by every
+    network (`params`) lost its candidate axis, and the next op failed to stack it."""
+    def net(i: int) -> NetworkStats:
+        dtype = torch.bfloat16 if i == 4 else torch.float16  # the cache stores each tensor in the dtype that fits it
+        layers = {f"conv{k}": {"grad": torch.randn(4, 3).to(dtype), "params": torch.tensor(12.0),
+                               "flops": torch.tensor(100.0 * (k + 1))} for k in range(3)}
+        return NetworkStats(layers, {f"conv{k}": 12 for k in range(3)}, {})
+
+    nets = [net(i) for i in range(5)]
+    proxy = Proxy.from_formula("sum_layers(s_add(numel(add(sum_layers_t(flops), params)), l1(add(sum_layers_t(flops), params))))")
+    scores, failures = evaluate_stacked(proxy, StackedStats(nets))
+    assert not failures
+    np.testing.assert_allclose(scores, 3 * (1 + 600 + 12), rtol=1e-6)
