@@ -10,6 +10,9 @@ the study stands, not a verdict (issue 24's campaign makes that choice on the se
 
     python3 results/nas-bench-201/vs_library.py results/nas-bench-201/study-fp_acc-uniform \
         results/known-proxies-nb201 --out results/nas-bench-201/study-vs-library-partial.md
+
+A single run folder (one with `heldout_scores.csv` and no `study.json`) is read as a study of one run;
+`--also RUN` adds further run folders as columns.
 """
 from __future__ import annotations
 
@@ -41,35 +44,46 @@ def library_columns(chunks: list[ScoreTable]) -> tuple[list[str], np.ndarray, di
     return cells, truth, {n.split(":", 1)[1]: np.concatenate([t.scores[n] for t in chunks]) for n in names}
 
 
+def run_folders(study: Path, also: list[Path]) -> list[tuple[str, Path]]:
+    """Return (label, folder) of each run to compare: a study's runs, or `study` itself when it is one run, then `also`."""
+    if (study / "study.json").is_file():
+        runs = [(r["folder"], study / r["folder"]) for r in load_study(study)["runs"]]
+    else:
+        runs = [(study.name, study)]
+    return runs + [(folder.name, folder) for folder in also]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path)
     parser.add_argument("chunks", type=Path, help="folder of chunk-KKK.scores.csv files")
+    parser.add_argument("--also", type=Path, action="append", default=[], help="a further run folder (repeatable)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     files = sorted(args.chunks.glob("chunk-*.scores.csv"))
     if not files:
         raise SystemExit(f"{args.chunks}: no chunk-*.scores.csv files")
     cells, truth, library = library_columns([ScoreTable.read(f) for f in files])
-    runs = load_study(args.study)["runs"]
-    command = f"python3 results/nas-bench-201/vs_library.py {args.study} {args.chunks}"
+    runs = run_folders(args.study, args.also)
+    command = f"python3 results/nas-bench-201/vs_library.py {args.study} {args.chunks}" + "".join(
+        f" --also {a}" for a in args.also)
     lines = [f"# The study's winners against the known-proxy library on {len(cells)} held-out cells", "",
              reproduce_line(command, args.out), "",
-             f"Cells: those of {', '.join(f.name for f in files)} (the first {len(cells)} of the study's 5,000 "
+             f"Cells: those of {', '.join(f.name for f in files)} ({len(cells)} of the study's 5,000 "
              f"held-out cells); target `{TARGET}`; batch seed 0 for the library, each run's own batch for its "
              "program. Each cell: Kendall of the run's best program minus the library program's, paired bootstrap "
              "95% CI over the cells (1,000 resamples). Not a verdict: no choice on a search split (see the script).",
              "", "| library program | its Kendall | " + " | ".join(
-                 r["folder"] for r in runs) + " |",
+                 label for label, _ in runs) + " |",
              "|---|---|" + "---|" * len(runs)]
     evolved = {}
-    for run in runs:
-        table = RunFolder(args.study / run["folder"]).read_scores()
+    for label, folder in runs:
+        table = RunFolder(folder).read_scores()
         where = {c: i for i, c in enumerate(table.candidates)}
         missing = [c for c in cells if c not in where]
         if missing:
-            raise SystemExit(f"{run['folder']}: {len(missing)} chunk cells are not among its held-out cells")
-        evolved[run["folder"]] = table.scores["evolved #1"][[where[c] for c in cells]]
+            raise SystemExit(f"{folder}: {len(missing)} chunk cells are not among its held-out cells")
+        evolved[label] = table.scores["evolved #1"][[where[c] for c in cells]]
     lines.append("| (each run's best program) | - | " + " | ".join(
         f"{kendall(s, truth):+.3f}" for s in evolved.values()) + " |")
     for name, scores in sorted(library.items(), key=lambda kv: -kendall(kv[1], truth)):
