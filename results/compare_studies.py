@@ -6,6 +6,9 @@ bootstrapped over those candidates from the committed `heldout_scores.csv` files
 
     python3 results/compare_studies.py results/mq-separable/study-10k results/mq-separable/random-10k \
         --out results/mq-separable/evolution-vs-random.md
+
+A single run folder (no `study.json`; e.g. a `--seeds 0 --batch-seeds 0` run) counts as a study of that one run,
+named `seedS-batchB` from its own records.
 """
 from __future__ import annotations
 
@@ -24,19 +27,28 @@ from search.run_folder import RunFolder  # noqa: E402
 from search.study import load_study  # noqa: E402
 
 
+def study_runs(path: Path) -> dict[str, Path]:
+    """Return each run of a study as {seedS-batchB: folder}; a lone run folder is a study of itself."""
+    if (path / "study.json").is_file():
+        return {r["folder"]: path / r["folder"] for r in load_study(path)["runs"]}
+    run = RunFolder(path)
+    seed, batch = run.search_config().seed, (run.read_hall().get("batch") or {}).get("seed")
+    return {f"seed{seed}-batch{batch}": path}
+
+
 def paired_rows(study_a: Path, study_b: Path) -> list[dict]:
     """Return one row per run folder the two studies share: both Kendalls and the paired difference."""
-    runs_b = {r["folder"]: r for r in load_study(study_b)["runs"]}
+    runs_a, runs_b = study_runs(study_a), study_runs(study_b)
     rows = []
-    for run in load_study(study_a)["runs"]:
-        if run["folder"] not in runs_b:
+    for name, folder_a in runs_a.items():
+        if name not in runs_b:
             continue
-        a, b = RunFolder(study_a / run["folder"]).read_scores(), RunFolder(study_b / run["folder"]).read_scores()
+        a, b = RunFolder(folder_a).read_scores(), RunFolder(runs_b[name]).read_scores()
         if a.candidates != b.candidates:
-            raise SystemExit(f"{run['folder']}: the two runs were judged on different held-out candidates")
+            raise SystemExit(f"{name}: the two runs were judged on different held-out candidates")
         score_a, score_b = a.scores["evolved #1"], b.scores["evolved #1"]
         diff = paired_bootstrap_difference(score_a, score_b, a.truth)
-        rows.append({"folder": run["folder"], "a": statistics.mean(kendall(score_a, t) for t in a.truth.values()),
+        rows.append({"folder": name, "a": statistics.mean(kendall(score_a, t) for t in a.truth.values()),
                      "b": statistics.mean(kendall(score_b, t) for t in b.truth.values()), "diff": diff})
     return rows
 
