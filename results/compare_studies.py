@@ -24,16 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from results.report import publish, reproduce_line  # noqa: E402
 from emq.fitness import kendall, paired_bootstrap_difference  # noqa: E402
 from search.run_folder import RunFolder  # noqa: E402
-from search.study import load_study  # noqa: E402
-
-
-def study_runs(path: Path) -> dict[str, Path]:
-    """Return each run of a study as {seedS-batchB: folder}; a lone run folder is a study of itself."""
-    if (path / "study.json").is_file():
-        return {r["folder"]: path / r["folder"] for r in load_study(path)["runs"]}
-    run = RunFolder(path)
-    seed, batch = run.search_config().seed, (run.read_hall().get("batch") or {}).get("seed")
-    return {f"seed{seed}-batch{batch}": path}
+from search.study import study_runs  # noqa: E402
 
 
 def paired_rows(study_a: Path, study_b: Path) -> list[dict]:

@@ -228,6 +228,15 @@ def refresh_study(out_dir: str | Path) -> dict[str, Any]:
                        study.get("replicate_ceiling"))
 
 
+def study_runs(path: str | Path) -> dict[str, Path]:
+    """Return each run of a study as {seedS-batchB: run folder}; a lone run folder counts as a study of itself."""
+    path = Path(path)
+    if (path / "study.json").is_file():
+        return {r["folder"]: path / r["folder"] for r in load_study(path)["runs"]}
+    run = RunFolder(path)
+    return {run_folder(Path(), run.search_config().seed, (run.read_hall().get("batch") or {}).get("seed")).name: path}
+
+
 def load_study(out_dir: str | Path) -> dict[str, Any]:
     """Return a study folder's study.json."""
     path = Path(out_dir) / "study.json"

@@ -28,7 +28,7 @@ from results.report import publish, reproduce_line  # noqa: E402
 from emq.fitness import kendall, paired_bootstrap_difference  # noqa: E402
 from emq.score_table import ScoreTable  # noqa: E402
 from search.run_folder import RunFolder  # noqa: E402
-from search.study import load_study  # noqa: E402
+from search.study import study_runs  # noqa: E402
 
 TARGET = "fp_acc"
 
@@ -44,15 +44,6 @@ def library_columns(chunks: list[ScoreTable]) -> tuple[list[str], np.ndarray, di
     return cells, truth, {n.split(":", 1)[1]: np.concatenate([t.scores[n] for t in chunks]) for n in names}
 
 
-def run_folders(study: Path, also: list[Path]) -> list[tuple[str, Path]]:
-    """Return (label, folder) of each run to compare: a study's runs, or `study` itself when it is one run, then `also`."""
-    if (study / "study.json").is_file():
-        runs = [(r["folder"], study / r["folder"]) for r in load_study(study)["runs"]]
-    else:
-        runs = [(study.name, study)]
-    return runs + [(folder.name, folder) for folder in also]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path)
@@ -64,7 +55,7 @@ def main() -> None:
     if not files:
         raise SystemExit(f"{args.chunks}: no chunk-*.scores.csv files")
     cells, truth, library = library_columns([ScoreTable.read(f) for f in files])
-    runs = run_folders(args.study, args.also)
+    runs = list(study_runs(args.study).items()) + [(folder.name, folder) for folder in args.also]
     command = f"python3 results/nas-bench-201/vs_library.py {args.study} {args.chunks}" + "".join(
         f" --also {a}" for a in args.also)
     lines = [f"# The study's winners against the known-proxy library on {len(cells)} held-out cells", "",
