@@ -230,6 +230,9 @@ def score(name: str, data_dir: Path | None, proxy_files: tuple[Path, ...], formu
 @click.option("--force-workers", is_flag=True, help="Allow more --workers than usable cores.")
 @setting_option("shard_memory_mb", help="MB of statistics a worker may keep resident; a larger shard is streamed from the "
           "cache files on every generation instead (slower; for caches larger than memory). Default: keep it.")
+@setting_option("screen_in", help="Where new programs are screened on the probe networks: the pool's worker "
+          "processes (default; every core screens and scores; with serial or threading the search process screens "
+          "anyway) or the search's own process (for comparisons: benchmarks/screen_in_workers.py). Same results.")
 @click.option("--baseline", "baselines", multiple=True,
               help="Baselines to compare on held-out (repeatable; default: every cheap program baseline).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),

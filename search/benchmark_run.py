@@ -77,6 +77,7 @@ def search_benchmark(
     command: str | None = None,
     n_boot: int = 1000,
     trivial: Sequence[str] | None = None,
+    screen_in: str = "workers",
 ) -> SearchResult:
     """Run the search on `bench`'s search split and compare its hall of fame with baselines on the held-out split.
 
@@ -87,6 +88,7 @@ def search_benchmark(
     trivial predictors (default: `trivial_baselines(bench)`): they feed the
     trivial-equivalent screen and the partial fitness, the best of them per target is
     chosen on the search split, and the summary ends with the run's verdict against it.
+    `screen_in`: see `search.engine.run_search`.
     """
     run_dir = Path(run_dir)
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
@@ -95,7 +97,7 @@ def search_benchmark(
                   search_config.split_order, max_search, max_heldout)
     trivial_names = list(trivial) if trivial is not None else trivial_baselines(bench, search_config.separable)
     result = _evolve(bench, cut, stats_config, search_config, run_dir, pool, trivial_names, progress, resume,
-                     cache_root, command)
+                     cache_root, command, screen_in)
     if result.finished:
         names = list(baselines) if baselines is not None else default_baselines(bench.family)
         # a separable run's bar is chosen among the separable trivial predictors; the others are rows of its table
@@ -107,7 +109,7 @@ def search_benchmark(
 
 def _evolve(bench: Benchmark, cut: RunCut, stats_config: StatsConfig, search_config: SearchConfig, run_dir: Path,
             pool: EvaluationPool | None, trivial_names: Sequence[str], progress: bool, resume: bool,
-            cache_root: str | Path | None, command: str) -> SearchResult:
+            cache_root: str | Path | None, command: str, screen_in: str = "workers") -> SearchResult:
     """Compute (or read) the search split's statistics and trivial predictors, then run the evolution."""
     probe_cands = cut.search[: search_config.probe_size]
     other_config = dataclasses.replace(stats_config, batch_seed=stats_config.batch_seed + 1)
@@ -117,11 +119,12 @@ def _evolve(bench: Benchmark, cut: RunCut, stats_config: StatsConfig, search_con
                                      cache_root=cache_root)
     sources = (None, None)
     if pool is not None and not pool.in_process:  # process workers read the cache files themselves
-        sources = (cache_source(bench, cut.search, stats_config, cache_root), None)
+        sources = (cache_source(bench, cut.search, stats_config, cache_root),
+                   cache_source(bench, probe_cands, other_config, cache_root))
     return run_search(
         search_stats, probe_other, cut.search_truth, search_config, run_dir,
         pool=pool, progress=progress, resume=resume, probe_index=list(range(len(probe_cands))), sources=sources,
-        command=command, trivial=search_trivial,
+        command=command, trivial=search_trivial, screen_in=screen_in,
         features={n: v for n, v in search_trivial.items() if n.startswith(ARCH_PREFIX)},
     )
 

@@ -42,8 +42,9 @@ hurdle's subset that stopped there or went on to the whole split),
 programs of the population), `top_subexpression` (the one in most programs:
 `formula`, `programs`; null when none is shared; `search.subexpressions`),
 `seconds` (the generation's wall time, its checkpoint included), `time` (those
-seconds by phase: `variation`, `screening` (static and probe screens, in this
-process, while the pool already scores the survivors of earlier batches),
+seconds by phase: `variation`, `screening` (static and probe screens, in the pool's
+workers or, for an in-process pool, in this process (`search.screener`), while the pool
+already scores the survivors of earlier batches),
 `evaluation` (waiting for the pool's scores on the search split, and fitness),
 `selection` (niches, hall of fame), `checkpoint`) and
 `programs_per_s` (evaluations / seconds). Timings are the only values that differ
@@ -57,18 +58,16 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import torch
 from deap import base, tools
 from tqdm.auto import tqdm
 
 from emq.errors import StatUnavailableError
-from emq.evaluate import StackedStats
 from emq.fitness import TrivialChoice, beyond_trivial, choose_best_trivial, get_metric, joint, partial_correlation
 from emq.ga import aged, drawing_from
 from emq.proxy import Proxy
@@ -90,8 +89,8 @@ from search.report import plot_evolution, plot_hall_of_fame
 from search.rng import SearchRNG
 from search.run_inputs import PhaseClock, checked_predictors, checked_truth
 from search.run_folder import RunFolder
-from search.screening import UNDEFINED_FITNESS, Outcome, ProbeInputs, ScreenLimits, score_outcome, screen_probe
-from search.shard_worker import one_thread, worker_device
+from search.screener import SCREEN_IN, Screener, screener_for
+from search.screening import UNDEFINED_FITNESS, Outcome, ScreenLimits, score_outcome
 from search.stats_source import StatsSource
 from search.subexpressions import common_subexpressions
 
@@ -130,6 +129,7 @@ def run_search(
     command: str | None = None,
     trivial: Mapping[str, np.ndarray] | None = None,
     features: Mapping[str, np.ndarray] | None = None,
+    screen_in: str = "workers",
 ) -> SearchResult:
     """Evolve proxy programs on `search_stats` against `truth` and return the hall of fame.
 
@@ -137,18 +137,24 @@ def run_search(
     (default: the first ones) on a second batch; it serves the input-independence
     screen (None skips that screen). `truth` maps column -> array aligned with
     `search_stats`. `pool` evaluates programs (None: serially in this process);
-    `sources` lets process pools read the statistics from existing files instead of
-    a spilled copy. Held-out judgement is `search.protocol`'s, after the search.
+    `sources` (files of the search statistics, and of the probe's second batch) lets
+    process pools read the statistics from existing files instead of a spilled copy.
+    Held-out judgement is `search.protocol`'s, after the search.
     `stop_after` ends this call after that generation (the run stays resumable);
     `on_generation(gen, log_row)` is called
     after each generation's checkpoint. `trivial` maps each trivial predictor to its
     values on the search networks (#params is added from the statistics), `features`
     each architecture hyperparameter; both feed the trivial-equivalent screen, and the
     best trivial predictor per target is the control of the partial fitness.
+    `screen_in` "workers" screens new programs in the pool's workers where it has
+    processes (`search.screener`), "search" in this process (as before issue 23's
+    change; `benchmarks/screen_in_workers.py` compares the two); the results are the same.
     """
     run_dir = Path(run_dir)
     n = len(search_stats)
     truth, targets = checked_truth(truth, config, n)
+    if screen_in not in SCREEN_IN:
+        raise ValueError(f"screen_in must be one of {', '.join(SCREEN_IN)}, got {screen_in!r}")
     if probe_index is None:
         k = len(probe_stats_other_batch) if probe_stats_other_batch is not None else min(config.probe_size, n)
         probe_index = list(range(k))
@@ -167,16 +173,15 @@ def run_search(
                               config.trivial_tau_limit, config.arch_eta_limit)
         predictors = checked_predictors(trivial, features, search_stats)
         index = list(probe_index)
-        # The probe is small: it is screened here; only the survivors go to the pool's shards of the search set.
-        device = worker_device(pool.device)
-        probe = ProbeInputs.build(
-            StackedStats([search_stats[i] for i in index], device, sketch=config.sketch,
-                         slices=config.sketch_slices).enable_memo(),
-            StackedStats(probe_stats_other_batch, device, sketch=config.sketch,
-                         slices=config.sketch_slices).enable_memo()
-            if probe_stats_other_batch is not None else None, n,
-            probe_trivial={k: np.asarray(v, dtype=np.float64)[index] for k, v in predictors.items()},
-            probe_features={k: np.asarray(v, dtype=np.float64)[index] for k, v in (features or {}).items()})
+        # New programs are screened on the probe (in the pool's workers where it has processes); only the
+        # survivors go to the pool's shards of the search set.
+        prefix = sources[0] is not None and index == list(range(len(index)))
+        screener = screener_for(
+            pool, [search_stats[i] for i in index], probe_stats_other_batch, n, limits, config.sketch,
+            config.sketch_slices,
+            trivial={k: np.asarray(v, dtype=np.float64)[index] for k, v in predictors.items()},
+            features={k: np.asarray(v, dtype=np.float64)[index] for k, v in (features or {}).items()},
+            sources=(sources[0].part(0, len(index)) if prefix else None, sources[1]), where=screen_in)
         search_set = pool.attach(search_stats, sources[0], config.sketch, config.sketch_slices)
         choices = choose_best_trivial(predictors, {t: truth[t] for t in targets}, get_metric(config.metric))
         controls = {t: (c, c.oriented(predictors[c.name])) for t, c in choices.items()}
@@ -185,7 +190,7 @@ def run_search(
             hurdle_set = pool.attach(search_stats[:h], sources[0].part(0, h) if sources[0] is not None else None,
                                      config.sketch, config.sketch_slices)
             hurdle = Hurdle.cut(h, config.hurdle_quantile, hurdle_set, {t: truth[t] for t in targets}, controls)
-        engine = _Engine(config, grammar, {t: truth[t] for t in targets}, pool, search_set, probe, limits, run_dir,
+        engine = _Engine(config, grammar, {t: truth[t] for t in targets}, pool, search_set, screener, run_dir,
                          controls, hurdle)
         try:
             state = engine.start(resume)
@@ -254,7 +259,8 @@ STATISTICS.register("best", _best)
 STATISTICS.register("median", _median)
 STATISTICS.register("valid", _valid)
 
-#: Programs screened before their survivors are sent to the pool (the pool scores while the next batch is screened).
+#: Programs screened together before their survivors are sent to the pool (the pool scores them while the next
+#: batches are screened).
 SCREEN_BATCH = 8
 
 
@@ -262,8 +268,8 @@ class GenerationStopped(Exception):
     """SIGTERM arrived while a generation was being evaluated: it is abandoned, the previous checkpoint stands.
 
     A generation of a large population can take long; stopping between screening batches
-    bounds the wait after SIGTERM to one batch (`SCREEN_BATCH` programs) and the pool's
-    work already sent, whatever the population size.
+    bounds the wait after SIGTERM to the batches in flight (`SCREEN_BATCH` programs each,
+    `Screener.ahead` of them) and the pool's work already sent, whatever the population size.
     """
 
 
@@ -275,7 +281,7 @@ class _Engine:
     """One search's fixed parts (config, grammar, truth, pool) and the generation step."""
 
     def __init__(self, config: SearchConfig, grammar: Grammar, truth: dict[str, np.ndarray], pool: EvaluationPool,
-                 search_set: ShardedStats, probe: ProbeInputs, screen_limits: ScreenLimits, run_dir: Path,
+                 search_set: ShardedStats, screener: Screener, run_dir: Path,
                  controls: dict[str, tuple[TrivialChoice, np.ndarray]], hurdle: Hurdle | None = None) -> None:
         self.config = config
         self.hurdle = hurdle
@@ -284,8 +290,7 @@ class _Engine:
         self.truth = truth
         self.pool = pool
         self.search_set = search_set
-        self.probe = probe
-        self.screen_limits = screen_limits
+        self.screener = screener
         self.run_dir = run_dir
         self.metric = get_metric(config.metric)
         self.limits = Limits(config.max_size, config.max_depth)
@@ -476,26 +481,33 @@ class _Engine:
         for ind in individuals:
             if ind.hash not in state.memo and ind.hash not in todo:
                 todo[ind.hash] = ind
-        # Screened here in batches; each batch's survivors go to the pool at once, so the workers score
-        # them while the next batch is screened (cores do not wait for one another).
+        # Screened in batches, a few ahead (`search.screener`); each batch's survivors go to the pool at once,
+        # so the workers score them while the next batches are screened (cores do not wait for one another).
         outcomes: list[Outcome] = []
         jobs = []
         items = list(todo.values())
         twins = Twins(state.fingerprints, state.memo, self.config.equivalence_cache)
         first = self.hurdle.data if self.hurdle is not None else self.search_set  # where survivors are scored first
-        with torch.no_grad(), one_thread():
-            for start in range(0, len(items), SCREEN_BATCH):
-                if stop_requested():
-                    for _, job in jobs:
-                        job.result()  # let the workers finish what they were sent before the pool closes
-                    raise GenerationStopped
-                batch = [screen_probe(ind.proxy, self.probe, self.screen_limits)
-                         for ind in items[start: start + SCREEN_BATCH]]
-                outcomes += batch
-                passed = [(ind, out) for ind, out in zip(items[start:], batch)
-                          if out.reason is None and not twins.found(ind.hash, out)]
-                if passed:
-                    jobs.append((passed, self.pool.submit(first, [ind.proxy for ind, _ in passed])))
+        waiting = iter([items[i: i + SCREEN_BATCH] for i in range(0, len(items), SCREEN_BATCH)])
+        screening: deque = deque()
+        while True:
+            while len(screening) < self.screener.ahead and (group := next(waiting, None)) is not None:
+                screening.append((group, self.screener.submit([ind.proxy for ind in group])))
+            if not screening:
+                break
+            if stop_requested():
+                for _, sent in screening:
+                    sent.settle()
+                for _, job in jobs:
+                    job.result()  # let the workers finish what they were sent before the pool closes
+                raise GenerationStopped
+            group, sent = screening.popleft()
+            batch = sent.result()
+            outcomes += batch
+            passed = [(ind, out) for ind, out in zip(group, batch)
+                      if out.reason is None and not twins.found(ind.hash, out)]
+            if passed:
+                jobs.append((passed, self.pool.submit(first, [ind.proxy for ind, _ in passed])))
         clock.lap("screening")
         subset: dict[str, dict[str, Any]] = {}  # hash -> record on the hurdle's subset
         if self.hurdle is not None:

@@ -16,7 +16,7 @@ Sections and fields (all optional except `benchmark.name` and `output.dir`):
                  metric, fitness, strategy, evolution, offspring, budget, hurdle_size, hurdle_quantile,
                  sketch, sketch_slices, separable, hof_size, max_search, max_heldout, seed_proxies (list of files)
     [backend]    name ("serial"|"threading"|"loky"|"dask"|"ray"), scheduler (address), workers, device,
-                 shard_memory_mb
+                 shard_memory_mb, screen_in ("workers"|"search")
     [output]     dir
 
 Every field but the four of `OTHER_FIELDS` is a search setting owned by `search.settings`:

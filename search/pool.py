@@ -44,7 +44,9 @@ from emq.evaluate import block_for
 from emq.population import Expansion
 from emq.proxy import Proxy
 from emq.stats import NetworkStats
-from search.shard_worker import RayShard, Shard, evaluate_shard, init_loky_worker, shard_bounds, unregister_local
+from search.screen_worker import ProbeSpec, screen_programs
+from search.screening import Outcome, ScreenLimits
+from search.shard_worker import Shard, evaluate_shard, init_loky_worker, shard_bounds, unregister_local
 from search.stats_source import StatsSource, loads_here, register_local
 
 BACKENDS = ("serial", "threading", "loky", "dask", "ray")
@@ -116,6 +118,30 @@ class Scoring:
         return out
 
 
+class RayShard:
+    """A ray actor holding one shard and the probe (its process keeps the stacked statistics between calls)."""
+
+    def evaluate(self, shard: Shard, programs: Sequence[Proxy]) -> tuple[np.ndarray, list[dict[str, int]]]:
+        return evaluate_shard(shard, programs)
+
+    def screen(self, spec: ProbeSpec, programs: Sequence[Proxy], limits: ScreenLimits) -> list[Outcome]:
+        return screen_programs(spec, programs, limits)
+
+    def loads(self) -> list[tuple[str, int]]:
+        return loads_here()
+
+
+class Pending:
+    """Work sent to one worker; `result()` waits for it."""
+
+    def __init__(self, pool: "EvaluationPool", future: Any) -> None:
+        self._pool = pool
+        self._future = future
+
+    def result(self) -> list[Outcome]:
+        return self._pool._result(self._future)
+
+
 class EvaluationPool:
     """Scorer of programs on candidates sharded over workers; use as a context manager (or call `close`).
 
@@ -180,18 +206,22 @@ class EvaluationPool:
         if self.in_process and stats_list is not None:
             src = register_local(stats_list)
             self._local.append(src)
-        elif source is not None:
-            src = source
-        elif stats_list is not None:
-            self._spills += 1
-            src = StatsSource.spill(stats_list, Path(self._tmp.name) / f"spill-{self._spills}")
         else:
-            raise ValueError("attach needs statistics or a source")
+            src = self.share(stats_list, source)
         block = self.block or block_for(src.n)
         shard = Shard(src, self.device, self.claim_dir, self.parent_pid, self.max_shard_bytes, block, sketch,
                       bool(slices and sketch))
         return ShardedStats(src, tuple(replace(shard, source=src.part(a, b))
                                        for a, b in shard_bounds(src.n, self.n_shards, block)))
+
+    def share(self, stats_list: Sequence[NetworkStats] | None, source: StatsSource | None = None) -> StatsSource:
+        """Return a source of files any worker can load: `source`, else a spill of `stats_list` written here."""
+        if source is not None:
+            return source
+        if stats_list is None:
+            raise ValueError("attach needs statistics or a source")
+        self._spills += 1
+        return StatsSource.spill(stats_list, Path(self._tmp.name) / f"spill-{self._spills}")
 
     def detach(self, data: ShardedStats) -> None:
         """Forget an attached set's in-process registration (file shards stay with the workers until they exit)."""
@@ -222,6 +252,21 @@ class EvaluationPool:
             return Scoring(self, [(i, shard) for i, shard in enumerate(data.shards)], programs, expansion)
         return Scoring(self, [self._submit(i, shard, programs) for i, shard in enumerate(data.shards)], programs,
                        expansion)
+
+    def screen(self, worker: int, spec: ProbeSpec, programs: Sequence[Proxy], limits: ScreenLimits) -> "Pending":
+        """Start screening `programs` on the probe in worker `worker` (process backends: `search.screen_worker`);
+        `.result()` gives their outcomes. The search spreads its screening batches over the workers this way."""
+        if self.in_process:
+            raise ValueError("in-process backends screen in the search's own process (search.engine)")
+        spec = replace(spec, device=self.device, claim_dir=self.claim_dir, parent_pid=self.parent_pid)
+        i = worker % self.n_shards
+        if self.backend == "loky":
+            return Pending(self, self._executor(i).submit(screen_programs, spec, list(programs), limits))
+        if self.backend == "dask":
+            return Pending(self, self._client.submit(screen_programs, spec, list(programs), limits,
+                                                     workers=[self._workers[i]], allow_other_workers=False,
+                                                     pure=False))
+        return Pending(self, self._actor(i).screen.remote(spec, list(programs), limits))
 
     def worker_loads(self) -> list[list[tuple[str, int]]]:
         """Return, per worker, the (token, candidates) of every statistics load it made (tests, benchmarks)."""

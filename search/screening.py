@@ -9,9 +9,11 @@ equal to #params, a bit count or the quantized loss, or scores that are a functi
 architecture hyperparameter such as the embedding width), the projected time for the
 full set, and finally the same value checks on the full search set.
 
-The probe is small (about 32 networks and their second batch), so the search
-screens in its own process (`screen_probe`) and sends only the survivors to the
-sharded pool for the full search set (`score_outcome` then checks the full scores).
+The probe is small (about 32 networks and their second batch): each worker of a
+process pool holds all of it and screens batches of programs (`screen_probe`, run by
+`search.screen_worker`; an in-process pool's search screens itself: `search.screener`),
+and only the survivors go to the sharded pool for the full search set
+(`score_outcome` then checks the full scores).
 `screen_and_score` runs both steps in one process.
 """
 from __future__ import annotations
@@ -38,7 +40,7 @@ MISSING_STAT = "missing_stat"
 UNDEFINED_FITNESS = "undefined_fitness"
 __all__ = ["OVER_SIZE", "SELF_CANCELLING", "OVER_TIME", "MISSING_STAT", "UNDEFINED_FITNESS", "NONFINITE", "CONSTANT",
            "INPUT_INDEPENDENT", "TRIVIAL_EQUIVALENT", "ScreenLimits", "ProbeInputs", "ScreenInputs", "Outcome",
-           "screen_probe", "probe_fingerprint", "score_outcome", "screen_and_score", "rejection_table"]
+           "screen_probe", "checked_probe_inputs", "probe_fingerprint", "score_outcome", "screen_and_score", "rejection_table"]
 
 
 @dataclass(frozen=True)
@@ -71,15 +73,23 @@ class ProbeInputs:
     def build(cls, probe: StackedStats, probe_other: StackedStats | None, n_search: int,
               probe_trivial: Mapping[str, Sequence[float]] | None = None,
               probe_features: Mapping[str, Sequence[float]] | None = None) -> "ProbeInputs":
-        if probe_other is not None and probe_other.n != probe.n:
-            raise ValueError(f"{probe_other.n} second-batch statistics for {probe.n} probe networks")
-        trivial = {"params": probe.total_params(), **{k: np.asarray(v, dtype=np.float64)
-                                                     for k, v in (probe_trivial or {}).items()}}
-        features = {k: np.asarray(v, dtype=np.float64) for k, v in (probe_features or {}).items()}
-        for name, values in [*trivial.items(), *features.items()]:
-            if len(values) != probe.n:
-                raise ValueError(f"trivial predictor / feature {name!r} has {len(values)} values for {probe.n} probes")
-        return cls(probe, probe_other, n_search, trivial, features)
+        trivial, features = checked_probe_inputs(probe.n, probe_other.n if probe_other is not None else None,
+                                                 probe_trivial, probe_features)
+        return cls(probe, probe_other, n_search, {"params": probe.total_params(), **trivial}, features)
+
+
+def checked_probe_inputs(n: int, n_other: int | None, probe_trivial: Mapping[str, Sequence[float]] | None,
+                         probe_features: Mapping[str, Sequence[float]] | None
+                         ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Return the probe's trivial predictors and features as float64 arrays, each checked to hold `n` values."""
+    if n_other is not None and n_other != n:
+        raise ValueError(f"{n_other} second-batch statistics for {n} probe networks")
+    trivial = {k: np.asarray(v, dtype=np.float64) for k, v in (probe_trivial or {}).items()}
+    features = {k: np.asarray(v, dtype=np.float64) for k, v in (probe_features or {}).items()}
+    for name, values in [*trivial.items(), *features.items()]:
+        if len(values) != n:
+            raise ValueError(f"trivial predictor / feature {name!r} has {len(values)} values for {n} probes")
+    return trivial, features
 
 
 @dataclass

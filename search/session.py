@@ -77,6 +77,7 @@ class SearchRequest:
     force_workers: bool = False
     pool_device: str | None = default("pool_device")
     shard_memory_mb: float | None = default("shard_memory_mb")
+    screen_in: str = default("screen_in")
     study: bool | None = None
     #: True (`--resume`): the run folder must hold a run or study to continue; "auto" (jobs): continue what is
     #: there, else start; False: start, refusing a folder that already holds a run.
@@ -246,7 +247,7 @@ def execute_search(plan: SearchPlan) -> SearchOutcome:
 
     r = plan.request
     options = dict(baselines=list(r.baselines) if r.baselines else None, max_search=r.max_search or None,
-                   max_heldout=r.max_heldout, progress=r.progress, resume=bool(r.resume))
+                   max_heldout=r.max_heldout, progress=r.progress, resume=bool(r.resume), screen_in=r.screen_in)
     start = time.perf_counter()
     with run_folder_lock(plan.run_dir), worker_crashes(r.backend):
         with EvaluationPool(r.backend, n_jobs=plan.workers, scheduler=r.scheduler,

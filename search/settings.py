@@ -149,6 +149,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
             "backend.device"),
     Setting("shard_memory_mb", "float", None, "MB of statistics a worker may keep resident; a larger shard is "
             "streamed from the cache files.", "--shard-memory", "backend.shard_memory_mb", 1, 10_000_000),
+    Setting("screen_in", "str", "workers", "Where new programs are screened on the probe networks: the pool's "
+            "worker processes (every core screens and scores), or the search's own process.", "--screen-in",
+            "backend.screen_in", choices="search.screener:SCREEN_IN"),
 ]}
 
 

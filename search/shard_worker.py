@@ -26,7 +26,7 @@ import torch
 from emq.evaluate import StackedStats, block_for, evaluate_pieces
 from emq.proxy import Proxy
 from emq.subprogram_memo import SubprogramMemo
-from search.stats_source import LOCK, StatsSource, forget_local, loads_here
+from search.stats_source import LOCK, StatsSource, forget_local
 
 
 @dataclass(frozen=True)
@@ -213,13 +213,3 @@ def watch_parent(parent_pid: int | None) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="emq-parent-watch", daemon=True).start()
-
-
-class RayShard:
-    """A ray actor holding one shard (its process keeps the stacked statistics between calls)."""
-
-    def evaluate(self, shard: Shard, programs: Sequence[Proxy]) -> tuple[np.ndarray, list[dict[str, int]]]:
-        return evaluate_shard(shard, programs)
-
-    def loads(self) -> list[tuple[str, int]]:
-        return loads_here()

@@ -285,12 +285,13 @@ def test_a_damaged_checkpoint_is_one_resume_error_naming_the_field(problem, fini
 def test_sigterm_stops_a_large_generation_within_one_screening_batch(problem, tmp_path, monkeypatch):
     """A stop request mid-generation abandons it: the run ends unfinished, its last checkpoint stands."""
     import search.engine as engine
+    import search.screener as screener
     from search.interrupt import clear_stop, request_stop
 
     search(problem, tmp_path / "run", config=SearchConfig(**{**CONFIG.to_json(), "generations": 1}))
     before = snapshot(tmp_path / "run" / "checkpoint")
     screened = []
-    real = engine.screen_probe
+    real = screener.screen_probe
 
     def counting(*args, **kwargs):
         screened.append(1)
@@ -298,7 +299,7 @@ def test_sigterm_stops_a_large_generation_within_one_screening_batch(problem, tm
             request_stop()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "screen_probe", counting)
+    monkeypatch.setattr(screener, "screen_probe", counting)  # the search screens in its own process (serial)
     big = SearchConfig(**{**CONFIG.to_json(), "generations": 3, "population": 5000})
     try:
         with pytest.raises(Exception, match="population"):  # the population is part of the run's identity

@@ -106,9 +106,11 @@ SCALE = SearchConfig(population=14, generations=6, seed=3, probe_size=8, hof_siz
                      evolution="aging", offspring=5, hurdle_size=8, hurdle_quantile=0.5, sketch=16, sketch_slices=True)
 
 
-@pytest.mark.parametrize("mode", ["generational", "aging + hurdle + sketch + slices"])
+@pytest.mark.parametrize("mode", ["generational", "aging + hurdle + sketch + slices",
+                                  "aging + hurdle + sketch + slices, loky workers screening"])
 def test_resume_after_sigkill_matches_uninterrupted_run(problem, reference, tmp_path, mode):
     config = CONFIG if mode == "generational" else SCALE
+    loky = "loky" in mode  # killed while its workers screen and score; resumed (and the reference run) serial
     if config is not CONFIG:
         reference = search(problem, tmp_path / "reference", config)
     run = tmp_path / "killed"
@@ -118,10 +120,12 @@ def test_resume_after_sigkill_matches_uninterrupted_run(problem, reference, tmp_
         from search.config import SearchConfig
         from search.engine import run_search
         from search.synthetic import synthetic_problem
+        from search.pool import EvaluationPool
         p = synthetic_problem(n_search=24, n_heldout=16, probe_size=8)
         config = SearchConfig.from_json({config.to_json()!r})
-        run_search(p.search, p.probe_other, p.truth, config, {str(run)!r}, progress=False,
-                   probe_index=p.probe_index, on_generation=lambda gen, row: time.sleep(0.5))
+        with EvaluationPool({"loky" if loky else "serial"!r}, n_jobs=2) as pool:
+            run_search(p.search, p.probe_other, p.truth, config, {str(run)!r}, progress=False, pool=pool,
+                       probe_index=p.probe_index, on_generation=lambda gen, row: time.sleep(0.5))
     """))
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, env=env)

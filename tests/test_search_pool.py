@@ -133,6 +133,28 @@ def test_search_results_are_identical_on_serial_and_loky(problem, tmp_path):
     assert run("loky") == run("serial")
 
 
+def test_loky_workers_screen_and_the_search_matches_serial_with_hurdles_sketches_and_aging(problem, tmp_path):
+    # Issue 23: a process pool's workers screen (the search process only keeps the books); the run stays the
+    # run the serial pool gives, screened in the search's own process.
+    config = SearchConfig(population=12, generations=4, seed=3, probe_size=6, hof_size=3, targets=("test_acc",),
+                          evolution="aging", offspring=6, hurdle_size=8, hurdle_quantile=0.5, sketch=16,
+                          sketch_slices=True)
+
+    def run(backend):
+        with EvaluationPool(backend, n_jobs=2, block=BLOCK) as pool:
+            result = run_search(problem.search, problem.probe_other, problem.truth, config, tmp_path / backend,
+                                pool=pool, progress=False, probe_index=problem.probe_index)
+            loads = pool.worker_loads()
+        log = [{k: v for k, v in row.items() if k not in ("seconds", "time", "programs_per_s")} for row in result.log]
+        return [(h["formula"], h["fitness"]) for h in result.hall_of_fame], log, loads
+
+    hall, log, loads = run("loky")
+    assert (hall, log) == run("serial")[:2]
+    assert sum(row["evaluations"] for row in log) > 0 and any(row["hurdle"]["stopped"] for row in log)
+    probes = [sorted(token for token, n in worker if n == len(problem.probe_index)) for worker in loads]
+    assert len(probes[0]) == 2 and probes[0] == probes[1]  # both workers hold the whole probe, both batches
+
+
 def test_ray_backend_fails_clearly_when_ray_is_missing():
     if importlib.util.find_spec("ray") is not None:
         pytest.skip("ray is installed")
