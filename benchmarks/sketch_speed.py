@@ -44,6 +44,15 @@ from search.operators import program  # noqa: E402
 
 def load_split(name: str, stats: tuple[str, ...], max_search: int, cache_root: str):
     """Return (search-split truth, stacked pieces of `block` networks, n) read from the cache's files only."""
+    truth, source = search_source(name, stats, max_search, cache_root)
+    block = block_for(source.n)
+    pieces = [(a, StackedStats(source.part(a, min(source.n, a + block)).load(), block=block))
+              for a in range(0, source.n, block)]
+    return truth, pieces, source.n
+
+
+def search_source(name: str, stats: tuple[str, ...], max_search: int, cache_root: str):
+    """Return (search-split truth, a pool source over the split's cached statistics files; all must exist)."""
     from emq.bench.registry import open_benchmark
     from emq.stats.config import StatsConfig
     from search.benchmark_run import cache_source
@@ -58,10 +67,7 @@ def load_split(name: str, stats: tuple[str, ...], max_search: int, cache_root: s
     if missing:
         raise SystemExit(f"{len(missing)} of {source.n} statistics files are not cached (first: {missing[0]}); "
                          "this script only reads a cache")
-    block = block_for(source.n)
-    pieces = [(a, StackedStats(source.part(a, min(source.n, a + block)).load(), block=block))
-              for a in range(0, source.n, block)]
-    return cut.search_truth, pieces, source.n
+    return cut.search_truth, source
 
 
 def fitness(scores: np.ndarray, truth: dict[str, np.ndarray]) -> float:

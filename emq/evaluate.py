@@ -43,7 +43,9 @@ from emq.population import Expansion, join_reasons, join_scores, refuse_populati
 from emq.program import Node
 from emq.sketch import estimate, per_candidate_shape, sketch_ratio, sketchable, sliceable
 from emq.stacked_ops import ChunkFailed, apply_op
-from emq.stacked_stats import MIN_BLOCK, Block, Column, StackedStats, Value, block_for, piece_bounds
+from emq.stacked_stats import (
+    MIN_BLOCK, Block, Column, StackedStats, Value, block_for, concat_rows, piece_bounds,
+)
 from emq.subprogram_memo import SubprogramMemo
 from emq.stats import NetworkStats
 from primitives import Kind, get_op
@@ -197,9 +199,11 @@ def _column_terms(plan: Plan, blk: Block, usable: list[int], needed: set[str], f
         if len(group) == 1:
             continue  # alone: evaluated as a column below
         cols = [blk.columns[c] for c, _ in group]
-        read = [col.tensors if r is None else {**col.tensors, **_samples(col, sketch)} for col, (_, r) in zip(cols, group)]
-        tensors = {s: (torch.cat([t if b else t.unsqueeze(0).expand(len(col.members), *t.shape)
-                                  for col, d in zip(cols, read) for t, b in [d[s]]]), True) for s in needed}
+        samples = [{} if r is None else _samples(col, sketch) for col, (_, r) in zip(cols, group)]
+        # Rows of one shape sit side by side in the stack (`share_rows`): most stacks here are views, not copies.
+        tensors = {s: (concat_rows([t if b else t.unsqueeze(0).expand(len(col.members), *t.shape)
+                                    for col, read in zip(cols, samples) for t, b in [read.get(s) or col.tensors[s]]]),
+                       True) for s in needed}
         members = np.concatenate([col.members for col in cols])
         sketched = None
         if group[0][1] is not None:  # the group reads sketches (all its columns do, by its key)
@@ -234,6 +238,9 @@ def _shape_groups(blk: Block, usable: list[int], needed: set[str],
     evaluating column by column (checked on NAS-Bench-201 programs). The groups are a
     function of the block alone, so shards still give the same scores as the whole set.
     """
+    known = blk.groups.get((frozenset(needed), sketch))
+    if known is not None:
+        return known
     groups: dict[tuple, list[tuple[int, float | None]]] = {}
     for c in usable:
         col = blk.columns[c]
@@ -241,7 +248,8 @@ def _shape_groups(blk: Block, usable: list[int], needed: set[str],
         read = col.tensors if ratio is None else {**col.tensors, **_samples(col, sketch)}
         key = (ratio is None, *((s, per_candidate_shape(read[s]), read[s][0].dtype) for s in sorted(needed)))
         groups.setdefault(key, []).append((c, ratio))
-    return list(groups.values())
+    blk.groups[(frozenset(needed), sketch)] = out = list(groups.values())
+    return out
 
 
 def _member_terms(plan: Plan, tensors: dict[str, Value], members: np.ndarray, failed: list[str | None],

@@ -46,6 +46,58 @@ MIN_BATCH = 2
 Value = tuple[torch.Tensor, bool]  # (tensor, batched: has the leading candidate dimension)
 
 
+def share_rows(per_column: Sequence[dict[str, Value]]) -> list[dict[str, Value]]:
+    """Return the columns' batched tensors as consecutive row ranges of one tensor per statistic, row shape and dtype.
+
+    The values are unchanged. Columns of one shape are stacked together for every program
+    (`emq.evaluate`); when their rows already sit side by side in memory, that stack is a
+    view of them (`concat_rows`) instead of a copy made again for each program and block.
+    """
+    out = [dict(d) for d in per_column]
+    runs: dict[tuple, list[tuple[int, str]]] = {}
+    for c, d in enumerate(per_column):
+        for stat, (t, batched) in d.items():
+            if batched:
+                runs.setdefault((stat, tuple(t.shape[1:]), t.dtype, t.device), []).append((c, stat))
+    for members in runs.values():
+        if len(members) < 2:
+            continue
+        base = torch.cat([per_column[c][stat][0] for c, stat in members])
+        start = 0
+        for c, stat in members:
+            rows = per_column[c][stat][0].shape[0]
+            out[c][stat] = (base[start: start + rows], True)
+            start += rows
+    return out
+
+
+def concat_rows(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Return `torch.cat(parts)` (along rows); a view, not a copy, when the parts are consecutive rows of one
+    contiguous tensor (`share_rows`). Bit-identical either way."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    row = tuple(first.shape[1:])
+    at = first.data_ptr()
+    storage = first.untyped_storage().data_ptr()
+    for part in parts:
+        if (part.numel() == 0 or not part.is_contiguous() or part.dtype != first.dtype
+                or tuple(part.shape[1:]) != row or part.untyped_storage().data_ptr() != storage
+                or part.data_ptr() != at):
+            return torch.cat(list(parts))
+        at += part.numel() * part.element_size()
+    shape = (sum(part.shape[0] for part in parts), *row)
+    return first.as_strided(shape, _contiguous_strides(shape))
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
 @dataclass
 class Column:
     """One layer (same name, statistics and shapes) of the candidates of a block that have it, stacked."""
@@ -69,6 +121,8 @@ class Block:
     columns: list[Column]
     #: per candidate: (column, row in the column) of each of its layers, in the candidate's layer order
     layout: list[list[tuple[int, int]]]
+    #: (statistics read, samples read) -> the columns' stacking groups (`emq.evaluate._shape_groups`), kept
+    groups: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def _dtype_parts(items: Sequence[NetworkStats], layer: str, members: list[int]) -> list[list[int]]:
@@ -151,9 +205,14 @@ class StackedStats:
         return self._views[key]
 
     def _sketched(self, k: int, slices: bool = False) -> list[Block]:
-        return [Block(blk.index, [replace(col, sketch=sketch_tensors(col.name, col.tensors, k),
-                                          slices=slice_tensors(col.name, col.tensors, k) if slices and k else {})
-                                  for col in blk.columns], blk.layout) for blk in self.blocks]
+        out = []
+        for blk in self.blocks:
+            sketches = share_rows([sketch_tensors(col.name, col.tensors, k) for col in blk.columns])
+            sliced = share_rows([slice_tensors(col.name, col.tensors, k) if slices and k else {}
+                                 for col in blk.columns])
+            out.append(Block(blk.index, [replace(col, sketch=a, slices=b)
+                                         for col, a, b in zip(blk.columns, sketches, sliced)], blk.layout))
+        return out
 
     def _copy(self) -> "StackedStats":
         out = StackedStats.__new__(StackedStats)
@@ -190,6 +249,8 @@ class StackedStats:
                 for row, k in enumerate(members):
                     where[(layer, k)] = (len(columns), row)
                 columns.append(Column(layer, np.array(members), frozenset(first), tensors, params))
+        for col, tensors in zip(columns, share_rows([col.tensors for col in columns])):
+            col.tensors = tensors
         layout = [[where[(layer, k)] for layer in s.layers] for k, s in enumerate(items)]
         return Block(index, columns, layout)
 
