@@ -24,7 +24,8 @@ each when CUDA is present (round-robin over the visible devices), the CPU otherw
 
 This module is the parent side (the pool, its backends, the scores joined back);
 what a worker does with its shard is `search.shard_worker`, where it finds the
-statistics `search.stats_source`.
+statistics `search.stats_source`. A process pool's workers also screen a search's new
+programs on the probe (`screen`, run by `search.screen_worker`; see `search.screener`).
 """
 from __future__ import annotations
 
