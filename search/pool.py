@@ -142,6 +142,10 @@ class Pending:
     def result(self) -> list[Outcome]:
         return self._pool._result(self._future)
 
+    def settle(self) -> None:
+        """Wait for the worker to finish it (before the pool may close)."""
+        self.result()
+
 
 class EvaluationPool:
     """Scorer of programs on candidates sharded over workers; use as a context manager (or call `close`).
@@ -260,14 +264,8 @@ class EvaluationPool:
         if self.in_process:
             raise ValueError("in-process backends screen in the search's own process (search.engine)")
         spec = replace(spec, device=self.device, claim_dir=self.claim_dir, parent_pid=self.parent_pid)
-        i = worker % self.n_shards
-        if self.backend == "loky":
-            return Pending(self, self._executor(i).submit(screen_programs, spec, list(programs), limits))
-        if self.backend == "dask":
-            return Pending(self, self._client.submit(screen_programs, spec, list(programs), limits,
-                                                     workers=[self._workers[i]], allow_other_workers=False,
-                                                     pure=False))
-        return Pending(self, self._actor(i).screen.remote(spec, list(programs), limits))
+        return Pending(self, self._send(worker % self.n_shards, screen_programs, "screen", spec, list(programs),
+                                        limits))
 
     def worker_loads(self) -> list[list[tuple[str, int]]]:
         """Return, per worker, the (token, candidates) of every statistics load it made (tests, benchmarks)."""
@@ -283,17 +281,20 @@ class EvaluationPool:
         return [ray.get(self._actor(i).loads.remote()) for i in range(self.n_shards)]
 
     def _submit(self, i: int, shard: Shard, programs: list[Proxy]) -> Any:
+        return self._send(i, evaluate_shard, "evaluate", shard, programs)
+
+    def _send(self, i: int, fn: Any, actor_method: str, *args: Any) -> Any:
+        """Start `fn(*args)` on worker i (a ray actor runs its method `actor_method`); return its future."""
         if self.backend == "threading":
             if self._threads is None:
                 self._threads = ThreadPoolExecutor(self.n_jobs, thread_name_prefix="emq-shard")
-            return self._threads.submit(evaluate_shard, shard, programs)
+            return self._threads.submit(fn, *args)
         if self.backend == "loky":
-            return self._executor(i).submit(evaluate_shard, shard, programs)
+            return self._executor(i).submit(fn, *args)
         if self.backend == "dask":
-            # Pinned: the shard stays cached in that worker's process, so it is loaded once.
-            return self._client.submit(evaluate_shard, shard, programs, workers=[self._workers[i]],
-                                       allow_other_workers=False, pure=False)
-        return self._actor(i).evaluate.remote(shard, programs)
+            # Pinned: the shard (and probe) stays cached in that worker's process, so it is loaded once.
+            return self._client.submit(fn, *args, workers=[self._workers[i]], allow_other_workers=False, pure=False)
+        return getattr(self._actor(i), actor_method).remote(*args)
 
     def _result(self, future: Any) -> Any:
         if self.backend == "serial":

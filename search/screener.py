@@ -16,7 +16,7 @@ import torch
 
 from emq.proxy import Proxy
 from emq.stats import NetworkStats
-from search.pool import EvaluationPool
+from search.pool import EvaluationPool, Pending
 from search.screen_worker import ProbeSpec, stack_probe
 from search.screening import Outcome, ProbeInputs, ScreenLimits, checked_probe_inputs, screen_probe
 from search.shard_worker import one_thread, worker_device
@@ -56,20 +56,6 @@ class LocalScreener:
         return _Later(work)
 
 
-class _Sent:
-    """A batch being screened by a worker."""
-
-    def __init__(self, pending) -> None:
-        self._pending = pending
-
-    def result(self) -> list[Outcome]:
-        return self._pending.result()
-
-    def settle(self) -> None:
-        """Wait for the worker to finish it (before the pool may close)."""
-        self._pending.result()
-
-
 class WorkerScreener:
     """Screens in the pool's workers, batch after batch in turn; `ahead` batches in flight keep them all busy."""
 
@@ -80,9 +66,9 @@ class WorkerScreener:
         self.ahead = 2 * pool.n_shards
         self._turn = 0
 
-    def submit(self, programs: Sequence[Proxy]) -> _Sent:
+    def submit(self, programs: Sequence[Proxy]) -> Pending:
         worker, self._turn = self._turn, self._turn + 1
-        return _Sent(self.pool.screen(worker, self.spec, list(programs), self.limits))
+        return self.pool.screen(worker, self.spec, list(programs), self.limits)
 
 
 Screener = LocalScreener | WorkerScreener
