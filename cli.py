@@ -297,9 +297,15 @@ def run_job_command(job_file: Path, as_json: bool) -> None:
 @click.option("--known-bar", "known_bar", multiple=True,
               help="Add the second bar: judge the run (or every run of a study folder) against the best of these "
                    "known-proxy baselines, chosen on its search split (repeatable, e.g. --known-bar nwot "
-                   "--known-bar jacov); reads the programs' committed held-out scores.")
+                   "--known-bar jacov); reads the programs' committed held-out scores. With --known-scores, "
+                   "`known:NAME` names a library program and `all` every proxy the files hold.")
+@click.option("--known-scores", "known_scores", multiple=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Read the known proxies' values from these folders of chunk files (results/known_proxies.py "
+                   "--chunk K: one for the search split, one for the held-out) instead of computing them; they "
+                   "must hold every candidate of the run's split, on its batch (repeatable).")
 def verdict(run_dir: Path, data_dir: Path | None, n_boot: int, config: Any, batch_source: str | None,
-            as_json: bool, from_scores: bool, known_bar: tuple[str, ...]) -> None:
+            as_json: bool, from_scores: bool, known_bar: tuple[str, ...], known_scores: tuple[Path, ...]) -> None:
     """Judge a finished search run under the honest bar and append the verdict to its summary.md.
 
     Its best program against the best trivial predictor (chosen on the search split), on the
@@ -313,7 +319,10 @@ def verdict(run_dir: Path, data_dir: Path | None, n_boot: int, config: Any, batc
     With --known-bar, add the comparison with the best known proxy to a finished run (or to
     every run of a study, then rewrite study.md): the run's hall of fame, heldout_scores.csv
     and summary get it, and the claim becomes "discovery over known proxies", "discovery
-    over trivial predictors" or "no discovery".
+    over trivial predictors" or "no discovery". --known-scores reads the known proxies'
+    committed per-candidate values (the chunk files of results/known_proxies.py) instead of
+    recomputing them, e.g. --known-bar all --known-scores results/known-proxies-nb201-search
+    --known-scores results/known-proxies-nb201.
     """
     from search.protocol import verdict_line
     from search.rescore import judge_run, study_verdict_from_scores, verdict_from_scores
@@ -321,8 +330,10 @@ def verdict(run_dir: Path, data_dir: Path | None, n_boot: int, config: Any, batc
     if known_bar:
         if from_scores:
             raise click.UsageError("--known-bar writes the run; --from-scores only reads: give one of them")
-        _add_known_bar(run_dir, known_bar, config, data_dir, batch_source, as_json)
+        _add_known_bar(run_dir, known_bar, config, data_dir, batch_source, as_json, known_scores)
         return
+    if known_scores:
+        raise click.UsageError("--known-scores is read by --known-bar: give the known proxies to judge against")
 
     if from_scores:
         study = (run_dir / "study.json").is_file()
@@ -338,7 +349,7 @@ def verdict(run_dir: Path, data_dir: Path | None, n_boot: int, config: Any, batc
 
 
 def _add_known_bar(run_dir: Path, names: tuple[str, ...], config: Any, data_dir: Path | None,
-                   batch_source: str | None, as_json: bool) -> None:
+                   batch_source: str | None, as_json: bool, known_scores: tuple[Path, ...] = ()) -> None:
     """Add the known-proxy bar to one run folder, or to each run of a study folder and then its study.md."""
     from emq.bench.registry import open_benchmark
     from search.known_bar import add_known_bar
@@ -349,7 +360,7 @@ def _add_known_bar(run_dir: Path, names: tuple[str, ...], config: Any, data_dir:
     study = (run_dir / "study.json").is_file()
     folders = [run_dir / r["folder"] for r in load_study(run_dir)["runs"]] if study else [run_dir]
     bench = open_benchmark(read_run(folders[0]).benchmark, data_dir, notify=note, batch_source=batch_source)
-    outcomes = {str(f): add_known_bar(bench, f, list(names), config) for f in folders}
+    outcomes = {str(f): add_known_bar(bench, f, list(names), config, scores_from=known_scores) for f in folders}
     if study:
         record = refresh_study(run_dir)
         echo(record, f"Verdict (study): **{record['verdict']}**; over known proxies: "

@@ -55,7 +55,6 @@ import shlex
 import shutil
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -68,15 +67,18 @@ import torch  # noqa: E402
 
 from emq.atomic import write_text_atomic  # noqa: E402
 from emq.baselines import baseline_scores, baseline_seconds, get_baseline  # noqa: E402
-from emq.baselines.structured import AGGREGATES, rank_aggregate  # noqa: E402
+from emq.baselines.structured import AGGREGATES  # noqa: E402
 from emq.bench.registry import open_benchmark  # noqa: E402
 from emq.errors import EMQUserError  # noqa: E402
 from emq.evaluate import StackedStats, evaluate_stacked  # noqa: E402
 from emq.fitness import bootstrap_interval, kendall, spearman  # noqa: E402
 from emq.known import KnownProxy, get_known, known_proxies  # noqa: E402
+from emq.known_scores import (  # noqa: E402
+    CHUNK_FORMAT, ChunkError, chunk_path, library_of, named_values, part_columns, read_chunk,
+)
 from emq.paths import cache_dir, results_dir  # noqa: E402
 from emq.population import Expansion  # noqa: E402
-from emq.score_table import ScoreTable, ScoreTableError, score_table  # noqa: E402
+from emq.score_table import ScoreTable, score_table  # noqa: E402
 from emq.scoring import benchmark_offered_stats, select_split, stream_scores  # noqa: E402
 from emq.stats.cache import cache_folder  # noqa: E402
 from emq.stats.config import StatsConfig  # noqa: E402
@@ -89,14 +91,8 @@ PUBLISHED_NB201 = {
 }
 #: Candidates whose statistics are held in memory at once while the programs are scored (`--hold`).
 HOLD = 64
-#: What a chunk file's description says it is (its `settings` must match to be skipped or assembled).
-CHUNK_FORMAT = "emq-known-proxies-chunk/1"
 #: Folder names of the chunk files, by benchmark (the names the committed tables already use).
 SHORT_NAMES = {"nas-bench-201": "nb201", "vit-bench-101-autoformer": "autoformer"}
-
-
-class ChunkError(EMQUserError, ValueError):
-    """A chunk file that cannot be used here (damaged, or written with other settings); the message names the fix."""
 
 
 @dataclass
@@ -143,16 +139,6 @@ def reference_names(library: Mapping[str, KnownProxy]) -> list[str]:
                   | ({t for terms in AGGREGATES.values() for t in terms} if aggregated else set()))
 
 
-def part_columns(library: Mapping[str, KnownProxy]) -> list[str]:
-    """Return the program columns of a chunk file: `program:NAME`, or `part:NAME:K` for each part of a program that
-    ranks candidates among each other (joined only once every chunk is read: `emq.population`)."""
-    expansion = Expansion.of([e.proxy for e in library.values()])
-    columns = []
-    for name, split, where in zip(library, expansion.splits, expansion.where):
-        columns += [f"program:{name}"] if split is None else [f"part:{name}:{k}" for k in range(len(where))]
-    return columns
-
-
 def candidate_columns(bench: Any, library: Mapping[str, KnownProxy], candidates: Sequence[Any], config: StatsConfig,
                       cost_sample: int, cache_root: Path | None,
                       hold: int = HOLD) -> tuple[dict[str, np.ndarray], float]:
@@ -181,13 +167,7 @@ def assemble(tables: Sequence[ScoreTable], library: Mapping[str, KnownProxy]) ->
     """Return the table's columns over the candidates of `tables`, in order; rank aggregates ranked over all of them."""
     truth = {t: np.concatenate([tab.truth[t] for tab in tables]) for t in tables[0].truth}
     columns = {c: np.concatenate([tab.scores[c] for tab in tables]) for c in tables[0].scores}
-    expansion = Expansion.of([e.proxy for e in library.values()])
-    joined = expansion.assemble([(columns[c], Counter()) for c in part_columns(library)])
-    programs = {name: scores for name, (scores, _) in zip(library, joined)}
-    references = {c[len("reference:"):]: v for c, v in columns.items() if c.startswith("reference:")}
-    for name, terms in AGGREGATES.items():
-        if all(t in references for t in terms):
-            references[name] = rank_aggregate(references, terms)
+    programs, references = named_values(columns, library)
     program_costs = {n: _mean(columns[f"seconds:program:{n}"]) for n in library}
     reference_costs = {c[len("seconds:reference:"):]: _mean(v) for c, v in columns.items()
                        if c.startswith("seconds:reference:") and np.isfinite(v).any()}
@@ -199,58 +179,6 @@ def _mean(values: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------ chunk files
-
-
-def chunk_path(folder: Path, chunk: int) -> Path:
-    """Return where chunk `chunk`'s per-candidate values go."""
-    return folder / f"chunk-{chunk:03d}.scores.csv"
-
-
-#: The description fields of a chunk file and their types (checked on reading: a hand-edited file fails in one line).
-CHUNK_META = {"chunk": int, "start": int, "stop": int, "command": str, "stats_seconds": (int, float),
-              "disk_bytes": int, "threads": str, "device": str}
-CHUNK_SETTINGS = {"benchmark": str, "split": str, "limit": (int, type(None)), "total": int, "chunk_size": int,
-                  "targets": list, "batch": dict, "stats": list, "cost_sample": int, "programs": dict,
-                  "references": list}
-
-
-def read_chunk(path: Path, settings: Mapping[str, Any] | None = None) -> ScoreTable:
-    """Return chunk file `path`; a damaged file, or one written with other `settings`, is a one-line ChunkError.
-
-    Reading parses numbers and one JSON line (never code), in one pass over the file.
-    """
-    fix = f"delete {path} and rerun its --chunk command to recompute it"
-    try:
-        table = ScoreTable.read(path)
-    except ScoreTableError as err:
-        raise ChunkError(f"{err}; {fix}") from None
-    meta = table.meta
-    if meta.get("format") != CHUNK_FORMAT or not isinstance(meta.get("settings"), dict):
-        raise ChunkError(f"{path}: not a {CHUNK_FORMAT} file (its first line has no chunk settings); {fix}")
-    for fields, data in ((CHUNK_META, meta), (CHUNK_SETTINGS, meta["settings"])):
-        for name, kind in fields.items():
-            if not isinstance(data.get(name), kind) or isinstance(data.get(name), bool):
-                raise ChunkError(f"{path}: line 1: field {name!r} is missing or not a {_kind_name(kind)}; {fix}")
-    if path.name != chunk_path(path.parent, meta["chunk"]).name:
-        raise ChunkError(f"{path}: holds chunk {meta['chunk']}, not the one its name says; {fix}")
-    if settings is not None and meta["settings"] != dict(settings):
-        differ = sorted(k for k in set(settings) | set(meta["settings"]) if meta["settings"].get(k) != settings.get(k))
-        raise ChunkError(f"{path}: written with other settings ({', '.join(differ)} differ); {fix}, "
-                         "or use its settings")
-    wanted = {f"program:{n}" for n in meta["settings"]["programs"]} | {f"reference:{n}" for n in
-                                                                      meta["settings"]["references"]}
-    missing = sorted(c for c in wanted if c not in table.scores
-                     and not (c.startswith("program:") and any(s.startswith(f"part:{c[8:]}:") for s in table.scores)))
-    if missing or list(table.truth) != meta["settings"]["targets"]:
-        what = f"no column {missing[0]!r}" if missing else f"truth columns {list(table.truth)}, not its targets"
-        raise ChunkError(f"{path}: {what}; {fix}")
-    return table
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join({"int": "whole number", "float": "number", "str": "string", "list": "list", "dict": "object",
-                        "NoneType": "null"}[k.__name__] for k in kinds)
 
 
 def chunk_bounds(chunk: int, size: int, total: int) -> tuple[int, int]:
@@ -440,7 +368,7 @@ def score_command(args: argparse.Namespace, argv: Sequence[str]) -> None:
         template = re.sub(rf"--chunk[ =]{args.chunk}(?!\d)", "--chunk K", command)  # one command for every chunk
         meta = {"format": CHUNK_FORMAT, "settings": settings, "chunk": args.chunk, "start": start, "stop": stop,
                 "command": template, "stats_seconds": round(stats_seconds, 3), "disk_bytes": disk,
-                "threads": threads, "device": args.device}
+                "threads": threads, "device": args.device, "init_seed": config.init_seed}
         score_table(candidates, truth, columns, meta).write(path)
         if not args.keep_cache:
             shutil.rmtree(cache_root, ignore_errors=True)
@@ -475,11 +403,7 @@ def assemble_command(args: argparse.Namespace) -> None:
         if settings[flag] != value:
             raise ChunkError(f"{paths[0]}: its chunks were computed with {flag} {settings[flag]!r}, not {value!r}; "
                              f"give the same --{flag.replace('_', '-')} (or another --chunk-dir)")
-    library = {n: get_known(n) for n in settings["programs"]}
-    changed = [n for n, formula in settings["programs"].items() if library[n].formula != formula]
-    if changed:
-        raise ChunkError(f"{paths[0]}: the programs {', '.join(changed)} changed since these chunks were computed; "
-                         "delete the chunk files and recompute them")
+    library = library_of(settings["programs"], paths[0])
     chunks = {t.meta["chunk"]: t for t in tables}
     total, size = settings["total"], settings["chunk_size"]
     for k, t in chunks.items():

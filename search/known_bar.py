@@ -18,6 +18,7 @@ from emq.atomic import write_text_atomic
 from emq.baselines import baseline_scores, is_trivial
 from emq.bench.base import Benchmark
 from emq.fitness import TrivialChoice, get_metric
+from emq.known_scores import KNOWN_PREFIX, KnownScores
 from emq.score_table import ScoreTable
 from emq.stats.config import StatsConfig
 from search.config import RunFolderError
@@ -27,21 +28,33 @@ from search.run_folder import RunFolder, read_run
 
 
 def add_known_bar(bench: Benchmark, run_dir: str | Path, names: Sequence[str], stats_config: StatsConfig,
-                  progress: bool = True, cache_root: str | Path | None = None) -> dict[str, Any]:
+                  progress: bool = True, cache_root: str | Path | None = None,
+                  scores_from: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Judge `run_dir`'s hall of fame against the best of the known proxies `names`; return the new verdict.
 
     The known proxies are scored on the run's own batch (seed, size, init seed and
     statistic set as its hall of fame and config record them, whatever `stats_config`
-    says of those); `stats_config` gives the rest (storage dtype, device).
+    says of those); `stats_config` gives the rest (storage dtype, device). With
+    `scores_from` (folders of known-proxy chunk files, `emq.known_scores`), their
+    committed values are read instead, after checking they were computed on that batch;
+    there `known:NAME` names a library program and `all` every proxy the files hold.
     """
     folder, run = RunFolder(run_dir), read_run(run_dir)
     if run.benchmark != bench.name:
         raise RunFolderError(f"{folder.path} is a run on {run.benchmark}, not on {bench.name}")
-    if not [n for n in names if not is_trivial(n)]:
-        raise RunFolderError(f"--known-bar {', '.join(names) or '(none)'}: name at least one known proxy (a "
-                             "baseline that is not a trivial predictor, e.g. nwot, jacov, synflow)")
     hall, table = folder.read_hall(), folder.read_scores()
     stats_config = run_stats_config(hall, run.stat_names, stats_config)
+    files = known_files(bench, scores_from, stats_config, folder.path) if scores_from else None
+    given = list(names)
+    if files is not None and "all" in names:
+        names = [n for n in files.names() if n not in names] + [n for n in names if n != "all"]
+    names = [n for n in names if not is_trivial(n) and not (files is not None and trivial_program(n))]
+    if not names:
+        raise RunFolderError(f"--known-bar {', '.join(given) or '(none)'}: name at least one known proxy (a "
+                             "baseline that is not a trivial predictor, e.g. nwot, jacov, synflow)")
+    if files is None and [n for n in names if n.startswith(KNOWN_PREFIX) or n == "all"]:
+        raise RunFolderError(f"--known-bar {', '.join(names)}: `known:NAME` and `all` read committed values; give "
+                             "--known-scores FOLDER (the known-proxy chunk files of the run's splits)")
     targets = list(run.targets or bench.ground_truth())
     search = run.config
     cut = cut_run(bench, targets, search.heldout_fraction, search.split_seed, search.split_order, run.n_search,
@@ -50,9 +63,11 @@ def add_known_bar(bench: Benchmark, run_dir: str | Path, names: Sequence[str], s
         raise RunFolderError(f"{folder.scores_file} lists other candidates than the run's held-out cut; the file "
                              "is not this run's: restore it, or rerun the search")
     metric = get_metric(search.metric)
-    known = choose_known(bench, names, stats_config, cut, metric, progress, cache_root)
-    values = baseline_scores(bench, sorted({c.name for c in known.values()}), stats_config, progress=progress,
-                             candidates=cut.heldout, cache_root=cache_root)
+    known = choose_known(bench, names, stats_config, cut, metric, progress, cache_root, files)
+    chosen = sorted({c.name for c in known.values()})
+    values = (files.values([c.id for c in cut.heldout], chosen) if files is not None else
+              baseline_scores(bench, chosen, stats_config, progress=progress, candidates=cut.heldout,
+                              cache_root=cache_root))
     joint, n_boot = table.meta["joint"], int(table.meta["n_boot"])
     for entry in hall["programs"]:
         scores = table.scores[f"evolved #{entry['rank']}"]
@@ -67,6 +82,25 @@ def add_known_bar(bench: Benchmark, run_dir: str | Path, names: Sequence[str], s
                                    {**table.meta, "best_known": hall["best_known"]}))
     _replace_verdict_line(folder.summary, verdict_line(outcome))
     return outcome
+
+
+def known_files(bench: Benchmark, folders: Sequence[str | Path], config: StatsConfig, run: Path) -> KnownScores:
+    """Return the known-proxy chunk files of `folders`, refusing files computed on another batch than the run's."""
+    files = KnownScores.read(folders)
+    batch = bench.batch(config.batch_seed, config.batch_size).describe()
+    if files.batch != dict(batch) or files.init_seed != config.init_seed:
+        raise RunFolderError(f"{', '.join(str(f) for f in folders)}: computed on batch {files.batch} with init seed "
+                             f"{files.init_seed}, but the run {run} scored batch {dict(batch)} with init seed "
+                             f"{config.init_seed}; give chunk files computed on the run's batch")
+    return files
+
+
+def trivial_program(name: str) -> bool:
+    """True for a library program (`known:NAME`) whose reference is a trivial predictor (AZ-NAS's complexity is
+    FLOPs): the known bar is for proxies beyond size."""
+    from emq.known import get_known
+
+    return name.startswith(KNOWN_PREFIX) and is_trivial(get_known(name[len(KNOWN_PREFIX):]).reference)
 
 
 def run_stats_config(hall: dict[str, Any], stat_names: Sequence[str] | None, base: StatsConfig) -> StatsConfig:

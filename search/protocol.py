@@ -31,6 +31,7 @@ from emq.fitness import (
     DISCOVERY, NO_DISCOVERY, Metric, PairedDifference, Split, TrivialChoice, choose_best_trivial, heldout_split,
     paired_bootstrap_difference, verdict,
 )
+from emq.known_scores import KnownScores
 from emq.proxy import Proxy
 from emq.scoring import stream_scores
 from emq.stats.config import StatsConfig
@@ -90,17 +91,20 @@ def score_heldout(programs: Sequence[Proxy], bench: Benchmark, cut: RunCut, stat
 
 
 def choose_known(bench: Benchmark, names: Sequence[str], stats_config: StatsConfig, cut: RunCut, metric: Metric,
-                 progress: bool = True, cache_root: str | Path | None = None) -> dict[str, TrivialChoice]:
+                 progress: bool = True, cache_root: str | Path | None = None,
+                 files: KnownScores | None = None) -> dict[str, TrivialChoice]:
     """Return, per target, the best of the known proxies among `names` (the non-trivial baselines) on the search split.
 
     Chosen like the trivial predictor, in its better direction, never on held-out
-    candidates; {} when `names` holds no known proxy.
+    candidates; {} when `names` holds no known proxy. With `files`, their committed
+    values are read instead of computing the baselines (`known:NAME` names a program).
     """
     known = [n for n in names if not is_trivial(n)]
     if not known:
         return {}
-    on_search = baseline_scores(bench, known, stats_config, progress=progress, candidates=cut.search,
-                                cache_root=cache_root)
+    on_search = (files.values([c.id for c in cut.search], known) if files is not None else
+                 baseline_scores(bench, known, stats_config, progress=progress, candidates=cut.search,
+                                 cache_root=cache_root))
     return choose_best_trivial(on_search, cut.search_truth, metric)
 
 
