@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -39,6 +40,19 @@ def kendall(scores: np.ndarray, truth: np.ndarray) -> float:
     skipped; fewer than 3 left, or constant truth, is undefined (NaN) too.
     """
     return _correlation(sps.kendalltau, scores, truth)
+
+
+def partial_kendall(scores: np.ndarray, truth: np.ndarray, given: np.ndarray) -> float:
+    """Return Kendall's partial tau of `scores` and `truth` given `given` (e.g. FLOPs): what a proxy ranks beyond size.
+
+    tau_xy.z = (tau_xy - tau_xz tau_yz) / sqrt((1 - tau_xz^2)(1 - tau_yz^2)); NaN when a
+    tau is undefined or `given` ranks either perfectly. Candidates with NaN truth are skipped.
+    """
+    keep = np.isfinite(np.asarray(truth, dtype=np.float64))
+    scores, truth, given = (np.asarray(a, dtype=np.float64)[keep] for a in (scores, truth, given))
+    xy, xz, yz = kendall(scores, truth), kendall(scores, given), kendall(truth, given)
+    denominator = (1 - xz * xz) * (1 - yz * yz)
+    return float((xy - xz * yz) / np.sqrt(denominator)) if denominator > 0 else math.nan
 
 
 def spearman(scores: np.ndarray, truth: np.ndarray) -> float:

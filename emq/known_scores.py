@@ -140,6 +140,7 @@ class KnownScores:
     library: dict[str, Any]
     batch: dict[str, Any]
     init_seed: int
+    truth: dict[str, np.ndarray]
 
     @classmethod
     def read(cls, folders: Sequence[str | Path]) -> "KnownScores":
@@ -169,8 +170,10 @@ class KnownScores:
                                      "folder once")
                 rows[cid] = len(rows)
         columns = {n: np.concatenate([t.scores[n] for t in tables]) for n in names}
+        targets = [t for t in tables[0].truth if all(t in tab.truth for tab in tables)]
+        truth = {t: np.concatenate([tab.truth[t] for tab in tables]) for t in targets}
         return cls(paths, rows, columns, library_of(first["settings"]["programs"], paths[0]),
-                   dict(first["settings"]["batch"]), int(first.get("init_seed", DEFAULT_INIT_SEED)))
+                   dict(first["settings"]["batch"]), int(first.get("init_seed", DEFAULT_INIT_SEED)), truth)
 
     def names(self) -> list[str]:
         """Return every proxy these files can score: `known:NAME` programs, then reference names."""
@@ -179,11 +182,7 @@ class KnownScores:
 
     def values(self, candidate_ids: Sequence[str], names: Sequence[str]) -> dict[str, np.ndarray]:
         """Return each of `names` on `candidate_ids`, in order (rank aggregates ranked among exactly these)."""
-        absent = [c for c in candidate_ids if c not in self.rows]
-        if absent:
-            raise ChunkError(f"{len(absent)} of {len(candidate_ids)} candidates (first: {absent[0]}) have no values "
-                             f"in {self._where()}; compute the chunks that hold them with results/known_proxies.py")
-        index = np.fromiter((self.rows[c] for c in candidate_ids), dtype=np.int64, count=len(candidate_ids))
+        index = self._index(candidate_ids)
         programs, references = named_values({c: v[index] for c, v in self.columns.items()}, self.library)
         out = {}
         for name in names:
@@ -193,6 +192,19 @@ class KnownScores:
                 raise ChunkError(f"{name!r} is not in {self._where()}; these files hold {', '.join(self.names())}")
             out[name] = found
         return out
+
+    def truth_on(self, candidate_ids: Sequence[str], target: str) -> np.ndarray:
+        """Return the ground truth `target` the files recorded for `candidate_ids`, in order."""
+        if target not in self.truth:
+            raise ChunkError(f"{self._where()} hold no truth column {target!r} (they hold {', '.join(self.truth)})")
+        return self.truth[target][self._index(candidate_ids)]
+
+    def _index(self, candidate_ids: Sequence[str]) -> np.ndarray:
+        absent = [c for c in candidate_ids if c not in self.rows]
+        if absent:
+            raise ChunkError(f"{len(absent)} of {len(candidate_ids)} candidates (first: {absent[0]}) have no values "
+                             f"in {self._where()}; compute the chunks that hold them with results/known_proxies.py")
+        return np.fromiter((self.rows[c] for c in candidate_ids), dtype=np.int64, count=len(candidate_ids))
 
     def _where(self) -> str:
         folders = sorted({str(p.parent) for p in self.sources})

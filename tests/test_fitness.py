@@ -68,3 +68,26 @@ def test_degeneracy_flags_name_the_reason():
     s = np.array([1.0, 2.0, 3.0])
     assert degeneracy_flags(s, s.copy()) == [INPUT_INDEPENDENT]
     assert degeneracy_flags(s, s + 0.5) == []
+
+
+def test_partial_kendall_removes_what_a_shared_size_term_explains():
+    from emq.fitness import partial_kendall
+
+    rng = np.random.default_rng(0)
+    size = rng.normal(size=400)
+    truth = size + 0.5 * rng.normal(size=400)
+    proxy_size_only = size + 0.01 * rng.normal(size=400)
+    signal = truth - size
+    proxy_with_signal = size + signal + 0.3 * rng.normal(size=400)
+    # A disguised size count keeps little beyond size; one with signal keeps much more.
+    assert kendall(proxy_size_only, truth) > 0.5 and abs(partial_kendall(proxy_size_only, truth, size)) < 0.15
+    assert partial_kendall(proxy_with_signal, truth, size) > 0.4
+    # An unrelated `given` leaves Kendall nearly as it is; a `given` that ranks the truth perfectly leaves nothing.
+    unrelated = rng.normal(size=400)
+    assert abs(partial_kendall(proxy_with_signal, truth, unrelated) - kendall(proxy_with_signal, truth)) < 0.05
+    assert np.isnan(partial_kendall(proxy_with_signal, truth, truth))
+    # NaN truth is skipped in all three taus alike.
+    gappy = truth.copy()
+    gappy[:10] = np.nan
+    assert partial_kendall(proxy_with_signal, gappy, size) == pytest.approx(
+        partial_kendall(proxy_with_signal[10:], truth[10:], size[10:]))

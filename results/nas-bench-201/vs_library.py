@@ -20,28 +20,16 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, when run as a script
 
 from results.report import publish, reproduce_line  # noqa: E402
-from emq.fitness import kendall, paired_bootstrap_difference  # noqa: E402
-from emq.score_table import ScoreTable  # noqa: E402
+from emq.fitness import kendall, paired_bootstrap_difference, partial_kendall  # noqa: E402
+from emq.known_scores import KNOWN_PREFIX, KnownScores  # noqa: E402
 from search.run_folder import RunFolder  # noqa: E402
 from search.study import study_runs  # noqa: E402
 
 TARGET = "fp_acc"
-
-
-def library_columns(chunks: list[ScoreTable]) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
-    """Return the chunks' cells, their truth and each library program's scores, concatenated in chunk order.
-
-    Rank aggregates (AZ-NAS, kept as `part:` columns) are left out: their score is a rank over the cells assembled.
-    """
-    names = [n for n in chunks[0].scores if n.startswith("program:")]
-    cells = [c for t in chunks for c in t.candidates]
-    truth = np.concatenate([t.truth[TARGET] for t in chunks])
-    return cells, truth, {n.split(":", 1)[1]: np.concatenate([t.scores[n] for t in chunks]) for n in names}
 
 
 def main() -> None:
@@ -51,19 +39,23 @@ def main() -> None:
     parser.add_argument("--also", type=Path, action="append", default=[], help="a further run folder (repeatable)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    files = sorted(args.chunks.glob("chunk-*.scores.csv"))
-    if not files:
-        raise SystemExit(f"{args.chunks}: no chunk-*.scores.csv files")
-    cells, truth, library = library_columns([ScoreTable.read(f) for f in files])
+    files = KnownScores.read([args.chunks])
+    cells = list(files.rows)
+    truth = files.truth_on(cells, TARGET)
+    names = [n for n in files.names() if n.startswith(KNOWN_PREFIX)]
+    library = {n[len(KNOWN_PREFIX):]: v for n, v in files.values(cells, names).items()}
+    flops = files.values(cells, ["flops"])["flops"]
     runs = list(study_runs(args.study).items()) + [(folder.name, folder) for folder in args.also]
     command = f"python3 results/nas-bench-201/vs_library.py {args.study} {args.chunks}" + "".join(
         f" --also {a}" for a in args.also)
+    chunk_names = ", ".join(p.name for p in files.sources)
     lines = [f"# The study's winners against the known-proxy library on {len(cells)} held-out cells", "",
              reproduce_line(command, args.out), "",
-             f"Cells: those of {', '.join(f.name for f in files)} ({len(cells)} of the study's 5,000 "
+             f"Cells: those of {chunk_names} ({len(cells)} of the study's 5,000 "
              f"held-out cells); target `{TARGET}`; batch seed 0 for the library, each run's own batch for its "
              "program. Each cell: Kendall of the run's best program minus the library program's, paired bootstrap "
-             "95% CI over the cells (1,000 resamples). Not a verdict: no choice on a search split (see the script).",
+             "95% CI over the cells (1,000 resamples). AZ-NAS's rank aggregate (`az_nas`) is ranked over these "
+             "cells. Not a verdict: no choice on a search split (see the script).",
              "", "| library program | its Kendall | " + " | ".join(
                  label for label, _ in runs) + " |",
              "|---|---|" + "---|" * len(runs)]
@@ -77,12 +69,27 @@ def main() -> None:
         evolved[label] = table.scores["evolved #1"][[where[c] for c in cells]]
     lines.append("| (each run's best program) | - | " + " | ".join(
         f"{kendall(s, truth):+.3f}" for s in evolved.values()) + " |")
-    for name, scores in sorted(library.items(), key=lambda kv: -kendall(kv[1], truth)):
+    ordered = sorted(library.items(), key=lambda kv: -kendall(kv[1], truth))
+    for name, scores in ordered:
         cells_text = []
         for s in evolved.values():
             d = paired_bootstrap_difference(s, scores, {TARGET: truth})
             cells_text.append(f"{d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}]")
         lines.append(f"| {name} | {kendall(scores, truth):+.3f} | " + " | ".join(cells_text) + " |")
+    lines += ["", "## The winners, read against size and the library", "",
+              "Kendall of each run's best program with FLOPs (the reference `flops` column) and with each library "
+              "program, over the same cells; the partial Kendall of program and truth given FLOPs (what it ranks "
+              "beyond size) and of FLOPs and truth given the program (what size adds to it). Kendall's partial tau: "
+              "(t_xy - t_xz t_yz) / sqrt((1 - t_xz^2)(1 - t_yz^2)).", "",
+              "| | " + " | ".join(label for label, _ in runs) + " |", "|---|" + "---|" * len(runs),
+              "| Kendall with FLOPs | " + " | ".join(f"{kendall(s, flops):+.3f}" for s in evolved.values()) + " |",
+              "| partial Kendall given FLOPs | " + " | ".join(
+                  f"{partial_kendall(s, truth, flops):+.3f}" for s in evolved.values()) + " |",
+              "| FLOPs' partial Kendall given the program | " + " | ".join(
+                  f"{partial_kendall(flops, truth, s):+.3f}" for s in evolved.values()) + " |"]
+    for name, scores in ordered:
+        lines.append(f"| Kendall with {name} | " + " | ".join(
+            f"{kendall(s, scores):+.3f}" for s in evolved.values()) + " |")
     publish(lines, args.out)
 
 
