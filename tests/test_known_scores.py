@@ -99,3 +99,23 @@ def test_committed_values_on_another_batch_or_missing_a_split_are_refused(bench,
         add_known_bar(bench, run, KNOWN, StatsConfig(), scores_from=[search_only])
     with pytest.raises(RunFolderError, match="`known:NAME` and `all` read committed values; give --known-scores"):
         add_known_bar(bench, run, ["known:snip"], StatsConfig())
+
+
+def test_emq_verdict_reads_the_known_bar_from_committed_files(bench, tmp_path, run, monkeypatch):  # noqa: F811
+    import json
+
+    import emq.bench.registry
+
+    monkeypatch.setattr(emq.bench.registry, "open_benchmark", lambda *args, **kwargs: bench)
+    folder = _search(bench, tmp_path / "run", ["params"]).run_dir
+    cut = cut_run(bench, ["test_acc"], 0.5, 0, "hash")
+    search, heldout = (committed(bench, tmp_path, c, n) for c, n in ((cut.search, "s"), (cut.heldout, "h")))
+    result = run("verdict", str(folder), "--known-bar", "all", "--known-scores", str(search),
+                 "--known-scores", str(heldout), "--json")
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.output)
+    chosen = load_hall_of_fame(folder)["best_known"]["test_acc"]["name"]
+    assert outcome == load_hall_of_fame(folder)["verdict"] and "over_known" in outcome
+    assert chosen in KnownScores.read([search]).names()
+    refused = run("verdict", str(folder), "--known-scores", str(search))
+    assert refused.exit_code == 2 and "--known-scores is read by --known-bar" in refused.output
