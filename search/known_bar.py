@@ -45,16 +45,7 @@ def add_known_bar(bench: Benchmark, run_dir: str | Path, names: Sequence[str], s
     hall, table = folder.read_hall(), folder.read_scores()
     stats_config = run_stats_config(hall, run.stat_names, stats_config)
     files = known_files(bench, scores_from, stats_config, folder.path) if scores_from else None
-    given = list(names)
-    if files is not None and "all" in names:
-        names = [n for n in files.names() if n not in names] + [n for n in names if n != "all"]
-    names = [n for n in names if not is_trivial(n) and not (files is not None and trivial_program(n))]
-    if not names:
-        raise RunFolderError(f"--known-bar {', '.join(given) or '(none)'}: name at least one known proxy (a "
-                             "baseline that is not a trivial predictor, e.g. nwot, jacov, synflow)")
-    if files is None and [n for n in names if n.startswith(KNOWN_PREFIX) or n == "all"]:
-        raise RunFolderError(f"--known-bar {', '.join(names)}: `known:NAME` and `all` read committed values; give "
-                             "--known-scores FOLDER (the known-proxy chunk files of the run's splits)")
+    names = known_names(names, files)
     targets = list(run.targets or bench.ground_truth())
     search = run.config
     cut = cut_run(bench, targets, search.heldout_fraction, search.split_seed, search.split_order, run.n_search,
@@ -82,6 +73,25 @@ def add_known_bar(bench: Benchmark, run_dir: str | Path, names: Sequence[str], s
                                    {**table.meta, "best_known": hall["best_known"]}))
     _replace_verdict_line(folder.summary, verdict_line(outcome))
     return outcome
+
+
+def known_names(names: Sequence[str], files: KnownScores | None) -> list[str]:
+    """Return the known proxies `names` stand for (`all`: every one `files` hold), without the trivial predictors.
+
+    The known bar is for proxies beyond size: FLOPs, #params and library programs whose
+    reference is one (AZ-NAS's complexity term) are left out.
+    """
+    given = list(names)
+    if files is not None and "all" in names:
+        names = [n for n in files.names() if n not in names] + [n for n in names if n != "all"]
+    names = [n for n in names if not is_trivial(n) and not (files is not None and trivial_program(n))]
+    if not names:
+        raise RunFolderError(f"--known-bar {', '.join(given) or '(none)'}: name at least one known proxy (a "
+                             "baseline that is not a trivial predictor, e.g. nwot, jacov, synflow)")
+    if files is None and [n for n in names if n.startswith(KNOWN_PREFIX) or n == "all"]:
+        raise RunFolderError(f"--known-bar {', '.join(names)}: `known:NAME` and `all` read committed values; give "
+                             "--known-scores FOLDER (the known-proxy chunk files of the run's splits)")
+    return names
 
 
 def known_files(bench: Benchmark, folders: Sequence[str | Path], config: StatsConfig, run: Path) -> KnownScores:

@@ -12,7 +12,9 @@ the study stands, not a verdict (issue 24's campaign makes that choice on the se
         results/known-proxies-nb201 --out results/nas-bench-201/study-vs-library-partial.md
 
 A single run folder (one with `heldout_scores.csv` and no `study.json`) is read as a study of one run;
-`--also RUN` adds further run folders as columns.
+`--also RUN` adds further run folders as columns. `--search-chunks DIR` (the library's chunk files on the
+search split) adds the choice the known bar makes: per run, the best library proxy on its search cells,
+compared with the run's best program on the covered held-out cells.
 """
 from __future__ import annotations
 
@@ -24,9 +26,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, when run as a script
 
 from results.report import publish, reproduce_line  # noqa: E402
-from emq.fitness import kendall, paired_bootstrap_difference, partial_kendall  # noqa: E402
+import numpy as np  # noqa: E402
+
+from emq.bench.registry import open_benchmark  # noqa: E402
+from emq.fitness import choose_best_trivial, kendall, paired_bootstrap_difference, partial_kendall  # noqa: E402
 from emq.known_scores import KNOWN_PREFIX, KnownScores  # noqa: E402
-from search.run_folder import RunFolder  # noqa: E402
+from search.known_bar import known_names  # noqa: E402
+from search.protocol import cut_run  # noqa: E402
+from search.run_folder import RunFolder, read_run  # noqa: E402
 from search.study import study_runs  # noqa: E402
 
 TARGET = "fp_acc"
@@ -37,6 +44,9 @@ def main() -> None:
     parser.add_argument("study", type=Path)
     parser.add_argument("chunks", type=Path, help="folder of chunk-KKK.scores.csv files")
     parser.add_argument("--also", type=Path, action="append", default=[], help="a further run folder (repeatable)")
+    parser.add_argument("--search-chunks", type=Path, default=None,
+                        help="the library's chunk files on the runs' search split: also choose the best library "
+                             "proxy there, as the known bar does, and compare with it on the covered cells")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     files = KnownScores.read([args.chunks])
@@ -47,7 +57,7 @@ def main() -> None:
     flops = files.values(cells, ["flops"])["flops"]
     runs = list(study_runs(args.study).items()) + [(folder.name, folder) for folder in args.also]
     command = f"python3 results/nas-bench-201/vs_library.py {args.study} {args.chunks}" + "".join(
-        f" --also {a}" for a in args.also)
+        f" --also {a}" for a in args.also) + (f" --search-chunks {args.search_chunks}" if args.search_chunks else "")
     chunk_names = ", ".join(p.name for p in files.sources)
     lines = [f"# The study's winners against the known-proxy library on {len(cells)} held-out cells", "",
              reproduce_line(command, args.out), "",
@@ -90,7 +100,39 @@ def main() -> None:
     for name, scores in ordered:
         lines.append(f"| Kendall with {name} | " + " | ".join(
             f"{kendall(s, scores):+.3f}" for s in evolved.values()) + " |")
+    if args.search_chunks:
+        lines += chosen_on_search(runs, evolved, files, cells, truth, args.search_chunks)
     publish(lines, args.out)
+
+
+def chosen_on_search(runs: list[tuple[str, Path]], evolved: dict[str, np.ndarray], files: KnownScores,
+                     cells: list[str], truth: np.ndarray, search_chunks: Path) -> list[str]:
+    """Return the section that chooses, per run, the best library proxy on its search split (every program and
+    reference but the size counts, either direction, as `emq verdict --known-bar all` does) and compares the run's
+    best program with it on the covered held-out cells."""
+    bench = open_benchmark("nas-bench-201")
+    on_search = KnownScores.read([search_chunks])
+    names = known_names(["all"], on_search)
+    lines = ["", "## Against the library proxy chosen on the search split", "",
+             f"Per run: every library program (`known:NAME`) and reference of `{search_chunks}` except the size "
+             f"counts ({len(names)} proxies), either direction, ranked on the run's own 1,000 search cells; the best "
+             "one is the known bar `emq verdict --known-bar all --known-scores` applies. Its held-out Kendall and "
+             f"the paired difference are on the {len(cells):,} covered cells only (a look until the held-out table "
+             "has all 5,000).", "",
+             "| run | chosen on the search split | its search Kendall | its held-out Kendall | best program minus it "
+             "[95% paired CI] |", "|---|---|---|---|---|"]
+    for label, folder in runs:
+        run = read_run(folder)
+        config = run.config
+        cut = cut_run(bench, [TARGET], config.heldout_fraction, config.split_seed, config.split_order, run.n_search,
+                      run.n_heldout)
+        values = on_search.values([c.id for c in cut.search], names)
+        choice = choose_best_trivial(values, cut.search_truth)[TARGET]
+        control = choice.oriented(files.values(cells, [choice.name])[choice.name])
+        d = paired_bootstrap_difference(evolved[label], control, {TARGET: truth})
+        lines.append(f"| {label} | `{choice.label}` | {choice.search_value:+.3f} | {kendall(control, truth):+.3f} | "
+                     f"{d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}] |")
+    return lines
 
 
 if __name__ == "__main__":
