@@ -36,6 +36,12 @@ of disk while it ran:
     python results/known_proxies.py nas-bench-201 --split heldout --limit 5000 --targets fp_acc,ptq_acc \\
         --chunk-size 250 --assemble --out results/known-proxies-nb201.md
 
+The known bar (`emq verdict RUN --known-bar all --known-scores ...`, `emq.known_scores`) also
+needs the library on the runs' search split, 1,000 cells in 4 chunks of their own folder:
+
+    python results/known_proxies.py nas-bench-201 --split search --limit 1000 --targets fp_acc,ptq_acc \
+        --chunk K --chunk-size 250 --chunk-dir results/known-proxies-nb201-search     (K = 0..3)
+
 Statistics share one cache folder per (benchmark, batch, statistic set); the script
 prints its size on disk. On NAS-Bench-201 at batch 16 that is 23.4 MB per candidate
 with Fisher's `act` and `act_grad`, about 7.5 MB without (`--names` without fisher):

@@ -289,3 +289,17 @@ def test_zen_score_is_finite_seeded_and_leaves_the_model_alone():
     assert get_baseline("zen").fn(wider, batch, None, ctx) == pytest.approx(score)
     # a network whose output ignores its input has no expressivity: log 0 ranks it last
     assert get_baseline("zen").fn(_TinyCNN(ignore_input=True), batch, None, ctx) == -math.inf
+
+
+def test_a_baseline_outside_the_callers_statistics_computes_only_what_it_reads(tmp_path):
+    from emq.stats.cache import cache_folder
+
+    bench = TinyBench()
+    config = StatsConfig(batch_size=8, stat_names=("weight",))
+    scores = baseline_scores(bench, ["grad_norm"], config, progress=False, cache_root=tmp_path)
+    alone = baseline_scores(bench, ["grad_norm"], StatsConfig(batch_size=8, stat_names=("grad",)), progress=False,
+                            cache_root=tmp_path / "alone")
+    assert np.array_equal(scores["grad_norm"], alone["grad_norm"])
+    # The gradient norm read a folder of the gradient alone, not weight + grad computed under a new cache key.
+    assert cache_folder(bench, StatsConfig(batch_size=8, stat_names=("grad",)), tmp_path).is_dir()
+    assert not cache_folder(bench, StatsConfig(batch_size=8, stat_names=("weight", "grad")), tmp_path).exists()
