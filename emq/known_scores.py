@@ -134,6 +134,7 @@ def named_values(columns: Mapping[str, np.ndarray], library: Mapping[str, Any]) 
 class KnownScores:
     """The known proxies' per-candidate values from chunk files, keyed by candidate id."""
 
+    benchmark: str
     sources: list[Path]
     rows: dict[str, int]
     columns: dict[str, np.ndarray]
@@ -153,10 +154,10 @@ class KnownScores:
         tables = [read_chunk(p) for p in paths]
         first = tables[0].meta
         for path, table in zip(paths[1:], tables[1:]):
-            for field in ("batch", "programs", "references"):
+            for field in ("benchmark", "batch", "programs", "references"):
                 if table.meta["settings"][field] != first["settings"][field]:
                     raise ChunkError(f"{path}: its {field} differ from {paths[0]}'s; known-proxy values are only "
-                                     "comparable on one batch and program set: give folders computed alike")
+                                     "comparable on one benchmark, batch and program set: give folders computed alike")
             if table.meta.get("init_seed", DEFAULT_INIT_SEED) != first.get("init_seed", DEFAULT_INIT_SEED):
                 raise ChunkError(f"{path}: its init seed differs from {paths[0]}'s; give folders computed alike")
         names = list(tables[0].scores)
@@ -172,7 +173,7 @@ class KnownScores:
         columns = {n: np.concatenate([t.scores[n] for t in tables]) for n in names}
         targets = [t for t in tables[0].truth if all(t in tab.truth for tab in tables)]
         truth = {t: np.concatenate([tab.truth[t] for tab in tables]) for t in targets}
-        return cls(paths, rows, columns, library_of(first["settings"]["programs"], paths[0]),
+        return cls(first["settings"]["benchmark"], paths, rows, columns, library_of(first["settings"]["programs"], paths[0]),
                    dict(first["settings"]["batch"]), int(first.get("init_seed", DEFAULT_INIT_SEED)), truth)
 
     def names(self) -> list[str]:

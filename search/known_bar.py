@@ -97,6 +97,9 @@ def known_names(names: Sequence[str], files: KnownScores | None) -> list[str]:
 def known_files(bench: Benchmark, folders: Sequence[str | Path], config: StatsConfig, run: Path) -> KnownScores:
     """Return the known-proxy chunk files of `folders`, refusing files computed on another batch than the run's."""
     files = KnownScores.read(folders)
+    if files.benchmark != bench.name:
+        raise RunFolderError(f"{', '.join(str(f) for f in folders)}: known-proxy values of {files.benchmark}, but the "
+                             f"run {run} is on {bench.name}; give that benchmark's chunk files")
     batch = bench.batch(config.batch_seed, config.batch_size).describe()
     if files.batch != dict(batch) or files.init_seed != config.init_seed:
         raise RunFolderError(f"{', '.join(str(f) for f in folders)}: computed on batch {files.batch} with init seed "

@@ -94,6 +94,16 @@ def test_committed_values_on_another_batch_or_missing_a_split_are_refused(bench,
     elsewhere = committed(bench, tmp_path, cut.search, "elsewhere", batch=other)
     with pytest.raises(RunFolderError, match="computed on batch .* with init seed 0, but the run .* scored batch"):
         add_known_bar(bench, run, KNOWN, StatsConfig(), scores_from=[elsewhere])
+    import json
+
+    foreign = committed(bench, tmp_path, cut.search, "foreign")
+    for path in foreign.glob("chunk-*.scores.csv"):  # the same values, said to be another benchmark's
+        head, rest = path.read_text().split("\n", 1)
+        meta = json.loads(head.split(" ", 2)[2])
+        meta["settings"]["benchmark"] = "vit-digits"
+        path.write_text(f"# emq-scores/1 {json.dumps(meta, sort_keys=True)}\n{rest}")
+    with pytest.raises(RunFolderError, match="known-proxy values of vit-digits, but the run .* is on synthetic-mq"):
+        add_known_bar(bench, run, KNOWN, StatsConfig(), scores_from=[foreign])
     search_only = committed(bench, tmp_path, cut.search, "search")
     with pytest.raises(ChunkError, match=f"{len(cut.heldout)} of {len(cut.heldout)} candidates .* have no values"):
         add_known_bar(bench, run, KNOWN, StatsConfig(), scores_from=[search_only])
