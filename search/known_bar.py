@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from emq.atomic import write_text_atomic
-from emq.baselines import baseline_scores, is_trivial
+from emq.baselines import is_trivial
 from emq.bench.base import Benchmark
 from emq.fitness import TrivialChoice, get_metric
 from emq.known_scores import KNOWN_PREFIX, KnownScores
@@ -23,7 +23,7 @@ from emq.score_table import ScoreTable
 from emq.stats.config import StatsConfig
 from search.config import RunFolderError
 from search.hall_of_fame import json_finite
-from search.protocol import against_trivial, choose_known, cut_run, run_verdict, verdict_line
+from search.protocol import against_trivial, choose_known, cut_run, known_values, run_verdict, verdict_line
 from search.run_folder import RunFolder, read_run
 
 
@@ -55,10 +55,8 @@ def add_known_bar(bench: Benchmark, run_dir: str | Path, names: Sequence[str], s
                              "is not this run's: restore it, or rerun the search")
     metric = get_metric(search.metric)
     known = choose_known(bench, names, stats_config, cut, metric, progress, cache_root, files)
-    chosen = sorted({c.name for c in known.values()})
-    values = (files.values([c.id for c in cut.heldout], chosen) if files is not None else
-              baseline_scores(bench, chosen, stats_config, progress=progress, candidates=cut.heldout,
-                              cache_root=cache_root))
+    values = known_values(bench, sorted({c.name for c in known.values()}), stats_config, cut.heldout, progress,
+                          cache_root, files)
     joint, n_boot = table.meta["joint"], int(table.meta["n_boot"])
     for entry in hall["programs"]:
         scores = table.scores[f"evolved #{entry['rank']}"]

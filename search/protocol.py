@@ -102,10 +102,18 @@ def choose_known(bench: Benchmark, names: Sequence[str], stats_config: StatsConf
     known = [n for n in names if not is_trivial(n)]
     if not known:
         return {}
-    on_search = (files.values([c.id for c in cut.search], known) if files is not None else
-                 baseline_scores(bench, known, stats_config, progress=progress, candidates=cut.search,
-                                 cache_root=cache_root))
+    on_search = known_values(bench, known, stats_config, cut.search, progress, cache_root, files)
     return choose_best_trivial(on_search, cut.search_truth, metric)
+
+
+def known_values(bench: Benchmark, names: Sequence[str], stats_config: StatsConfig, candidates: Sequence[Candidate],
+                 progress: bool = True, cache_root: str | Path | None = None,
+                 files: KnownScores | None = None) -> dict[str, np.ndarray]:
+    """Return the known proxies `names` on `candidates`: read from `files` when given, else computed as baselines."""
+    if files is not None:
+        return files.values([c.id for c in candidates], names)
+    return baseline_scores(bench, names, stats_config, progress=progress, candidates=candidates,
+                           cache_root=cache_root)
 
 
 def trivial_on_heldout(bench: Benchmark, choices: Mapping[str, TrivialChoice], stats_config: StatsConfig, cut: RunCut,

@@ -22,17 +22,17 @@ import argparse
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, when run as a script
 
-from results.report import publish, reproduce_line  # noqa: E402
 import numpy as np  # noqa: E402
 
+from results.report import publish, reproduce_line  # noqa: E402
 from emq.bench.registry import open_benchmark  # noqa: E402
-from emq.fitness import choose_best_trivial, kendall, paired_bootstrap_difference, partial_kendall  # noqa: E402
+from emq.fitness import get_metric, kendall, paired_bootstrap_difference, partial_kendall  # noqa: E402
 from emq.known_scores import KNOWN_PREFIX, KnownScores  # noqa: E402
+from emq.stats.config import StatsConfig  # noqa: E402
 from search.known_bar import known_names  # noqa: E402
-from search.protocol import cut_run  # noqa: E402
+from search.protocol import choose_known, cut_run  # noqa: E402
 from search.run_folder import RunFolder, read_run  # noqa: E402
 from search.study import study_runs  # noqa: E402
 
@@ -126,8 +126,8 @@ def chosen_on_search(runs: list[tuple[str, Path]], evolved: dict[str, np.ndarray
         config = run.config
         cut = cut_run(bench, [TARGET], config.heldout_fraction, config.split_seed, config.split_order, run.n_search,
                       run.n_heldout)
-        values = on_search.values([c.id for c in cut.search], names)
-        choice = choose_best_trivial(values, cut.search_truth)[TARGET]
+        choice = choose_known(bench, names, StatsConfig(), cut, get_metric(config.metric), progress=False,
+                              files=on_search)[TARGET]
         control = choice.oriented(files.values(cells, [choice.name])[choice.name])
         d = paired_bootstrap_difference(evolved[label], control, {TARGET: truth})
         lines.append(f"| {label} | `{choice.label}` | {choice.search_value:+.3f} | {kendall(control, truth):+.3f} | "
