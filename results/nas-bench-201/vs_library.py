@@ -65,7 +65,7 @@ def main() -> None:
              f"held-out cells); target `{TARGET}`; batch seed 0 for the library, each run's own batch for its "
              "program. Each cell: Kendall of the run's best program minus the library program's, paired bootstrap "
              "95% CI over the cells (1,000 resamples). AZ-NAS's rank aggregate (`az_nas`) is ranked over these "
-             "cells. Not a verdict: no choice on a search split (see the script).",
+             "cells. This first table is not a verdict: no choice on a search split (the last section makes it).",
              "", "| library program | its Kendall | " + " | ".join(
                  label for label, _ in runs) + " |",
              "|---|---|" + "---|" * len(runs)]
@@ -117,8 +117,9 @@ def chosen_on_search(runs: list[tuple[str, Path]], evolved: dict[str, np.ndarray
              f"Per run: every library program (`known:NAME`) and reference of `{search_chunks}` except the size "
              f"counts ({len(names)} proxies), either direction, ranked on the run's own 1,000 search cells; the best "
              "one is the known bar `emq verdict --known-bar all --known-scores` applies. Its held-out Kendall and "
-             f"the paired difference are on the {len(cells):,} covered cells only (a look until the held-out table "
-             "has all 5,000).", "",
+             + (f"the paired difference are on the {len(cells):,} covered cells only (a look until the held-out "
+                "table has all 5,000)." if len(cells) < 5000 else "the paired difference are on all 5,000 held-out "
+                "cells: the verdict's computation, for runs on the library's batch seed."), "",
              "| run | chosen on the search split | its search Kendall | its held-out Kendall | best program minus it "
              "[95% paired CI] |", "|---|---|---|---|---|"]
     for label, folder in runs:
