@@ -49,8 +49,11 @@ with Fisher's `act` and `act_grad`, about 7.5 MB without (`--names` without fish
 scratch disk). On one CPU thread the statistics took 4.1 s and the references about 5 s
 per cell (200 cells, CPU shared). On AutoFormer (224 x 224, batch 8) the statistics take
 about 63 s per subnet on one thread (GraSP's `hessian_grad` 25 s alone, ZiCo's
-`grad_batch_*` 12 s) and about 0.5 GB on disk, the references 77 s: 40 subnets are about
-1.6 hours (`--chunk-size 10` splits them into four 25-minute runs).
+`grad_batch_*` 12 s) and about 0.5 GB on disk, the references 77 s: 40 subnets were estimated
+at 1.6 hours. Measured in chunks (`--chunk-size 10`, K = 0..3, two at a time, one thread each):
+about 12 minutes per chunk (statistics 27-30 s per subnet), 0.4 GB per subnet on disk; a chunk
+peaked near 12 GB of memory while its programs ran, so two side by side exceed 23 GB unless
+`--hold 3` (statistics of 3 subnets in memory at once; the values do not change) is given.
 """
 from __future__ import annotations
 
