@@ -58,18 +58,7 @@ def main() -> None:
     runs = list(study_runs(args.study).items()) + [(folder.name, folder) for folder in args.also]
     command = f"python3 results/nas-bench-201/vs_library.py {args.study} {args.chunks}" + "".join(
         f" --also {a}" for a in args.also) + (f" --search-chunks {args.search_chunks}" if args.search_chunks else "")
-    chunk_names = ", ".join(p.name for p in files.sources)
-    lines = [f"# The study's winners against the known-proxy library on {len(cells)} held-out cells", "",
-             reproduce_line(command, args.out), "",
-             f"Cells: those of {chunk_names} ({len(cells)} of the study's 5,000 "
-             f"held-out cells); target `{TARGET}`; batch seed 0 for the library, each run's own batch for its "
-             "program. Each cell: Kendall of the run's best program minus the library program's, paired bootstrap "
-             "95% CI over the cells (1,000 resamples). AZ-NAS's rank aggregate (`az_nas`) is ranked over these "
-             "cells. This first table is not a verdict: no choice on a search split (the last section makes it).",
-             "", "| library program | its Kendall | " + " | ".join(
-                 label for label, _ in runs) + " |",
-             "|---|---|" + "---|" * len(runs)]
-    evolved = {}
+    evolved, n_heldout = {}, 0
     for label, folder in runs:
         table = RunFolder(folder).read_scores()
         where = {c: i for i, c in enumerate(table.candidates)}
@@ -77,6 +66,18 @@ def main() -> None:
         if missing:
             raise SystemExit(f"{folder}: {len(missing)} chunk cells are not among its held-out cells")
         evolved[label] = table.scores["evolved #1"][[where[c] for c in cells]]
+        n_heldout = max(n_heldout, len(table.candidates))
+    chunk_names = ", ".join(p.name for p in files.sources)
+    lines = [f"# The study's winners against the known-proxy library on {len(cells)} held-out cells", "",
+             reproduce_line(command, args.out), "",
+             f"Cells: those of {chunk_names} ({len(cells)} of the study's {n_heldout:,} "
+             f"held-out cells); target `{TARGET}`; batch seed 0 for the library, each run's own batch for its "
+             "program. Each cell: Kendall of the run's best program minus the library program's, paired bootstrap "
+             "95% CI over the cells (1,000 resamples). AZ-NAS's rank aggregate (`az_nas`) is ranked over these "
+             "cells. This first table is not a verdict: no choice on a search split (the last section makes it).",
+             "", "| library program | its Kendall | " + " | ".join(
+                 label for label, _ in runs) + " |",
+             "|---|---|" + "---|" * len(runs)]
     lines.append("| (each run's best program) | - | " + " | ".join(
         f"{kendall(s, truth):+.3f}" for s in evolved.values()) + " |")
     ordered = sorted(library.items(), key=lambda kv: -kendall(kv[1], truth))
@@ -101,12 +102,12 @@ def main() -> None:
         lines.append(f"| Kendall with {name} | " + " | ".join(
             f"{kendall(s, scores):+.3f}" for s in evolved.values()) + " |")
     if args.search_chunks:
-        lines += chosen_on_search(runs, evolved, files, cells, truth, args.search_chunks)
+        lines += chosen_on_search(runs, evolved, files, cells, truth, args.search_chunks, n_heldout)
     publish(lines, args.out)
 
 
 def chosen_on_search(runs: list[tuple[str, Path]], evolved: dict[str, np.ndarray], files: KnownScores,
-                     cells: list[str], truth: np.ndarray, search_chunks: Path) -> list[str]:
+                     cells: list[str], truth: np.ndarray, search_chunks: Path, n_heldout: int) -> list[str]:
     """Return the section that chooses, per run, the best library proxy on its search split (every program and
     reference but the size counts, either direction, as `emq verdict --known-bar all` does) and compares the run's
     best program with it on the covered held-out cells."""
@@ -118,8 +119,8 @@ def chosen_on_search(runs: list[tuple[str, Path]], evolved: dict[str, np.ndarray
              f"counts ({len(names)} proxies), either direction, ranked on the run's own 1,000 search cells; the best "
              "one is the known bar `emq verdict --known-bar all --known-scores` applies. Its held-out Kendall and "
              + (f"the paired difference are on the {len(cells):,} covered cells only (a look until the held-out "
-                "table has all 5,000)." if len(cells) < 5000 else "the paired difference are on all 5,000 held-out "
-                "cells: the verdict's computation, for runs on the library's batch seed."), "",
+                f"table has all {n_heldout:,})." if len(cells) < n_heldout else f"the paired difference are on all "
+                f"{n_heldout:,} held-out cells: the verdict's computation, for runs on the library's batch seed."), "",
              "| run | chosen on the search split | its search Kendall | its held-out Kendall | best program minus it "
              "[95% paired CI] |", "|---|---|---|---|---|"]
     for label, folder in runs:
