@@ -435,3 +435,57 @@ def test_stats_config_json_round_trip_and_named_field_errors():
         StatsConfig.from_json({"batch_size": "8"})
     with pytest.raises(ValueError, match="'stat_names'"):
         StatsConfig.from_json({"stat_names": ["no_such_stat"]})
+
+
+class TinyArchBench(TinyBench):
+    """TinyNet without bits (an architecture benchmark): networks differ by init seed."""
+
+    name = "tiny-arch"
+    family = "nas"
+
+    def candidates(self) -> list[Candidate]:
+        return [Candidate(f"net-{i}", arch={"seed": i}) for i in range(self.n)]
+
+    def build_model(self, candidate: Candidate, init_seed: int = 0) -> nn.Module:
+        self.builds += 1
+        return TinyNet(int(candidate.arch["seed"])).eval()
+
+
+MAIN = ("weight", "grad", "virtual_grad", "params", "flops")
+STRUCTURED = ("act_codes_kernel", "act_channel_corr", "act_channel_cov", "grad_batch_mean", "grad_batch_std")
+
+
+def test_structured_statistics_added_to_a_cached_set_equal_computing_all_together(tmp_path, monkeypatch):
+    bench = TinyArchBench()
+    full = StatsConfig(batch_size=8, stat_names=MAIN + STRUCTURED)
+    joint = load_or_compute(bench, bench.candidates(), full, progress=False, cache_root=tmp_path / "joint")
+    load_or_compute(bench, bench.candidates(), StatsConfig(batch_size=8, stat_names=MAIN), progress=False,
+                    cache_root=tmp_path / "parts")
+    asked = []
+    real = stats_cache.compute_stats
+    monkeypatch.setattr(stats_cache, "compute_stats", lambda *a, **k: asked.append(tuple(a[3])) or real(*a, **k))
+    parts = load_or_compute(bench, bench.candidates(), full, progress=False, cache_root=tmp_path / "parts")
+    assert asked == [tuple(n for n in full.stat_names if n in STRUCTURED)] * bench.n  # only what the donor lacks
+    for a, b in zip(joint, parts):
+        assert list(a.layers) == list(b.layers) and "relu" in a.layers  # activation entries, in forward order
+        assert list(a.params.items()) == list(b.params.items()) and a.flops == b.flops
+        for name in a.layers:
+            assert list(a.layers[name]) == list(b.layers[name])
+            assert all(a.layers[name][k].dtype == b.layers[name][k].dtype
+                       and torch.equal(a.layers[name][k], b.layers[name][k]) for k in a.layers[name])
+
+
+def test_a_donor_of_another_batch_or_a_damaged_donor_file_is_not_used(tmp_path, monkeypatch):
+    bench = TinyArchBench(n=2)
+    load_or_compute(bench, bench.candidates(), StatsConfig(batch_size=8, batch_seed=1, stat_names=MAIN),
+                    progress=False, cache_root=tmp_path)
+    donor_config = StatsConfig(batch_size=8, stat_names=MAIN)
+    load_or_compute(bench, bench.candidates(), donor_config, progress=False, cache_root=tmp_path)
+    (cache_folder(bench, donor_config, tmp_path) / "net-0.pt").write_bytes(b"damaged")
+    asked = []
+    real = stats_cache.compute_stats
+    monkeypatch.setattr(stats_cache, "compute_stats", lambda *a, **k: asked.append(len(a[3])) or real(*a, **k))
+    with pytest.warns(UserWarning, match="net-0.pt is unreadable"):
+        load_or_compute(bench, bench.candidates(), StatsConfig(batch_size=8, stat_names=MAIN + STRUCTURED),
+                        progress=False, cache_root=tmp_path)
+    assert asked == [len(MAIN + STRUCTURED), len(STRUCTURED)]  # net-0 whole; net-1 from batch 0's donor, not batch 1's

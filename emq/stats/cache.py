@@ -13,6 +13,9 @@ ground-truth file that reuses an id for another configuration never reads a stal
 Integrity: each file carries a checksum of its content (`content_checksum`), verified on
 every read; a file that fails it (or has none) is recomputed with a warning, never used.
 
+Composition: a config that adds structured statistics to a cached one (same settings,
+exactly its other statistics) reuses that folder's files and computes only the added ones (`Donor`).
+
 Per-(layer, bits) statistics (`lb_*`, `emq.stats.layer_bits`) are not in the candidate files:
 one table per (benchmark, batch, init seed), `layer-bits-table.json` (JSON, checked on read) in the
 folder of that neutral config, is computed once and each configuration's values are read from it.
@@ -24,13 +27,14 @@ kept once in memory.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -42,6 +46,7 @@ from emq.paths import cache_dir
 from emq.stats import STATS, NetworkStats
 from emq.stats.compute import compute_stats
 from emq.stats.config import StatsConfig
+from emq.stats.structured import STRUCTURED_STATS
 from emq.stats.layer_bits import LayerBitsTable, compute_layer_bits_table, layer_traces
 
 #: Bump whenever a statistic's definition or the file layout changes: old cache folders are then ignored.
@@ -192,7 +197,8 @@ def iter_stats(
     act_bits = getattr(bench, "act_bits", 8)
     device = config.resolved_device()
 
-    computed = 0
+    computed = composed = 0
+    donor = Donor.find(folder.parent, config, extra)
     table: LayerBitsTable | None = None
     bar = tqdm(candidates, desc=f"stats {bench.name}", unit="net", disable=not progress, leave=False)
     for cand in bar:
@@ -213,19 +219,85 @@ def iter_stats(
         if stats is None:
             start = time.perf_counter()
             model = bench.build_model(cand, init_seed=config.init_seed)
-            stats = compute_stats(
-                model, batch, cand.bits, [n for n in names if n not in from_table],
-                act_bits=act_bits, calib_inputs=calib, hessian_samples=config.hessian_samples,
-                seed=config.batch_seed, device=device, store_dtype=config.torch_dtype(), teacher=bench.teacher(),
-            )
+
+            def compute(stat_names: Sequence[str]) -> NetworkStats:
+                return compute_stats(
+                    model, batch, cand.bits, list(stat_names),
+                    act_bits=act_bits, calib_inputs=calib, hessian_samples=config.hessian_samples,
+                    seed=config.batch_seed, device=device, store_dtype=config.torch_dtype(), teacher=bench.teacher(),
+                )
+
+            stats = donor.compose(cand, compute) if donor is not None else None
+            composed += stats is not None
+            if stats is None:
+                stats = compute([n for n in names if n not in from_table])
             write_stats(path, key, cand.id, stats, seconds=time.perf_counter() - start)
             computed += 1
-            bar.set_postfix(computed=computed)
+            bar.set_postfix(computed=computed, composed=composed)
         if from_table:
             for layer, values in table_stats.layers.items():
                 stats.layers.setdefault(layer, {}).update(values)
         yield stats
     bar.close()
+
+
+# --------------------------------------------------------------- composition
+@dataclasses.dataclass(frozen=True)
+class Donor:
+    """A cached config whose files hold all of a wanted config's statistics but its structured ones.
+
+    Its files are reused and only the structured statistics are computed: those run their
+    own passes (`emq.stats.structured`), so computing them apart and joining gives the same
+    tensors, entries and order as computing everything together (tests/test_stats.py checks
+    it on a network with activation entries). Adding `act_channel_corr` to a 6,000-cell
+    search's statistics then costs its own pass, not the whole set again.
+    """
+
+    config: StatsConfig
+    folder: Path
+    bench_name: str
+    extra: dict[str, Any]
+    missing: tuple[str, ...]
+
+    @classmethod
+    def find(cls, bench_folder: Path, config: StatsConfig, extra: dict[str, Any]) -> "Donor | None":
+        """Return the donor of `config` in `bench_folder`: the sibling folder of the same config with exactly its
+        non-structured statistics, its manifest agreeing (batch, weights, code version); else None."""
+        if config.stat_names is None:
+            return None
+        main = tuple(n for n in config.stat_names if n not in STRUCTURED_STATS)
+        missing = tuple(n for n in config.stat_names if n in STRUCTURED_STATS)
+        if not main or not missing or any(STATS[n].head_entry or STATS[n].per_layer_bits for n in main):
+            return None
+        donor = dataclasses.replace(config, stat_names=main)
+        folder = bench_folder / config_key(str(extra["benchmark"]), donor, extra)
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(manifest, dict) or manifest.get("config") != donor.key_fields() \
+                or manifest.get("depends_on") != extra or manifest.get("code_version") != CODE_VERSION:
+            return None
+        return cls(donor, folder, str(extra["benchmark"]), extra, missing)
+
+    def compose(self, cand: Candidate, compute: Callable[[Sequence[str]], NetworkStats]) -> NetworkStats | None:
+        """Return `cand`'s statistics: the donor's file joined with `compute(self.missing)`; None when the donor has
+        no readable file for `cand` or the two parts disagree on layers, params or flops (compute everything then)."""
+        path = self.folder / f"{safe_name(cand.id)}.pt"
+        if not path.exists():
+            return None
+        cached = read_stats(path, cache_key(self.bench_name, cand, self.config, self.extra))
+        if cached is None:
+            return None
+        fresh = compute(self.missing)
+        order = list(fresh.layers)
+        if [n for n in order if n in cached.layers] != list(cached.layers) \
+                or any(fresh.params.get(n) != cached.params.get(n) or fresh.flops.get(n) != cached.flops.get(n)
+                       for n in cached.layers) \
+                or any(fresh.params[n] for n in order if n not in cached.layers):
+            return None
+        layers = {n: {**cached.layers.get(n, {}), **fresh.layers[n]} for n in order}
+        return NetworkStats(layers, dict(fresh.params), dict(fresh.flops))
 
 
 def bit_choices(bench: Benchmark) -> tuple[int, ...]:
