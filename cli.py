@@ -131,12 +131,19 @@ def bench_show(name: str, data_dir: Path | None, limit: int, as_json: bool) -> N
 @stats_options
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N candidates.")
 @click.option("--list", "list_stats", is_flag=True, help="List the statistics catalogue and exit.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Local processes computing missing files (CPU only; each about 300 MB plus one network).")
 @json_option
 def stats(name: str | None, data_dir: Path | None, config: Any, batch_source: str | None, limit: int | None,
-          list_stats: bool, as_json: bool) -> None:
-    """Precompute the statistics cache of benchmark NAME (a second run computes nothing), or list the catalogue."""
+          list_stats: bool, workers: int, as_json: bool) -> None:
+    """Precompute the statistics cache of benchmark NAME (a second run computes nothing), or list the catalogue.
+
+    Files are read back one at a time (memory: one network's statistics), so the whole
+    of a large benchmark can be cached.
+    """
     from emq.stats import STATS
-    from emq.stats.cache import load_or_compute
+    from emq.stats.cache import iter_stats
+    from emq.stats.fill import fill_cache
 
     if list_stats or not name:
         return echo([dataclasses.asdict(i) for i in STATS.values()], "\n".join(
@@ -145,9 +152,12 @@ def stats(name: str | None, data_dir: Path | None, config: Any, batch_source: st
             for i in STATS.values()), as_json)
     bench_obj = open_bench(name, data_dir, batch_source)
     start = time.perf_counter()
-    n = len(load_or_compute(bench_obj, bench_obj.candidates()[:limit], config, progress=True))
+    cands = bench_obj.candidates()[:limit]
+    in_workers = fill_cache(bench_obj, cands, config, workers)
+    n = sum(1 for _ in iter_stats(bench_obj, cands, config, progress=True))
     seconds = time.perf_counter() - start
-    echo({"benchmark": name, "candidates": n, "seconds": round(seconds, 3), "stats": config.describe()},
+    echo({"benchmark": name, "candidates": n, "computed_in_workers": in_workers, "seconds": round(seconds, 3),
+          "stats": config.describe()},
           f"statistics of {n} candidates ready in {seconds:.1f} s", as_json)
 
 

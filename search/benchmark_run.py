@@ -28,6 +28,7 @@ from emq.scoring import ScoreReport, ceiling_rows, rows_for
 from emq.stats.cache import (
     StatsConfig, bench_fields, cache_folder, cache_key, calibration_inputs, load_or_compute, safe_name,
 )
+from emq.stats.fill import fill_cache
 from search.config import SearchConfig
 from search.engine import SearchResult, run_search
 from search.hall_of_fame import add_heldout
@@ -60,6 +61,11 @@ def cache_source(bench: Benchmark, candidates: Sequence[Candidate], config: Stat
     folder = cache_folder(bench, config, cache_root)
     return StatsSource.from_files([folder / f"{safe_name(c.id)}.pt" for c in candidates],
                                   [cache_key(bench.name, c, config, extra) for c in candidates])
+
+
+def local_workers(pool: EvaluationPool | None) -> int:
+    """Return how many local processes may fill the statistics cache: the loky pool's workers, else 1."""
+    return pool.n_jobs if pool is not None and pool.backend == "loky" else 1
 
 
 def search_benchmark(
@@ -113,6 +119,7 @@ def _evolve(bench: Benchmark, cut: RunCut, stats_config: StatsConfig, search_con
     """Compute (or read) the search split's statistics and trivial predictors, then run the evolution."""
     probe_cands = cut.search[: search_config.probe_size]
     other_config = dataclasses.replace(stats_config, batch_seed=stats_config.batch_seed + 1)
+    fill_cache(bench, cut.search, stats_config, local_workers(pool), cache_root, progress)
     search_stats = load_or_compute(bench, cut.search, stats_config, progress=progress, cache_root=cache_root)
     probe_other = load_or_compute(bench, probe_cands, other_config, progress=progress, cache_root=cache_root)
     search_trivial = baseline_scores(bench, trivial_names, stats_config, progress=progress, candidates=cut.search,
@@ -136,6 +143,7 @@ def _judge(bench: Benchmark, cut: RunCut, stats_config: StatsConfig, search_conf
     choices = result.best_trivial
     truth = cut.heldout_truth
     metric = get_metric(search_config.metric)
+    fill_cache(bench, cut.heldout, stats_config, local_workers(pool), cache_root, progress)
     known = choose_known(bench, names, stats_config, cut, metric, progress, cache_root)  # the second bar
     base = baseline_scores(bench, names, stats_config, progress=progress, candidates=cut.heldout,
                            cache_root=cache_root)

@@ -12,7 +12,6 @@ scoring of one set share its tensors. The parent side is `search.pool`.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -26,6 +25,7 @@ import torch
 from emq.evaluate import StackedStats, block_for, evaluate_pieces
 from emq.proxy import Proxy
 from emq.subprogram_memo import SubprogramMemo
+from emq.threads import one_thread
 from search.stats_source import LOCK, StatsSource, forget_local
 
 
@@ -145,26 +145,6 @@ def _full_pieces(shard: Shard, device: str) -> Iterator[tuple[int, StackedStats]
         return
     # Over the bound: read it again on every call, one piece at a time (the previous piece is freed first).
     yield from _stack_pieces(source, device, max(1, shard.max_bytes // per_candidate), shard.block)
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread inside the block (restored after).
-
-    The search parallelises over shards, not inside ops: several intra-op threads
-    per process oversubscribe the cores (measured: the 32-network probe screen ran
-    5x slower with 2 threads on 2 busy cores), and a reduction split over a
-    different number of threads may round differently. With one thread everywhere,
-    serial, loky, dask and ray give the same float32 scores.
-    """
-    before = torch.get_num_threads()
-    if before != 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if before != 1:
-            torch.set_num_threads(before)
 
 
 def evaluate_shard(shard: Shard, programs: Sequence[Proxy]) -> tuple[np.ndarray, list[dict[str, int]]]:

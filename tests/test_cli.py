@@ -293,3 +293,26 @@ def test_fit_a_run_then_score_the_fitted_proxy_end_to_end(run, tmp_path):
     assert (out / "fitted-proxy.md").read_text().startswith("# emq fit:")
     result = run("score", "mq-digits", "--proxy", str(fitted), "--limit", "10", "--bootstrap", "20", "--batch-size", "8")
     assert result.exit_code == 0, result.output
+
+
+@needs_mq_digits
+def test_stats_in_worker_processes_writes_the_files_a_serial_pass_writes(run, tmp_path, monkeypatch):
+    import torch
+
+    from emq.bench.registry import get_benchmark
+    from emq.stats.cache import cache_folder
+    from emq.stats.config import StatsConfig
+
+    args = ("stats", "mq-digits", "--limit", "20", "--batch-size", "4", "--stats", "weight,grad", "--json")
+    data = _json_of(run(*args, "--workers", "2"))
+    assert data["candidates"] == 20 and data["computed_in_workers"] == 20
+    parallel = cache_folder(get_benchmark("mq-digits"), StatsConfig(batch_size=4, stat_names=("weight", "grad")),
+                            tmp_path / "cache")
+    monkeypatch.setenv("EMQ_CACHE_DIR", str(tmp_path / "serial"))
+    assert _json_of(run(*args))["computed_in_workers"] == 0
+    serial = tmp_path / "serial" / parallel.relative_to(tmp_path / "cache")
+    files = sorted(p.name for p in parallel.glob("*.pt"))
+    assert len(files) == 20 and files == sorted(p.name for p in serial.glob("*.pt"))
+    for name in files:
+        a, b = (torch.load(folder / name, weights_only=True) for folder in (parallel, serial))
+        assert a["checksum"] == b["checksum"]  # the same tensors, byte for byte

@@ -10,6 +10,9 @@ calibration tensors' contents, and the config fields except `device`. Each file'
 key adds the candidate's id and `Candidate.fingerprint` (its bits or arch), so a
 ground-truth file that reuses an id for another configuration never reads a stale file.
 
+Threads: statistics are computed on one torch intra-op thread (`emq.threads.one_thread`), so a
+file holds the same bytes on any machine's core count; `emq.stats.fill` adds processes instead.
+
 Integrity: each file carries a checksum of its content (`content_checksum`), verified on
 every read; a file that fails it (or has none) is recomputed with a warning, never used.
 
@@ -47,6 +50,7 @@ from emq.stats import STATS, NetworkStats
 from emq.stats.compute import compute_stats
 from emq.stats.config import StatsConfig
 from emq.stats.structured import STRUCTURED_STATS
+from emq.threads import one_thread
 from emq.stats.layer_bits import LayerBitsTable, compute_layer_bits_table, layer_traces
 
 #: Bump whenever a statistic's definition or the file layout changes: old cache folders are then ignored.
@@ -221,11 +225,13 @@ def iter_stats(
             model = bench.build_model(cand, init_seed=config.init_seed)
 
             def compute(stat_names: Sequence[str]) -> NetworkStats:
-                return compute_stats(
-                    model, batch, cand.bits, list(stat_names),
-                    act_bits=act_bits, calib_inputs=calib, hessian_samples=config.hessian_samples,
-                    seed=config.batch_seed, device=device, store_dtype=config.torch_dtype(), teacher=bench.teacher(),
-                )
+                with one_thread():  # the same bytes whatever the core count (and fill_cache's workers)
+                    return compute_stats(
+                        model, batch, cand.bits, list(stat_names),
+                        act_bits=act_bits, calib_inputs=calib, hessian_samples=config.hessian_samples,
+                        seed=config.batch_seed, device=device, store_dtype=config.torch_dtype(),
+                        teacher=bench.teacher(),
+                    )
 
             stats = donor.compose(cand, compute) if donor is not None else None
             composed += stats is not None
