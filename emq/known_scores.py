@@ -132,7 +132,12 @@ def named_values(columns: Mapping[str, np.ndarray], library: Mapping[str, Any]) 
 
 @dataclass
 class KnownScores:
-    """The known proxies' per-candidate values from chunk files, keyed by candidate id."""
+    """The known proxies' per-candidate values from chunk files, keyed by candidate id.
+
+    Files may hold different proxies (the search split's chunks every program, the held-out
+    split's only the one the search split chose, which saves hours): a proxy is scored on
+    a set of candidates only when every one of them has its values (`present`).
+    """
 
     benchmark: str
     sources: list[Path]
@@ -142,10 +147,12 @@ class KnownScores:
     batch: dict[str, Any]
     init_seed: int
     truth: dict[str, np.ndarray]
+    present: dict[str, np.ndarray]
 
     @classmethod
     def read(cls, folders: Sequence[str | Path]) -> "KnownScores":
-        """Merge every chunk file of `folders`; they must share one batch, init seed and program set."""
+        """Merge every chunk file of `folders`; they must share one benchmark, batch and init seed (each program's
+        formula is checked against the library's: `library_of`)."""
         paths = [p for f in folders for p in sorted(Path(f).glob("chunk-*.scores.csv"))]
         if not paths:
             where = ", ".join(str(f) for f in folders) or "(no folder)"
@@ -154,45 +161,59 @@ class KnownScores:
         tables = [read_chunk(p) for p in paths]
         first = tables[0].meta
         for path, table in zip(paths[1:], tables[1:]):
-            for field in ("benchmark", "batch", "programs", "references"):
+            for field in ("benchmark", "batch"):
                 if table.meta["settings"][field] != first["settings"][field]:
                     raise ChunkError(f"{path}: its {field} differ from {paths[0]}'s; known-proxy values are only "
-                                     "comparable on one benchmark, batch and program set: give folders computed alike")
+                                     "comparable on one benchmark and batch: give folders computed alike")
             if table.meta.get("init_seed", DEFAULT_INIT_SEED) != first.get("init_seed", DEFAULT_INIT_SEED):
                 raise ChunkError(f"{path}: its init seed differs from {paths[0]}'s; give folders computed alike")
-        names = list(tables[0].scores)
+        names = list(dict.fromkeys(n for t in tables for n in t.scores))
         rows: dict[str, int] = {}
         for path, table in zip(paths, tables):
-            if list(table.scores) != names:
-                raise ChunkError(f"{path}: other columns than {paths[0]}; delete it and rerun its --chunk command")
             for cid in table.candidates:
                 if cid in rows:
                     raise ChunkError(f"{path}: candidate {cid} is also in another chunk file; give each split's "
                                      "folder once")
                 rows[cid] = len(rows)
-        columns = {n: np.concatenate([t.scores[n] for t in tables]) for n in names}
+        columns = {n: np.concatenate([t.scores[n] if n in t.scores else np.full(len(t.candidates), np.nan)
+                                      for t in tables]) for n in names}
+        present = {n: np.concatenate([np.full(len(t.candidates), n in t.scores) for t in tables]) for n in names}
         targets = [t for t in tables[0].truth if all(t in tab.truth for tab in tables)]
         truth = {t: np.concatenate([tab.truth[t] for tab in tables]) for t in targets}
-        return cls(first["settings"]["benchmark"], paths, rows, columns, library_of(first["settings"]["programs"], paths[0]),
-                   dict(first["settings"]["batch"]), int(first.get("init_seed", DEFAULT_INIT_SEED)), truth)
+        programs: dict[str, str] = {}
+        for table in tables:
+            programs.update(table.meta["settings"]["programs"])
+        return cls(first["settings"]["benchmark"], paths, rows, columns, library_of(programs, paths[0]),
+                   dict(first["settings"]["batch"]), int(first.get("init_seed", DEFAULT_INIT_SEED)), truth, present)
 
     def names(self) -> list[str]:
-        """Return every proxy these files can score: `known:NAME` programs, then reference names."""
-        programs, references = named_values({c: v[:1] for c, v in self.columns.items()}, self.library)
+        """Return every proxy these files can score on some candidates: `known:NAME` programs, then references."""
+        programs, references = self._named(np.zeros(1, dtype=np.int64), anywhere=True)  # names, not values
         return [KNOWN_PREFIX + n for n in programs] + sorted(references)
 
     def values(self, candidate_ids: Sequence[str], names: Sequence[str]) -> dict[str, np.ndarray]:
         """Return each of `names` on `candidate_ids`, in order (rank aggregates ranked among exactly these)."""
-        index = self._index(candidate_ids)
-        programs, references = named_values({c: v[index] for c, v in self.columns.items()}, self.library)
+        programs, references = self._named(self._index(candidate_ids))
         out = {}
         for name in names:
             found = (programs.get(name[len(KNOWN_PREFIX):]) if name.startswith(KNOWN_PREFIX)
                      else references.get(name))
             if found is None:
+                if name in self.names():
+                    raise ChunkError(f"{name!r} has values for only some of these {len(candidate_ids)} candidates in "
+                                     f"{self._where()}; compute the chunks of the others with results/known_proxies.py "
+                                     f"--names {name.removeprefix(KNOWN_PREFIX)}")
                 raise ChunkError(f"{name!r} is not in {self._where()}; these files hold {', '.join(self.names())}")
             out[name] = found
         return out
+
+    def _named(self, index: np.ndarray, anywhere: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Return (programs, references) over rows `index`, from the columns present on all of them (`anywhere`:
+        on any row, for listing names)."""
+        held = [c for c in self.columns if (self.present[c].any() if anywhere else self.present[c][index].all())]
+        columns = {c: self.columns[c][index] for c in held}
+        library = {n: e for n, e in self.library.items() if all(c in columns for c in part_columns({n: e}))}
+        return named_values(columns, library)
 
     def truth_on(self, candidate_ids: Sequence[str], target: str) -> np.ndarray:
         """Return the ground truth `target` the files recorded for `candidate_ids`, in order."""

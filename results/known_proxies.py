@@ -42,6 +42,18 @@ needs the library on the runs' search split, 1,000 cells in 4 chunks of their ow
     python results/known_proxies.py nas-bench-201 --split search --limit 1000 --targets fp_acc,ptq_acc \
         --chunk K --chunk-size 250 --chunk-dir results/known-proxies-nb201-search     (K = 0..3)
 
+On another batch seed (a run's `--batch-seeds 1`) the known bar needs the library on that batch:
+every program on the search split, then only the proxy chosen there on the held-out split
+(`emq.known_scores` scores a proxy on the candidates whose files hold it; without references,
+`--programs-only`, a search chunk takes about a third of the time):
+
+    python results/known_proxies.py nas-bench-201 --split search --limit 1000 --targets fp_acc,ptq_acc \
+        --batch-seed 1 --programs-only --cost-sample 2 --chunk K --chunk-size 250 \
+        --chunk-dir results/known-proxies-nb201-search-batch1                        (K = 0..3)
+    python results/known_proxies.py nas-bench-201 --split heldout --limit 5000 --targets fp_acc,ptq_acc \
+        --batch-seed 1 --programs-only --cost-sample 2 --names CHOSEN --chunk K --chunk-size 1250 \
+        --chunk-dir results/known-proxies-nb201-heldout-batch1-CHOSEN                (K = 0..3)
+
 Statistics share one cache folder per (benchmark, batch, statistic set); the script
 prints its size on disk. On NAS-Bench-201 at batch 16 that is 23.4 MB per candidate
 with Fisher's `act` and `act_grad`, about 7.5 MB without (`--names` without fisher):
@@ -150,16 +162,16 @@ def reference_names(library: Mapping[str, KnownProxy]) -> list[str]:
 
 def candidate_columns(bench: Any, library: Mapping[str, KnownProxy], candidates: Sequence[Any], config: StatsConfig,
                       cost_sample: int, cache_root: Path | None,
-                      hold: int = HOLD) -> tuple[dict[str, np.ndarray], float]:
+                      hold: int = HOLD, with_references: bool = True) -> tuple[dict[str, np.ndarray], float]:
     """Return the per-candidate columns of `candidates` (programs or their parts, references, seconds) and the
     seconds the programs' statistics took. `hold`: candidates whose statistics are held in memory at once (whole
-    stacking blocks, so the scores do not depend on it)."""
+    stacking blocks, so the scores do not depend on it). `with_references=False`: the programs only."""
     expansion = Expansion.of([e.proxy for e in library.values()])
     start = time.perf_counter()
     parts = stream_scores(expansion.parts, bench, candidates, config, chunk=hold, cache_root=cache_root)
     stats_seconds = time.perf_counter() - start
     columns = {name: scores for name, (scores, _) in zip(part_columns(library), parts)}
-    references = reference_names(library)
+    references = reference_names(library) if with_references else []
     for name in references:
         get_baseline(name)  # an unknown reference fails here, before any work
     scores = baseline_scores(bench, references, config, candidates=candidates, cache_root=cache_root)
@@ -205,7 +217,8 @@ def chunk_settings(args: argparse.Namespace, library: Mapping[str, KnownProxy], 
     return {"benchmark": args.benchmark, "split": args.split, "limit": args.limit, "total": total,
             "chunk_size": args.chunk_size, "targets": args.targets_list, "batch": dict(batch),
             "stats": list(stats), "cost_sample": args.cost_sample,
-            "programs": {n: e.formula for n, e in library.items()}, "references": reference_names(library)}
+            "programs": {n: e.formula for n, e in library.items()},
+            "references": [] if args.programs_only else reference_names(library)}
 
 
 def chunk_ranges(chunks: Sequence[int]) -> str:
@@ -291,6 +304,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="only the first N candidates of the split")
     parser.add_argument("--targets", help="comma-separated ground-truth columns (default: the first)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-seed", type=int, default=0, help="seed of the input batch (a run's batch seed)")
+    parser.add_argument("--programs-only", action="store_true",
+                        help="skip the references (about 2/3 of the time on NB201): values for the known bar only")
     parser.add_argument("--batch-source", default=None)
     parser.add_argument("--names", help="comma-separated known proxies (default: every one the benchmark offers)")
     parser.add_argument("--cost-sample", type=int, default=20,
@@ -316,6 +332,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--chunk computes one chunk, --assemble reads them all: give one")
     if args.chunk_size < 1:
         parser.error("--chunk-size must be >= 1")
+    if args.batch_seed < 0:
+        parser.error("--batch-seed must be >= 0")
     if args.chunk_dir is None:
         args.chunk_dir = results_dir() / f"known-proxies-{SHORT_NAMES.get(args.benchmark, args.benchmark)}"
     return args
@@ -348,7 +366,8 @@ def score_command(args: argparse.Namespace, argv: Sequence[str]) -> None:
     bench = open_benchmark(args.benchmark, args.data_dir, batch_source=args.batch_source)
     library = library_for(args, benchmark_offered_stats(bench))
     needed = sorted(set().union(*(e.proxy.stats_needed for e in library.values())))
-    config = StatsConfig(batch_size=args.batch_size, stat_names=tuple(needed), device=args.device)
+    config = StatsConfig(batch_seed=args.batch_seed, batch_size=args.batch_size, stat_names=tuple(needed),
+                         device=args.device)
     index = select_split(bench, args.split)[: args.limit]
     all_truth = bench.ground_truth()
     args.targets_list = args.targets.split(",") if args.targets else [next(iter(all_truth))]
@@ -369,7 +388,7 @@ def score_command(args: argparse.Namespace, argv: Sequence[str]) -> None:
     candidates = [bench.candidates()[i] for i in index]
     truth = {t: np.asarray(all_truth[t], dtype=np.float64)[index] for t in args.targets_list}
     columns, stats_seconds = candidate_columns(bench, library, candidates, config, args.cost_sample, cache_root,
-                                               args.hold)
+                                               args.hold, with_references=not args.programs_only)
     folder = cache_folder(bench, config, cache_root)
     threads = str(torch.get_num_threads())
     if args.chunk is not None:

@@ -101,3 +101,23 @@ def test_a_chunk_past_the_split_names_the_last_one(script, capsys, tmp_path, mon
     monkeypatch.setenv("EMQ_CACHE_DIR", str(tmp_path / "cache"))
     assert script.main([*COMMON, "--chunk", "2", "--chunk-size", "3", "--chunk-dir", str(tmp_path)]) == 2
     assert "chunks 0..1 of --chunk-size 3" in capsys.readouterr().err
+
+
+def test_programs_only_chunks_hold_the_same_program_values_and_record_their_batch(script, chunked, tmp_path,
+                                                                                   monkeypatch):
+    import numpy as np
+
+    from emq.known_scores import KnownScores, chunk_path, read_chunk
+
+    folder, _, _ = chunked
+    monkeypatch.setenv("EMQ_CACHE_DIR", str(tmp_path / "cache"))
+    lean, other = tmp_path / "lean", tmp_path / "batch1"
+    chunk = ["--chunk", "0", "--chunk-size", "3", "--programs-only"]
+    assert script.main([*COMMON, *chunk, "--chunk-dir", str(lean)]) == 0
+    assert script.main([*COMMON, *chunk, "--batch-seed", "1", "--chunk-dir", str(other)]) == 0
+    full, slim = read_chunk(chunk_path(folder / "chunks", 0)), read_chunk(chunk_path(lean, 0))
+    assert slim.meta["settings"]["references"] == [] and not [c for c in slim.scores if c.startswith("reference:")]
+    programs = [c for c in full.scores if c.startswith(("program:", "part:"))]
+    assert programs and all(np.array_equal(full.scores[c], slim.scores[c], equal_nan=True) for c in programs)
+    assert read_chunk(chunk_path(other, 0)).meta["settings"]["batch"]["seed"] == 1
+    assert KnownScores.read([other]).batch["seed"] == 1 and "known:naswot" in KnownScores.read([other]).names()

@@ -20,7 +20,7 @@ from test_search_benchmark import bench  # noqa: F401  (the synthetic benchmark 
 PROGRAMS = ("snip", "az_nas")
 
 
-def write_chunks(bench, folder, candidates, values, chunk_size=25, batch=None):  # noqa: F811
+def write_chunks(bench, folder, candidates, values, chunk_size=25, batch=None, programs=PROGRAMS):  # noqa: F811
     """Write `values` (name -> per-candidate scores, names as chunk columns) as chunk files of `chunk_size`."""
     truth = bench.ground_truth()
     index = {c.id: i for i, c in enumerate(bench.candidates())}
@@ -28,7 +28,7 @@ def write_chunks(bench, folder, candidates, values, chunk_size=25, batch=None): 
     batch = batch or bench.batch(0, StatsConfig().batch_size).describe()
     settings = {"benchmark": bench.name, "split": "search", "limit": None, "total": len(candidates),
                 "chunk_size": chunk_size, "targets": ["test_acc"], "batch": batch, "stats": ["weight"],
-                "cost_sample": 0, "programs": {n: get_known(n).formula for n in PROGRAMS},
+                "cost_sample": 0, "programs": {n: get_known(n).formula for n in programs},
                 "references": sorted(n[len("reference:"):] for n in values if n.startswith("reference:"))}
     for k, start in enumerate(range(0, len(candidates), chunk_size)):
         part = slice(start, start + chunk_size)
@@ -129,3 +129,24 @@ def test_emq_verdict_reads_the_known_bar_from_committed_files(bench, tmp_path, r
     assert chosen in KnownScores.read([search]).names()
     refused = run("verdict", str(folder), "--known-scores", str(search))
     assert refused.exit_code == 2 and "--known-scores is read by --known-bar" in refused.output
+
+
+def test_a_held_out_folder_holding_only_the_chosen_proxy_gives_the_same_known_bar(bench, tmp_path):  # noqa: F811
+    from search.known_bar import add_known_bar
+
+    full, lean = (_search(bench, tmp_path / name, ["params"]).run_dir for name in ("full", "lean"))
+    cut = cut_run(bench, ["test_acc"], 0.5, 0, "hash")
+    search = committed(bench, tmp_path, cut.search, "search")
+    heldout = committed(bench, tmp_path, cut.heldout, "heldout")
+    reference = add_known_bar(bench, full, KNOWN, StatsConfig(), scores_from=[search, heldout])
+    chosen = load_hall_of_fame(full)["best_known"]["test_acc"]["name"]
+    only = tmp_path / "heldout-chosen"
+    only.mkdir()
+    real = baseline_scores(bench, [chosen], StatsConfig(), progress=False, candidates=cut.heldout)
+    write_chunks(bench, only, cut.heldout, {f"reference:{chosen}": real[chosen]}, programs=())
+    assert add_known_bar(bench, lean, KNOWN, StatsConfig(), scores_from=[search, only]) == reference
+    other = next(n for n in KNOWN if n != chosen)
+    files = KnownScores.read([search, only])
+    assert other in files.names()  # held on the search split ...
+    with pytest.raises(ChunkError, match=f"'{other}' has values for only some of these .* --names {other}"):
+        files.values([c.id for c in cut.search + cut.heldout], [other])  # ... not on the held-out one
