@@ -332,7 +332,8 @@ def verdict(run_dir: Path, data_dir: Path | None, n_boot: int, config: Any, batc
     over trivial predictors" or "no discovery". --known-scores reads the known proxies'
     committed per-candidate values (the chunk files of results/known_proxies.py) instead of
     recomputing them, e.g. --known-bar all --known-scores results/known-proxies-nb201-search
-    --known-scores results/known-proxies-nb201.
+    --known-scores results/known-proxies-nb201. Folders of several batch seeds may be given
+    at once: each run reads those computed on its own batch.
     """
     from search.protocol import verdict_line
     from search.rescore import judge_run, study_verdict_from_scores, verdict_from_scores

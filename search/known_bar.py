@@ -18,7 +18,7 @@ from emq.atomic import write_text_atomic
 from emq.baselines import is_trivial
 from emq.bench.base import Benchmark
 from emq.fitness import TrivialChoice, get_metric
-from emq.known_scores import KNOWN_PREFIX, KnownScores
+from emq.known_scores import DEFAULT_INIT_SEED, KNOWN_PREFIX, KnownScores, read_chunk
 from emq.score_table import ScoreTable
 from emq.stats.config import StatsConfig
 from search.config import RunFolderError
@@ -93,17 +93,29 @@ def known_names(names: Sequence[str], files: KnownScores | None) -> list[str]:
 
 
 def known_files(bench: Benchmark, folders: Sequence[str | Path], config: StatsConfig, run: Path) -> KnownScores:
-    """Return the known-proxy chunk files of `folders`, refusing files computed on another batch than the run's."""
-    files = KnownScores.read(folders)
+    """Return the known-proxy chunk files of those `folders` computed on the run's batch (a study's runs on two
+    batch seeds take all four folders at once), refusing when none is."""
+    batch = dict(bench.batch(config.batch_seed, config.batch_size).describe())
+    found = {Path(f): folder_batch(Path(f)) for f in folders}
+    matching = [f for f, b in found.items() if b == (batch, config.init_seed)] or list(found)[:1]
+    files = KnownScores.read(matching)
     if files.benchmark != bench.name:
         raise RunFolderError(f"{', '.join(str(f) for f in folders)}: known-proxy values of {files.benchmark}, but the "
                              f"run {run} is on {bench.name}; give that benchmark's chunk files")
-    batch = bench.batch(config.batch_seed, config.batch_size).describe()
-    if files.batch != dict(batch) or files.init_seed != config.init_seed:
+    if files.batch != batch or files.init_seed != config.init_seed:
         raise RunFolderError(f"{', '.join(str(f) for f in folders)}: computed on batch {files.batch} with init seed "
-                             f"{files.init_seed}, but the run {run} scored batch {dict(batch)} with init seed "
+                             f"{files.init_seed}, but the run {run} scored batch {batch} with init seed "
                              f"{config.init_seed}; give chunk files computed on the run's batch")
     return files
+
+
+def folder_batch(folder: Path) -> tuple[dict[str, Any], int] | None:
+    """Return the (batch, init seed) a folder's first chunk file was computed on; None when it has none."""
+    paths = sorted(folder.glob("chunk-*.scores.csv"))
+    if not paths:
+        return None
+    meta = read_chunk(paths[0]).meta
+    return dict(meta["settings"]["batch"]), int(meta.get("init_seed", DEFAULT_INIT_SEED))
 
 
 def trivial_program(name: str) -> bool:

@@ -150,3 +150,15 @@ def test_a_held_out_folder_holding_only_the_chosen_proxy_gives_the_same_known_ba
     assert other in files.names()  # held on the search split ...
     with pytest.raises(ChunkError, match=f"'{other}' has values for only some of these .* --names {other}"):
         files.values([c.id for c in cut.search + cut.heldout], [other])  # ... not on the held-out one
+
+
+def test_a_study_on_two_batches_takes_each_runs_folders_from_a_mixed_list(bench, tmp_path):  # noqa: F811
+    from search.known_bar import add_known_bar
+
+    run = _search(bench, tmp_path / "run", ["params"]).run_dir
+    cut = cut_run(bench, ["test_acc"], 0.5, 0, "hash")
+    other = bench.batch(7, StatsConfig().batch_size).describe()
+    own = [committed(bench, tmp_path, cut.search, "search"), committed(bench, tmp_path, cut.heldout, "heldout")]
+    foreign = [committed(bench, tmp_path, c, f"{n}-7", batch=other) for c, n in ((cut.search, "s"), (cut.heldout, "h"))]
+    alone = add_known_bar(bench, run, KNOWN, StatsConfig(), scores_from=own)
+    assert add_known_bar(bench, run, KNOWN, StatsConfig(), scores_from=[foreign[0], *own, foreign[1]]) == alone
