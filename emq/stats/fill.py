@@ -9,6 +9,7 @@ is done there.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -20,8 +21,8 @@ from emq.paths import cache_dir
 from emq.stats.cache import cache_folder, iter_stats, safe_name
 from emq.stats.config import StatsConfig
 
-#: Missing files per worker below which starting processes is not worth it.
-MIN_PER_WORKER = 8
+#: Serial seconds (estimated from the first missing file) below which starting processes is not worth it.
+MIN_SERIAL_SECONDS = 30.0
 #: Networks a worker computes per task (its progress is reported per task).
 TASK_SIZE = 25
 
@@ -39,12 +40,19 @@ def fill_cache(bench: Benchmark, candidates: Sequence[Candidate], config: StatsC
     """Compute the missing statistics files of `candidates` in `workers` processes (CPU only); return how many.
 
     Returns 0 without starting anything when `workers` < 2, the device is not the CPU, or
-    fewer than `MIN_PER_WORKER` files per worker are missing.
+    the missing files would take less than `MIN_SERIAL_SECONDS` serially (estimated from
+    the first one, computed here): starting processes costs seconds.
     """
     if workers < 2 or config.resolved_device() != "cpu":
         return 0
     todo = missing_candidates(bench, candidates, config, cache_root)
-    if len(todo) < MIN_PER_WORKER * workers:
+    if len(todo) < 2 * workers:
+        return 0
+    start = time.perf_counter()
+    for _ in iter_stats(bench, todo[:1], config, progress=False, cache_root=cache_root):  # the first, here: its time
+        pass
+    todo = todo[1:]
+    if (time.perf_counter() - start) * len(todo) < MIN_SERIAL_SECONDS:
         return 0
     root = Path(cache_root) if cache_root is not None else cache_dir()  # the workers' environment may differ
     tasks = [todo[i:i + TASK_SIZE] for i in range(0, len(todo), TASK_SIZE)]
