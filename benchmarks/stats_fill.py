@@ -4,7 +4,7 @@ Usage: python benchmarks/stats_fill.py [CELLS] [WORKERS]   (defaults: 64 cells, 
 
 Draws CELLS cells uniformly (seed 0), computes the search's default statistics
 (weight, grad, virtual_grad, params, flops; batch 16) into two fresh temporary caches,
-serially (`load_or_compute`, the caller's torch threads) and with `fill_cache` in
+serially (`load_or_compute`) and with `fill_cache` in
 WORKERS processes, checks the files are byte-identical (checksums) and prints the wall
 seconds of each and their ratio, measured in this one run.
 """
@@ -44,7 +44,7 @@ def main(cells: int = 64, workers: int = 2) -> None:
                    for a, b in zip(sorted(cache_folder(bench, config, serial_root).glob("*.pt")),
                                    sorted(cache_folder(bench, config, parallel_root).glob("*.pt"))))
     print(f"NAS-Bench-201, {cells} uniformly drawn cells, statistics {','.join(STATS)}, batch 16; "
-          f"serial pass on {torch.get_num_threads()} torch thread(s)\n")
+          "one torch thread per process (emq.threads); run it on an otherwise idle machine\n")
     print("| fill | wall s | s per cell | speed-up |")
     print("|---|---|---|---|")
     print(f"| one process | {serial:.1f} | {serial / cells:.3f} | 1.00x |")
