@@ -26,7 +26,7 @@ from emq.proxy import Proxy
 from emq.score_table import score_table
 from emq.scoring import ScoreReport, ceiling_rows, rows_for
 from emq.stats.cache import (
-    StatsConfig, bench_fields, cache_folder, cache_key, calibration_inputs, load_or_compute, safe_name,
+    StatsConfig, bench_fields, cache_folder, cache_key, calibration_inputs, candidate_file, load_or_compute,
 )
 from emq.stats.fill import fill_cache
 from search.config import SearchConfig
@@ -59,7 +59,7 @@ def cache_source(bench: Benchmark, candidates: Sequence[Candidate], config: Stat
     batch = bench.batch(config.batch_seed, config.batch_size)
     extra = bench_fields(bench, batch)
     folder = cache_folder(bench, config, cache_root)
-    return StatsSource.from_files([folder / f"{safe_name(c.id)}.pt" for c in candidates],
+    return StatsSource.from_files([candidate_file(folder, c) for c in candidates],
                                   [cache_key(bench.name, c, config, extra) for c in candidates])
 
 

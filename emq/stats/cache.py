@@ -154,6 +154,11 @@ def safe_name(text: str) -> str:
     return clean
 
 
+def candidate_file(folder: Path, candidate: Candidate) -> Path:
+    """Return where `candidate`'s statistics file lies in cache folder `folder` (the layout's one rule)."""
+    return folder / f"{safe_name(candidate.id)}.pt"
+
+
 def cache_folder(bench: Benchmark, config: StatsConfig, cache_root: str | Path | None = None) -> Path:
     """Return the folder holding `bench`'s statistics for `config`."""
     batch = bench.batch(config.batch_seed, config.batch_size)
@@ -217,7 +222,7 @@ def iter_stats(
             if len(from_table) == len(names):  # nothing per configuration: no network pass, no file
                 yield table_stats
                 continue
-        path = folder / f"{safe_name(cand.id)}.pt"
+        path = candidate_file(folder, cand)
         key = cache_key(bench.name, cand, config, extra)
         stats = read_stats(path, key) if path.exists() else None
         if stats is None:
@@ -261,8 +266,7 @@ class Donor:
 
     config: StatsConfig
     folder: Path
-    bench_name: str
-    extra: dict[str, Any]
+    extra: dict[str, Any]  # `bench_fields`: what the files depend on besides the config (benchmark name included)
     missing: tuple[str, ...]
 
     @classmethod
@@ -284,15 +288,15 @@ class Donor:
         if not isinstance(manifest, dict) or manifest.get("config") != donor.key_fields() \
                 or manifest.get("depends_on") != extra or manifest.get("code_version") != CODE_VERSION:
             return None
-        return cls(donor, folder, str(extra["benchmark"]), extra, missing)
+        return cls(donor, folder, extra, missing)
 
     def compose(self, cand: Candidate, compute: Callable[[Sequence[str]], NetworkStats]) -> NetworkStats | None:
         """Return `cand`'s statistics: the donor's file joined with `compute(self.missing)`; None when the donor has
         no readable file for `cand` or the two parts disagree on layers, params or flops (compute everything then)."""
-        path = self.folder / f"{safe_name(cand.id)}.pt"
+        path = candidate_file(self.folder, cand)
         if not path.exists():
             return None
-        cached = read_stats(path, cache_key(self.bench_name, cand, self.config, self.extra))
+        cached = read_stats(path, cache_key(str(self.extra["benchmark"]), cand, self.config, self.extra))
         if cached is None:
             return None
         fresh = compute(self.missing)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from emq.bench.base import Benchmark, Candidate
 from emq.paths import cache_dir
-from emq.stats.cache import cache_folder, iter_stats, safe_name
+from emq.stats.cache import cache_folder, candidate_file, iter_stats
 from emq.stats.config import StatsConfig
 
 #: Serial seconds (estimated from the first missing file) below which starting processes is not worth it.
@@ -32,7 +32,7 @@ def missing_candidates(bench: Benchmark, candidates: Sequence[Candidate], config
     """Return the candidates without a statistics file for `config` (existence only: damaged files are the serial
     pass's to recompute)."""
     folder = cache_folder(bench, config, cache_root)
-    return [c for c in candidates if not (folder / f"{safe_name(c.id)}.pt").exists()]
+    return [c for c in candidates if not candidate_file(folder, c).exists()]
 
 
 def fill_cache(bench: Benchmark, candidates: Sequence[Candidate], config: StatsConfig, workers: int,
